@@ -1,0 +1,20 @@
+# Replication pipeline for "Worker Disagreement Reveals Sharp Directions in Local SGD" (arXiv 2605.27739).
+# raw data -> subset -> Local SGD runs (checkpoints + gaps) -> ... ; see README.md and docs/.
+
+
+# --configfile replaces config.yaml instead of being deep-merged into it (a smoke config must not
+# inherit the paper grid's experiments).
+if not config:
+
+    configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_run_outputs(),

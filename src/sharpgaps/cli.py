@@ -1,0 +1,145 @@
+"""One CLI entry point for every pipeline step, so a step runs the same by hand, in tests and on a cluster."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+    os.environ.setdefault("OMP_NUM_THREADS", str(n))
+
+
+def cmd_acquire(a) -> None:
+    from . import sources
+    from .atomic import save_json
+
+    data_dir = sources.resolve_data_dir(a.data_dir)
+    layout, files = sources.acquire(a.dataset, data_dir, download=a.download)
+    save_json({"dataset": a.dataset, "data_dir": str(data_dir), "layout": layout.name,
+               "files": {rel: {"path": str(p), "checksum": f"{f.algo}:{f.digest}"}
+                         for f in layout.files for rel, p in files.items() if rel == f.relpath}}, a.out)
+
+
+def cmd_subset(a) -> None:
+    from . import sources, subsets
+
+    meta = subsets.write_subset(a.out, dataset=a.dataset, data_dir=sources.resolve_data_dir(a.data_dir),
+                                n_train=a.n_train, seed=a.seed, test_cap=a.test_cap, max_len=a.max_len,
+                                min_freq=a.min_freq)
+    print(f"{a.dataset}: {meta['n_train']} train / {meta['n_test']} test, input {meta['input_shape']}")
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("config device: 'cuda' requested but no CUDA device is visible; use 'auto' or 'cpu'.")
+    return torch.device(name)
+
+
+def _publish(work_dir: Path, out_dir: Path, ckpts: list[Path]) -> None:
+    """Expose finished files as the declared outputs: the ckpt dir appears whole (rename) or not at all."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".ckpt.", dir=out_dir))
+    for src in ckpts:
+        try:
+            os.link(src, staging / src.name)
+        except OSError:
+            shutil.copy2(src, staging / src.name)
+    final = out_dir / "ckpt"
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staging, final)
+    for name in ("metrics.csv", "rounds.csv"):
+        shutil.copy2(work_dir / name, out_dir / f".{name}.tmp")
+        os.replace(out_dir / f".{name}.tmp", out_dir / name)
+
+
+def cmd_train(a) -> None:
+    import torch
+
+    from . import losses, models, subsets
+    from .atomic import save_json
+    from .grid import checkpoint_rounds
+    from .localsgd import RunSpec
+    from .training import train_run
+
+    _threads(a.threads)
+    run = json.loads(a.run)
+    device = resolve_device(a.device)
+    rounds = run["local_steps"] // run["tau"]
+    spec = RunSpec(K=run["K"], tau=run["tau"], b=run["b"], lr=run["lr"], rounds=rounds, window=run["window"],
+                   seed=run["seed"], checkpoints=tuple(checkpoint_rounds(rounds, run["window"], run["checkpoints"])))
+    subset = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in subsets.load_subset(a.subset).items()}
+    model = models.build_model(run["model"], subset["meta"], seed=run["seed"], **run.get("arch", {})).to(device)
+    info = {k: run[k] for k in ("setting", "model", "dataset", "loss", "local_steps") if k in run}
+    t0 = time.time()
+    ckpts = train_run(model, losses.get_loss(run["loss"]), subset, spec, a.work_dir, run_name=a.name,
+                      run_info=info, resume_every_s=a.resume_every_s)
+    _publish(Path(a.work_dir), Path(a.out_dir), ckpts)
+    save_json({**info, **spec.as_dict(), "device": str(device), "threads": a.threads,
+               "seconds": round(time.time() - t0, 2), "torch": torch.__version__}, Path(a.out_dir) / "run.json")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sharpgaps", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    q = sub.add_parser("acquire", help="verify (or download) one dataset's raw files; write a stamp")
+    q.add_argument("--dataset", required=True)
+    q.add_argument("--data-dir", default=None)
+    q.add_argument("--no-download", dest="download", action="store_false")
+    q.add_argument("--out", required=True)
+    q.set_defaults(func=cmd_acquire)
+
+    q = sub.add_parser("subset", help="draw the seeded stratified training subset and preprocess it")
+    q.add_argument("--dataset", required=True)
+    q.add_argument("--data-dir", default=None)
+    q.add_argument("--n-train", type=int, default=5000)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--test-cap", type=int, default=None)
+    q.add_argument("--max-len", type=int, default=50)
+    q.add_argument("--min-freq", type=int, default=1)
+    q.add_argument("--out", required=True)
+    q.set_defaults(func=cmd_subset)
+
+    q = sub.add_parser("train", help="one Local SGD run (simulated workers) with checkpoints and resume")
+    q.add_argument("--run", required=True, help="JSON run description (from the workflow)")
+    q.add_argument("--subset", required=True)
+    q.add_argument("--out-dir", required=True)
+    q.add_argument("--work-dir", required=True)
+    q.add_argument("--name", default="run")
+    q.add_argument("--threads", type=int, default=1)
+    q.add_argument("--device", default="cpu")
+    q.add_argument("--resume-every-s", type=float, default=120.0)
+    q.set_defaults(func=cmd_train)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .sources import DataError
+    from .training import DivergenceError
+
+    try:
+        args.func(args)
+    except (DataError, DivergenceError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

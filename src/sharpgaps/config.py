@@ -1,0 +1,89 @@
+"""Config validation: JSON schema (types, ranges, defaults) then cross-key checks.
+
+Every error names the offending key and says how to fix it, and all of it runs before any job.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from . import grid
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _with_defaults(validator_class):
+    """A validator that fills in schema ``default`` values while validating (jsonschema FAQ recipe)."""
+    validate_props = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub and key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from validate_props(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _key(error: jsonschema.ValidationError) -> str:
+    path = ".".join(str(p) for p in error.absolute_path)
+    return path or "<top level>"
+
+
+def validate(config: dict, schema_path: str | Path) -> dict:
+    """Return a validated copy of ``config`` with defaults filled in, or raise ConfigError."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    config = copy.deepcopy(config)
+    validator = _with_defaults(jsonschema.Draft7Validator)(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"  - {_key(e)}: {e.message}" for e in errors]
+        raise ConfigError("Invalid config (fix these keys):\n" + "\n".join(lines))
+    problems = cross_checks(config)
+    if problems:
+        raise ConfigError("Invalid config (fix these keys):\n" + "\n".join(f"  - {p}" for p in problems))
+    return config
+
+
+def cross_checks(config: dict) -> list[str]:
+    """Checks a schema cannot express: references between sections and per-run consistency."""
+    problems = []
+    settings = config["settings"]
+    for name, exp in config["experiments"].items():
+        for s in exp["settings"]:
+            if s not in settings:
+                problems.append(f"experiments.{name}.settings: unknown setting '{s}' (defined: {sorted(settings)})")
+    for name, s in settings.items():
+        ds = s["dataset"]
+        if ds not in config.get("datasets", {}):
+            problems.append(f"settings.{name}.dataset: '{ds}' has no entry under `datasets` (add `datasets: {{{ds}: {{}}}}`)")
+        want = {"mnist": "fc_tanh", "cifar10": "cnn_relu", "sst2": "transformer"}
+        if (s["model"] == "transformer") != (ds == "sst2"):
+            problems.append(f"settings.{name}.model: '{s['model']}' cannot read dataset '{ds}' (use '{want[ds]}')")
+    if problems:
+        return problems
+    n_train = config["subset"]["n_train"]
+    for run in grid.expand_runs(config, strict=False):
+        where = f"run {grid.run_id(run)} (setting {run['setting']})"
+        rounds = run["local_steps"] // run["tau"]
+        if rounds < 1:
+            problems.append(f"train.local_steps: {run['local_steps']} < tau={run['tau']} gives no round in {where}")
+            continue
+        if run["window"] > rounds:
+            problems.append(f"train.window: W={run['window']} exceeds the {rounds} rounds of {where}")
+        explicit = run["checkpoints"].get("rounds")
+        if explicit:
+            late = [r for r in explicit if r > rounds]
+            if late:
+                problems.append(f"train.checkpoints.rounds: {late} beyond the last round {rounds} of {where} "
+                                f"(local_steps // tau); lower them or raise train.local_steps")
+        if run["b"] > n_train:
+            problems.append(f"train.b: batch {run['b']} exceeds subset.n_train={n_train} in {where}")
+    return sorted(set(problems))

@@ -1,0 +1,201 @@
+"""Local SGD with K simulated workers, batched into one model with torch.func (vmap + functional_call).
+
+A round: all workers start at the average, each takes ``tau`` SGD steps on its own minibatches
+(IID draws from the same training subset), then the average is replaced by the workers' mean.
+The worker-average gaps ``delta_i = theta_i - mean_j theta_j`` are taken before the reset.
+
+``LoopLocalSGD`` is the plain reference (K separate nn.Modules, one autograd call each); tests hold
+the batched engine to it.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that determines a run's numbers (given the model, data and loss)."""
+
+    K: int
+    tau: int
+    b: int
+    lr: float
+    rounds: int
+    window: int
+    seed: int
+    checkpoints: tuple[int, ...]
+
+    def __post_init__(self):
+        for key in ("K", "tau", "b", "rounds", "window"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"RunSpec.{key} must be >= 1, got {getattr(self, key)}")
+        if not self.lr > 0:
+            raise ValueError(f"RunSpec.lr must be > 0, got {self.lr}")
+        bad = [c for c in self.checkpoints if not 1 <= c <= self.rounds]
+        if bad:
+            raise ValueError(f"RunSpec.checkpoints {bad} outside rounds 1..{self.rounds}")
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["checkpoints"] = list(self.checkpoints)
+        return d
+
+
+def _seed_from(*words: int) -> int:
+    return int(np.random.SeedSequence([int(w) for w in words]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class WorkerBatches:
+    """Stateless minibatch schedule: worker i's batch at local step t depends only on (seed, i, t).
+
+    Each worker walks through its own random permutation of the data per epoch (drop-last), seeded
+    from (seed, worker, epoch). Being stateless makes resume trivial and lets a distributed rank
+    draw exactly the batches the simulated worker draws.
+    """
+
+    def __init__(self, n: int, b: int, seed: int, workers: int):
+        if b > n:
+            raise ValueError(f"batch size {b} exceeds the {n} training examples")
+        self.n, self.b, self.seed, self.workers = n, b, seed, workers
+        self.steps_per_epoch = n // b
+        self._perm: dict[int, tuple[int, torch.Tensor]] = {}
+
+    def _permutation(self, worker: int, epoch: int) -> torch.Tensor:
+        cached = self._perm.get(worker)
+        if cached is None or cached[0] != epoch:
+            g = torch.Generator().manual_seed(_seed_from(self.seed, 0xB47C4, worker, epoch))
+            cached = (epoch, torch.randperm(self.n, generator=g))
+            self._perm[worker] = cached
+        return cached[1]
+
+    def worker_indices(self, worker: int, step: int) -> torch.Tensor:
+        epoch, j = divmod(step, self.steps_per_epoch)
+        return self._permutation(worker, epoch)[j * self.b : (j + 1) * self.b]
+
+    def indices(self, step: int) -> torch.Tensor:
+        return torch.stack([self.worker_indices(w, step) for w in range(self.workers)])
+
+
+def flatten(params: dict[str, torch.Tensor], batch_dims: int = 0) -> torch.Tensor:
+    """Concatenate parameters in dict order; leading ``batch_dims`` dims are kept."""
+    lead = next(iter(params.values())).shape[:batch_dims]
+    return torch.cat([p.reshape(*lead, -1) for p in params.values()], dim=-1)
+
+
+def unflatten(vec: torch.Tensor, like: dict[str, torch.Tensor], batch_dims: int = 0) -> dict[str, torch.Tensor]:
+    out, i = {}, 0
+    lead = vec.shape[:-1]
+    for name, p in like.items():
+        shape = p.shape[batch_dims:]
+        n = shape.numel()
+        out[name] = vec[..., i : i + n].reshape(*lead, *shape)
+        i += n
+    return out
+
+
+UpdateTransform = Callable[[torch.Tensor], torch.Tensor]  # (K, d) flat updates -> (K, d)
+
+
+class SimulatedLocalSGD:
+    """K workers as one batched model: one vmapped forward/backward per local step for all workers."""
+
+    def __init__(self, model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, spec: RunSpec,
+                 theta: dict[str, torch.Tensor] | None = None, update_transform: UpdateTransform | None = None):
+        self.model, self.spec, self.x, self.y = model, spec, x, y
+        self.batches = WorkerBatches(len(x), spec.b, spec.seed, spec.K)
+        self.update_transform = update_transform
+        start = theta if theta is not None else {n: p.detach() for n, p in model.named_parameters()}
+        self.set_average(start)
+
+        def worker_loss(p, xb, yb):
+            return loss_fn(functional_call(model, p, (xb,)), yb)
+
+        self._grad = vmap(grad_and_value(worker_loss))
+
+    def set_average(self, theta: dict[str, torch.Tensor]) -> None:
+        """Reset every worker to ``theta`` (the start of a round)."""
+        K = self.spec.K
+        self.params = {n: p.detach().unsqueeze(0).repeat(K, *([1] * p.dim())) for n, p in theta.items()}
+
+    def local_step(self, step: int) -> torch.Tensor:
+        """One SGD step of all workers at local step index ``step``; returns the K minibatch losses."""
+        idx = self.batches.indices(step)
+        grads, losses = self._grad(self.params, self.x[idx], self.y[idx])
+        if self.update_transform is None:
+            for n, p in self.params.items():
+                p.sub_(grads[n], alpha=self.spec.lr)
+        else:
+            update = self.update_transform(self.spec.lr * flatten(grads, batch_dims=1))
+            for n, u in unflatten(update, self.params, batch_dims=1).items():
+                self.params[n].sub_(u)
+        return losses
+
+    def end_round(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Average the workers; return (new average, gaps (K, d) taken before the reset)."""
+        avg = {n: p.mean(0) for n, p in self.params.items()}
+        gaps = flatten({n: p - avg[n] for n, p in self.params.items()}, batch_dims=1)
+        self.set_average(avg)
+        return avg, gaps
+
+
+class LoopLocalSGD:
+    """Reference implementation: K independent nn.Module copies, one autograd call per worker."""
+
+    def __init__(self, model: nn.Module, loss_fn, x, y, spec: RunSpec, update_transform=None):
+        self.models = [copy.deepcopy(model) for _ in range(spec.K)]
+        self.loss_fn, self.x, self.y, self.spec = loss_fn, x, y, spec
+        self.batches = WorkerBatches(len(x), spec.b, spec.seed, spec.K)
+        self.update_transform = update_transform
+
+    def local_step(self, step: int) -> torch.Tensor:
+        losses, updates = [], []
+        for w, m in enumerate(self.models):
+            idx = self.batches.worker_indices(w, step)
+            m.zero_grad(set_to_none=True)
+            loss = self.loss_fn(m(self.x[idx]), self.y[idx])
+            loss.backward()
+            losses.append(loss.detach())
+            updates.append(torch.cat([self.spec.lr * p.grad.reshape(-1) for p in m.parameters()]))
+        updates = torch.stack(updates)
+        if self.update_transform is not None:
+            updates = self.update_transform(updates)
+        with torch.no_grad():
+            for m, u in zip(self.models, updates):
+                torch.nn.utils.vector_to_parameters(torch.nn.utils.parameters_to_vector(m.parameters()) - u,
+                                                    m.parameters())
+        return torch.stack(losses)
+
+    @property
+    def params(self) -> dict[str, torch.Tensor]:
+        names = [n for n, _ in self.models[0].named_parameters()]
+        return {n: torch.stack([dict(m.named_parameters())[n].detach() for m in self.models]) for n in names}
+
+    def end_round(self):
+        params = self.params
+        avg = {n: p.mean(0) for n, p in params.items()}
+        gaps = flatten({n: p - avg[n] for n, p in params.items()}, batch_dims=1)
+        with torch.no_grad():
+            for m in self.models:
+                for n, p in m.named_parameters():
+                    p.copy_(avg[n])
+        return avg, gaps
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, theta: dict[str, torch.Tensor], loss_fn, x, y, chunk: int = 1000) -> tuple[float, float]:
+    """Mean loss and accuracy of the parameters ``theta`` over (x, y), in chunks."""
+    total_loss, correct = 0.0, 0.0
+    for i in range(0, len(x), chunk):
+        logits = functional_call(model, theta, (x[i : i + chunk],))
+        yy = y[i : i + chunk]
+        total_loss += float(loss_fn(logits, yy)) * len(yy)
+        correct += float((logits.argmax(-1) == yy).sum())
+    return total_loss / len(x), correct / len(x)

@@ -1,0 +1,117 @@
+"""The three architectures of DESIGN §2, built from a config name.
+
+Everything is written with plain tensor ops so that (a) torch.func.vmap can batch K workers and
+(b) double backward works: the transformer computes attention by hand because PyTorch's fused
+attention kernels have no double-backward.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class FCTanh(nn.Module):
+    """784-200-200-10 with tanh (Cohen et al. / Song et al. 'fc-tanh')."""
+
+    def __init__(self, in_features: int, n_classes: int, widths: tuple[int, ...] = (200, 200)):
+        super().__init__()
+        dims = [in_features, *widths]
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.out = nn.Linear(dims[-1], n_classes)
+
+    def forward(self, x):
+        h = x.flatten(start_dim=-3) if x.dim() >= 3 else x
+        for layer in self.hidden:
+            h = torch.tanh(layer(h))
+        return self.out(h)
+
+
+class CNNReLU(nn.Module):
+    """[conv3x3(32), ReLU, maxpool2] x 2, linear(32*8*8, 10) ('cnn-relu')."""
+
+    def __init__(self, in_shape: tuple[int, int, int], n_classes: int, channels: int = 32):
+        super().__init__()
+        c, h, w = in_shape
+        self.conv1 = nn.Conv2d(c, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.out = nn.Linear(channels * (h // 4) * (w // 4), n_classes)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.out(x.flatten(start_dim=1))
+
+
+def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
+    pos = torch.arange(length, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(length, dim)
+    pe[:, 0::2] = torch.sin(pos * freq)
+    pe[:, 1::2] = torch.cos(pos * freq)
+    return pe
+
+
+class EncoderLayer(nn.Module):
+    """Post-norm encoder layer with the semantics of nn.TransformerEncoderLayer (ReLU, no dropout)."""
+
+    def __init__(self, dim: int, heads: int, ff: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.ff1, self.ff2 = nn.Linear(dim, ff), nn.Linear(ff, dim)
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+
+    def attention(self, x, key_pad):
+        n, length, dim = x.shape
+        q, k, v = self.qkv(x).view(n, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(dim // self.heads)
+        scores = scores.masked_fill(key_pad[:, None, None, :], float("-inf"))
+        out = torch.softmax(scores, dim=-1) @ v  # math kernel: supports double backward
+        return self.proj(out.transpose(1, 2).reshape(n, length, dim))
+
+    def forward(self, x, key_pad):
+        x = self.norm1(x + self.attention(x, key_pad))
+        return self.norm2(x + self.ff2(F.relu(self.ff1(x))))
+
+
+class Transformer(nn.Module):
+    """Embedding 64 + sinusoidal positions, 2 encoder layers, 8 heads, ff 2048, padding mask, mean-pool."""
+
+    def __init__(self, vocab_size: int, max_len: int, n_classes: int, dim: int = 64, heads: int = 8,
+                 layers: int = 2, ff: int = 2048, pad_id: int = 0):
+        super().__init__()
+        self.pad_id = pad_id
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.register_buffer("positions", sinusoidal_positions(max_len, dim), persistent=False)
+        self.layers = nn.ModuleList(EncoderLayer(dim, heads, ff) for _ in range(layers))
+        self.out = nn.Linear(dim, n_classes)
+
+    def forward(self, tokens):
+        key_pad = tokens == self.pad_id
+        x = self.embed(tokens) + self.positions[: tokens.shape[-1]]
+        for layer in self.layers:
+            x = layer(x, key_pad)
+        keep = (~key_pad).unsqueeze(-1).to(x.dtype)
+        return self.out((x * keep).sum(1) / keep.sum(1).clamp_min(1.0))
+
+
+MODELS = ("fc_tanh", "cnn_relu", "transformer")
+
+
+def build_model(name: str, meta: dict, seed: int, **arch) -> nn.Module:
+    """Build ``name`` for the subset described by ``meta``; weights drawn from ``seed`` (PyTorch default init)."""
+    torch.manual_seed(seed)
+    n_classes = meta["n_classes"]
+    if name == "fc_tanh":
+        return FCTanh(math.prod(meta["input_shape"]), n_classes, tuple(arch.get("widths", (200, 200))))
+    if name == "cnn_relu":
+        return CNNReLU(tuple(meta["input_shape"]), n_classes, arch.get("channels", 32))
+    if name == "transformer":
+        return Transformer(meta["vocab_size"], meta["max_len"], n_classes, dim=arch.get("dim", 64),
+                           heads=arch.get("heads", 8), layers=arch.get("layers", 2), ff=arch.get("ff", 2048))
+    raise ValueError(f"unknown model '{name}'; known: {MODELS}")

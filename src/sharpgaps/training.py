@@ -1,0 +1,136 @@
+"""A Local SGD run on disk: rounds, checkpoints (average + gap window), metrics, resume.
+
+Files (all written atomically):
+  work_dir/state.pt            resume state at the last saved round boundary
+  work_dir/ckpt/r{round}.pt    checkpoint: average parameters, the gaps of the last W rounds, metrics
+  work_dir/metrics.csv         one row per checkpoint (written at the end)
+  work_dir/rounds.csv          one row per round: mean minibatch loss, mean/max gap norm
+A run killed at any moment restarts from ``state.pt`` and ends bitwise identical (on CPU) to an
+uninterrupted run: the minibatch schedule is stateless and every worker equals the average at a
+round boundary, so the state is just (round, average, gap window, logs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from .atomic import save_frame, save_torch
+from .localsgd import RunSpec, SimulatedLocalSGD, evaluate, flatten
+
+CKPT_FORMAT = 1
+
+
+class DivergenceError(RuntimeError):
+    pass
+
+
+def ckpt_path(work_dir: Path, rnd: int) -> Path:
+    return Path(work_dir) / "ckpt" / f"r{rnd:06d}.pt"
+
+
+def spec_digest(spec: RunSpec, extra: dict) -> str:
+    blob = json.dumps({"spec": spec.as_dict(), **extra}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _needed_for_window(rnd: int, checkpoints: tuple[int, ...], window: int) -> bool:
+    return any(c - window < rnd <= c for c in checkpoints)
+
+
+def train_run(model, loss_fn, subset: dict, spec: RunSpec, work_dir: str | Path, *, run_name: str = "run",
+              run_info: dict | None = None, engine_factory=SimulatedLocalSGD, resume: bool = True,
+              resume_every_s: float = 120.0, stop_after_round: int | None = None, progress: bool = True) -> list[Path]:
+    """Train ``spec`` and write checkpoints under ``work_dir``; return the checkpoint paths in order.
+
+    ``stop_after_round`` simulates a kill (used by tests): state is saved and the call returns early.
+    """
+    work_dir = Path(work_dir)
+    run_info = dict(run_info or {})
+    digest = spec_digest(spec, run_info)
+    x_tr, y_tr = subset["x_train"], subset["y_train"]
+    x_te, y_te = subset["x_test"], subset["y_test"]
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [list(p.shape) for _, p in model.named_parameters()]
+
+    state_file = work_dir / "state.pt"
+    state = None
+    if resume and state_file.exists():
+        state = torch.load(state_file, weights_only=False)
+        if state["digest"] != digest:
+            print(f"[{run_name}] stale resume state (different spec) ignored: {state_file}", file=sys.stderr)
+            state = None
+    if state is None:
+        theta = {n: p.detach().clone() for n, p in model.named_parameters()}
+        state = {"digest": digest, "round": 0, "theta": theta, "window": [], "rounds": [], "ckpts": []}
+    else:
+        print(f"[{run_name}] resuming from round {state['round']}", file=sys.stderr)
+
+    engine = engine_factory(model, loss_fn, x_tr, y_tr, spec, theta=state["theta"])
+    window = deque(state["window"], maxlen=spec.window)
+    checkpoints = tuple(sorted(set(spec.checkpoints)))
+    last_save = time.monotonic()
+
+    def save_state(rnd, theta):
+        save_torch({**state, "round": rnd, "theta": theta, "window": list(window)}, state_file)
+
+    bar = tqdm(total=spec.rounds, initial=state["round"], desc=run_name, file=sys.stderr, mininterval=10,
+               ascii=True, disable=not progress)
+    for rnd in range(state["round"] + 1, spec.rounds + 1):
+        losses = torch.stack([engine.local_step((rnd - 1) * spec.tau + s) for s in range(spec.tau)])
+        if not torch.isfinite(losses).all():
+            raise DivergenceError(
+                f"run '{run_name}' diverged in round {rnd} (local steps {(rnd - 1) * spec.tau}..{rnd * spec.tau - 1}): "
+                f"non-finite minibatch loss. Lower the learning rate (lr={spec.lr}) or check the data."
+            )
+        theta, gaps = engine.end_round()
+        norms = gaps.norm(dim=1)
+        state["rounds"].append({"round": rnd, "step": rnd * spec.tau, "batch_loss": float(losses.mean()),
+                                "gap_norm_mean": float(norms.mean()), "gap_norm_max": float(norms.max())})
+        if _needed_for_window(rnd, checkpoints, spec.window):
+            window.append((rnd, gaps.clone()))
+        if rnd in checkpoints:
+            state["ckpts"].append(_write_checkpoint(work_dir, rnd, spec, model, loss_fn, theta, window,
+                                                    names, shapes, norms, (x_tr, y_tr, x_te, y_te), run_info))
+        bar.update(1)
+        if stop_after_round is not None and rnd >= stop_after_round:
+            save_state(rnd, theta)
+            bar.close()
+            return []
+        if rnd in checkpoints or time.monotonic() - last_save > resume_every_s:
+            save_state(rnd, theta)
+            last_save = time.monotonic()
+    bar.close()
+    save_state(spec.rounds, engine_theta(engine))
+    save_frame(pd.DataFrame(state["ckpts"]), work_dir / "metrics.csv")
+    save_frame(pd.DataFrame(state["rounds"]), work_dir / "rounds.csv")
+    return [ckpt_path(work_dir, c) for c in checkpoints]
+
+
+def engine_theta(engine) -> dict[str, torch.Tensor]:
+    return {n: p[0].clone() for n, p in engine.params.items()}
+
+
+def _write_checkpoint(work_dir, rnd, spec, model, loss_fn, theta, window, names, shapes, norms, data, run_info):
+    x_tr, y_tr, x_te, y_te = data
+    train_loss, train_acc = evaluate(model, theta, loss_fn, x_tr, y_tr)
+    test_loss, test_acc = evaluate(model, theta, loss_fn, x_te, y_te)
+    metrics = {"round": rnd, "step": rnd * spec.tau, "train_loss": train_loss, "train_acc": train_acc,
+               "test_loss": test_loss, "test_acc": test_acc, "gap_norm_mean": float(norms.mean()),
+               "gap_norm_max": float(norms.max())}
+    rounds = [r for r, _ in window if rnd - spec.window < r <= rnd]
+    gaps = torch.stack([g for r, g in window if rnd - spec.window < r <= rnd])  # (W', K, d), oldest first
+    save_torch({
+        "format": CKPT_FORMAT, "run": {**run_info, **spec.as_dict()}, "round": rnd, "step": rnd * spec.tau,
+        "param_names": names, "param_shapes": shapes, "theta": flatten(theta).clone(),
+        "gaps": gaps, "gap_rounds": rounds, "worker_gap_norms": norms.tolist(), "metrics": metrics,
+    }, ckpt_path(work_dir, rnd))
+    return metrics

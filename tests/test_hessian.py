@@ -1,0 +1,139 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from sharpgaps.hessian import (FullBatchHVP, no_tf32, resolve_device, start_vector,
+                               top_eigenpairs)
+
+N, K_EIG = 40, 4
+
+
+def mse(out, y):
+    return 0.5 * (out - y).square().sum(1).mean()
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    x = torch.randn(N, 5, dtype=torch.float64)
+    y = torch.randn(N, 3, dtype=torch.float64)
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def f(th):  # full-batch mean loss as a function of the flat parameter vector
+        ps = dict(zip(names, torch.split(th, [s.numel() for s in shapes])))
+        ps = {n: t.view(s) for (n, t), s in zip(ps.items(), shapes)}
+        return mse(functional_call(model, ps, (x,)), y)
+
+    Hd = torch.autograd.functional.hessian(f, theta)
+    gd = torch.autograd.functional.jacobian(f, theta)
+    return model, x, y, f, theta, Hd.numpy(), gd
+
+
+def test_gradient_and_loss_match_autograd(setup):
+    model, x, y, f, theta, _, gd = setup
+    for kw in [{}, {"chunk_size": 7}, {"cache_graph": False, "chunk_size": 7}]:
+        H = FullBatchHVP(model, mse, x, y, **kw)
+        assert H.dim == theta.numel()
+        torch.testing.assert_close(H.gradient(), gd, rtol=1e-12, atol=1e-12)
+        assert H.loss() == pytest.approx(float(f(theta)), rel=1e-12)
+
+
+def test_cached_uncached_chunked_agree_with_dense(setup):
+    model, x, y, _, theta, Hd, _ = setup
+    v = torch.randn(theta.numel(), dtype=torch.float64)
+    ref = torch.from_numpy(Hd) @ v
+    for kw in [{}, {"cache_graph": False}, {"chunk_size": 7}, {"chunk_size": 7, "cache_graph": False}]:
+        H = FullBatchHVP(model, mse, x, y, **kw)
+        torch.testing.assert_close(H.hvp(v), ref, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(H.hvp(2 * v), 2 * ref, rtol=1e-10, atol=1e-12)  # graph reused
+        assert H.n_hvp == 2
+
+
+def test_params_dict_sets_evaluation_point(setup):
+    model, x, y, f, theta, _, _ = setup
+    shifted = {n: p.detach() + 0.1 for n, p in model.named_parameters()}
+    th2 = torch.cat([p.reshape(-1) for p in shifted.values()])
+    H = FullBatchHVP(model, mse, x, y, params=shifted)
+    v = torch.randn(theta.numel(), dtype=torch.float64)
+    ref = torch.autograd.functional.hessian(f, th2) @ v
+    torch.testing.assert_close(H.hvp(v), ref, rtol=1e-10, atol=1e-12)
+    assert all(p.grad is None for p in model.parameters())  # model untouched
+
+
+def _sin_max_angle(A, B):
+    """sin of the largest principal angle between the column spans of orthonormal A and B."""
+    return np.linalg.norm(B - A @ (A.T @ B), 2)
+
+
+def test_eigsh_matches_dense(setup):
+    model, x, y, _, _, Hd, _ = setup
+    w, Q = np.linalg.eigh(Hd)
+    w, Q = w[::-1], Q[:, ::-1]
+    assert (w[K_EIG - 1] - w[K_EIG]) / w[0] > 1e-2  # a gap, so the subspace is well defined
+    H = FullBatchHVP(model, mse, x, y)
+    ep = top_eigenpairs(H, k=K_EIG, tol=1e-10)
+    assert ep.converged and ep.values.shape == (K_EIG,) and ep.vectors.shape == (H.dim, K_EIG)
+    assert np.all(np.diff(ep.values) <= 0)
+    np.testing.assert_allclose(ep.values, w[:K_EIG], rtol=1e-6)
+    assert _sin_max_angle(Q[:, :K_EIG], ep.vectors) < 1e-4
+    assert ep.residuals.max() < 1e-6 and ep.n_hvp_residual == K_EIG
+    assert H.n_hvp == ep.n_hvp + ep.n_hvp_residual
+    # each vector matches its own eigenvector (order matches values)
+    assert np.all(np.abs(np.sum(Q[:, :K_EIG] * ep.vectors, 0)) > 1 - 1e-8)
+
+
+def test_eigsh_warm_start_and_default_tol(setup):
+    model, x, y, _, _, Hd, _ = setup
+    w = np.linalg.eigvalsh(Hd)[::-1]
+    H = FullBatchHVP(model, mse, x, y)
+    cold = top_eigenpairs(H, k=K_EIG)  # tol 1e-3: Ritz values are still far more accurate
+    np.testing.assert_allclose(cold.values, w[:K_EIG], rtol=1e-3)
+    assert cold.residuals.max() < 1e-2
+    warm = top_eigenpairs(H, k=K_EIG, v0=cold.vectors)  # (d, k) start
+    np.testing.assert_allclose(warm.values, w[:K_EIG], rtol=1e-3)
+    assert warm.n_hvp <= cold.n_hvp
+
+
+def test_callable_hvp_known_spectrum():
+    d, k = 300, 5
+    rng = np.random.default_rng(0)
+    Q = np.linalg.qr(rng.standard_normal((d, d)))[0]
+    lam = np.concatenate([[50, 40, 30, 20, 10], rng.uniform(-1, 1, d - 5)])
+    M = torch.from_numpy((Q * lam) @ Q.T).float()  # float32 "HVP", float64 ARPACK
+    ep = top_eigenpairs(lambda v: M @ v.float(), dim=d, k=k, tol=1e-6)
+    np.testing.assert_allclose(ep.values, lam[:k], rtol=1e-5)
+    assert _sin_max_angle(Q[:, :k], ep.vectors) < 1e-4
+
+
+def test_non_convergence_is_reported():
+    d = 200
+    M = torch.diag(torch.linspace(1.0, 1.001, d, dtype=torch.float64))  # clustered: slow
+    with pytest.warns(RuntimeWarning, match="converged"):
+        ep = top_eigenpairs(lambda v: M @ v, dim=d, k=5, tol=1e-12, maxiter=1, ncv=6)
+    assert not ep.converged and len(ep.values) < 5
+
+
+def test_start_vector():
+    V = np.linalg.qr(np.random.default_rng(1).standard_normal((50, 3)))[0]
+    v = start_vector(V, 50)
+    assert np.isclose(np.linalg.norm(v), 1) and np.allclose(V.T @ v, 1 / np.sqrt(3))
+    assert start_vector(None, 50) is None
+    with pytest.raises(ValueError):
+        start_vector(np.ones(3), 50)
+
+
+def test_devices_and_tf32():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError):
+            resolve_device("cuda")
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    with no_tf32():
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before

@@ -1,0 +1,176 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sharpgaps.gaps import gap_covariance_spectrum, gap_subspace
+from sharpgaps.metrics import (capture_fraction, gradient_alignment, oracle_removal,
+                               random_removal, random_removal_draws, random_removal_expected,
+                               random_subspace, removal_fraction, removal_total,
+                               squared_cosines, subspace_overlap)
+
+D, K = 60, 4
+
+
+@pytest.fixture
+def basis():
+    """Orthonormal (D, D) basis: first K columns play V, the rest are bulk directions."""
+    torch.manual_seed(0)
+    return torch.linalg.qr(torch.randn(D, D, dtype=torch.float64))[0]
+
+
+def test_removal_hand_cases(basis):
+    V, bulk = basis[:, :K], basis[:, K:]
+    g = V @ torch.tensor([4.0, 3.0, 2.0, 1.0], dtype=torch.float64) + bulk[:, 0] * 5
+    assert removal_fraction(g, V, V) == pytest.approx(1.0)           # U = top eigenvectors
+    assert removal_fraction(g, V, bulk[:, :10]) == pytest.approx(0.0, abs=1e-14)  # U ⟂ V
+    assert removal_fraction(g, V, V[:, :0]) == 0.0                     # m = 0
+    # U = v_1: removes 16 of 30 dominant energy units
+    assert removal_fraction(g, V, V[:, :1]) == pytest.approx(16 / 30)
+    assert oracle_removal(g, V, 1) == pytest.approx(16 / 30)
+    assert oracle_removal(g, V, 2) == pytest.approx(25 / 30)
+    assert oracle_removal(g, V, 100) == pytest.approx(1.0)             # m > k: all of V
+    chi2 = 30 / 55
+    assert gradient_alignment(g, V) == pytest.approx(math.sqrt(chi2))
+    assert removal_total(g, V, V[:, :1]) == pytest.approx(16 / 30 * chi2)
+    # a mixed direction: U = (v1 + b1)/sqrt2 projects out half of the v1 coefficient... and more
+    u = ((V[:, 0] + bulk[:, 0]) / math.sqrt(2))[:, None]
+    c = float(u[:, 0] @ g)  # (4 + 5)/sqrt2
+    r1 = 4 - c / math.sqrt(2)
+    assert removal_fraction(g, V, u) == pytest.approx(1 - (r1**2 + 9 + 4 + 1) / 30)
+    # float32 inputs are computed in float64
+    assert removal_fraction(g.float(), V.float(), V.float()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_capture_overlap_cosines_hand_cases(basis):
+    V, bulk = basis[:, :2], basis[:, 2:]
+    g = V[:, 0] + V[:, 1] + 7 * bulk[:, 0]
+    assert capture_fraction(g, V, V) == pytest.approx(1.0)
+    assert capture_fraction(g, V, V[:, :1]) == pytest.approx(0.5)
+    assert capture_fraction(g, V, bulk[:, :5]) == pytest.approx(0.0, abs=1e-14)
+    U = torch.stack([V[:, 0], bulk[:, 0]], 1)
+    assert subspace_overlap(V, U) == pytest.approx(0.5)
+    assert subspace_overlap(V, V[:, :1]) == pytest.approx(1.0)  # normalised by min(k, m)
+    th = 0.3
+    U = (math.cos(th) * V[:, 0] + math.sin(th) * bulk[:, 0])[:, None]
+    np.testing.assert_allclose(squared_cosines(U, V).numpy(), [[math.cos(th) ** 2, 0.0]], atol=1e-14)
+    assert squared_cosines(U, V).shape == (1, 2)
+
+
+def test_edge_cases_nan_with_reason(basis):
+    V = basis[:, :K]
+    z = torch.zeros(D, dtype=torch.float64)
+    for fn, args in [(removal_fraction, (z, V, V)), (removal_total, (z, V, V)),
+                     (capture_fraction, (z, V, V)), (gradient_alignment, (z, V))]:
+        with pytest.warns(RuntimeWarning, match="zero gradient"):
+            assert math.isnan(fn(*args))
+    with pytest.warns(RuntimeWarning, match="empty subspace"):
+        assert math.isnan(subspace_overlap(V, V[:, :0]))
+    # a purely bulk gradient: no dominant part -> fraction undefined, total is 0 (the limit)
+    gb = basis[:, K]
+    with pytest.warns(RuntimeWarning):
+        assert math.isnan(removal_fraction(gb, V, V))
+    assert removal_total(gb, V, V) == 0.0
+    assert capture_fraction(gb + V[:, 0], V, V[:, :0]) == 0.0
+    with pytest.raises(ValueError):
+        removal_fraction(torch.zeros(D + 1), V, V)
+
+
+def _beta_moments(a, b, n):
+    out, m = [], 1.0
+    for i in range(n):
+        m *= (a + i) / (a + b + i)
+        out.append(m)
+    return out
+
+
+def test_random_removal_exact_distribution(basis):
+    """k = 1, g in span(V): removal = 2x - x^2 with x = ||P v||^2 ~ Beta(m/2, (d-m)/2)."""
+    d, m, n = D, 5, 4000
+    V, g = basis[:, :1], 2.5 * basis[:, 0]
+    e1, e2, e3, e4 = _beta_moments(m / 2, (d - m) / 2, 4)
+    mean = 2 * e1 - e2
+    var = 4 * (e2 - e1**2) - 4 * (e3 - e1 * e2) + (e4 - e2**2)
+    assert random_removal_expected(m, d, k=1, chi2=1.0) == pytest.approx(mean, rel=1e-12)
+    draws = random_removal_draws(g, V, m, torch.Generator().manual_seed(1), n)
+    # 5 sigma of the mean of n draws (exact variance): false-failure probability < 1e-6
+    assert abs(float(draws.mean()) - mean) < 5 * math.sqrt(var / n)
+    assert abs(float(draws.var()) - var) < 0.2 * var  # sanity of the spread too
+
+
+def test_random_removal_general_case(basis):
+    d, k, m, n = D, K, 8, 3000
+    V = basis[:, :k]
+    g = V @ torch.tensor([1.0, -2.0, 0.5, 1.0], dtype=torch.float64) + basis[:, k:] @ torch.ones(d - k, dtype=torch.float64) * 0.3
+    chi2 = gradient_alignment(g, V) ** 2
+    exp = random_removal_expected(m, d, k, chi2)
+    draws = random_removal_draws(g, V, m, torch.Generator().manual_seed(2), n)
+    se = float(draws.std()) / math.sqrt(n)  # CLT: n is large
+    assert abs(float(draws.mean()) - exp) < 5 * se
+    r1 = random_removal(g, V, m, torch.Generator().manual_seed(7), 30)
+    assert r1 == random_removal(g, V, m, torch.Generator().manual_seed(7), 30)  # seeded
+    assert abs(r1 - exp) < 5 * float(draws.std()) / math.sqrt(30)
+    # leading order ~ 2m/d for m << d (removing x of g_dom's length removes ~2x of its energy)
+    assert random_removal_expected(8, 200_000, 10, 0.5) == pytest.approx(16 / 200_000, rel=1e-3)
+    assert random_removal_expected(0, d) == 0.0 and random_removal_expected(d, d) == 1.0
+    assert torch.all(random_removal_draws(g, V, 0, None, 3) == 0)
+
+
+def test_random_subspace_orthonormal():
+    U = random_subspace(100, 7, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(U.T @ U, torch.eye(7, dtype=torch.float64))
+
+
+# ------------------------------------------------------------------------------- gaps
+
+def test_gap_subspace_matches_svd():
+    torch.manual_seed(3)
+    n, d = 12, 500
+    G = torch.randn(n, d, dtype=torch.float64) * torch.logspace(0, -2, n, dtype=torch.float64)[:, None]
+    U, s = gap_subspace(G, m_max=8)
+    Us, ss, _ = torch.linalg.svd(G.T, full_matrices=False)
+    assert U.shape == (d, 8) and s.shape == (8,)
+    torch.testing.assert_close(s, ss[:8], rtol=1e-10, atol=0)
+    torch.testing.assert_close(U.T @ U, torch.eye(8, dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close((U * Us[:, :8]).sum(0).abs(), torch.ones(8, dtype=torch.float64),
+                               atol=1e-9, rtol=0)  # same vectors up to sign, same order
+    assert torch.all(s[:-1] >= s[1:])
+
+
+def test_gap_subspace_drops_null_directions_of_zero_sum_rounds():
+    torch.manual_seed(4)
+    K, W, d = 4, 3, 1000
+    rounds = []
+    for _ in range(W):
+        th = torch.randn(K, d)  # float32 worker parameters, as in training
+        rounds.append(th - th.mean(0))  # K gaps of a round sum to zero (up to float32 rounding)
+    G = torch.cat(rounds)
+    U, s = gap_subspace(G, m_max=100)
+    assert U.shape == (d, (K - 1) * W) and U.dtype == torch.float32
+    assert gap_subspace(G, m_max=2)[0].shape == (d, 2)
+    assert gap_subspace(torch.zeros(5, d))[0].shape == (d, 0)
+
+
+def test_gap_subspace_large_d_never_forms_dxd():
+    # d x d in float64 would be 320 GB: this can only pass via the n x n Gram route.
+    torch.manual_seed(5)
+    n, d = 32, 200_000
+    G = torch.randn(n, d) * torch.linspace(1.0, 0.1, n)[:, None]
+    U, s = gap_subspace(G, m_max=n)
+    Us, ss, _ = torch.linalg.svd(G.double(), full_matrices=False)  # thin SVD of the n x d matrix
+    assert U.shape == (d, n)
+    torch.testing.assert_close(s, ss, rtol=1e-6, atol=0)
+    Vh = _  # rows: right singular vectors of G = left singular vectors of G^T
+    cos = (U.double() * Vh.T).sum(0).abs()
+    assert float(cos.min()) > 1 - 1e-5
+    ev = gap_covariance_spectrum(G, k=5)
+    torch.testing.assert_close(ev, ss[:5] ** 2 / n, rtol=1e-6, atol=0)
+
+
+def test_gap_covariance_spectrum_small():
+    torch.manual_seed(6)
+    G = torch.randn(6, 10, dtype=torch.float64)
+    ev = gap_covariance_spectrum(G)
+    dense = torch.linalg.eigvalsh(G.T @ G / 6).flip(0)[:6]
+    torch.testing.assert_close(ev, dense, rtol=1e-10, atol=1e-12)

@@ -1,0 +1,93 @@
+# Validation, paths and the experiment grid. Rules stay thin: all logic lives in the sharpgaps package.
+import json
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version
+
+from sharpgaps import config as sg_config
+from sharpgaps import grid
+
+min_version("9.0")
+
+# Jobs run `python -m sharpgaps.cli`; putting src/ on PYTHONPATH makes that work in the project's
+# venv, in the conda env of envs/ (which does not install the package) and on cluster nodes.
+# (Braces doubled twice: once for the f-string, once for Snakemake's shell formatting.)
+shell.prefix(
+    f"set -euo pipefail; export PYTHONPATH={Path(workflow.basedir) / 'src'}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+)
+ENV = "../../envs/sharpgaps.yaml"
+
+try:
+    config.update(
+        sg_config.validate(
+            config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"
+        )
+    )
+except sg_config.ConfigError as exc:
+    raise WorkflowError(str(exc))
+
+
+wildcard_constraints:
+    setting="[A-Za-z0-9_]+",
+    dataset="mnist|cifar10|sst2",
+    run=grid.RUN_ID_WILDCARD,
+
+
+# Rough per-model footprints for the schedulers (profiles may override per rule).
+MEM_MB = {"fc_tanh": 2000, "cnn_relu": 4000, "transformer": 12000}
+
+
+def dataset_of(setting):
+    return config["settings"][setting]["dataset"]
+
+
+def model_of(setting):
+    return config["settings"][setting]["model"]
+
+
+def subset_tag(dataset):
+    """Every subset parameter appears in the subset's path."""
+    d = config["datasets"][dataset]
+    cap = d["test_cap"] if d["test_cap"] is not None else "all"
+    tag = f"n{config['subset']['n_train']}_s{config['subset']['seed']}_test{cap}"
+    if dataset == "sst2":
+        tag += f"_len{d['max_len']}_min{d['min_freq']}"
+    return tag
+
+
+def subset_path(dataset):
+    return f"results/data/{dataset}/subset_{subset_tag(dataset)}.pt"
+
+
+def subset_args(wildcards):
+    if wildcards.tag != subset_tag(wildcards.dataset):
+        raise WorkflowError(
+            f"subset '{wildcards.tag}' does not match the config ({subset_tag(wildcards.dataset)})"
+        )
+    d = config["datasets"][wildcards.dataset]
+    args = f"--n-train {config['subset']['n_train']} --seed {config['subset']['seed']}"
+    args += f" --max-len {d['max_len']} --min-freq {d['min_freq']}"
+    return args + (f" --test-cap {d['test_cap']}" if d["test_cap"] is not None else "")
+
+
+def run_dir(run):
+    return f"results/runs/{run['setting']}/{grid.run_id(run)}"
+
+
+def run_description(wildcards):
+    """The JSON the train CLI receives: run parameters parsed from the path + the setting's fixed parts."""
+    s = config["settings"][wildcards.setting]
+    run = grid.parse_run_id(wildcards.run)
+    run.update(
+        setting=wildcards.setting,
+        model=s["model"],
+        dataset=s["dataset"],
+        arch=s.get("arch", {}),
+        checkpoints=grid.setting_defaults(config, wildcards.setting)["checkpoints"],
+    )
+    return json.dumps(run, sort_keys=True)
+
+
+def all_run_outputs():
+    return [f"{run_dir(r)}/run.json" for r in grid.expand_runs(config)]

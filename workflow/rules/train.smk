@@ -1,0 +1,31 @@
+# Local SGD runs with K simulated workers: checkpoints (average + gap window) and metrics.
+
+
+rule train:
+    input:
+        subset=lambda wc: subset_path(dataset_of(wc.setting)),
+    output:
+        ckpt=directory("results/runs/{setting}/{run}/ckpt"),
+        metrics="results/runs/{setting}/{run}/metrics.csv",
+        rounds="results/runs/{setting}/{run}/rounds.csv",
+        info="results/runs/{setting}/{run}/run.json",
+    log:
+        "results/logs/train/{setting}/{run}.log",
+    benchmark:
+        "results/benchmarks/train/{setting}/{run}.tsv"
+    conda:
+        ENV
+    threads: config["threads"]
+    resources:
+        mem_mb=lambda wc: MEM_MB[model_of(wc.setting)],
+        runtime=720,
+    params:
+        run=run_description,
+        out="results/runs/{setting}/{run}",
+        work="results/work/{setting}/{run}",
+        device=config["device"],
+        resume_every=config["resume_every_s"],
+    shell:
+        "python -m sharpgaps.cli train --run {params.run:q} --subset {input.subset} --out-dir {params.out} "
+        "--work-dir {params.work} --name {wildcards.setting}/{wildcards.run} --threads {threads} "
+        "--device {params.device} --resume-every-s {params.resume_every} > {log} 2>&1"
