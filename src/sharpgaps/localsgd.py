@@ -156,21 +156,24 @@ class LoopLocalSGD:
         self.update_transform = update_transform
 
     def local_step(self, step: int) -> torch.Tensor:
-        losses, updates = [], []
+        losses = []
         for w, m in enumerate(self.models):
             idx = self.batches.worker_indices(w, step)
             m.zero_grad(set_to_none=True)
             loss = self.loss_fn(m(self.x[idx]), self.y[idx])
             loss.backward()
             losses.append(loss.detach())
-            updates.append(torch.cat([self.spec.lr * p.grad.reshape(-1) for p in m.parameters()]))
-        updates = torch.stack(updates)
-        if self.update_transform is not None:
-            updates = self.update_transform(updates)
         with torch.no_grad():
-            for m, u in zip(self.models, updates):
-                torch.nn.utils.vector_to_parameters(torch.nn.utils.parameters_to_vector(m.parameters()) - u,
-                                                    m.parameters())
+            if self.update_transform is None:  # the same update op as the batched engine and torch.optim.SGD
+                for m in self.models:
+                    for p in m.parameters():
+                        p.sub_(p.grad, alpha=self.spec.lr)
+            else:
+                flat = torch.stack([torch.cat([self.spec.lr * p.grad.reshape(-1) for p in m.parameters()])
+                                    for m in self.models])
+                for m, u in zip(self.models, self.update_transform(flat)):
+                    vec = torch.nn.utils.parameters_to_vector(m.parameters())
+                    torch.nn.utils.vector_to_parameters(vec - u, m.parameters())
         return torch.stack(losses)
 
     @property

@@ -252,7 +252,7 @@ smk_rc=$?
 set -e
 t1=$(date +%s.%N)
 SLURM_WALL=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}')
-tail -n 25 "$WORK/slurm.snakemake.log" | sed 's/^/    | /' >&2
+(( smk_rc == 0 )) || tail -n 40 "$WORK/slurm.snakemake.log" | sed 's/^/    | /' >&2
 if (( smk_rc == 124 || smk_rc == 137 )); then
     fail "snakemake on SLURM timed out after ${TIMEOUT}s (log: $WORK/slurm.snakemake.log)"
 elif (( smk_rc != 0 )); then
@@ -261,62 +261,77 @@ fi
 say "snakemake on SLURM finished in ${SLURM_WALL}s"
 
 # --------------------------------------------------------------------------- evidence
-"$PY" - "$WORK/slurm.snakemake.log" "$CTLD_LOG" "$RUN_SLURM" <<'EOF' || fail "SLURM evidence check failed (see above)"
-import os, re, sys
-log_path, ctld_path, run_dir = sys.argv[1:]
+"$PY" - "$WORK/slurm.snakemake.log" "$CTLD_LOG" "$SHARPGAPS_SLURM_JOBCOMP_LOG" "$RUN_SLURM" <<'EOF' \
+    || fail "SLURM evidence check failed (see above)"
+import os, re, subprocess, sys
+log_path, ctld_path, jobcomp_path, run_dir = sys.argv[1:]
 log = open(log_path, errors="replace").read()
 ctld = open(ctld_path, errors="replace").read()
+jobcomp = open(jobcomp_path, errors="replace").read() if os.path.isfile(jobcomp_path) else ""
 problems = []
 
-# Jobs Snakemake scheduled: "rule NAME:" (remote) or "localrule NAME:" blocks
-# followed by "jobid: N".
+# Jobs Snakemake ran: "rule NAME:" (remote) or "localrule NAME:" blocks with "jobid: N".
 ran = {}
 for m in re.finditer(r"^(local)?rule (\S+):\n(?:    .*\n)*?    jobid: (\d+)$", log, re.M):
     ran[int(m.group(3))] = (m.group(2), bool(m.group(1)))
-remote = {j: r for j, (r, local) in ran.items() if not local}
-local = {j: r for j, (r, local) in ran.items() if local}
+remote = {j: r for j, (r, is_local) in ran.items() if not is_local}
+local = sorted({r for r, is_local in ran.values() if is_local})
 submitted = {}
 for m in re.finditer(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.*?)\)\.", log):
     submitted[int(m.group(1))] = (m.group(2), m.group(3))
-done = re.search(r"^(\d+) of (\d+) steps \(100%\) done", log, re.M)
+done = re.search(r"^(\d+) of (\d+) steps \(100%\) done$", log, re.M)
 
-print(f"Snakemake jobs: {len(ran)} ({len(remote)} remote, {len(local)} local: "
-      f"{sorted(set(local.values()))}); submitted via sbatch: {len(submitted)}")
-if not done:
-    problems.append("no '... steps (100%) done' line in the Snakemake log")
+print(f"Snakemake ran {len(ran)} jobs: {len(remote)} remote, {len(ran) - len(remote)} "
+      f"local (rules without action / localrules: {local}); submitted with sbatch: {len(submitted)}")
+if done:
+    print(f"  snakemake: {done.group(0)}")
 else:
-    print(f"  evidence: {done.group(0)}")
+    problems.append("no '... steps (100%) done' line in the Snakemake log")
 if not submitted:
-    problems.append("Snakemake submitted no job to SLURM (nothing to run? old outputs?)")
+    problems.append("Snakemake submitted no job to SLURM (nothing to do? old outputs?)")
 for j, rule in sorted(remote.items()):
     if j not in submitted:
         problems.append(f"job {j} (rule {rule}) ran but was never submitted to SLURM")
 
 complete_done = re.findall(r"_job_complete: JobId=(\d+) done", ctld)
-print(f"slurmctld '_job_complete: ... done' lines: {len(complete_done)} "
-      f"(Snakemake submitted {len(submitted)})")
+print(f"slurmctld log: {len(complete_done)} '_job_complete: JobId=N done' lines "
+      f"(>= {len(submitted)} jobs submitted by Snakemake)")
 if len(complete_done) < len(submitted):
     problems.append(f"slurmctld completed {len(complete_done)} jobs < {len(submitted)} submitted")
 
-for j, (sid, logfile) in sorted(submitted.items()):
+for j, (sid, logfile) in sorted(submitted.items(), key=lambda kv: int(kv[1][0])):
     rule = remote.get(j, "?")
+    print(f"  rule {rule}: snakemake job {j} -> SLURM job {sid}")
     m = re.search(rf"^.*_job_complete: JobId={sid} WEXITSTATUS (\d+)$", ctld, re.M)
     if not m:
         problems.append(f"slurmctld never completed SLURM job {sid} (rule {rule})")
-        continue
-    if m.group(1) != "0":
-        problems.append(f"SLURM job {sid} (rule {rule}) exited {m.group(1)}")
+    else:
+        print(f"    slurmctld: {m.group(0).strip()}")
+        if m.group(1) != "0":
+            problems.append(f"SLURM job {sid} (rule {rule}) exited {m.group(1)}")
+    # the controller still holds the finished job (MinJobAge): its allocation
+    sj = subprocess.run(["scontrol", "show", "job", "-o", sid], capture_output=True, text=True)
+    if sj.returncode == 0 and sj.stdout.strip():
+        keep = [f for f in sj.stdout.split() if f.split("=")[0] in
+                ("JobState", "ExitCode", "Partition", "TimeLimit", "NumCPUs", "AllocTRES")]
+        print(f"    scontrol:  JobId={sid} {' '.join(keep)}")
+    if jobcomp:
+        c = re.search(rf"^JobId={sid} .*$", jobcomp, re.M)
+        if not c or "JobState=COMPLETED" not in c.group(0):
+            problems.append(f"job completion log has no COMPLETED record of SLURM job {sid}")
+        else:
+            keep = [f for f in c.group(0).split() if f.split("=")[0] in
+                    ("JobId", "JobState", "StartTime", "EndTime", "NodeList")]
+            print(f"    jobcomp:   {' '.join(keep)}")
     path = logfile if os.path.isabs(logfile) else os.path.join(run_dir, logfile)
     if not os.path.isfile(path):
         problems.append(f"SLURM log of job {sid} (rule {rule}) missing: {path}")
         continue
-    text = open(path, errors="replace").read()
-    idm = re.search(rf"^.*SLURM_JOB_ID={sid}\b.*$", text, re.M)
-    if not idm:
-        problems.append(f"SLURM log {path} does not show SLURM_JOB_ID={sid}")
-        continue
-    print(f"  rule {rule:<18} snakemake job {j:>3} -> SLURM job {sid:>4}: "
-          f"{m.group(0).strip()} | {os.path.relpath(path, run_dir)}: {idm.group(0).strip()}")
+    ids = re.findall(rf"^.*SLURM_JOB_ID={sid}\b.*$", open(path, errors="replace").read(), re.M)
+    if not ids:
+        problems.append(f"SLURM log {path} shows no SLURM_JOB_ID={sid}")
+    for line in ids:
+        print(f"    job log:   {os.path.relpath(path, run_dir)}: {line.strip()}")
 
 if problems:
     for p in problems:

@@ -126,6 +126,16 @@ NodeName=$NODE Name=gpu File=$STATE/dev/gpu[0-$(( GPUS - 1 ))]
 EOF
 fi
 
+# Task prolog: slurmstepd runs it before every task of every job step and
+# copies its "print ..." lines to the job's stdout, i.e. into the SLURM log that
+# Snakemake keeps for the job. That line is run_slurm_test.sh's proof that a
+# job really ran inside SLURM allocation N, independent of the workflow.
+cat >"$STATE/task_prolog.sh" <<'EOF'
+#!/bin/sh
+echo "print [slurm task prolog] SLURM_JOB_ID=${SLURM_JOB_ID:-} SLURM_STEP_ID=${SLURM_STEP_ID:-} node=${SLURMD_NODENAME:-}"
+EOF
+chmod 755 "$STATE/task_prolog.sh"
+
 cat >"$STATE/slurm.conf" <<EOF
 # Throw-away single-node test cluster written by tests/cluster/slurm_up.sh
 ClusterName=sharpgapstest
@@ -155,6 +165,7 @@ JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/filetxt
 JobCompLoc=$STATE/log/jobcomp.log
 MpiDefault=none
+TaskProlog=$STATE/task_prolog.sh
 MinJobAge=$MINAGE
 ReturnToService=2
 InactiveLimit=0
@@ -219,9 +230,12 @@ start_daemon munged munged -F --force \
 
 wait_for() {  # seconds description command...
     local secs=$1 what=$2; shift 2
-    local deadline=$(( SECONDS + secs ))
+    local deadline=$(( SECONDS + secs )) name pid
     until "$@" >/dev/null 2>&1; do
         (( SECONDS < deadline )) || die "timed out after ${secs}s waiting for $what"
+        while read -r name pid; do   # a daemon that died won't come back: fail fast
+            kill -0 "$pid" 2>/dev/null || die "$name (pid $pid) exited while waiting for $what"
+        done <"$STATE/pids"
         sleep 0.5
     done
 }
