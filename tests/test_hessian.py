@@ -49,7 +49,8 @@ def test_cached_uncached_chunked_agree_with_dense(setup):
     ref = torch.from_numpy(Hd) @ v
     for kw in [{}, {"cache_graph": False}, {"chunk_size": 7}, {"chunk_size": 7, "cache_graph": False}]:
         H = FullBatchHVP(model, mse, x, y, **kw)
-        torch.testing.assert_close(H.hvp(v), ref, rtol=1e-10, atol=1e-12)
+        with torch.no_grad():  # works inside a caller's no_grad block
+            torch.testing.assert_close(H.hvp(v), ref, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(H.hvp(2 * v), 2 * ref, rtol=1e-10, atol=1e-12)  # graph reused
         assert H.n_hvp == 2
 

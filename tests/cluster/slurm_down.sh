@@ -10,9 +10,9 @@
 #   2. the daemon PIDs recorded in STATE_DIR/pids are sent SIGTERM (then SIGKILL
 #      after a grace period), each only if /proc/PID/cmdline still names the
 #      expected daemon and this state dir, so a recycled PID is never hit;
-#   3. leftovers (slurmstepd and job processes that outlived slurmd) are found by
-#      the unique marker SLURM_CONF=STATE_DIR/slurm.conf in their environment;
-#      the caller and its ancestors are never touched.
+#   3. leftovers (slurmstepd and job processes that outlived slurmd) are found
+#      by markers in their environment that only this cluster's processes carry
+#      (see below); the caller and its ancestors are never touched.
 # Never kills by process name.
 set -uo pipefail
 
@@ -78,11 +78,16 @@ while [[ "$p" =~ ^[0-9]+$ && "$p" -gt 1 ]]; do
     protected+="$p "
     p=$(awk '/^PPid:/{print $2}' "/proc/$p/status" 2>/dev/null)
 done
-marker="SLURM_CONF=$STATE/slurm.conf"
+# A leftover is a process that carries this cluster's daemon marker, or this
+# cluster's SLURM_CONF together with either SLURM_JOB_ID (a job's process) or a
+# slurmstepd command line. A shell that merely sourced env.sh matches neither.
 for d in /proc/[0-9]*; do
     pid=${d#/proc/}
     [[ "$protected" == *" $pid "* ]] && continue
-    if tr '\0' '\n' 2>/dev/null <"$d/environ" | grep -qxF "$marker"; then
+    envs=$(tr '\0' '\n' 2>/dev/null <"$d/environ") || continue
+    if grep -qxF "SHARPGAPS_SLURM_DAEMON=$STATE" <<<"$envs" \
+        || { grep -qxF "SLURM_CONF=$STATE/slurm.conf" <<<"$envs" \
+             && { grep -q '^SLURM_JOB_ID=' <<<"$envs" || [[ "$(cmdline "$pid")" == slurmstepd* ]]; }; }; then
         log "killing leftover pid $pid ($(cmdline "$pid"))"
         kill -KILL "$pid" 2>/dev/null || true
     fi

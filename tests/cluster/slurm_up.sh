@@ -215,7 +215,9 @@ export SLURM_CONF="$STATE/slurm.conf"
 # recorded is the daemon's own (exec), so slurm_down.sh can stop exactly it.
 start_daemon() {  # name cmd...
     local name=$1; shift
-    ( exec "$@" ) >"$STATE/log/$name.out" 2>&1 &
+    # SHARPGAPS_SLURM_DAEMON marks the daemons (and the slurmstepd they fork)
+    # so that slurm_down.sh can find leftovers of exactly this cluster.
+    ( SHARPGAPS_SLURM_DAEMON="$STATE" exec "$@" ) >"$STATE/log/$name.out" 2>&1 &
     local pid=$!
     echo "$name $pid" >>"$STATE/pids"
     log "started $name (pid $pid)"

@@ -1,0 +1,86 @@
+"""The pipeline through Snakemake itself: dry runs, the smoke DAG, lint and format."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+pytestmark = pytest.mark.workflow
+
+
+def snakemake(workdir, *args, config=None, check=True):
+    cmd = [*SNAKEMAKE, "-d", str(workdir), *args]
+    if config:
+        cmd += ["--configfile", str(config)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def job_counts(text):
+    """The 'job count' table of a dry run as {rule: count}."""
+    rows = [line.split() for line in text.splitlines()]
+    return {r[0]: int(r[1]) for r in rows if len(r) == 2 and r[1].isdigit()}
+
+
+def test_dry_run_paper_config_is_fast(tmp_path):
+    t0 = time.perf_counter()
+    proc = snakemake(tmp_path, "-n", "--quiet", "rules", "all", config=REPO / "config.yaml")
+    elapsed = time.perf_counter() - t0
+    out = proc.stdout + proc.stderr
+    assert "train" in out and "subset" in out
+    assert elapsed < 60, f"dry run took {elapsed:.1f}s"  # generous: the README quotes the measured time
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    work = tmp_path_factory.mktemp("smoke")
+    snakemake(work, "--cores", "2", "all", config=REPO / ".test/config.yaml")
+    return work
+
+
+def test_smoke_run_trains_all_three_settings(smoke):
+    runs = sorted((smoke / "results/runs").glob("*/*/run.json"))
+    assert {p.parent.parent.name for p in runs} == {"mnist_fc", "cifar_cnn", "sst2_transformer"}
+    for info in runs:
+        metrics = pd.read_csv(info.parent / "metrics.csv")
+        ckpts = sorted((info.parent / "ckpt").glob("r*.pt"))
+        assert len(ckpts) == len(metrics) >= 2
+        ck = torch.load(ckpts[-1], weights_only=False)
+        assert ck["gaps"].shape[0] == ck["run"]["window"] and ck["gaps"].shape[1] == ck["run"]["K"]
+        assert metrics["train_loss"].iloc[-1] < metrics["train_loss"].iloc[0]  # it learns
+    assert list((smoke / "results/logs/train").rglob("*.log")) and list((smoke / "results/benchmarks").rglob("*.tsv"))
+
+
+def test_smoke_rerun_is_a_noop(smoke):
+    proc = snakemake(smoke, "-n", "all", config=REPO / ".test/config.yaml")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_changing_one_run_parameter_reruns_only_that_run(smoke, tmp_path):
+    import yaml
+
+    cfg = yaml.safe_load((REPO / ".test/config.yaml").read_text())
+    cfg["settings"]["mnist_fc"]["lr"] = 0.04
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = snakemake(smoke, "-n", "--quiet", "rules", "all", config=path).stdout
+    assert job_counts(out) == {"train": 1, "all": 1, "total": 2}
+
+
+def test_lint_clean():
+    proc = subprocess.run([*SNAKEMAKE, "--lint"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_snakefmt_clean():
+    proc = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
