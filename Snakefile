@@ -12,9 +12,14 @@ if not config:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/geometry.smk"
 
 
 rule all:
     default_target: True
     input:
         all_run_outputs(),
+        expand(
+            "results/tables/{experiment}_geometry.parquet",
+            experiment=config["experiments"],
+        ),

@@ -59,20 +59,23 @@ def nearby_params(model: nn.Module, loss_fn, x: Tensor, y: Tensor, steps: int = 
 
 # ----------------------------------------------------------------------------- (a) timings
 
-def _median_time(f: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
-    f()  # warm-up (allocator, first-call overhead)
-    ts = []
+def _interleaved_times(ops: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Round-robin timing (op1, op2, op3, op1, ...) so background load hits every op alike."""
+    for f in ops.values():
+        f()  # warm-up (allocator, first-call overhead)
+    ts = {name: [] for name in ops}
     for _ in range(repeats):
-        t = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts), ts
+        for name, f in ops.items():
+            t = time.perf_counter()
+            f()
+            ts[name].append(time.perf_counter() - t)
+    return ts
 
 
 def bench_hvp_cost(model, loss_fn, x, y, repeats: int = 7, chunk_size: int | None = None
                    ) -> list[dict]:
-    """Median seconds: full-batch gradient, cached-graph HVP, graph-rebuilding HVP, and the
-    one-off cost of building the cached create_graph graph."""
+    """Median/min seconds (interleaved repeats): full-batch gradient, cached-graph HVP,
+    graph-rebuilding HVP, and the one-off cost of building the cached create_graph graph."""
     v = torch.randn(sum(p.numel() for p in model.parameters()), generator=torch.Generator().manual_seed(0))
     cached = FullBatchHVP(model, loss_fn, x, y, chunk_size=chunk_size, cache_graph=True)
     t0 = time.perf_counter()
@@ -87,10 +90,10 @@ def bench_hvp_cost(model, loss_fn, x, y, repeats: int = 7, chunk_size: int | Non
     }
     common = dict(n=x.shape[0], dim=cached.dim, chunk_size=chunk_size, repeats=repeats,
                   threads=torch.get_num_threads(), device=str(x.device))
-    rows = [dict(op="cached_graph_build", median_s=build, **common)]
-    for name, f in ops.items():
-        med, ts = _median_time(f, repeats)
-        rows.append(dict(op=name, median_s=med, min_s=min(ts), max_s=max(ts), **common))
+    rows = [dict(op="cached_graph_build", median_s=build, min_s=build, max_s=build, **common)]
+    for name, ts in _interleaved_times(ops, repeats).items():
+        rows.append(dict(op=name, median_s=statistics.median(ts), min_s=min(ts), max_s=max(ts),
+                         **common))
     g = rows[1]["median_s"]
     for r in rows:
         r["ratio_to_gradient"] = r["median_s"] / g

@@ -4,8 +4,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from sharpgaps.hessian import (FullBatchHVP, no_tf32, resolve_device, start_vector,
-                               top_eigenpairs)
+from sharpgaps.hessian import (FullBatchHVP, no_tf32, resolve_device, scipy_blas_single_thread,
+                               start_vector, top_eigenpairs)
 
 N, K_EIG = 40, 4
 
@@ -138,3 +138,18 @@ def test_devices_and_tf32():
     with no_tf32():
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
     assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+
+
+def test_scipy_blas_limited_torch_untouched():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import scipy.linalg  # noqa: F401  (loads scipy's BLAS)
+
+    def blas():
+        return {i["filepath"]: i["num_threads"] for i in threadpoolctl.threadpool_info()
+                if i["user_api"] == "blas" and "torch" not in i["filepath"]}
+
+    before, tthreads = blas(), torch.get_num_threads()
+    with scipy_blas_single_thread():
+        assert all(n == 1 for n in blas().values())
+        assert torch.get_num_threads() == tthreads
+    assert blas() == before

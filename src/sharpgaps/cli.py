@@ -40,13 +40,12 @@ def cmd_subset(a) -> None:
 
 
 def resolve_device(name: str):
-    import torch
+    from .hessian import resolve_device as resolve
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("config device: 'cuda' requested but no CUDA device is visible; use 'auto' or 'cpu'.")
-    return torch.device(name)
+    try:
+        return resolve(name)
+    except (RuntimeError, ValueError) as exc:
+        raise SystemExit(f"config key 'device': {exc}") from None
 
 
 def _publish(work_dir: Path, out_dir: Path, ckpts: list[Path]) -> None:
@@ -93,6 +92,35 @@ def cmd_train(a) -> None:
                "seconds": round(time.time() - t0, 2), "torch": torch.__version__}, Path(a.out_dir) / "run.json")
 
 
+def cmd_geometry(a) -> None:
+    from . import losses, models, subsets
+    from .atomic import save_frame
+    from .geometry import GeometrySpec, run_geometry
+    from .hessian import disable_tf32
+
+    _threads(a.threads)
+    disable_tf32()
+    run, geo = json.loads(a.run), json.loads(a.geometry)
+    device = resolve_device(a.device)
+    subset = subsets.load_subset(a.subset)
+    model = models.build_model(run["model"], subset["meta"], seed=run["seed"], **run.get("arch", {})).to(device)
+    spec = GeometrySpec(k=subset["meta"]["n_classes"], **geo)
+    ckpts = sorted(Path(a.ckpt_dir).glob("r*.pt"))
+    if not ckpts:
+        raise SystemExit(f"no checkpoints in {a.ckpt_dir}")
+    df = run_geometry(ckpts, model, losses.get_loss(run["loss"]), subset["x_train"].to(device),
+                      subset["y_train"].to(device), spec, Path(a.work_dir))
+    save_frame(df, a.out)
+
+
+def cmd_collect(a) -> None:
+    import pandas as pd
+
+    from .atomic import save_frame
+
+    save_frame(pd.concat([pd.read_parquet(p) for p in a.tables], ignore_index=True), a.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sharpgaps", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -125,6 +153,21 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--device", default="cpu")
     q.add_argument("--resume-every-s", type=float, default=120.0)
     q.set_defaults(func=cmd_train)
+    q = sub.add_parser("geometry", help="Hessian top-k + gap-subspace metrics for every checkpoint of a run")
+    q.add_argument("--run", required=True, help="JSON run description (from the workflow)")
+    q.add_argument("--geometry", required=True, help="JSON GeometrySpec fields")
+    q.add_argument("--subset", required=True)
+    q.add_argument("--ckpt-dir", required=True)
+    q.add_argument("--work-dir", required=True)
+    q.add_argument("--out", required=True, help="tidy table (.parquet or .csv)")
+    q.add_argument("--threads", type=int, default=1)
+    q.add_argument("--device", default="cpu")
+    q.set_defaults(func=cmd_geometry)
+
+    q = sub.add_parser("collect", help="concatenate tidy tables")
+    q.add_argument("--out", required=True)
+    q.add_argument("tables", nargs="+")
+    q.set_defaults(func=cmd_collect)
     return p
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import re
 
@@ -75,3 +76,7 @@ def checkpoint_rounds(rounds: int, window: int, checkpoints: dict) -> list[int]:
     else:
         pts = np.linspace(lo, rounds, count)
     return sorted(set(int(round(p)) for p in pts) | {rounds})
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -36,7 +36,8 @@ _NO_DOM = "{}: V^T g = 0 (zero gradient or no dominant component)"
 def _tiny(g: Tensor) -> float:
     """||V^T g||^2 at or below this is rounding noise: float64 dot products of length d
     carry an error ~ sqrt(d) eps ||g||; a real chi_k is many orders above."""
-    return (10 * g.shape[0] ** 0.5 * torch.finfo(torch.float64).eps) ** 2 * float(g.to(torch.float64).square().sum())
+    noise = 10 * g.shape[0] ** 0.5 * torch.finfo(torch.float64).eps
+    return noise**2 * float(g.to(torch.float64).square().sum())
 
 
 def _dominant_energies(g: Tensor, V: Tensor, U: Tensor) -> tuple[float, float]:
@@ -49,7 +50,7 @@ def _dominant_energies(g: Tensor, V: Tensor, U: Tensor) -> tuple[float, float]:
 
 def removal_fraction(g: Tensor, V: Tensor, U: Tensor) -> float:
     """1 - ||V^T (I - U U^T) g||^2 / ||V^T g||^2: share of g's dominant energy gone after
-    projecting span(U) out of g. 0 for m = 0; NaN if V^T g = 0."""
+    projecting span(U) out of g. 0 for m = 0; NaN if V^T g is (numerically) 0."""
     _check(g, V, U)
     den, num = _dominant_energies(g, V, U)
     if den <= _tiny(g):

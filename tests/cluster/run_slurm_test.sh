@@ -19,8 +19,8 @@
 #      site-specific keys named in the test profile, with the test profile
 #      (tests/cluster/profile/config.yaml) merged over it;
 #   3. starts SLURM (slurm_up.sh) and always stops it again (trap -> slurm_down.sh);
-#   4. runs `snakemake --workflow-profile <effective> --configfile CONFIGFILE
-#      TARGET...` in the first copy under `timeout`;
+#   4. runs `snakemake TARGET... --workflow-profile <effective> --configfile
+#      CONFIGFILE` in the first copy under `timeout`;
 #   5. checks the evidence, failing with a message if any is missing:
 #        a. Snakemake exited 0;
 #        b. every job Snakemake ran with an action (not a localrule) was
@@ -30,23 +30,24 @@
 #           number of "_job_complete: JobId=... done" lines >= the number of
 #           jobs Snakemake submitted;
 #        d. each job's SLURM log (.snakemake/slurm_logs/...) exists and shows
-#           SLURM_JOB_ID=X, i.e. the job really ran inside SLURM allocation X;
+#           SLURM_JOB_ID=X, printed by the test cluster's TaskProlog for the
+#           batch step and the srun step: the rule really ran inside allocation X;
 #   6. with --compare: runs the same target locally (workflow's/repo's
 #      profiles/default) in the second copy and requires that every GLOB
 #      (relative to the workflow dir, `**` allowed) matches the same non-empty
 #      set of files in both runs, with identical sha256.
 #
 # Environment (all optional):
-#   SHARPGAPS_SLURM_TIMEOUT        seconds for each snakemake run     (default 1800)
-#   SHARPGAPS_SLURM_BASE_PROFILE   production profile dir or "none"   (see step 2)
-#   SHARPGAPS_SLURM_PROFILE        test profile dir                   (default: tests/cluster/profile)
-#   SHARPGAPS_SLURM_LOCAL_PROFILE  profile dir of the local run or "none"
+#   SHARPGAPS_SLURM_TIMEOUT        seconds for each snakemake run (default 1800)
+#   SHARPGAPS_SLURM_BASE_PROFILE   production profile dir, or "none" (see step 2)
+#   SHARPGAPS_SLURM_PROFILE        test profile dir (default tests/cluster/profile)
+#   SHARPGAPS_SLURM_LOCAL_PROFILE  profile dir of the local run, or "none"
 #   SHARPGAPS_SLURM_COMPARE        space-separated globs, same as --compare
 #   SHARPGAPS_SLURM_EXTRA_ARGS     extra snakemake arguments for both runs
-#   SHARPGAPS_SLURM_WORKDIR        scratch dir (default: new mktemp -d; removed on
-#                             success unless SHARPGAPS_SLURM_KEEP=1)
+#   SHARPGAPS_SLURM_WORKDIR        scratch dir (default: a new mktemp -d, removed
+#                                  on success unless SHARPGAPS_SLURM_KEEP=1)
 #   SHARPGAPS_SLURM_KEEP=1         keep the scratch dir and the SLURM state/logs
-#   SNAKEMAKE                 snakemake executable (default: on PATH, else .venv/bin)
+#   SNAKEMAKE                      snakemake executable (default: PATH, else .venv/bin)
 #   plus the SHARPGAPS_SLURM_* knobs of slurm_up.sh (CPUs, memory, GPUs, partition).
 set -euo pipefail
 

@@ -41,7 +41,7 @@ die() { log "ERROR: $*"; exit 1; }
 
 # --------------------------------------------------------------------------- install
 need_install=0
-for b in munged slurmctld slurmd sbatch squeue sinfo scontrol scancel; do
+for b in munged slurmctld slurmd sbatch srun squeue sinfo scontrol scancel; do
     command -v "$b" >/dev/null 2>&1 || [[ -x /usr/sbin/$b ]] || need_install=1
 done
 if (( need_install )); then
@@ -57,7 +57,7 @@ if (( need_install )); then
         --no-install-recommends slurm-wlm munge >&2 || die "apt-get install slurm-wlm munge failed"
 fi
 export PATH="$PATH:/usr/sbin:/sbin"
-for b in munged slurmctld slurmd sbatch squeue sinfo scontrol scancel; do
+for b in munged slurmctld slurmd sbatch srun squeue sinfo scontrol scancel; do
     command -v "$b" >/dev/null || die "$b not found after install"
 done
 

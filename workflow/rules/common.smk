@@ -91,3 +91,36 @@ def run_description(wildcards):
 
 def all_run_outputs():
     return [f"{run_dir(r)}/run.json" for r in grid.expand_runs(config)]
+
+
+def geometry_params(setting):
+    """`geometry` defaults overridden by the setting's own `geometry` block."""
+    return {**config["geometry"], **config["settings"][setting].get("geometry", {})}
+
+
+def geometry_tag(setting):
+    g = geometry_params(setting)
+    h = g.get("hessian_examples") or "all"
+    return f"H{h}_tol{grid.fmt_float(g.get('tol', 1e-3))}_x{g.get('extra', 0)}"
+
+
+def geometry_json(wildcards):
+    if wildcards.gtag != geometry_tag(wildcards.setting):
+        raise WorkflowError(
+            f"geometry '{wildcards.gtag}' does not match the config ({geometry_tag(wildcards.setting)})"
+        )
+    return json.dumps(geometry_params(wildcards.setting), sort_keys=True)
+
+
+def geometry_work(wildcards):
+    """Per-checkpoint cache dir; keyed by every geometry parameter so a change never reuses stale rows."""
+    digest = grid.digest(geometry_json(wildcards))
+    return f"results/work/geometry/{wildcards.setting}/{wildcards.run}/{digest}"
+
+
+def geometry_path(run):
+    return f"{run_dir(run)}/geometry_{geometry_tag(run['setting'])}.parquet"
+
+
+def experiment_geometry(wildcards):
+    return [geometry_path(r) for r in grid.expand_runs(config, [wildcards.experiment])]

@@ -1,0 +1,138 @@
+"""Per-checkpoint geometry of a run: Hessian top-k, gap subspaces and every DESIGN §1 metric.
+
+Output is one tidy table per run (columns: round, step, metric, m, i, j, value plus the run's
+parameters). Checkpoints are processed in order so each Lanczos solve can warm-start from the
+previous checkpoint's eigenvectors; finished checkpoints are cached in a work dir, so a killed
+job resumes where it stopped and produces the same numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import gaps as gap_mod
+from . import metrics as M
+from .atomic import save_torch
+from .hessian import FullBatchHVP, top_eigenpairs
+from .localsgd import unflatten
+
+RUN_COLUMNS = ("setting", "K", "tau", "b", "lr", "seed", "loss", "window")
+
+
+@dataclass(frozen=True)
+class GeometrySpec:
+    k: int  # Hessian eigenpairs defining the dominant subspace (= classes)
+    extra: int = 0  # further eigenvalues, for the spectrum figure only
+    tol: float = 1e-3
+    m_list: tuple[int, ...] = (1, 2, 4, 8, 16)
+    m_rank: bool = True  # also evaluate m = rank(G) = (K-1) W
+    hessian_examples: int | None = None  # None: the whole training subset
+    chunk_size: int | None = None
+    random_draws: int = 8
+    cos_top: int = 20  # gap directions in the squared-cosine matrix
+    warm_start: bool = True
+    seed: int = 0
+
+
+def _rows(base: dict, metric: str, values, m=np.nan, index_name="i") -> list[dict]:
+    if np.ndim(values) == 0:
+        return [{**base, "metric": metric, "m": m, "value": float(values)}]
+    return [{**base, "metric": metric, "m": m, index_name: i, "value": float(v)} for i, v in enumerate(values)]
+
+
+def checkpoint_geometry(ckpt: dict, model, loss_fn, x, y, spec: GeometrySpec, v0=None):
+    """All metrics of one checkpoint; returns (rows, eigenvectors (d, k + extra) float64 numpy)."""
+    like = dict(model.named_parameters())
+    theta = unflatten(ckpt["theta"].to(x.device), like)
+    n_h = len(x) if spec.hessian_examples is None else min(spec.hessian_examples, len(x))
+    hvp = FullBatchHVP(model, loss_fn, x[:n_h], y[:n_h], params=theta, chunk_size=spec.chunk_size)
+    # g is the full-batch gradient on the whole training subset even when the Hessian uses fewer examples
+    g = hvp.gradient() if n_h == len(x) else FullBatchHVP(
+        model, loss_fn, x, y, params=theta, chunk_size=spec.chunk_size, cache_graph=False).gradient()
+    n_eig = spec.k + spec.extra
+    eig = top_eigenpairs(hvp, k=n_eig, tol=spec.tol, v0=v0 if spec.warm_start else None)
+    hvp.release()
+    dev = g.device
+    V = torch.from_numpy(eig.vectors[:, : spec.k]).to(dev)
+    d = g.numel()
+    # Re-centre each round's K gaps in float64: they sum to zero exactly in real arithmetic, but the
+    # float32 mean leaves ~eps*|theta| per entry, which would add spurious directions beyond (K-1) W.
+    gaps64 = ckpt["gaps"].to(dev, torch.float64)
+    G = (gaps64 - gaps64.mean(dim=1, keepdim=True)).reshape(-1, d)
+    U_all, s = gap_mod.gap_subspace(G)
+    rank = U_all.shape[1]
+    base = {"round": ckpt["round"], "step": ckpt["step"]}
+    rows = []
+    rows += _rows(base, "lambda", eig.values)
+    rows += _rows(base, "residual", eig.residuals)
+    rows += _rows(base, "n_hvp", eig.n_hvp)
+    rows += _rows(base, "eig_seconds", eig.seconds)
+    rows += _rows(base, "eig_converged", float(eig.converged))
+    rows += _rows(base, "chi_k", M.gradient_alignment(g, V))
+    rows += _rows(base, "grad_norm", float(g.norm()))
+    rows += _rows(base, "hessian_loss", hvp.loss())
+    rows += _rows(base, "gap_rank", rank)
+    rows += _rows(base, "gap_cov_eig", gap_mod.gap_covariance_spectrum(G, k=min(rank, 2 * spec.k)).cpu().numpy())
+    rows += _rows(base, "worker_gap_norm", np.asarray(ckpt["worker_gap_norms"]))
+    for key, value in ckpt["metrics"].items():
+        if key not in ("round", "step"):
+            rows += _rows(base, key, value)
+    gen = torch.Generator(device="cpu").manual_seed(spec.seed * 100_003 + int(ckpt["round"]))
+    ms = sorted({m for m in spec.m_list if m <= rank} | ({rank} if spec.m_rank and rank else set()))
+    chi2 = M.gradient_alignment(g, V) ** 2
+    for m in ms:
+        U = U_all[:, :m]
+        rows += _rows(base, "removal", M.removal_fraction(g, V, U), m=m)
+        rows += _rows(base, "removal_total", M.removal_total(g, V, U), m=m)
+        rows += _rows(base, "capture", M.capture_fraction(g, V, U), m=m)
+        rows += _rows(base, "overlap", M.subspace_overlap(V, U), m=m)
+        rows += _rows(base, "oracle_removal", M.oracle_removal(g, V, m), m=m)
+        rows += _rows(base, "random_removal", M.random_removal(g.cpu(), V.cpu(), m, gen, spec.random_draws), m=m)
+        rows += _rows(base, "random_removal_expected", M.random_removal_expected(m, d, spec.k, chi2), m=m)
+    top = min(spec.cos_top, rank)
+    if top:
+        cos = M.squared_cosines(U_all[:, :top], V).cpu().numpy()
+        rows += [{**base, "metric": "sqcos", "m": np.nan, "i": i, "j": j, "value": float(cos[i, j])}
+                 for i in range(top) for j in range(spec.k)]
+    return rows, eig.vectors
+
+
+def run_geometry(ckpt_paths: list[Path], model, loss_fn, x, y, spec: GeometrySpec, work_dir: Path,
+                 log=sys.stderr) -> pd.DataFrame:
+    """Process checkpoints in round order with warm starts; cache each finished one in ``work_dir``."""
+    work_dir = Path(work_dir)
+    all_rows, v0, run = [], None, None
+    for path in sorted(ckpt_paths):
+        cache = work_dir / f"{Path(path).stem}.geom.pt"
+        ckpt = torch.load(path, weights_only=False, map_location="cpu")
+        key = hashlib.sha256(ckpt["theta"].numpy().tobytes()).hexdigest()[:16]  # stale if training changed
+        done = torch.load(cache, weights_only=False) if cache.exists() else None
+        if done is not None and done.get("key") == key:
+            rows, vecs, run = done["rows"], done["vectors"], done["run"]
+        else:
+            run = ckpt["run"]
+            t0 = time.perf_counter()
+            rows, vecs = checkpoint_geometry(ckpt, model, loss_fn, x, y, spec, v0=v0)
+            rows += _rows({"round": ckpt["round"], "step": ckpt["step"]}, "geometry_seconds",
+                          time.perf_counter() - t0)
+            save_torch({"rows": rows, "vectors": vecs, "run": run, "key": key}, cache)
+            lam = next(r["value"] for r in rows if r["metric"] == "lambda")
+            print(f"round {ckpt['round']}: lambda_1={lam:.4g} ({time.perf_counter() - t0:.1f}s)", file=log, flush=True)
+        all_rows += rows
+        v0 = vecs
+    df = pd.DataFrame(all_rows)
+    for col in ("i", "j"):
+        if col not in df:
+            df[col] = np.nan
+    for key in RUN_COLUMNS:
+        df[key] = run.get(key) if run else None
+    df["d"] = len(v0) if v0 is not None else np.nan
+    return df[[*RUN_COLUMNS, "d", "round", "step", "metric", "m", "i", "j", "value"]]
