@@ -1,0 +1,96 @@
+"""The per-run geometry driver on a real (small) Local SGD run."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sharpgaps import losses, models
+from sharpgaps.geometry import TIMING_METRICS, GeometrySpec, run_geometry
+from sharpgaps.localsgd import RunSpec
+from sharpgaps.training import train_run
+
+K, W = 4, 2
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, mnist_small):
+    work = tmp_path_factory.mktemp("run")
+    model = models.build_model("fc_tanh", mnist_small["meta"], seed=0, widths=(24, 24))
+    spec = RunSpec(K=K, tau=4, b=25, lr=0.1, rounds=30, window=W, seed=0, checkpoints=(10, 30))
+    ckpts = train_run(model, losses.mse_onehot, mnist_small, spec, work, progress=False)
+    return model, ckpts, work
+
+
+GSPEC = GeometrySpec(k=10, extra=2, tol=1e-6, m_list=(1, 2, 4), random_draws=4, cos_top=4)
+
+
+def _geometry(run, tmp, spec=GSPEC):
+    model, ckpts, _ = run
+    x, y = run_inputs(model)
+    return run_geometry(ckpts, model, losses.mse_onehot, x, y, spec, tmp)
+
+
+def run_inputs(model):
+    return run_inputs.subset["x_train"], run_inputs.subset["y_train"]
+
+
+@pytest.fixture(autouse=True)
+def _subset(mnist_small):
+    run_inputs.subset = mnist_small
+
+
+def _metric(df, name, m=None):
+    sel = df[df.metric == name]
+    if m is not None:
+        sel = sel[sel.m == m]
+    return sel.sort_values(["round", "i"]).value.to_numpy()
+
+
+def test_table_shape_and_invariants(run, tmp_path):
+    df = _geometry(run, tmp_path)
+    assert sorted(df["round"].unique()) == [10, 30]
+    assert np.all(_metric(df, "gap_rank") == (K - 1) * W)  # K gaps per round sum to zero
+    lam = df[df.metric == "lambda"].pivot(index="round", columns="i", values="value").to_numpy()
+    assert lam.shape == (2, 12) and np.all(np.diff(lam, axis=1) <= 1e-9)  # descending
+    assert np.all(_metric(df, "residual") < 1e-3)
+    for m in (1, 2, 4, (K - 1) * W):
+        rem, rnd = _metric(df, "removal", m), _metric(df, "random_removal", m)
+        assert np.all(rem <= 1 + 1e-9) and np.all(np.abs(rnd) < 0.05)
+        assert np.all((0 <= _metric(df, "capture", m)) & (_metric(df, "capture", m) <= 1 + 1e-9))
+    assert np.all(np.abs(_metric(df, "oracle_removal", 4) - 1) > 0)  # m < k: the oracle is partial
+    chi = _metric(df, "chi_k")
+    assert np.all((0 < chi) & (chi <= 1))
+    cos = df[df.metric == "sqcos"]
+    assert len(cos) == 2 * 4 * 10 and cos.value.between(0, 1 + 1e-9).all()
+
+
+def test_gap_subspace_beats_random_by_orders_of_magnitude(run, tmp_path):
+    """The paper's claim, on a small real run: removal >> the random-subspace reference."""
+    df = _geometry(run, tmp_path)
+    m = (K - 1) * W
+    assert np.all(_metric(df, "removal", m) > 20 * np.abs(_metric(df, "random_removal_expected", m)))
+
+
+def _science(df):
+    return df[~df.metric.isin(TIMING_METRICS)].reset_index(drop=True)
+
+
+def test_deterministic_and_resumable(run, tmp_path):
+    a = _science(_geometry(run, tmp_path / "a"))
+    b = _science(_geometry(run, tmp_path / "b"))
+    pd.testing.assert_frame_equal(a, b, check_exact=True)  # same inputs -> bitwise the same table
+    pd.testing.assert_frame_equal(a, _science(_geometry(run, tmp_path / "a")), check_exact=True)  # from cache
+    (tmp_path / "a" / "r000030.geom.pt").unlink()  # 'killed' before the last checkpoint
+    pd.testing.assert_frame_equal(a, _science(_geometry(run, tmp_path / "a")), check_exact=True)
+
+
+def test_stale_cache_is_not_reused(run, tmp_path):
+    _geometry(run, tmp_path)
+    cache = tmp_path / "r000010.geom.pt"
+    blob = torch.load(cache, weights_only=False)
+    blob["rows"] = [{**r, "value": -1.0} for r in blob["rows"]]
+    blob["key"] = "from-another-training"
+    torch.save(blob, cache)
+    df = _geometry(run, tmp_path)
+    assert (df[df["round"] == 10].value != -1.0).any()
