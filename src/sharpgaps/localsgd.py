@@ -101,7 +101,9 @@ def unflatten(vec: torch.Tensor, like: dict[str, torch.Tensor], batch_dims: int 
     return out
 
 
-UpdateTransform = Callable[[torch.Tensor], torch.Tensor]  # (K, d) flat updates -> (K, d)
+# (K, d) flat gradients -> (K, d) directions; linear (a projection), so the lr is applied after it and
+# an identity transform reproduces the plain update bit for bit.
+UpdateTransform = Callable[[torch.Tensor], torch.Tensor]
 
 
 class SimulatedLocalSGD:
@@ -129,13 +131,10 @@ class SimulatedLocalSGD:
         """One SGD step of all workers at local step index ``step``; returns the K minibatch losses."""
         idx = self.batches.indices(step)
         grads, losses = self._grad(self.params, self.x[idx], self.y[idx])
-        if self.update_transform is None:
-            for n, p in self.params.items():
-                p.sub_(grads[n], alpha=self.spec.lr)
-        else:
-            update = self.update_transform(self.spec.lr * flatten(grads, batch_dims=1))
-            for n, u in unflatten(update, self.params, batch_dims=1).items():
-                self.params[n].sub_(u)
+        if self.update_transform is not None:
+            grads = unflatten(self.update_transform(flatten(grads, batch_dims=1)), self.params, batch_dims=1)
+        for n, p in self.params.items():
+            p.sub_(grads[n], alpha=self.spec.lr)
         return losses
 
     def end_round(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -164,16 +163,15 @@ class LoopLocalSGD:
             loss.backward()
             losses.append(loss.detach())
         with torch.no_grad():
-            if self.update_transform is None:  # the same update op as the batched engine and torch.optim.SGD
-                for m in self.models:
-                    for p in m.parameters():
-                        p.sub_(p.grad, alpha=self.spec.lr)
-            else:
-                flat = torch.stack([torch.cat([self.spec.lr * p.grad.reshape(-1) for p in m.parameters()])
-                                    for m in self.models])
+            if self.update_transform is not None:
+                flat = torch.stack([torch.cat([p.grad.reshape(-1) for p in m.parameters()]) for m in self.models])
                 for m, u in zip(self.models, self.update_transform(flat)):
-                    vec = torch.nn.utils.parameters_to_vector(m.parameters())
-                    torch.nn.utils.vector_to_parameters(vec - u, m.parameters())
+                    sizes = [p.numel() for p in m.parameters()]
+                    for p, chunk in zip(m.parameters(), u.split(sizes)):
+                        p.grad.copy_(chunk.view_as(p))
+            for m in self.models:  # the same update op as the batched engine and torch.optim.SGD
+                for p in m.parameters():
+                    p.sub_(p.grad, alpha=self.spec.lr)
         return torch.stack(losses)
 
     @property

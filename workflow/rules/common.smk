@@ -124,3 +124,17 @@ def geometry_path(run):
 
 def experiment_geometry(wildcards):
     return [geometry_path(r) for r in grid.expand_runs(config, [wildcards.experiment])]
+
+
+def theory_tag():
+    return grid.digest(json.dumps(config["theory"], sort_keys=True))
+
+
+def theory_json(tag):
+    if tag != theory_tag():
+        raise WorkflowError(f"theory table '{tag}' does not match the config ({theory_tag()})")
+    return json.dumps(config["theory"], sort_keys=True)
+
+
+def theory_table():
+    return f"results/tables/theory_{theory_tag()}.parquet"

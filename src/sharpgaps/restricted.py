@@ -1,0 +1,184 @@
+"""Dom/Bulk-restricted Local SGD (DESIGN §1, Figs 5-8) and its Hessian-free variant.
+
+Branches from a Local SGD checkpoint and projects every local step's update:
+  dom      u <- V V^T u          V = top-k Hessian eigenvectors at the current average
+  bulk     u <- u - V V^T u
+  gapdom   u <- U U^T u          U = top-m worker-gap directions (no Hessian)
+  gapbulk  u <- u - U U^T u
+  none     plain Local SGD (the reference; continues the parent run bit for bit)
+The subspace is refreshed every ``refresh`` rounds at the current average: the Hessian modes by
+Lanczos warm-started from the previous eigenvectors, the gap modes by ``window`` probe rounds of
+plain Local SGD from the current average that are discarded afterwards (their gaps give U; the
+restricted run's own gaps cannot, since they already live inside or outside U).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from . import gaps as gap_mod
+from .atomic import save_frame, save_torch
+from .hessian import FullBatchHVP, top_eigenpairs
+from .localsgd import RunSpec, SimulatedLocalSGD, evaluate, unflatten
+from .training import DivergenceError
+
+MODES = ("none", "dom", "bulk", "gapdom", "gapbulk")
+PROBE_STREAM = 0x9B0BE  # probe rounds draw batches from their own seed stream
+
+
+@dataclass(frozen=True)
+class RestrictSpec:
+    mode: str
+    rounds: int  # restricted rounds after the branch point
+    refresh: int = 10
+    eval_every: int = 10
+    k: int = 10  # Hessian eigenvectors (classes)
+    m: int | None = None  # gap directions (None: k)
+    window: int = 4  # probe rounds per gap-subspace refresh
+    tol: float = 1e-3
+    hessian_examples: int | None = None
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"unknown restriction mode '{self.mode}'; known: {MODES}")
+
+
+def project(update: torch.Tensor, basis: torch.Tensor | None, keep_inside: bool) -> torch.Tensor:
+    """Project (K, d) update directions onto span(basis) (keep_inside) or its orthogonal complement.
+
+    An empty or missing basis is the zero subspace: inside -> 0, complement -> the update itself.
+    """
+    if basis is None or basis.shape[1] == 0:
+        return torch.zeros_like(update) if keep_inside else update
+    inside = (update @ basis) @ basis.T
+    return inside if keep_inside else update - inside
+
+
+class Restricted:
+    """Holds the current subspace and counts what refreshing it costs."""
+
+    def __init__(self, spec: RestrictSpec, model, loss_fn, x, y, run: RunSpec, step0: int):
+        self.spec, self.model, self.loss_fn, self.x, self.y, self.run = spec, model, loss_fn, x, y, run
+        self.basis: torch.Tensor | None = None
+        self.n_hvp = 0
+        self.probe_steps = 0
+        self.refresh_seconds = 0.0
+        self.refreshes = 0
+        self.step0 = step0
+
+    @property
+    def keep_inside(self) -> bool:
+        return self.spec.mode in ("dom", "gapdom")
+
+    def transform(self, update: torch.Tensor) -> torch.Tensor:
+        return project(update, self.basis, self.keep_inside)
+
+    def refresh(self, theta: dict[str, torch.Tensor]) -> None:
+        if self.spec.mode == "none":
+            return
+        t0 = time.perf_counter()
+        if self.spec.mode in ("dom", "bulk"):
+            n = len(self.x) if self.spec.hessian_examples is None else min(self.spec.hessian_examples, len(self.x))
+            hvp = FullBatchHVP(self.model, self.loss_fn, self.x[:n], self.y[:n], params=theta)
+            if self.basis is None:  # seeded cold start (ARPACK's own start is not reproducible)
+                gen = torch.Generator().manual_seed(self.run.seed * 7919 + self.refreshes)
+                v0 = torch.randn(hvp.dim, generator=gen, dtype=torch.float64)
+            else:
+                v0 = self.basis.double()
+            eig = top_eigenpairs(hvp, k=self.spec.k, tol=self.spec.tol, v0=v0, compute_residuals=False)
+            self.n_hvp += eig.n_hvp
+            self.basis = torch.from_numpy(eig.vectors).to(self.x.device, torch.float32)
+        else:
+            probe = SimulatedLocalSGD(self.model, self.loss_fn, self.x, self.y, RunSpec(
+                K=self.run.K, tau=self.run.tau, b=self.run.b, lr=self.run.lr, rounds=self.spec.window,
+                window=self.spec.window, seed=self.run.seed + PROBE_STREAM + self.refreshes, checkpoints=()),
+                theta=theta)
+            gaps = []
+            for r in range(self.spec.window):
+                for s in range(self.run.tau):
+                    probe.local_step(r * self.run.tau + s)
+                gaps.append(probe.end_round()[1].double())
+                self.probe_steps += self.run.tau
+            G = torch.cat(gaps)
+            G = G - G.view(self.spec.window, self.run.K, -1).mean(1).repeat_interleave(self.run.K, 0)
+            U, _ = gap_mod.gap_subspace(G, m_max=self.spec.m or self.spec.k)
+            self.basis = U.to(torch.float32)
+        self.refreshes += 1
+        self.refresh_seconds += time.perf_counter() - t0
+
+
+def restricted_run(model, loss_fn, subset: dict, branch: dict, run: RunSpec, spec: RestrictSpec,
+                   work_dir: str | Path, *, name: str = "restricted", resume_every_s: float = 120.0,
+                   stop_after_round: int | None = None, progress: bool = True) -> pd.DataFrame:
+    """Continue the run ``run`` from checkpoint ``branch`` for ``spec.rounds`` restricted rounds.
+
+    Returns (and writes to work_dir/curve.parquet) one row per evaluation: round since the branch,
+    absolute local step, train/test loss and accuracy, cumulative HVPs, probe steps and wall time.
+    Resumable like training: state at round boundaries in work_dir/state.pt.
+    """
+    work_dir = Path(work_dir)
+    x, y, xt, yt = subset["x_train"], subset["y_train"], subset["x_test"], subset["y_test"]
+    like = dict(model.named_parameters())
+    branch_round = int(branch["round"])
+    step0 = branch_round * run.tau
+    state_file = work_dir / "state.pt"
+    ctl = Restricted(spec, model, loss_fn, x, y, run, step0)
+    if state_file.exists():
+        st = torch.load(state_file, weights_only=False)
+        theta = st["theta"]
+        ctl.basis, ctl.n_hvp, ctl.probe_steps = st["basis"], st["n_hvp"], st["probe_steps"]
+        ctl.refresh_seconds, ctl.refreshes = st["refresh_seconds"], st["refreshes"]
+        rows, start, elapsed = st["rows"], st["round"], st["elapsed"]
+    else:
+        theta = {n: t.clone() for n, t in unflatten(branch["theta"].to(x.device), like).items()}
+        rows, start, elapsed = [], 0, 0.0
+    engine = SimulatedLocalSGD(model, loss_fn, x, y, run, theta=theta,
+                               update_transform=None if spec.mode == "none" else ctl.transform)
+
+    def record(r, theta):
+        tr_loss, tr_acc = evaluate(model, theta, loss_fn, x, y)
+        te_loss, te_acc = evaluate(model, theta, loss_fn, xt, yt)
+        rows.append({"mode": spec.mode, "round": r, "step": step0 + r * run.tau, "train_loss": tr_loss,
+                     "train_acc": tr_acc, "test_loss": te_loss, "test_acc": te_acc, "n_hvp": ctl.n_hvp,
+                     "probe_steps": ctl.probe_steps, "refreshes": ctl.refreshes,
+                     "refresh_seconds": ctl.refresh_seconds, "seconds": elapsed + time.perf_counter() - t_start})
+
+    def save(r, theta):
+        save_torch({"theta": theta, "basis": ctl.basis, "n_hvp": ctl.n_hvp, "probe_steps": ctl.probe_steps,
+                    "refresh_seconds": ctl.refresh_seconds, "refreshes": ctl.refreshes, "rows": rows,
+                    "round": r, "elapsed": elapsed + time.perf_counter() - t_start}, state_file)
+
+    t_start = time.perf_counter()
+    last_save = time.monotonic()
+    if start == 0:
+        record(0, theta)
+    bar = tqdm(total=spec.rounds, initial=start, desc=name, file=sys.stderr, mininterval=10, ascii=True,
+               disable=not progress)
+    for r in range(start + 1, spec.rounds + 1):
+        if (r - 1) % spec.refresh == 0:
+            ctl.refresh(theta)
+        losses = torch.stack([engine.local_step(step0 + (r - 1) * run.tau + s) for s in range(run.tau)])
+        if not torch.isfinite(losses).all():
+            raise DivergenceError(f"restricted run '{name}' ({spec.mode}) diverged in round {r} after the branch")
+        theta, _ = engine.end_round()
+        if r % spec.eval_every == 0 or r == spec.rounds:
+            record(r, theta)
+        bar.update(1)
+        if stop_after_round is not None and r >= stop_after_round:
+            save(r, theta)
+            return pd.DataFrame(rows)
+        if time.monotonic() - last_save > resume_every_s:
+            save(r, theta)
+            last_save = time.monotonic()
+    bar.close()
+    save(spec.rounds, theta)
+    df = pd.DataFrame(rows)
+    save_frame(df, work_dir / "curve.parquet")
+    return df

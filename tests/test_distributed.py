@@ -1,0 +1,204 @@
+"""The distributed engine (torchrun, gloo on localhost) against the simulated engine.
+
+Same run JSON, same seeds: every checkpoint's average and gaps agree to 1e-6, the run files have the
+same keys/columns/rows, so every downstream rule reads a distributed run unchanged.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+import torch.distributed as dist
+
+from sharpgaps import losses, models
+from sharpgaps.distributed import DistributedLocalSGD, worker_assignment
+from sharpgaps.localsgd import LoopLocalSGD, RunSpec, flatten
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+RUN = {"K": 4, "tau": 2, "b": 20, "lr": 0.1, "local_steps": 60, "window": 2, "seed": 3, "loss": "mse",
+       "model": "fc_tanh", "arch": {"widths": [32, 32]}, "checkpoints": {"rounds": [2, 10, 30]}}
+
+
+def _args(run, subset_file, out):
+    return ["train", "--run", json.dumps(run), "--subset", str(subset_file), "--out-dir", str(out / "out"),
+            "--work-dir", str(out / "work"), "--threads", "1", "--resume-every-s", "0"]
+
+
+def _simulated(run, subset_file, out):
+    cmd = [sys.executable, "-m", "sharpgaps.cli", *_args(run, subset_file, out)]
+    subprocess.run(cmd, env=ENV, check=True, capture_output=True, timeout=120)
+
+
+def _torchrun_cmd(n, run, subset_file, out):
+    # "--": torchrun's parser would take "--run" for an abbreviation of its own "--run-path"
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
+            "-m", "sharpgaps.distributed", "--", *_args(run, subset_file, out)]
+
+
+def _distributed(n, run, subset_file, out, env=None):
+    proc = subprocess.run(_torchrun_cmd(n, run, subset_file, out), env={**ENV, **(env or {})},
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def _ckpts(out):
+    files = sorted((out / "out" / "ckpt").glob("r*.pt"))
+    assert files
+    return {p.name: torch.load(p, weights_only=False) for p in files}
+
+
+@pytest.fixture(scope="module")
+def subset_file(tmp_path_factory, mnist_small):
+    from sharpgaps.atomic import save_torch
+
+    path = tmp_path_factory.mktemp("dist") / "subset.pt"
+    save_torch(mnist_small, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory, subset_file):
+    """The simulated engine's run files, per K."""
+    cache = {}
+
+    def get(K):
+        if K not in cache:
+            out = tmp_path_factory.mktemp(f"sim_K{K}")
+            _simulated({**RUN, "K": K}, subset_file, out)
+            cache[K] = out
+        return cache[K]
+
+    return get
+
+
+def _assert_same_run(sim, dst):
+    a, b = _ckpts(sim), _ckpts(dst)
+    assert a.keys() == b.keys()
+    for name in a:
+        x, y = a[name], b[name]
+        assert x.keys() == y.keys(), name
+        for key in ("format", "run", "round", "step", "param_names", "param_shapes", "gap_rounds"):
+            assert x[key] == y[key], (name, key)
+        assert x["gaps"].shape == y["gaps"].shape
+        torch.testing.assert_close(y["theta"], x["theta"], atol=1e-6, rtol=0)
+        torch.testing.assert_close(y["gaps"], x["gaps"], atol=1e-6, rtol=0)
+        assert x["worker_gap_norms"] == pytest.approx(y["worker_gap_norms"], abs=1e-5)
+        assert x["metrics"].keys() == y["metrics"].keys()
+        assert x["metrics"] == pytest.approx(y["metrics"], abs=1e-5)
+    for table in ("metrics.csv", "rounds.csv"):
+        s, d = pd.read_csv(sim / "out" / table), pd.read_csv(dst / "out" / table)
+        assert list(s.columns) == list(d.columns) and len(s) == len(d), table
+        pd.testing.assert_frame_equal(s, d, check_exact=False, atol=1e-5, rtol=0)
+    info_s = json.loads((sim / "out" / "run.json").read_text())
+    info_d = json.loads((dst / "out" / "run.json").read_text())
+    assert set(info_s) <= set(info_d)
+    assert {k: v for k, v in info_s.items() if k != "seconds"} == {k: info_d[k] for k in info_s if k != "seconds"}
+
+
+@pytest.mark.parametrize("nproc,K", [(2, 4), (4, 4), (2, 3)], ids=["2proc_K4", "4proc_K4", "2proc_K3_uneven"])
+def test_torchrun_gloo_matches_simulated(tmp_path, subset_file, simulated, nproc, K):
+    out = tmp_path / "dist"
+    _distributed(nproc, {**RUN, "K": K}, subset_file, out, env={"SHARPGAPS_KEEP_RANK_DIRS": "1"})
+    _assert_same_run(simulated(K), out)
+    info = json.loads((out / "out" / "run.json").read_text())
+    assert (info["engine"], info["world_size"], info["backend"]) == ("distributed", nproc, "gloo")
+    # every rank holds bitwise the same average and gaps (the all-reduce gives every rank the same bytes)
+    ref = _ckpts(out)
+    for r in range(1, nproc):
+        for name, c in ref.items():
+            other = torch.load(out / "work" / f".rank{r}" / "ckpt" / name, weights_only=False)
+            assert torch.equal(other["theta"], c["theta"]) and torch.equal(other["gaps"], c["gaps"])
+
+
+def test_rank_scratch_dirs_are_removed(tmp_path, subset_file):
+    out = tmp_path / "dist"
+    _distributed(2, {**RUN, "local_steps": 8, "checkpoints": {"rounds": [4]}}, subset_file, out)
+    assert not (out / "work" / ".rank1").exists()
+    assert (out / "out" / "ckpt" / "r000004.pt").exists()
+
+
+def test_killed_torchrun_resumes_to_identical_numbers(tmp_path, subset_file):
+    """SIGKILL the whole torchrun process group mid-run; the restart ends bitwise equal to a clean run."""
+    run = {**RUN, "local_steps": 400, "checkpoints": {"rounds": [100, 200]}}
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(_torchrun_cmd(2, run, subset_file, cut), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    state = cut / "work" / "state.pt"
+    deadline = time.time() + 120
+    try:
+        while not state.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    killed_at = torch.load(state, weights_only=False)["round"]
+    assert 0 < killed_at < 200, "the kill must land mid-run for this test to mean anything"
+    assert not (cut / "out" / "run.json").exists()
+    _distributed(2, run, subset_file, cut)
+    full = tmp_path / "full"
+    _distributed(2, run, subset_file, full)
+    a, b = _ckpts(full), _ckpts(cut)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name]["theta"], b[name]["theta"]) and torch.equal(a[name]["gaps"], b[name]["gaps"])
+        assert a[name]["metrics"] == b[name]["metrics"]
+    for table in ("metrics.csv", "rounds.csv"):
+        assert (full / "out" / table).read_text() == (cut / "out" / table).read_text()
+
+
+def test_more_processes_than_workers_is_refused(tmp_path, subset_file):
+    proc = subprocess.run(_torchrun_cmd(2, {**RUN, "K": 1}, subset_file, tmp_path), env=ENV, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "K=1 workers cannot be spread over 2 processes" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_worker_assignment():
+    assert worker_assignment(4, 2, 0) == [0, 2] and worker_assignment(4, 2, 1) == [1, 3]
+    assert worker_assignment(5, 2, 0) == [0, 2, 4] and worker_assignment(5, 2, 1) == [1, 3]  # uneven: fine
+    assert sorted(sum((worker_assignment(7, 3, r) for r in range(3)), [])) == list(range(7))
+    with pytest.raises(ValueError, match=r"K=2 workers cannot be spread over 4 processes.*at most K=2"):
+        worker_assignment(2, 4, 0)
+
+
+def test_outside_torchrun_is_a_clear_error(tmp_path, subset_file):
+    proc = subprocess.run([sys.executable, "-m", "sharpgaps.distributed", *_args(RUN, subset_file, tmp_path)],
+                          env={k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR")},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "must run under torchrun" in proc.stderr
+
+
+@pytest.fixture
+def single_process_group(tmp_path):
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def test_engine_in_one_process_matches_loop_reference(single_process_group, mnist_small):
+    """World size 1 (all workers on one rank, K=3): the engine is the loop reference plus collectives."""
+    spec = RunSpec(K=3, tau=3, b=20, lr=0.1, rounds=3, window=2, seed=5, checkpoints=(3,))
+    m = models.build_model("fc_tanh", mnist_small["meta"], seed=0, widths=(32, 32))
+    x, y = mnist_small["x_train"], mnist_small["y_train"]
+    eng = DistributedLocalSGD(m, losses.mse_onehot, x, y, spec)
+    ref = LoopLocalSGD(m, losses.mse_onehot, x, y, spec)
+    for r in range(3):
+        for s in range(spec.tau):
+            torch.testing.assert_close(eng.local_step(r * spec.tau + s), ref.local_step(r * spec.tau + s),
+                                       atol=0, rtol=0)
+        (avg_e, gap_e), (avg_r, gap_r) = eng.end_round(), ref.end_round()
+        assert gap_e.shape == (3, flatten(avg_e).numel())
+        torch.testing.assert_close(flatten(avg_e), flatten(avg_r), atol=1e-7, rtol=0)
+        torch.testing.assert_close(gap_e, gap_r, atol=1e-7, rtol=0)
+        assert all(torch.equal(p[i], avg_e[n]) for n, p in eng.params.items() for i in range(3))

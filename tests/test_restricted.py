@@ -1,0 +1,142 @@
+"""Dom/Bulk (Hessian) and gap-Dom/gap-Bulk restricted Local SGD."""
+
+import pytest
+import torch
+
+from sharpgaps import losses, models
+from sharpgaps.localsgd import LoopLocalSGD, RunSpec, SimulatedLocalSGD, flatten
+from sharpgaps.restricted import RestrictSpec, project, restricted_run
+from sharpgaps.training import ckpt_path, train_run
+
+LOSS = losses.mse_onehot
+
+
+def _orthonormal(d, k, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.linalg.qr(torch.randn(d, k, generator=g, dtype=torch.float64))[0]
+
+
+def test_projection_properties():
+    d, k = 500, 7
+    V = _orthonormal(d, k)
+    u = torch.randn(3, d, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    dom, bulk = project(u, V, True), project(u, V, False)
+    assert (dom - (dom @ V) @ V.T).abs().max() < 1e-8  # Dom: nothing outside span(V)
+    assert (bulk @ V).abs().max() < 1e-8  # Bulk: nothing inside span(V)
+    assert torch.allclose(dom + bulk, u, atol=1e-12)
+    empty = torch.zeros(d, 0, dtype=torch.float64)
+    assert torch.equal(project(u, empty, False), u) and torch.equal(project(u, None, False), u)
+    assert torch.equal(project(u, empty, True), torch.zeros_like(u))
+
+
+@pytest.fixture(scope="module")
+def setup(mnist_small):
+    model = models.build_model("fc_tanh", mnist_small["meta"], seed=0, widths=(24, 24))
+    spec = RunSpec(K=4, tau=3, b=25, lr=0.1, rounds=4, window=1, seed=0, checkpoints=(4,))
+    return model, spec
+
+
+@pytest.mark.parametrize("keep_inside", [True, False])
+def test_restricted_engine_steps_stay_in_their_subspace(setup, mnist_small, keep_inside):
+    """Every worker's displacement over a round is Dom (inside span V) or Bulk (orthogonal to it).
+
+    Run in float64 so the check measures the projection, not float32 storage of the parameters."""
+    import copy
+
+    _, spec = setup
+    model = copy.deepcopy(setup[0]).double()
+    theta0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    d = sum(p.numel() for p in theta0.values())
+    V = _orthonormal(d, 5)
+    eng = SimulatedLocalSGD(model, LOSS, mnist_small["x_train"].double(), mnist_small["y_train"], spec,
+                            theta=theta0, update_transform=lambda u: project(u, V, keep_inside))
+    for s in range(spec.tau):
+        eng.local_step(s)
+    moves = flatten(eng.params, batch_dims=1) - flatten(theta0)
+    inside = (moves @ V) @ V.T
+    assert moves.norm() > 1e-3
+    leak = (moves - inside) if keep_inside else inside
+    assert leak.abs().max() < 1e-8
+
+
+def test_empty_basis_bulk_equals_plain_local_sgd(setup, mnist_small):
+    model, spec = setup
+    x, y = mnist_small["x_train"], mnist_small["y_train"]
+    plain = SimulatedLocalSGD(model, LOSS, x, y, spec)
+    bulk = SimulatedLocalSGD(model, LOSS, x, y, spec, update_transform=lambda u: project(u, None, False))
+    loop = LoopLocalSGD(model, LOSS, x, y, spec, update_transform=lambda u: project(u, None, False))
+    loop_plain = LoopLocalSGD(model, LOSS, x, y, spec)
+    for s in range(6):
+        for e in (plain, bulk, loop, loop_plain):
+            e.local_step(s)
+    assert torch.equal(flatten(plain.params, 1), flatten(bulk.params, 1))
+    assert torch.equal(flatten(loop.params, 1), flatten(loop_plain.params, 1))
+
+
+def test_gap_subspace_restriction_with_synthetic_basis(setup, mnist_small):
+    """Gap restriction uses the same projection: a synthetic U behaves like V."""
+    model, spec = setup
+    d = sum(p.numel() for p in model.parameters())
+    U = _orthonormal(d, 3, seed=5).float()
+    x, y = mnist_small["x_train"], mnist_small["y_train"]
+    fast = SimulatedLocalSGD(model, LOSS, x, y, spec, update_transform=lambda u: project(u, U, False))
+    ref = LoopLocalSGD(model, LOSS, x, y, spec, update_transform=lambda u: project(u, U, False))
+    for s in range(spec.tau):
+        fast.local_step(s), ref.local_step(s)
+    torch.testing.assert_close(flatten(fast.params, 1), flatten(ref.params, 1), atol=1e-6, rtol=0)
+    _, gaps = fast.end_round()
+    assert ((gaps.double() @ U.double())).abs().max() < 1e-5 * gaps.abs().max()
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory, mnist_small):
+    work = tmp_path_factory.mktemp("parent")
+    model = models.build_model("fc_tanh", mnist_small["meta"], seed=0, widths=(24, 24))
+    spec = RunSpec(K=4, tau=3, b=25, lr=0.1, rounds=12, window=2, seed=0, checkpoints=(6, 12))
+    train_run(model, LOSS, mnist_small, spec, work, progress=False)
+    return model, spec, work
+
+
+def _branch(parent, mode, tmp, **kw):
+    model, spec, work = parent
+    ck = torch.load(ckpt_path(work, 6), weights_only=False)
+    rs = RestrictSpec(mode=mode, rounds=6, refresh=3, eval_every=3, k=10, m=4, window=2, **kw)
+    return restricted_run(model, LOSS, parent_subset.s, ck, spec, rs, tmp, progress=False)
+
+
+class parent_subset:
+    s = None
+
+
+@pytest.fixture(autouse=True)
+def _subset(mnist_small):
+    parent_subset.s = mnist_small
+
+
+def test_none_mode_continues_the_parent_run_bit_for_bit(parent, tmp_path):
+    _branch(parent, "none", tmp_path)
+    theta = flatten(torch.load(tmp_path / "state.pt", weights_only=False)["theta"])
+    assert torch.equal(theta, torch.load(ckpt_path(parent[2], 12), weights_only=False)["theta"])
+
+
+@pytest.mark.parametrize("mode", ["dom", "bulk", "gapdom", "gapbulk"])
+def test_modes_run_and_account_their_cost(parent, tmp_path, mode):
+    df = _branch(parent, mode, tmp_path)
+    assert list(df["round"]) == [0, 3, 6]
+    last = df.iloc[-1]
+    if mode in ("dom", "bulk"):
+        assert last.n_hvp > 0 and last.probe_steps == 0
+    else:
+        assert last.n_hvp == 0 and last.probe_steps == 2 * 2 * 3  # 2 refreshes x window 2 x tau 3
+    assert last.refreshes == 2
+
+
+def test_restricted_resume_is_bitwise(parent, tmp_path):
+    full = _branch(parent, "bulk", tmp_path / "full")
+    model, spec, work = parent
+    ck = torch.load(ckpt_path(work, 6), weights_only=False)
+    rs = RestrictSpec(mode="bulk", rounds=6, refresh=3, eval_every=3, k=10, m=4, window=2)
+    restricted_run(model, LOSS, parent_subset.s, ck, spec, rs, tmp_path / "cut", stop_after_round=4, progress=False)
+    resumed = restricted_run(model, LOSS, parent_subset.s, ck, spec, rs, tmp_path / "cut", progress=False)
+    cols = ["round", "train_loss", "test_loss", "train_acc", "n_hvp"]
+    assert full[cols].equals(resumed[cols])
