@@ -3,8 +3,8 @@
 
 
 # --configfile replaces config.yaml instead of being deep-merged into it (a smoke config must not
-# inherit the paper grid's experiments).
-if not config:
+# inherit the paper grid's experiments); --config key=value still overrides either.
+if not workflow.overwrite_configfiles:
 
     configfile: "config.yaml"
 
@@ -13,6 +13,9 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/geometry.smk"
+include: "workflow/rules/restricted.smk"
+include: "workflow/rules/theory.smk"
+include: "workflow/rules/figures.smk"
 
 
 rule all:
@@ -23,3 +26,6 @@ rule all:
             "results/tables/{experiment}_geometry.parquet",
             experiment=config["experiments"],
         ),
+        "results/tables/restricted.parquet",
+        theory_table(),
+        FIGURE_TARGETS,

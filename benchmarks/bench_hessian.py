@@ -59,15 +59,23 @@ def nearby_params(model: nn.Module, loss_fn, x: Tensor, y: Tensor, steps: int = 
 
 # ----------------------------------------------------------------------------- (a) timings
 
-def _interleaved_times(ops: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+def _sync() -> None:
+    if torch.cuda.is_available():  # CUDA work is asynchronous: time it to completion
+        torch.cuda.synchronize()
+
+
+def _interleaved_times(ops: dict[str, Callable[[], object]], repeats: int
+                       ) -> dict[str, list[float]]:
     """Round-robin timing (op1, op2, op3, op1, ...) so background load hits every op alike."""
     for f in ops.values():
         f()  # warm-up (allocator, first-call overhead)
     ts = {name: [] for name in ops}
     for _ in range(repeats):
         for name, f in ops.items():
+            _sync()
             t = time.perf_counter()
             f()
+            _sync()
             ts[name].append(time.perf_counter() - t)
     return ts
 
@@ -76,10 +84,13 @@ def bench_hvp_cost(model, loss_fn, x, y, repeats: int = 7, chunk_size: int | Non
                    ) -> list[dict]:
     """Median/min seconds (interleaved repeats): full-batch gradient, cached-graph HVP,
     graph-rebuilding HVP, and the one-off cost of building the cached create_graph graph."""
-    v = torch.randn(sum(p.numel() for p in model.parameters()), generator=torch.Generator().manual_seed(0))
+    v = torch.randn(sum(p.numel() for p in model.parameters()),
+                    generator=torch.Generator().manual_seed(0))
     cached = FullBatchHVP(model, loss_fn, x, y, chunk_size=chunk_size, cache_graph=True)
+    _sync()
     t0 = time.perf_counter()
     cached.gradient()  # builds the graph
+    _sync()
     build = time.perf_counter() - t0
     rebuild = FullBatchHVP(model, loss_fn, x, y, chunk_size=chunk_size, cache_graph=False)
     ops = {

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,3 +31,18 @@ def mnist_small(data_dir):
     from sharpgaps.subsets import make_subset
 
     return make_subset("mnist", data_dir, n_train=600, seed=0, test_cap=200)
+
+
+@pytest.fixture(scope="session")
+def smoke(tmp_path_factory, data_dir):
+    """The whole smoke DAG (`all`, .test/config.yaml) built once per session in a temp workdir.
+
+    Shared by the workflow and figure tests: read it, dry-run against it, never modify it.
+    """
+    work = tmp_path_factory.mktemp("smoke")
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work),
+           "--cores", "2", "all", "--configfile", str(REPO / ".test/config.yaml")]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.fail(f"smoke run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return work

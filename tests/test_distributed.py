@@ -21,24 +21,30 @@ from sharpgaps.distributed import DistributedLocalSGD, worker_assignment
 from sharpgaps.localsgd import LoopLocalSGD, RunSpec, flatten
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-RUN = {"K": 4, "tau": 2, "b": 20, "lr": 0.1, "local_steps": 60, "window": 2, "seed": 3, "loss": "mse",
-       "model": "fc_tanh", "arch": {"widths": [32, 32]}, "checkpoints": {"rounds": [2, 10, 30]}}
+RUN = {"K": 4, "tau": 2, "b": 20, "lr": 0.1, "local_steps": 200, "window": 2, "seed": 3, "loss": "mse",
+       "model": "fc_tanh", "arch": {"widths": [32, 32]}, "checkpoints": {"rounds": [2, 10, 50, 100]}}
 
 
-def _args(run, subset_file, out):
+def _args(run, subset_file, out, resume_every_s=120):
     return ["train", "--run", json.dumps(run), "--subset", str(subset_file), "--out-dir", str(out / "out"),
-            "--work-dir", str(out / "work"), "--threads", "1", "--resume-every-s", "0"]
+            "--work-dir", str(out / "work"), "--threads", "1", "--resume-every-s", str(resume_every_s)]
 
 
 def _simulated(run, subset_file, out):
-    cmd = [sys.executable, "-m", "sharpgaps.cli", *_args(run, subset_file, out)]
-    subprocess.run(cmd, env=ENV, check=True, capture_output=True, timeout=120)
+    """`sharpgaps.cli train` in this process (saves a Python + torch start-up per run)."""
+    from sharpgaps import cli
+
+    threads = torch.get_num_threads()
+    try:
+        assert cli.main(_args(run, subset_file, out)) == 0
+    finally:
+        torch.set_num_threads(threads)
 
 
-def _torchrun_cmd(n, run, subset_file, out):
+def _torchrun_cmd(n, run, subset_file, out, resume_every_s=120):
     # "--": torchrun's parser would take "--run" for an abbreviation of its own "--run-path"
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
-            "-m", "sharpgaps.distributed", "--", *_args(run, subset_file, out)]
+            "-m", "sharpgaps.distributed", "--", *_args(run, subset_file, out, resume_every_s)]
 
 
 def _distributed(n, run, subset_file, out, env=None):
@@ -78,6 +84,21 @@ def simulated(tmp_path_factory, subset_file):
     return get
 
 
+@pytest.fixture(scope="module")
+def distributed(tmp_path_factory, subset_file):
+    """The distributed engine's run files, per (processes, K); rank scratch dirs kept for inspection."""
+    cache = {}
+
+    def get(nproc, K):
+        if (nproc, K) not in cache:
+            out = tmp_path_factory.mktemp(f"dist_{nproc}proc_K{K}")
+            _distributed(nproc, {**RUN, "K": K}, subset_file, out, env={"SHARPGAPS_KEEP_RANK_DIRS": "1"})
+            cache[nproc, K] = out
+        return cache[nproc, K]
+
+    return get
+
+
 def _assert_same_run(sim, dst):
     a, b = _ckpts(sim), _ckpts(dst)
     assert a.keys() == b.keys()
@@ -103,9 +124,8 @@ def _assert_same_run(sim, dst):
 
 
 @pytest.mark.parametrize("nproc,K", [(2, 4), (4, 4), (2, 3)], ids=["2proc_K4", "4proc_K4", "2proc_K3_uneven"])
-def test_torchrun_gloo_matches_simulated(tmp_path, subset_file, simulated, nproc, K):
-    out = tmp_path / "dist"
-    _distributed(nproc, {**RUN, "K": K}, subset_file, out, env={"SHARPGAPS_KEEP_RANK_DIRS": "1"})
+def test_torchrun_gloo_matches_simulated(simulated, distributed, nproc, K):
+    out = distributed(nproc, K)
     _assert_same_run(simulated(K), out)
     info = json.loads((out / "out" / "run.json").read_text())
     assert (info["engine"], info["world_size"], info["backend"]) == ("distributed", nproc, "gloo")
@@ -117,34 +137,28 @@ def test_torchrun_gloo_matches_simulated(tmp_path, subset_file, simulated, nproc
             assert torch.equal(other["theta"], c["theta"]) and torch.equal(other["gaps"], c["gaps"])
 
 
-def test_rank_scratch_dirs_are_removed(tmp_path, subset_file):
-    out = tmp_path / "dist"
-    _distributed(2, {**RUN, "local_steps": 8, "checkpoints": {"rounds": [4]}}, subset_file, out)
-    assert not (out / "work" / ".rank1").exists()
-    assert (out / "out" / "ckpt" / "r000004.pt").exists()
-
-
-def test_killed_torchrun_resumes_to_identical_numbers(tmp_path, subset_file):
+def test_killed_torchrun_resumes_to_identical_numbers(tmp_path, subset_file, distributed):
     """SIGKILL the whole torchrun process group mid-run; the restart ends bitwise equal to a clean run."""
-    run = {**RUN, "local_steps": 400, "checkpoints": {"rounds": [100, 200]}}
+    run, rounds = RUN, RUN["local_steps"] // RUN["tau"]
     cut = tmp_path / "cut"
-    proc = subprocess.Popen(_torchrun_cmd(2, run, subset_file, cut), env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    # state.pt after every round, so the kill finds one early
+    proc = subprocess.Popen(_torchrun_cmd(2, run, subset_file, cut, resume_every_s=0), env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     state = cut / "work" / "state.pt"
     deadline = time.time() + 120
     try:
         while not state.exists() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.01)
-        time.sleep(0.2)
+        time.sleep(0.05)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     killed_at = torch.load(state, weights_only=False)["round"]
-    assert 0 < killed_at < 200, "the kill must land mid-run for this test to mean anything"
+    assert 0 < killed_at < rounds, "the kill must land mid-run for this test to mean anything"
     assert not (cut / "out" / "run.json").exists()
     _distributed(2, run, subset_file, cut)
-    full = tmp_path / "full"
-    _distributed(2, run, subset_file, full)
+    assert not (cut / "work" / ".rank1").exists()  # rank scratch dirs are removed after a run
+    full = distributed(2, RUN["K"])  # the same run, uninterrupted
     a, b = _ckpts(full), _ckpts(cut)
     assert a.keys() == b.keys()
     for name in a:

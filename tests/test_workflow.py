@@ -39,11 +39,7 @@ def test_dry_run_paper_config_is_fast(tmp_path):
     assert elapsed < 60, f"dry run took {elapsed:.1f}s"  # generous: the README quotes the measured time
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    work = tmp_path_factory.mktemp("smoke")
-    snakemake(work, "--cores", "2", "all", config=REPO / ".test/config.yaml")
-    return work
+# `smoke` (the whole smoke DAG, built once per session) comes from conftest.py.
 
 
 def test_smoke_run_trains_all_three_settings(smoke):

@@ -113,6 +113,41 @@ def cmd_geometry(a) -> None:
     save_frame(df, a.out)
 
 
+def cmd_restricted(a) -> None:
+    from . import losses, models, subsets
+    from .atomic import save_frame
+    from .grid import checkpoint_rounds
+    from .hessian import disable_tf32
+    from .localsgd import RunSpec
+    from .restricted import RestrictSpec, restricted_run
+
+    _threads(a.threads)
+    disable_tf32()
+    run, r = json.loads(a.run), json.loads(a.restricted)
+    device = resolve_device(a.device)
+    subset = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in subsets.load_subset(a.subset).items()}
+    model = models.build_model(run["model"], subset["meta"], seed=run["seed"], **run.get("arch", {})).to(device)
+    rounds = run["local_steps"] // run["tau"]
+    spec = RunSpec(K=run["K"], tau=run["tau"], b=run["b"], lr=run["lr"], rounds=rounds, window=run["window"],
+                   seed=run["seed"], checkpoints=tuple(checkpoint_rounds(rounds, run["window"], run["checkpoints"])))
+    branch = torch_load(Path(a.ckpt_dir) / f"r{r['branch_round']:06d}.pt")
+    rs = RestrictSpec(mode=a.mode, rounds=r["rounds"], refresh=r["refresh"], eval_every=r["eval_every"],
+                      k=subset["meta"]["n_classes"], m=r.get("gap_m"), window=r["gap_window"], tol=r["tol"],
+                      hessian_examples=r.get("hessian_examples"))
+    df = restricted_run(model, losses.get_loss(run["loss"]), subset, branch, spec, rs, a.work_dir,
+                        name=f"{a.name}:{a.mode}", resume_every_s=a.resume_every_s)
+    for key in ("setting", "K", "tau", "b", "lr", "seed"):
+        df[key] = run[key]
+    df["branch_round"] = r["branch_round"]
+    save_frame(df, a.out)
+
+
+def torch_load(path):
+    import torch
+
+    return torch.load(path, weights_only=False, map_location="cpu")
+
+
 def cmd_collect(a) -> None:
     import pandas as pd
 
@@ -191,6 +226,20 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True)
     q.add_argument("--threads", type=int, default=1)
     q.set_defaults(func=cmd_theory)
+
+    q = sub.add_parser("restricted", help="Dom/Bulk or gap-restricted Local SGD branched from a checkpoint")
+    q.add_argument("--run", required=True, help="JSON description of the parent run")
+    q.add_argument("--restricted", required=True, help="JSON of the config's `restricted` section + branch_round")
+    q.add_argument("--mode", required=True)
+    q.add_argument("--subset", required=True)
+    q.add_argument("--ckpt-dir", required=True)
+    q.add_argument("--work-dir", required=True)
+    q.add_argument("--out", required=True)
+    q.add_argument("--name", default="restricted")
+    q.add_argument("--threads", type=int, default=1)
+    q.add_argument("--device", default="cpu")
+    q.add_argument("--resume-every-s", type=float, default=120.0)
+    q.set_defaults(func=cmd_restricted)
 
     q = sub.add_parser("collect", help="concatenate tidy tables")
     q.add_argument("--out", required=True)

@@ -7,7 +7,8 @@ Launch::
 
 (the same arguments as ``python -m sharpgaps.cli train``). The ``--`` matters: torchrun's own parser
 classifies every later word and rejects ``--run`` as an ambiguous abbreviation of its ``--run-path``.
-Worker ``w`` lives on rank ``w % N``; any ``K >= N`` works (ranks hold ``ceil(K/N)`` or ``floor(K/N)`` workers), ``K < N`` is refused.
+Worker ``w`` lives on rank ``w % N``; any ``K >= N`` works (ranks hold ``ceil(K/N)`` or ``floor(K/N)``
+workers), ``K < N`` is refused.
 
 Numbers: each rank steps its workers with plain autograd SGD (the op of ``LoopLocalSGD``) on the
 minibatches of the stateless per-worker schedule ``WorkerBatches`` -- worker ``w``'s batch at local step
@@ -78,11 +79,11 @@ class DistributedLocalSGD:
         self.workers = worker_assignment(spec.K, self.world_size, self.rank)
         self.slots = math.ceil(spec.K / self.world_size)  # gather block per rank (padded)
         # gathered row of worker w: rank w % N's block, slot w // N
+        self.device = next(model.parameters()).device
         self._order = torch.tensor([(w % self.world_size) * self.slots + w // self.world_size
-                                    for w in range(spec.K)])
+                                    for w in range(spec.K)], device=self.device)
         self.spec, self.loss_fn, self.x, self.y = spec, loss_fn, x, y
         self.update_transform = update_transform
-        self.device = next(model.parameters()).device
         self.batches = WorkerBatches(len(x), spec.b, spec.seed, spec.K)
         start = theta if theta is not None else {n: p.detach() for n, p in model.named_parameters()}
         start = {n: t.detach().to(self.device) for n, t in start.items()}
@@ -110,7 +111,7 @@ class DistributedLocalSGD:
         block[: len(local)] = local
         parts = [torch.empty_like(block) for _ in range(self.world_size)]
         dist.all_gather(parts, block.contiguous())
-        return torch.cat(parts)[self._order.to(local.device)]
+        return torch.cat(parts)[self._order]
 
     def local_step(self, step: int) -> torch.Tensor:
         """One SGD step of this rank's workers at local step ``step``; returns all K minibatch losses."""

@@ -132,9 +132,70 @@ def theory_tag():
 
 def theory_json(tag):
     if tag != theory_tag():
-        raise WorkflowError(f"theory table '{tag}' does not match the config ({theory_tag()})")
+        raise WorkflowError(
+            f"theory table '{tag}' does not match the config ({theory_tag()})"
+        )
     return json.dumps(config["theory"], sort_keys=True)
 
 
 def theory_table():
     return f"results/tables/theory_{theory_tag()}.parquet"
+
+
+RESTRICT_DEFAULTS = {
+    "branch_at": 0.1,
+    "rounds": 200,
+    "modes": ["none", "dom", "bulk", "gapdom", "gapbulk"],
+    "refresh": 10,
+    "eval_every": 10,
+    "hessian_examples": None,
+    "tol": 1e-3,
+    "gap_m": None,
+    "gap_window": 4,
+}
+
+
+def main_run(setting):
+    """The parent of the restricted runs: the setting's first run of the `main` experiment."""
+    return next(
+        r for r in grid.expand_runs(config, ["main"]) if r["setting"] == setting
+    )
+
+
+def restricted_params(setting):
+    r = {
+        **RESTRICT_DEFAULTS,
+        **config["restricted"],
+        **config["settings"][setting].get("restricted", {}),
+    }
+    parent = main_run(setting)
+    rounds = parent["local_steps"] // parent["tau"]
+    ckpts = grid.checkpoint_rounds(rounds, parent["window"], parent["checkpoints"])
+    r["branch_round"] = min(ckpts, key=lambda c: abs(c - r["branch_at"] * rounds))
+    return r
+
+
+def restricted_tag(setting):
+    p = dict(restricted_params(setting))
+    del p["modes"]  # one output per mode: adding a mode must not rename the others
+    return f"br{p['branch_round']}_" + grid.digest(json.dumps(p, sort_keys=True))
+
+
+def restricted_json(wildcards):
+    if wildcards.rtag != restricted_tag(wildcards.setting):
+        raise WorkflowError(
+            f"restricted '{wildcards.rtag}' does not match the config ({restricted_tag(wildcards.setting)})"
+        )
+    return json.dumps(restricted_params(wildcards.setting), sort_keys=True)
+
+
+def restricted_outputs():
+    if "main" not in config["experiments"]:
+        return []
+    out = []
+    for setting in config["experiments"]["main"]["settings"]:
+        base = f"{run_dir(main_run(setting))}/restricted_{restricted_tag(setting)}"
+        out += [
+            f"{base}/{mode}.parquet" for mode in restricted_params(setting)["modes"]
+        ]
+    return out

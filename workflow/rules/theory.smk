@@ -4,14 +4,14 @@
 rule theory:
     output:
         "results/tables/theory_{tag}.parquet",
-    params:
-        theory=lambda wc: theory_json(wc.tag),
-    threads: 1
     log:
         "results/logs/theory/{tag}.log",
     benchmark:
         "results/benchmarks/theory/{tag}.tsv"
     conda:
         ENV
+    threads: 1
+    params:
+        theory=lambda wc: theory_json(wc.tag),
     shell:
         "python -m sharpgaps.cli theory --theory {params.theory:q} --out {output} > {log} 2>&1"

@@ -1,0 +1,45 @@
+# Dom/Bulk-restricted Local SGD (Figs 5-8) and the Hessian-free gap-restricted variant.
+
+
+rule restricted:
+    input:
+        ckpt="results/runs/{setting}/{run}/ckpt",
+        subset=lambda wc: subset_path(dataset_of(wc.setting)),
+    output:
+        "results/runs/{setting}/{run}/restricted_{rtag}/{mode}.parquet",
+    log:
+        "results/logs/restricted/{setting}/{run}_{rtag}_{mode}.log",
+    benchmark:
+        "results/benchmarks/restricted/{setting}/{run}_{rtag}_{mode}.tsv"
+    wildcard_constraints:
+        mode="none|dom|bulk|gapdom|gapbulk",
+    conda:
+        ENV
+    threads: config["threads"]
+    resources:
+        mem_mb=lambda wc: 2 * MEM_MB[model_of(wc.setting)],
+        runtime=720,
+    params:
+        run=run_description,
+        restricted=restricted_json,
+        work="results/work/restricted/{setting}/{run}/{rtag}/{mode}",
+        device=config["device"],
+        resume_every=config["resume_every_s"],
+    shell:
+        "python -m sharpgaps.cli restricted --run {params.run:q} --restricted {params.restricted:q} "
+        "--mode {wildcards.mode} --subset {input.subset} --ckpt-dir {input.ckpt} --work-dir {params.work} "
+        "--out {output} --name {wildcards.setting} --threads {threads} --device {params.device} "
+        "--resume-every-s {params.resume_every} > {log} 2>&1"
+
+
+rule collect_restricted:
+    input:
+        restricted_outputs(),
+    output:
+        "results/tables/restricted.parquet",
+    log:
+        "results/logs/collect/restricted.log",
+    conda:
+        ENV
+    shell:
+        "python -m sharpgaps.cli collect --out {output} {input} > {log} 2>&1"
