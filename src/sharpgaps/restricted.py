@@ -72,6 +72,7 @@ class Restricted:
         self.refresh_seconds = 0.0
         self.refreshes = 0
         self.step0 = step0
+        self._probe: SimulatedLocalSGD | None = None
 
     @property
     def keep_inside(self) -> bool:
@@ -96,15 +97,17 @@ class Restricted:
             self.n_hvp += eig.n_hvp
             self.basis = torch.from_numpy(eig.vectors).to(self.x.device, torch.float32)
         else:
-            probe = SimulatedLocalSGD(self.model, self.loss_fn, self.x, self.y, RunSpec(
-                K=self.run.K, tau=self.run.tau, b=self.run.b, lr=self.run.lr, rounds=self.spec.window,
-                window=self.spec.window, seed=self.run.seed + PROBE_STREAM + self.refreshes, checkpoints=()),
-                theta=theta)
+            if self._probe is None:  # built once: a vmapped engine's first step pays for tracing
+                self._probe = SimulatedLocalSGD(self.model, self.loss_fn, self.x, self.y, RunSpec(
+                    K=self.run.K, tau=self.run.tau, b=self.run.b, lr=self.run.lr, rounds=1, window=1,
+                    seed=self.run.seed + PROBE_STREAM, checkpoints=()), theta=theta)
+            self._probe.set_average(theta)
+            first = self.refreshes * self.spec.window * self.run.tau  # fresh probe batches each refresh
             gaps = []
             for r in range(self.spec.window):
                 for s in range(self.run.tau):
-                    probe.local_step(r * self.run.tau + s)
-                gaps.append(probe.end_round()[1].double())
+                    self._probe.local_step(first + r * self.run.tau + s)
+                gaps.append(self._probe.end_round()[1].double())
                 self.probe_steps += self.run.tau
             G = torch.cat(gaps)
             G = G - G.view(self.spec.window, self.run.K, -1).mean(1).repeat_interleave(self.run.K, 0)

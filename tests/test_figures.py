@@ -1,0 +1,159 @@
+"""The figure stage: notebooks run by papermill from Snakemake rules (workflow/rules/figures.smk)."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import papermill
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE_CONFIG = REPO / ".test/config.yaml"
+
+# figure -> columns of the tidy CSV behind it
+FIGURES = {
+    "fig01_cosines": ["panel", "setting", "K", "tau", "b", "lr", "seed", "round", "step", "metric", "m", "i", "j",
+                      "value"],
+    "fig02_removal": ["setting", "K", "tau", "b", "lr", "seed", "round", "step", "metric", "m", "raw", "value"],
+    "fig03_spectrum": ["setting", "K", "tau", "b", "lr", "seed", "round", "step", "i", "top_k", "value",
+                       "two_over_lr"],
+    "fig04_alignment": ["setting", "K", "tau", "b", "lr", "seed", "round", "step", "metric", "value"],
+    "fig09_removal_raw": ["panel", "setting", "K", "tau", "b", "lr", "seed", "round", "step", "metric", "m",
+                          "value"],
+}
+SETTINGS = {"mnist_fc", "cifar_cnn", "sst2_transformer"}
+
+
+def snakemake(workdir, *args, snakefile=REPO / "Snakefile", config=SMOKE_CONFIG):
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(snakefile), "-d", str(workdir), *args,
+           "--configfile", str(config)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+def job_counts(text):
+    """The 'job count' table of a dry run as {rule: count}."""
+    rows = [line.split() for line in text.splitlines()]
+    return {r[0]: int(r[1]) for r in rows if len(r) == 2 and r[1].isdigit()}
+
+
+@pytest.mark.parametrize("name", FIGURES)
+def test_notebook_is_clean_and_parameterised(name):
+    """Committed notebooks: valid nbformat 4, no outputs, one `parameters` cell declaring what the rule passes."""
+    path = REPO / "notebooks" / f"{name}.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1 and tagged[0].cell_type == "code"
+    assert nb.cells[0].cell_type == "markdown"  # the caption
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
+    declared = set(papermill.inspect_notebook(str(path)))
+    assert {"table", "out_pdf", "out_png", "out_csv", "settings", "labels", "dpi"} <= declared
+
+
+@pytest.mark.workflow
+@pytest.mark.parametrize("name", FIGURES)
+def test_figure_outputs(smoke, name):
+    for ext in ("pdf", "png", "csv"):
+        path = smoke / "paper_figures" / f"{name}.{ext}"
+        assert path.is_file() and path.stat().st_size > 0, path
+    assert (smoke / f"paper_figures/{name}.pdf").read_bytes()[:5] == b"%PDF-"
+    assert (smoke / f"paper_figures/{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = pd.read_csv(smoke / f"paper_figures/{name}.csv")
+    assert list(data.columns) == FIGURES[name]
+    assert len(data) > 0 and data["value"].notna().all()
+    assert set(data["setting"]) == ({"mnist_fc"} if name == "fig01_cosines" else SETTINGS)
+    # the executed notebook is kept, ran without error, and every parameter the rule passed is one it declares
+    executed = nbformat.read(smoke / f"results/notebooks/{name}.ipynb", as_version=4)
+    assert executed.metadata.papermill.exception is None
+    passed = set(executed.metadata.papermill.parameters)
+    assert passed <= set(papermill.inspect_notebook(str(REPO / "notebooks" / f"{name}.ipynb")))
+    assert {"table", "out_pdf", "settings", "labels"} <= passed
+    assert (smoke / f"results/logs/figures/{name}.log").is_file()
+
+
+@pytest.mark.workflow
+def test_figure_csv_values(smoke):
+    """Spot checks that the CSVs hold what the captions say."""
+    fig2 = pd.read_csv(smoke / "paper_figures/fig02_removal.csv")
+    assert set(fig2["metric"]) == {"removal", "oracle_removal", "random_removal"}
+    window = yaml.safe_load(SMOKE_CONFIG.read_text())["figures"]["smooth_window"]
+    fig2 = fig2.sort_values("step")
+    smoothed = fig2.groupby(["setting", "seed", "metric", "m"])["raw"].transform(
+        lambda v: v.rolling(window, center=True, min_periods=1).mean())
+    assert (fig2["value"] - smoothed).abs().max() < 1e-12  # a centred moving average over checkpoints
+    assert (fig2["value"] != fig2["raw"]).any()
+    fig3 = pd.read_csv(smoke / "paper_figures/fig03_spectrum.csv")
+    assert (fig3["two_over_lr"] == 2 / fig3["lr"]).all()
+    assert fig3.groupby("setting")["top_k"].sum().min() > 0
+    fig9 = pd.read_csv(smoke / "paper_figures/fig09_removal_raw.csv")
+    table = pd.read_parquet(smoke / "results/tables/main_geometry.parquet")
+    over = fig9[fig9["panel"] == "over_training"].merge(
+        table[table["metric"] == "removal"], on=["setting", "seed", "step", "m"], suffixes=("", "_table"))
+    assert len(over) == (fig9["panel"] == "over_training").sum()
+    assert (over["value"] - over["value_table"]).abs().max() < 1e-12  # raw means raw
+
+
+@pytest.mark.workflow
+def test_one_figure_target_is_up_to_date(smoke):
+    out = snakemake(smoke, "-n", "paper_figures/fig02_removal.pdf")
+    assert "Nothing to be done" in out
+
+
+def _workflow_copy(dst):
+    """The workflow source tree (mtimes kept), with src/ linked: a place to edit a notebook safely."""
+    dst.mkdir()
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy2(REPO / name, dst / name)
+    for name in ("workflow", "notebooks", "profiles", "envs", ".test"):
+        if (REPO / name).exists():
+            shutil.copytree(REPO / name, dst / name)
+    (dst / "src").symlink_to(REPO / "src")
+    return dst
+
+
+@pytest.mark.workflow
+def test_editing_one_notebook_reruns_exactly_that_figure(smoke, tmp_path):
+    repo = _workflow_copy(tmp_path / "repo")
+    snakefile = repo / "Snakefile"
+    assert "Nothing to be done" in snakemake(smoke, "-n", "--nolock", "all", snakefile=snakefile)
+    path = repo / "notebooks/fig02_removal.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.append(nbformat.v4.new_markdown_cell("A harmless note."))
+    nbformat.write(nb, path)
+    out = snakemake(smoke, "-n", "--nolock", "--quiet", "rules", "all", snakefile=snakefile)
+    assert job_counts(out) == {"fig02_removal": 1, "all": 1, "total": 2}
+    out = snakemake(smoke, "-n", "--nolock", "--quiet", "rules", "paper_figures/fig02_removal.pdf",
+                    snakefile=snakefile)
+    assert job_counts(out) == {"fig02_removal": 1, "total": 1}
+
+
+@pytest.mark.workflow
+@pytest.mark.parametrize("key,value,rerun", [
+    ("smooth_window", 2, {"fig02_removal"}),
+    ("m_show", [1, 2], {"fig02_removal", "fig09_removal_raw"}),
+    ("xscale", "log", {"fig02_removal", "fig03_spectrum", "fig04_alignment", "fig09_removal_raw"}),
+])
+def test_changing_a_figure_key_reruns_only_the_figures_using_it(smoke, tmp_path, key, value, rerun):
+    cfg = yaml.safe_load(SMOKE_CONFIG.read_text())
+    cfg["figures"][key] = value
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = snakemake(smoke, "-n", "--nolock", "--quiet", "rules", "all", config=path)
+    assert job_counts(out) == {**dict.fromkeys(rerun, 1), "all": 1, "total": len(rerun) + 1}
+
+
+def test_fig1_setting_outside_the_experiment_is_a_config_error(tmp_path):
+    cfg = yaml.safe_load(SMOKE_CONFIG.read_text())
+    cfg["figures"]["fig1_setting"] = "nope"
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "-n",
+           "--configfile", str(path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode != 0 and "figures.fig1_setting" in proc.stdout + proc.stderr
