@@ -60,6 +60,9 @@ def cross_checks(config: dict) -> list[str]:
         for s in exp["settings"]:
             if s not in settings:
                 problems.append(f"experiments.{name}.settings: unknown setting '{s}' (defined: {sorted(settings)})")
+        for s in exp.get("per_setting", {}):
+            if s not in exp["settings"]:
+                problems.append(f"experiments.{name}.per_setting.{s}: not among this experiment's settings")
     for name, s in settings.items():
         ds = s["dataset"]
         if ds not in config.get("datasets", {}):

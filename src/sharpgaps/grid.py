@@ -51,7 +51,8 @@ def expand_runs(config: dict, experiments: list[str] | None = None, strict: bool
         exp = config["experiments"][name]
         for setting in exp["settings"]:
             base = setting_defaults(config, setting)
-            axes = {k: exp.get(k, [base[k]]) for k in ("K", "tau", "b")}
+            own = exp.get("per_setting", {}).get(setting, {})
+            axes = {k: own.get(k, exp.get(k, [base[k]])) for k in ("K", "tau", "b")}
             for K, tau, b, seed in itertools.product(axes["K"], axes["tau"], axes["b"], base["seeds"]):
                 run = {**{k: base[k] for k in TRAIN_KEYS}, "K": K, "tau": tau, "b": b, "seed": seed,
                        "setting": setting}
