@@ -3,9 +3,13 @@ PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 CORES ?= 8
+SCALE ?= paper
 SNAKEMAKE_ARGS ?=
+CONFIG_paper := config.yaml
+CONFIG_quick := config.quick.yaml
+CONFIG_smoke := .test/config.yaml
 
-.PHONY: setup all test quick clean-venv
+.PHONY: setup all test bench slurm-test clean-venv
 
 setup: $(STAMP)
 
@@ -15,11 +19,20 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
+# SCALE=paper (config.yaml, default), quick (config.quick.yaml) or smoke (.test/config.yaml).
 all: setup
-	$(VENV)/bin/snakemake --cores $(CORES) --workflow-profile profiles/default $(SNAKEMAKE_ARGS) all
+	$(VENV)/bin/snakemake all --cores $(CORES) --workflow-profile profiles/default \
+		--configfile $(CONFIG_$(SCALE)) $(SNAKEMAKE_ARGS)
 
 test: setup
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q -ra $(PYTEST_ARGS)
+
+bench: setup
+	$(VENV)/bin/python benchmarks/run.py
+
+# A real single-node SLURM (installed with apt-get if missing) runs the smoke DAG through sbatch.
+slurm-test: setup
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH tests/cluster/run_slurm_test.sh . .test/config.yaml all
 
 clean-venv:
 	rm -rf $(VENV)

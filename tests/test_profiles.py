@@ -29,7 +29,7 @@ PROFILES = {
     "slurm": REPO / "profiles" / "slurm" / "config.yaml",
     "cluster-test": CLUSTER / "profile" / "config.yaml",
 }
-GPU_RULES = ("train", "train_distributed", "geometry", "restricted_train")
+GPU_RULES = ("train", "train_distributed", "geometry", "restricted")
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 

@@ -148,6 +148,13 @@ def torch_load(path):
     return torch.load(path, weights_only=False, map_location="cpu")
 
 
+def cmd_summary(a) -> None:
+    from .summary import write_results
+
+    tables = dict(item.split("=", 1) for item in a.table)
+    write_results({k: Path(v) for k, v in tables.items()}, Path(a.out), a.title)
+
+
 def cmd_collect(a) -> None:
     import pandas as pd
 
@@ -240,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--device", default="cpu")
     q.add_argument("--resume-every-s", type=float, default=120.0)
     q.set_defaults(func=cmd_restricted)
+
+    q = sub.add_parser("summary", help="RESULTS.md from the pipeline's tables")
+    q.add_argument("--table", action="append", default=[], help="NAME=PATH (experiment, restricted, theory)")
+    q.add_argument("--title", default="")
+    q.add_argument("--out", required=True)
+    q.set_defaults(func=cmd_summary)
 
     q = sub.add_parser("collect", help="concatenate tidy tables")
     q.add_argument("--out", required=True)

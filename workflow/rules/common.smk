@@ -34,6 +34,9 @@ wildcard_constraints:
     run=grid.RUN_ID_WILDCARD,
 
 
+# Rules that benefit from a GPU ask for one when the config says device: cuda (profiles may add more).
+GPU = 1 if config["device"] == "cuda" else 0
+
 # Rough per-model footprints for the schedulers (profiles may override per rule).
 MEM_MB = {"fc_tanh": 2000, "cnn_relu": 4000, "transformer": 12000}
 

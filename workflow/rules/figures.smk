@@ -1,6 +1,7 @@
 # Paper figures: one papermill-run notebook per figure family (notebooks/), reading only the
 # experiment's geometry table. One rule per figure, so editing one notebook (or one figure's
 # config key) reruns exactly that figure's job.
+import os
 
 FIGURES = [
     "fig01_cosines",
@@ -21,6 +22,12 @@ PAPERMILL = (
 )
 
 # Parse-time constants, no functions (helpers belong in common.smk; these are used here only).
+# Notebooks are workflow sources: found next to the Snakefile, named relative to the workdir (the
+# repository root in normal use, so the recorded input paths survive moving the checkout).
+FIG_NOTEBOOKS = {
+    name: os.path.relpath(Path(workflow.basedir) / "notebooks" / f"{name}.ipynb")
+    for name in FIGURES
+}
 FIG = config["figures"]
 FIG_SETTINGS = config["experiments"].get(FIG["experiment"], {}).get("settings", [])
 FIG_TABLE = f"results/tables/{FIG['experiment']}_geometry.parquet"
@@ -60,7 +67,7 @@ FIG_COMMON = {
 rule fig01_cosines:
     """Fig 1: squared cosines gap directions x Hessian eigenvectors, and removal vs m (one checkpoint)."""
     input:
-        notebook="notebooks/fig01_cosines.ipynb",
+        notebook=FIG_NOTEBOOKS["fig01_cosines"],
         table=FIG_TABLE,
     output:
         pdf="paper_figures/fig01_cosines.pdf",
@@ -100,7 +107,7 @@ rule fig01_cosines:
 rule fig02_removal:
     """Fig 2: smoothed removal fraction over training, per setting, with oracle and random baselines."""
     input:
-        notebook="notebooks/fig02_removal.ipynb",
+        notebook=FIG_NOTEBOOKS["fig02_removal"],
         table=FIG_TABLE,
     output:
         pdf="paper_figures/fig02_removal.pdf",
@@ -141,7 +148,7 @@ rule fig02_removal:
 rule fig03_spectrum:
     """Fig 3: top Hessian eigenvalues over training, per setting, with 2/lr."""
     input:
-        notebook="notebooks/fig03_spectrum.ipynb",
+        notebook=FIG_NOTEBOOKS["fig03_spectrum"],
         table=FIG_TABLE,
     output:
         pdf="paper_figures/fig03_spectrum.pdf",
@@ -174,7 +181,7 @@ rule fig03_spectrum:
 rule fig04_alignment:
     """Fig 4: gradient alignment chi_k over training, per setting."""
     input:
-        notebook="notebooks/fig04_alignment.ipynb",
+        notebook=FIG_NOTEBOOKS["fig04_alignment"],
         table=FIG_TABLE,
     output:
         pdf="paper_figures/fig04_alignment.pdf",
@@ -207,7 +214,7 @@ rule fig04_alignment:
 rule fig09_removal_raw:
     """Fig 9: raw (per-checkpoint) removal fraction over training and versus m at chosen checkpoints."""
     input:
-        notebook="notebooks/fig09_removal_raw.ipynb",
+        notebook=FIG_NOTEBOOKS["fig09_removal_raw"],
         table=FIG_TABLE,
     output:
         pdf="paper_figures/fig09_removal_raw.pdf",

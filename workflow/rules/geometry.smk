@@ -17,6 +17,7 @@ rule geometry:
     resources:
         mem_mb=lambda wc: 2 * MEM_MB[model_of(wc.setting)],
         runtime=720,
+        gpu=GPU,
     params:
         run=run_description,
         geometry=geometry_json,

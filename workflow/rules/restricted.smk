@@ -19,6 +19,7 @@ rule restricted:
     resources:
         mem_mb=lambda wc: 2 * MEM_MB[model_of(wc.setting)],
         runtime=720,
+        gpu=GPU,
     params:
         run=run_description,
         restricted=restricted_json,

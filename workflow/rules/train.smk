@@ -19,6 +19,7 @@ rule train:
     resources:
         mem_mb=lambda wc: MEM_MB[model_of(wc.setting)],
         runtime=720,
+        gpu=GPU,
     params:
         run=run_description,
         out="results/runs/{setting}/{run}",
