@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 # SCALE=paper (config.yaml, default), quick (config.quick.yaml) or smoke (.test/config.yaml).
+# Jobs call `python -m sharpgaps.cli`: the venv's bin/ goes first on PATH.
 all: setup
-	$(VENV)/bin/snakemake all --cores $(CORES) --workflow-profile profiles/default \
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake all --cores $(CORES) --workflow-profile profiles/default \
 		--configfile $(CONFIG_$(SCALE)) $(SNAKEMAKE_ARGS)
 
 test: setup
