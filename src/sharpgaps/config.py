@@ -87,6 +87,9 @@ def cross_checks(config: dict) -> list[str]:
             if late:
                 problems.append(f"train.checkpoints.rounds: {late} beyond the last round {rounds} of {where} "
                                 f"(local_steps // tau); lower them or raise train.local_steps")
+        if config.get("engine") == "distributed" and run["K"] < config["nproc"]:
+            problems.append(f"nproc: {config['nproc']} processes but K={run['K']} workers in {where} "
+                            f"(engine: distributed needs K >= nproc); lower nproc or use engine: simulated")
         if run["b"] > n_train:
             problems.append(f"train.b: batch {run['b']} exceeds subset.n_train={n_train} in {where}")
     return sorted(set(problems))

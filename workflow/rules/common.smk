@@ -92,6 +92,21 @@ def run_description(wildcards):
     return json.dumps(run, sort_keys=True)
 
 
+def train_launcher(wildcards=None):
+    """The command that runs `train`: the simulated engine, or torchrun processes (config `engine`)."""
+    if config["engine"] == "distributed":
+        # "--": without it torchrun's parser takes --run for an abbreviation of its --run-path
+        nproc = config["nproc"]
+        return f"python -m torch.distributed.run --standalone --nproc-per-node {nproc} -m sharpgaps.distributed --"
+    return "python -m sharpgaps.cli"
+
+
+def train_threads():
+    """Cores of a train job: `threads` torch threads in each of the `nproc` distributed processes."""
+    procs = config["nproc"] if config["engine"] == "distributed" else 1
+    return config["threads"] * procs
+
+
 def all_run_outputs():
     return [f"{run_dir(r)}/run.json" for r in grid.expand_runs(config)]
 

@@ -15,7 +15,7 @@ rule train:
         "results/benchmarks/train/{setting}/{run}.tsv"
     conda:
         ENV
-    threads: config["threads"]
+    threads: train_threads()
     resources:
         mem_mb=lambda wc: MEM_MB[model_of(wc.setting)],
         runtime=720,
@@ -26,7 +26,9 @@ rule train:
         work="results/work/{setting}/{run}",
         device=config["device"],
         resume_every=config["resume_every_s"],
+        launcher=train_launcher(),
+        threads=config["threads"],
     shell:
-        "python -m sharpgaps.cli train --run {params.run:q} --subset {input.subset} --out-dir {params.out} "
-        "--work-dir {params.work} --name {wildcards.setting}/{wildcards.run} --threads {threads} "
+        "{params.launcher} train --run {params.run:q} --subset {input.subset} --out-dir {params.out} "
+        "--work-dir {params.work} --name {wildcards.setting}/{wildcards.run} --threads {params.threads} "
         "--device {params.device} --resume-every-s {params.resume_every} > {log} 2>&1"
