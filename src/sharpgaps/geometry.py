@@ -59,11 +59,9 @@ def checkpoint_geometry(ckpt: dict, model, loss_fn, x, y, spec: GeometrySpec, v0
     g = hvp.gradient() if n_h == len(x) else FullBatchHVP(
         model, loss_fn, x, y, params=theta, chunk_size=spec.chunk_size, cache_graph=False).gradient()
     n_eig = spec.k + spec.extra
-    if v0 is None or not spec.warm_start:
-        # A seeded start: ARPACK's own random start vector changes between calls in one process.
-        gen = torch.Generator().manual_seed(spec.seed * 7919 + int(ckpt["round"]))
-        v0 = torch.randn(g.numel(), generator=gen, dtype=torch.float64)
-    eig = top_eigenpairs(hvp, k=n_eig, tol=spec.tol, v0=v0)
+    # A cold start is a seeded random vector (ARPACK's own changes between calls in one process).
+    eig = top_eigenpairs(hvp, k=n_eig, tol=spec.tol, v0=v0 if spec.warm_start else None,
+                         seed=spec.seed * 7919 + int(ckpt["round"]))
     hvp.release()
     dev = g.device
     V = torch.from_numpy(eig.vectors[:, : spec.k]).to(dev)

@@ -88,12 +88,9 @@ class Restricted:
         if self.spec.mode in ("dom", "bulk"):
             n = len(self.x) if self.spec.hessian_examples is None else min(self.spec.hessian_examples, len(self.x))
             hvp = FullBatchHVP(self.model, self.loss_fn, self.x[:n], self.y[:n], params=theta)
-            if self.basis is None:  # seeded cold start (ARPACK's own start is not reproducible)
-                gen = torch.Generator().manual_seed(self.run.seed * 7919 + self.refreshes)
-                v0 = torch.randn(hvp.dim, generator=gen, dtype=torch.float64)
-            else:
-                v0 = self.basis.double()
-            eig = top_eigenpairs(hvp, k=self.spec.k, tol=self.spec.tol, v0=v0, compute_residuals=False)
+            v0 = None if self.basis is None else self.basis.double()  # warm start from the last subspace
+            eig = top_eigenpairs(hvp, k=self.spec.k, tol=self.spec.tol, v0=v0, compute_residuals=False,
+                                 seed=self.run.seed * 7919 + self.refreshes)
             self.n_hvp += eig.n_hvp
             self.basis = torch.from_numpy(eig.vectors).to(self.x.device, torch.float32)
         else:
