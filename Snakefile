@@ -16,6 +16,7 @@ include: "workflow/rules/geometry.smk"
 include: "workflow/rules/restricted.smk"
 include: "workflow/rules/theory.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/figures_more.smk"
 
 
 rule all:
@@ -29,3 +30,5 @@ rule all:
         "results/tables/restricted.parquet",
         theory_table(),
         FIGURE_TARGETS,
+        MORE_FIGURE_TARGETS,
+        "paper_figures/RESULTS.md",

@@ -45,7 +45,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .localsgd import RunSpec, UpdateTransform, WorkerBatches, flatten, unflatten
+from .localsgd import RunSpec, UpdateTransform, WorkerBatches, flatten, models_sgd_step, unflatten
 
 LAUNCH_HINT = "torchrun --standalone --nproc-per-node N -m sharpgaps.distributed -- train ..."
 
@@ -115,25 +115,9 @@ class DistributedLocalSGD:
 
     def local_step(self, step: int) -> torch.Tensor:
         """One SGD step of this rank's workers at local step ``step``; returns all K minibatch losses."""
-        losses = []
-        for w, m in zip(self.workers, self.models):
-            idx = self.batches.worker_indices(w, step)
-            m.zero_grad(set_to_none=True)
-            loss = self.loss_fn(m(self.x[idx]), self.y[idx])
-            loss.backward()
-            losses.append(loss.detach())
-        with torch.no_grad():
-            if self.update_transform is None:  # the update op of LoopLocalSGD / the batched engine
-                for m in self.models:
-                    for p in m.parameters():
-                        p.sub_(p.grad, alpha=self.spec.lr)
-            else:
-                flat = torch.stack([torch.cat([self.spec.lr * p.grad.reshape(-1) for p in m.parameters()])
-                                    for m in self.models])
-                for m, u in zip(self.models, self.update_transform(flat)):
-                    vec = torch.nn.utils.parameters_to_vector(m.parameters())
-                    torch.nn.utils.vector_to_parameters(vec - u, m.parameters())
-        return self.gather_rows(torch.stack(losses))
+        losses = models_sgd_step(self.models, self.workers, step, self.batches, self.loss_fn, self.x, self.y,
+                                 self.spec.lr, self.update_transform)
+        return self.gather_rows(losses)
 
     def end_round(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """All-reduce the average; all-gather the gaps (K, d) taken before the reset."""

@@ -145,6 +145,28 @@ class SimulatedLocalSGD:
         return avg, gaps
 
 
+def models_sgd_step(models, workers, step, batches, loss_fn, x, y, lr, update_transform=None) -> torch.Tensor:
+    """One plain-autograd SGD step of separate worker models (the loop reference and the distributed engine)."""
+    losses = []
+    for w, m in zip(workers, models):
+        idx = batches.worker_indices(w, step)
+        m.zero_grad(set_to_none=True)
+        loss = loss_fn(m(x[idx]), y[idx])
+        loss.backward()
+        losses.append(loss.detach())
+    with torch.no_grad():
+        if update_transform is not None:
+            flat = torch.stack([torch.cat([p.grad.reshape(-1) for p in m.parameters()]) for m in models])
+            for m, u in zip(models, update_transform(flat)):
+                sizes = [p.numel() for p in m.parameters()]
+                for p, chunk in zip(m.parameters(), u.split(sizes)):
+                    p.grad.copy_(chunk.view_as(p))
+        for m in models:  # the same update op as the batched engine and torch.optim.SGD
+            for p in m.parameters():
+                p.sub_(p.grad, alpha=lr)
+    return torch.stack(losses)
+
+
 class LoopLocalSGD:
     """Reference implementation: K independent nn.Module copies, one autograd call per worker."""
 
@@ -155,24 +177,8 @@ class LoopLocalSGD:
         self.update_transform = update_transform
 
     def local_step(self, step: int) -> torch.Tensor:
-        losses = []
-        for w, m in enumerate(self.models):
-            idx = self.batches.worker_indices(w, step)
-            m.zero_grad(set_to_none=True)
-            loss = self.loss_fn(m(self.x[idx]), self.y[idx])
-            loss.backward()
-            losses.append(loss.detach())
-        with torch.no_grad():
-            if self.update_transform is not None:
-                flat = torch.stack([torch.cat([p.grad.reshape(-1) for p in m.parameters()]) for m in self.models])
-                for m, u in zip(self.models, self.update_transform(flat)):
-                    sizes = [p.numel() for p in m.parameters()]
-                    for p, chunk in zip(m.parameters(), u.split(sizes)):
-                        p.grad.copy_(chunk.view_as(p))
-            for m in self.models:  # the same update op as the batched engine and torch.optim.SGD
-                for p in m.parameters():
-                    p.sub_(p.grad, alpha=self.spec.lr)
-        return torch.stack(losses)
+        return models_sgd_step(self.models, range(self.spec.K), step, self.batches, self.loss_fn, self.x, self.y,
+                               self.spec.lr, self.update_transform)
 
     @property
     def params(self) -> dict[str, torch.Tensor]:

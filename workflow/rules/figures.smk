@@ -16,7 +16,7 @@ FIGURES = [
 # raw (-r); the figure's config keys arrive as one JSON document (-y; JSON is YAML).
 PAPERMILL = (
     "export MPLBACKEND=Agg JUPYTER_PREFER_ENV_PATH=1 PYDEVD_DISABLE_FILE_VALIDATION=1; "
-    "papermill {input.notebook:q} {output.notebook:q} --kernel python3 --no-progress-bar --log-output "
+    "python -m papermill {input.notebook:q} {output.notebook:q} --kernel python3 --no-progress-bar --log-output "
     "-r table {input.table:q} -r out_pdf {output.pdf:q} -r out_png {output.png:q} -r out_csv {output.csv:q} "
     "-y {params.parameters:q} > {log} 2>&1"
 )

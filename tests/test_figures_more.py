@@ -1,0 +1,252 @@
+"""Figures 5-8, 10-18, X1, X2 and RESULTS.md (workflow/rules/figures_more.smk).
+
+The restricted-training figures, the theory check and RESULTS.md come with the shared smoke DAG (`smoke`,
+conftest.py: `all` of .test/config.yaml builds them); the sweep figures need sweep experiments, which the smoke
+config lacks, so `sweeps` builds them from a small mnist_fc-only config without `main` (which also checks that
+a config without `main` gets neither restricted figures nor their RESULTS.md sections).
+"""
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import papermill
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE_CONFIG = REPO / ".test/config.yaml"
+SETTINGS = {"mnist_fc", "cifar_cnn", "sst2_transformer"}
+
+NOTEBOOKS = ["fig05_08_restricted", "fig_gap_restricted", "fig10_12_tau", "fig13_18_sweep", "fig_theory"]
+RESTRICTED = {"fig05_restricted_train_loss": "train_loss", "fig06_restricted_train_acc": "train_acc",
+              "fig07_restricted_test_loss": "test_loss", "fig08_restricted_test_acc": "test_acc"}
+# figure stem -> (swept run parameter, its values in the sweep config below)
+SWEEPS = {"fig10_tau_ablation_mnist_fc": ("tau", [2, 4]), "fig13_k_sweep_mnist_fc": ("K", [2, 8]),
+          "fig16_batch_sweep_mnist_fc": ("b", [16, 50])}
+COLUMNS = {
+    "restricted": ["setting", "mode", "K", "tau", "b", "lr", "seed", "branch_round", "round", "step", "quantity",
+                   "value"],
+    "figX1_gap_restricted": ["panel", "setting", "mode", "K", "tau", "b", "lr", "seed", "branch_round", "round",
+                             "step", "metric", "value"],
+    "sweep": ["panel", "setting", "K", "tau", "b", "lr", "seed", "round", "step", "metric", "m", "m_kind", "value"],
+    "figX2_theory": ["tau", "direction", "eigenvalue", "measured", "stderr", "predicted", "z", "K", "b", "lr",
+                     "rounds"],
+}
+
+
+def snakemake(workdir, *args, config=SMOKE_CONFIG, snakefile=REPO / "Snakefile", check=True):
+    # targets and flags first: the default profile makes --configfile take several values
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(snakefile), "-d", str(workdir), *args,
+           "--configfile", str(config)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if check:
+        assert proc.returncode == 0, f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+def job_counts(text):
+    """The 'job count' table of a dry run as {rule: count}."""
+    rows = [line.split() for line in text.splitlines()]
+    return {r[0]: int(r[1]) for r in rows if len(r) == 2 and r[1].isdigit()}
+
+
+def sweep_config(path):
+    """The smoke config with tiny mnist_fc sweeps instead of `main` (values shared with the main run's defaults
+    are reused runs, so this is four runs in all)."""
+    cfg = yaml.safe_load(SMOKE_CONFIG.read_text())
+    cfg["experiments"] = {
+        "tau_ablation": {"settings": ["mnist_fc"], "tau": SWEEPS["fig10_tau_ablation_mnist_fc"][1]},
+        "k_sweep": {"settings": ["mnist_fc"], "K": SWEEPS["fig13_k_sweep_mnist_fc"][1]},
+        "batch_sweep": {"settings": ["mnist_fc"], "b": SWEEPS["fig16_batch_sweep_mnist_fc"][1]},
+    }
+    cfg["figures"]["title"] = "sweep test"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory, data_dir):
+    work = tmp_path_factory.mktemp("sweeps")
+    config = sweep_config(work / "config.yaml")
+    targets = [f"paper_figures/{name}.pdf" for name in SWEEPS] + ["paper_figures/figX2_theory.pdf",
+                                                                  "paper_figures/RESULTS.md"]
+    snakemake(work, "--cores", "2", *targets, config=config)
+    return work, config
+
+
+def check_files(workdir, name):
+    for ext in ("pdf", "png", "csv"):
+        path = workdir / "paper_figures" / f"{name}.{ext}"
+        assert path.is_file() and path.stat().st_size > 0, path
+    assert (workdir / f"paper_figures/{name}.pdf").read_bytes()[:5] == b"%PDF-"
+    assert (workdir / f"paper_figures/{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    executed = nbformat.read(workdir / f"results/notebooks/{name}.ipynb", as_version=4)
+    assert executed.metadata.papermill.exception is None
+    assert (workdir / f"results/logs/figures/{name}.log").is_file()
+    return pd.read_csv(workdir / f"paper_figures/{name}.csv"), executed.metadata.papermill.parameters
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_is_clean_and_parameterised(name):
+    """Committed notebooks: valid nbformat 4, no outputs, a caption, one `parameters` cell declaring what rules pass."""
+    path = REPO / "notebooks" / f"{name}.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1 and tagged[0].cell_type == "code"
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
+    declared = set(papermill.inspect_notebook(str(path)))
+    assigned = {t.id for node in ast.parse(tagged[0].source).body if isinstance(node, ast.Assign) for t in node.targets}
+    assert declared == assigned
+    assert {"table", "out_pdf", "out_png", "out_csv", "dpi"} <= declared
+    assert 'matplotlib.use("Agg")' in "".join(c.source for c in nb.cells)
+
+
+@pytest.mark.workflow
+@pytest.mark.parametrize("name", RESTRICTED)
+def test_restricted_figures(smoke, name):
+    data, passed = check_files(smoke, name)
+    assert list(data.columns) == COLUMNS["restricted"]
+    assert passed["quantity"] == RESTRICTED[name] and set(data["quantity"]) == {RESTRICTED[name]}
+    assert set(data["setting"]) == SETTINGS and set(passed["settings"]) == SETTINGS
+    assert set(data["mode"]) == {"none", "dom", "bulk"} and data["value"].notna().all()
+    # the values drawn are the table's
+    table = pd.read_parquet(smoke / "results/tables/restricted.parquet")
+    both = data.merge(table, on=["setting", "mode", "seed", "round"])
+    assert len(both) == len(data)
+    assert np.allclose(both["value"], both[RESTRICTED[name]])
+
+
+@pytest.mark.workflow
+def test_gap_restricted_figure(smoke):
+    data, _ = check_files(smoke, "figX1_gap_restricted")
+    assert list(data.columns) == COLUMNS["figX1_gap_restricted"]
+    assert set(data["panel"]) == {"train_loss", "test_acc", "compute"}
+    assert set(data["mode"]) == {"none", "dom", "bulk", "gapdom", "gapbulk"}
+    assert set(data["setting"]) == SETTINGS
+    cost = data[data["panel"] == "compute"].pivot_table(index=["setting", "mode"], columns="metric", values="value")
+    assert set(cost.columns) >= {"n_hvp", "probe_steps", "refresh_seconds"}
+    gap = cost.xs("gapbulk", level="mode")
+    hessian = cost.xs("bulk", level="mode")
+    assert (gap["n_hvp"] == 0).all() and (gap["probe_steps"] > 0).all()  # the gap modes never touch the Hessian
+    assert (hessian["n_hvp"] > 0).all()
+
+
+@pytest.mark.workflow
+def test_theory_figure(smoke):
+    data, passed = check_files(smoke, "figX2_theory")
+    assert list(data.columns) == COLUMNS["figX2_theory"]
+    cfg = yaml.safe_load(SMOKE_CONFIG.read_text())
+    assert sorted(data["tau"].unique()) == sorted(cfg["theory"]["taus"])
+    assert np.allclose(data["z"], (data["measured"] - data["predicted"]) / data["stderr"])
+    assert data["z"].abs().max() < 6  # the engine reproduces the closed form within Monte-Carlo error
+    assert set(passed) == {"table", "out_pdf", "out_png", "out_csv", "dpi"}
+
+
+@pytest.mark.workflow
+def test_results_md_of_the_smoke_config(smoke):
+    text = (smoke / "paper_figures/RESULTS.md").read_text()
+    assert text.startswith("# Results (pipeline)")
+    for section in ("## Headline", "## Figs 5-8 and the gap-restricted variant", "## Theory check"):
+        assert section in text
+    assert "## Figs 10-12" not in text and "## Figs 13-15" not in text  # the smoke config has no sweeps
+    for setting in SETTINGS:
+        assert f"| {setting} |" in text
+
+
+@pytest.mark.workflow
+@pytest.mark.parametrize("name", SWEEPS)
+def test_sweep_figures(sweeps, name):
+    work, _ = sweeps
+    data, passed = check_files(work, name)
+    axis, values = SWEEPS[name]
+    assert list(data.columns) == COLUMNS["sweep"]
+    assert passed["axis"] == axis and passed["setting"] == "mnist_fc" and passed["figure"] == int(name[3:5])
+    assert set(data["setting"]) == {"mnist_fc"}
+    assert sorted(data[axis].unique()) == values
+    assert {"removal_rank", "chi_k", "final"} <= set(data["panel"])
+    # m = rank(G) = (K-1) W in every run
+    window = yaml.safe_load(SMOKE_CONFIG.read_text())["train"]["window"]
+    rank = data[data["m_kind"] == "rank"]
+    assert (rank["m"] == (rank["K"] - 1) * window).all()
+    assert set(rank["metric"]) == {"removal", "random_removal"}
+    # the final panel is the last checkpoint of each run
+    final = data[data["panel"] == "final"]
+    last = data[data["panel"] != "final"].groupby(axis)["round"].max()
+    assert (final["round"] == final[axis].map(last)).all()
+    assert set(final[axis]) == set(values)
+
+
+@pytest.mark.workflow
+def test_results_md_of_the_sweep_config(sweeps):
+    work, _ = sweeps
+    text = (work / "paper_figures/RESULTS.md").read_text()
+    assert text.startswith("# Results (sweep test)")
+    for section, axis in (("## Figs 10-12: tau_ablation", "tau"), ("## Figs 13-15: k_sweep", "K"),
+                          ("## Figs 16-18: batch_sweep", "b"), ("## Theory check", None)):
+        assert section in text
+    assert "## Headline" not in text and "## Figs 5-8" not in text  # no `main`, no restricted runs
+    assert not (work / "results/tables/restricted.parquet").exists()
+
+
+@pytest.mark.workflow
+def test_sweep_targets_follow_the_config(sweeps, tmp_path):
+    """`all` lists a sweep figure only for sweeps in the config; the figure number follows figures.sweep_settings."""
+    work, config = sweeps
+    out = snakemake(tmp_path, "-n", "--quiet", "rules", "all", config=SMOKE_CONFIG)  # smoke: no sweep experiment
+    assert "fig10_12_tau" not in job_counts(out) and "fig13_18_sweep" not in job_counts(out)
+    assert job_counts(out)["fig05_08_restricted"] == 4 and job_counts(out)["results_summary"] == 1
+    cfg = yaml.safe_load(config.read_text())
+    cfg["figures"]["sweep_settings"] = ["cifar_cnn", "mnist_fc"]
+    moved = tmp_path / "moved.yaml"
+    moved.write_text(yaml.safe_dump(cfg))
+    out = snakemake(work, "-n", "paper_figures/fig11_tau_ablation_mnist_fc.pdf", config=moved)
+    assert "fig11_tau_ablation_mnist_fc" in out
+    out = snakemake(work, "-n", "paper_figures/fig10_tau_ablation_mnist_fc.pdf", config=moved, check=False)
+    assert "MissingRuleException" in out or "No rule to produce" in out
+    cfg["figures"]["sweep_settings"] = ["cifar_cnn"]
+    moved.write_text(yaml.safe_dump(cfg))
+    out = snakemake(work, "-n", config=moved, check=False)
+    assert "figures.sweep_settings" in out and "mnist_fc (tau_ablation)" in out
+
+
+def _workflow_copy(dst):
+    """The workflow source tree (mtimes kept), with src/ linked: a place to edit a notebook safely."""
+    dst.mkdir()
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy2(REPO / name, dst / name)
+    for name in ("workflow", "notebooks", "profiles", "envs", ".test"):
+        if (REPO / name).exists():
+            shutil.copytree(REPO / name, dst / name)
+    (dst / "src").symlink_to(REPO / "src")
+    return dst
+
+
+@pytest.mark.workflow
+@pytest.mark.parametrize("notebook,fixture,rerun", [
+    ("fig05_08_restricted", "smoke", {"fig05_08_restricted": 4}),
+    ("fig13_18_sweep", "sweeps", {"fig13_18_sweep": 2}),
+])
+def test_editing_a_shared_notebook_reruns_exactly_its_figures(request, tmp_path, notebook, fixture, rerun):
+    made = request.getfixturevalue(fixture)
+    work, config = (made, SMOKE_CONFIG) if fixture == "smoke" else made
+    repo = _workflow_copy(tmp_path / "repo")
+    # every rerun trigger but `input` (the recorded notebook paths point into the real checkout, not this copy)
+    dry = ["-n", "--nolock", "--rerun-triggers", "mtime", "params", "code", "software-env", "--quiet", "rules"]
+    targets = ["all"] if fixture == "smoke" else [f"paper_figures/{name}.pdf" for name in SWEEPS]
+    out = snakemake(work, *targets, *dry, snakefile=repo / "Snakefile", config=config)
+    assert "Nothing to be done" in out and job_counts(out) == {}
+    path = repo / "notebooks" / f"{notebook}.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.append(nbformat.v4.new_markdown_cell("A harmless note."))
+    nbformat.write(nb, path)
+    out = snakemake(work, *targets, *dry, snakefile=repo / "Snakefile", config=config)
+    counts = {k: v for k, v in job_counts(out).items() if k not in ("all", "total")}
+    assert counts == rerun
