@@ -27,7 +27,7 @@ rule all:
             "results/tables/{experiment}_geometry.parquet",
             experiment=config["experiments"],
         ),
-        "results/tables/restricted.parquet",
+        restricted_table(),
         theory_table(),
         FIGURE_TARGETS,
         MORE_FIGURE_TARGETS,

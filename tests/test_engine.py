@@ -86,8 +86,9 @@ def _load_all(paths):
 
 
 def test_same_seed_same_numbers(tmp_path, mnist_small):
-    a = _load_all(_train(tmp_path / "a", mnist_small, SPEC))
-    b = _load_all(_train(tmp_path / "b", mnist_small, SPEC))
+    pa, pb = _train(tmp_path / "a", mnist_small, SPEC), _train(tmp_path / "b", mnist_small, SPEC)
+    assert [p.read_bytes() for p in pa] == [p.read_bytes() for p in pb]  # byte-identical files
+    a, b = _load_all(pa), _load_all(pb)
     for x, y in zip(a, b):
         assert torch.equal(x["theta"], y["theta"]) and torch.equal(x["gaps"], y["gaps"])
         assert x["metrics"] == y["metrics"]

@@ -28,8 +28,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def save_torch(obj: Any, path: str | os.PathLike) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    # Through a file handle: torch.save names the zip's records after a *path*, and the temp
+    # name is random, so equal objects would otherwise give different bytes.
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def save_json(obj: Any, path: str | os.PathLike) -> None:

@@ -217,3 +217,8 @@ def restricted_outputs():
             f"{base}/{mode}.parquet" for mode in restricted_params(setting)["modes"]
         ]
     return out
+
+
+def restricted_table():
+    """The restricted runs branch from `main`: without that experiment there is nothing to collect."""
+    return ["results/tables/restricted.parquet"] if restricted_outputs() else []
