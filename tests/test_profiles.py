@@ -155,11 +155,13 @@ def test_default_profile_runs_toy_locally(tmp_path):
     assert summary[:3] == ["weight 14850", "sharpness 121.860576", "100"]
 
 
+def _slurm_enabled(kind):
+    """SHARPGAPS_SLURM_TEST=1 runs both cluster tests; =toy or =pipeline only that one (CI: pipeline)."""
+    return os.environ.get("SHARPGAPS_SLURM_TEST") in ("1", kind)
+
+
 @pytest.mark.cluster
-@pytest.mark.skipif(
-    os.environ.get("SHARPGAPS_SLURM_TEST") != "1",
-    reason="set SHARPGAPS_SLURM_TEST=1 to start a real SLURM (needs root/sudo once for apt-get)",
-)
+@pytest.mark.skipif(not _slurm_enabled("toy"), reason="set SHARPGAPS_SLURM_TEST=1 or =toy to start a real SLURM")
 def test_toy_workflow_runs_through_slurm():
     r = subprocess.run(
         ["bash", str(CLUSTER / "run_slurm_test.sh"), "--compare", "results/**/*.txt",
@@ -171,3 +173,25 @@ def test_toy_workflow_runs_through_slurm():
     assert "SLURM evidence: OK" in out, out
     assert re.search(r"submitted with sbatch: [1-9]", out), out
     assert "PASSED" in out, out
+
+
+SMOKE_RUN = "results/runs/mnist_fc/K8_tau4_b50_lr0.05_mse_T96_W2_s0"
+
+
+@pytest.mark.cluster
+@pytest.mark.skipif(not _slurm_enabled("pipeline"),
+                    reason="set SHARPGAPS_SLURM_TEST=1 or =pipeline to start a real SLURM")
+def test_pipeline_runs_through_slurm_and_matches_a_local_run():
+    """acquire -> subset -> train -> geometry of the smoke config through sbatch; outputs byte-equal to local."""
+    target = f"{SMOKE_RUN}/geometry_H300_tol0.001_x2.parquet"
+    r = subprocess.run(
+        ["bash", str(CLUSTER / "run_slurm_test.sh"),
+         "--compare", f"{SMOKE_RUN}/ckpt/*.pt", "--compare", f"{SMOKE_RUN}/metrics.csv",
+         "--compare", target, str(REPO), str(REPO / ".test/config.yaml"), target],
+        cwd=REPO, capture_output=True, text=True, timeout=1500,
+    )
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-5000:]
+    assert "SLURM evidence: OK" in out and "PASSED" in out, out[-5000:]
+    for rule in ("acquire", "subset", "train", "geometry"):
+        assert re.search(rf"rule {rule}: snakemake job \d+ -> SLURM job \d+", out), f"{rule} not via sbatch"
