@@ -71,19 +71,17 @@ def cmd_train(a) -> None:
 
     from . import losses, models, subsets
     from .atomic import save_json
-    from .grid import checkpoint_rounds
+    from .grid import run_info
     from .localsgd import RunSpec
     from .training import train_run
 
     _threads(a.threads)
     run = json.loads(a.run)
     device = resolve_device(a.device)
-    rounds = run["local_steps"] // run["tau"]
-    spec = RunSpec(K=run["K"], tau=run["tau"], b=run["b"], lr=run["lr"], rounds=rounds, window=run["window"],
-                   seed=run["seed"], checkpoints=tuple(checkpoint_rounds(rounds, run["window"], run["checkpoints"])))
+    spec = RunSpec.from_run(run)
     subset = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in subsets.load_subset(a.subset).items()}
     model = models.build_model(run["model"], subset["meta"], seed=run["seed"], **run.get("arch", {})).to(device)
-    info = {k: run[k] for k in ("setting", "model", "dataset", "loss", "local_steps") if k in run}
+    info = run_info(run)
     t0 = time.time()
     ckpts = train_run(model, losses.get_loss(run["loss"]), subset, spec, a.work_dir, run_name=a.name,
                       run_info=info, resume_every_s=a.resume_every_s)
@@ -116,7 +114,6 @@ def cmd_geometry(a) -> None:
 def cmd_restricted(a) -> None:
     from . import losses, models, subsets
     from .atomic import save_frame
-    from .grid import checkpoint_rounds
     from .hessian import disable_tf32
     from .localsgd import RunSpec
     from .restricted import RestrictSpec, restricted_run
@@ -127,9 +124,7 @@ def cmd_restricted(a) -> None:
     device = resolve_device(a.device)
     subset = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in subsets.load_subset(a.subset).items()}
     model = models.build_model(run["model"], subset["meta"], seed=run["seed"], **run.get("arch", {})).to(device)
-    rounds = run["local_steps"] // run["tau"]
-    spec = RunSpec(K=run["K"], tau=run["tau"], b=run["b"], lr=run["lr"], rounds=rounds, window=run["window"],
-                   seed=run["seed"], checkpoints=tuple(checkpoint_rounds(rounds, run["window"], run["checkpoints"])))
+    spec = RunSpec.from_run(run)
     branch = torch_load(Path(a.ckpt_dir) / f"r{r['branch_round']:06d}.pt")
     rs = RestrictSpec(mode=a.mode, rounds=r["rounds"], refresh=r["refresh"], eval_every=r["eval_every"],
                       k=subset["meta"]["n_classes"], m=r.get("gap_m"), window=r["gap_window"], tol=r["tol"],

@@ -138,13 +138,9 @@ class DistributedLocalSGD:
 
 def _spec_and_info(run: dict) -> tuple[RunSpec, dict]:
     """The RunSpec and run_info ``sharpgaps.cli train`` builds from the same run JSON."""
-    from .grid import checkpoint_rounds
+    from .grid import run_info
 
-    rounds = run["local_steps"] // run["tau"]
-    spec = RunSpec(K=run["K"], tau=run["tau"], b=run["b"], lr=run["lr"], rounds=rounds, window=run["window"],
-                   seed=run["seed"], checkpoints=tuple(checkpoint_rounds(rounds, run["window"], run["checkpoints"])))
-    info = {k: run[k] for k in ("setting", "model", "dataset", "loss", "local_steps") if k in run}
-    return spec, info
+    return RunSpec.from_run(run), run_info(run)
 
 
 def rank_work_dir(work_dir: Path, rank: int) -> Path:

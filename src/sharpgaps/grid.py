@@ -81,3 +81,8 @@ def checkpoint_rounds(rounds: int, window: int, checkpoints: dict) -> list[int]:
 
 def digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def run_info(run: dict) -> dict:
+    """The descriptive part of a run recorded in its checkpoints and run.json."""
+    return {k: run[k] for k in ("setting", "model", "dataset", "loss", "local_steps") if k in run}

@@ -43,6 +43,15 @@ class RunSpec:
         if bad:
             raise ValueError(f"RunSpec.checkpoints {bad} outside rounds 1..{self.rounds}")
 
+    @classmethod
+    def from_run(cls, run: dict) -> "RunSpec":
+        """The spec of a workflow run description (rounds = local_steps // tau, checkpoints expanded)."""
+        from .grid import checkpoint_rounds
+
+        rounds = run["local_steps"] // run["tau"]
+        return cls(K=run["K"], tau=run["tau"], b=run["b"], lr=run["lr"], rounds=rounds, window=run["window"],
+                   seed=run["seed"], checkpoints=tuple(checkpoint_rounds(rounds, run["window"], run["checkpoints"])))
+
     def as_dict(self) -> dict:
         d = asdict(self)
         d["checkpoints"] = list(self.checkpoints)

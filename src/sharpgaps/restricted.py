@@ -64,14 +64,13 @@ def project(update: torch.Tensor, basis: torch.Tensor | None, keep_inside: bool)
 class Restricted:
     """Holds the current subspace and counts what refreshing it costs."""
 
-    def __init__(self, spec: RestrictSpec, model, loss_fn, x, y, run: RunSpec, step0: int):
+    def __init__(self, spec: RestrictSpec, model, loss_fn, x, y, run: RunSpec):
         self.spec, self.model, self.loss_fn, self.x, self.y, self.run = spec, model, loss_fn, x, y, run
         self.basis: torch.Tensor | None = None
         self.n_hvp = 0
         self.probe_steps = 0
         self.refresh_seconds = 0.0
         self.refreshes = 0
-        self.step0 = step0
         self._probe: SimulatedLocalSGD | None = None
 
     @property
@@ -129,7 +128,7 @@ def restricted_run(model, loss_fn, subset: dict, branch: dict, run: RunSpec, spe
     branch_round = int(branch["round"])
     step0 = branch_round * run.tau
     state_file = work_dir / "state.pt"
-    ctl = Restricted(spec, model, loss_fn, x, y, run, step0)
+    ctl = Restricted(spec, model, loss_fn, x, y, run)
     if state_file.exists():
         st = torch.load(state_file, weights_only=False)
         theta = st["theta"]
