@@ -9,7 +9,7 @@ CONFIG_paper := config.yaml
 CONFIG_quick := config.quick.yaml
 CONFIG_smoke := .test/config.yaml
 
-.PHONY: setup all test bench slurm-test clean-venv
+.PHONY: setup all test bench slurm-test release-quick clean-venv
 
 setup: $(STAMP)
 
@@ -27,6 +27,14 @@ all: setup
 
 test: setup
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q -ra $(PYTEST_ARGS)
+
+# Rebuild the committed quick-scale figures from scratch and record how (paper_figures/MANIFEST.json).
+release-quick: setup
+	rm -rf results/* paper_figures/*
+	start=$$(date +%s); PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake all --cores $(CORES) \
+		--configfile config.quick.yaml; end=$$(date +%s); \
+	$(VENV)/bin/python -m sharpgaps.cli manifest --config config.quick.yaml --wall-s $$((end - start)) \
+		--cores $(CORES) --out paper_figures/MANIFEST.json
 
 bench: setup
 	$(VENV)/bin/python benchmarks/run.py

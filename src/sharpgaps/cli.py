@@ -150,6 +150,29 @@ def cmd_summary(a) -> None:
     write_results({k: Path(v) for k, v in tables.items()}, Path(a.out), a.title)
 
 
+def cmd_manifest(a) -> None:
+    """What produced the committed figures: config, commit, machine, wall time."""
+    import hashlib
+    import platform
+    import subprocess
+
+    import torch
+
+    from .atomic import save_json
+
+    cfg = Path(a.config).read_text()
+    git = lambda *args: subprocess.run(["git", *args], capture_output=True, text=True).stdout.strip()  # noqa: E731
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    save_json({
+        "config_file": a.config, "config_sha256": hashlib.sha256(cfg.encode()).hexdigest(), "config": cfg,
+        "commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "machine": f"{cpu}, {os.cpu_count()} cores", "python": platform.python_version(), "torch": torch.__version__,
+        "wall_s": a.wall_s, "max_rss_mb": a.max_rss_mb, "cores": a.cores, "note": a.note,
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+    }, a.out)
+
+
 def cmd_collect(a) -> None:
     import pandas as pd
 
@@ -248,6 +271,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--title", default="")
     q.add_argument("--out", required=True)
     q.set_defaults(func=cmd_summary)
+
+    q = sub.add_parser("manifest", help="record config, commit, machine and wall time of a finished run")
+    q.add_argument("--config", required=True)
+    q.add_argument("--wall-s", type=float, required=True)
+    q.add_argument("--max-rss-mb", type=float, default=float("nan"))
+    q.add_argument("--cores", type=int, default=os.cpu_count())
+    q.add_argument("--note", default="")
+    q.add_argument("--out", required=True)
+    q.set_defaults(func=cmd_manifest)
 
     q = sub.add_parser("collect", help="concatenate tidy tables")
     q.add_argument("--out", required=True)
