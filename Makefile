@@ -30,7 +30,7 @@ test: setup
 
 # Rebuild the committed quick-scale figures from scratch and record how (paper_figures/MANIFEST.json).
 release-quick: setup
-	rm -rf results/* paper_figures/*
+	git clean -fdqX results/ && rm -f paper_figures/*
 	start=$$(date +%s); PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake all --cores $(CORES) \
 		--configfile config.quick.yaml; end=$$(date +%s); \
 	$(VENV)/bin/python -m sharpgaps.cli manifest --config config.quick.yaml --wall-s $$((end - start)) \
