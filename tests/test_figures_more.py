@@ -250,3 +250,19 @@ def test_editing_a_shared_notebook_reruns_exactly_its_figures(request, tmp_path,
     out = snakemake(work, *targets, *dry, snakefile=repo / "Snakefile", config=config)
     counts = {k: v for k, v in job_counts(out).items() if k not in ("all", "total")}
     assert counts == rerun
+
+
+@pytest.mark.workflow
+def test_changing_one_tau_reruns_only_that_taus_jobs(sweeps, tmp_path):
+    """tau 4 -> 8 in the tau ablation: one new run (train + geometry) and the tables/figures that read it."""
+    work, config = sweeps
+    cfg = yaml.safe_load(config.read_text())
+    cfg["experiments"]["tau_ablation"]["tau"] = [2, 8]
+    changed = tmp_path / "tau.yaml"
+    changed.write_text(yaml.safe_dump(cfg))
+    targets = [f"paper_figures/{name}.pdf" for name in SWEEPS] + ["paper_figures/RESULTS.md"]
+    counts = job_counts(snakemake(work, "-n", *targets, config=changed))
+    assert counts.get("train") == 1 and counts.get("geometry") == 1
+    assert counts.get("collect_geometry") == 1  # only the tau_ablation table
+    assert "subset" not in counts and counts.get("fig13_18_sweep") is None  # K and batch figures untouched
+    assert counts.get("fig10_12_tau") == 1 and counts.get("results_summary") == 1
