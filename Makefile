@@ -9,7 +9,7 @@ CONFIG_paper := config.yaml
 CONFIG_quick := config.quick.yaml
 CONFIG_smoke := .test/config.yaml
 
-.PHONY: setup all test bench slurm-test release-quick clean-venv
+.PHONY: setup all test bench slurm-test release-quick fidelity clean-venv
 
 setup: $(STAMP)
 
@@ -35,6 +35,13 @@ release-quick: setup
 		--configfile config.quick.yaml; end=$$(date +%s); \
 	$(VENV)/bin/python -m sharpgaps.cli manifest --config config.quick.yaml --wall-s $$((end - start)) \
 		--cores $(CORES) --out paper_figures/MANIFEST.json
+
+# Regenerate paper_figures/RESULTS.md and the measured block of docs/FIDELITY.md from the quick tables.
+fidelity: setup
+	$(VENV)/bin/python -m sharpgaps.cli summary --title "quick scale" --out paper_figures/RESULTS.md \
+		--splice docs/FIDELITY.md $(foreach e,main tau_ablation k_sweep batch_sweep,--table $(e)=results/tables/$(e)_geometry.parquet) \
+		--table restricted=results/tables/restricted.parquet \
+		--table theory=$$(ls -t results/tables/theory_*.parquet | head -1)
 
 bench: setup
 	$(VENV)/bin/python benchmarks/run.py

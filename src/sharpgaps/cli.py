@@ -146,8 +146,12 @@ def torch_load(path):
 def cmd_summary(a) -> None:
     from .summary import write_results
 
+    from .summary import splice
+
     tables = dict(item.split("=", 1) for item in a.table)
-    write_results({k: Path(v) for k, v in tables.items()}, Path(a.out), a.title)
+    text = write_results({k: Path(v) for k, v in tables.items()}, Path(a.out), a.title)
+    if a.splice:  # e.g. docs/FIDELITY.md: measured numbers next to the claims, never typed by hand
+        splice(Path(a.splice), text.replace("# Results", "## Measured", 1).replace("\n## ", "\n### "))
 
 
 def cmd_manifest(a) -> None:
@@ -270,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--table", action="append", default=[], help="NAME=PATH (experiment, restricted, theory)")
     q.add_argument("--title", default="")
     q.add_argument("--out", required=True)
+    q.add_argument("--splice", default=None, help="also write the numbers into this document's generated block")
     q.set_defaults(func=cmd_summary)
 
     q = sub.add_parser("manifest", help="record config, commit, machine and wall time of a finished run")
