@@ -1,19 +1,16 @@
 """The figure stage: notebooks run by papermill from Snakemake rules (workflow/rules/figures.smk)."""
 
 import ast
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import nbformat
 import pandas as pd
 import papermill
 import pytest
 import yaml
+from wf import REPO, SMOKE_CONFIG, job_counts, snakemake, workflow_copy
 
-REPO = Path(__file__).resolve().parents[1]
-SMOKE_CONFIG = REPO / ".test/config.yaml"
 
 # figure -> columns of the tidy CSV behind it
 FIGURES = {
@@ -29,18 +26,8 @@ FIGURES = {
 SETTINGS = {"mnist_fc", "cifar_cnn", "sst2_transformer"}
 
 
-def snakemake(workdir, *args, snakefile=REPO / "Snakefile", config=SMOKE_CONFIG):
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(snakefile), "-d", str(workdir), *args,
-           "--configfile", str(config)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert proc.returncode == 0, f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout + proc.stderr
 
 
-def job_counts(text):
-    """The 'job count' table of a dry run as {rule: count}."""
-    rows = [line.split() for line in text.splitlines()]
-    return {r[0]: int(r[1]) for r in rows if len(r) == 2 and r[1].isdigit()}
 
 
 @pytest.mark.parametrize("name", FIGURES)
@@ -108,21 +95,11 @@ def test_one_figure_target_is_up_to_date(smoke):
     assert "Nothing to be done" in out
 
 
-def _workflow_copy(dst):
-    """The workflow source tree (mtimes kept), with src/ linked: a place to edit a notebook safely."""
-    dst.mkdir()
-    for name in ("Snakefile", "config.yaml"):
-        shutil.copy2(REPO / name, dst / name)
-    for name in ("workflow", "notebooks", "profiles", "envs", ".test"):
-        if (REPO / name).exists():
-            shutil.copytree(REPO / name, dst / name)
-    (dst / "src").symlink_to(REPO / "src")
-    return dst
 
 
 @pytest.mark.workflow
 def test_editing_one_notebook_reruns_exactly_that_figure(smoke, tmp_path):
-    repo = _workflow_copy(tmp_path / "repo")
+    repo = workflow_copy(tmp_path / "repo")
     # Every rerun trigger but `input`: that one fires for all figures here only because the notebooks'
     # recorded paths point into the real checkout, not into this copy.
     dry = ["-n", "--nolock", "--rerun-triggers", "mtime", "params", "code", "software-env", "--quiet", "rules"]

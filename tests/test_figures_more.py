@@ -7,10 +7,6 @@ a config without `main` gets neither restricted figures nor their RESULTS.md sec
 """
 
 import ast
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import nbformat
 import numpy as np
@@ -18,9 +14,8 @@ import pandas as pd
 import papermill
 import pytest
 import yaml
+from wf import REPO, SMOKE_CONFIG, job_counts, snakemake, workflow_copy
 
-REPO = Path(__file__).resolve().parents[1]
-SMOKE_CONFIG = REPO / ".test/config.yaml"
 SETTINGS = {"mnist_fc", "cifar_cnn", "sst2_transformer"}
 
 NOTEBOOKS = ["fig05_08_restricted", "fig_gap_restricted", "fig10_12_tau", "fig13_18_sweep", "fig_theory"]
@@ -40,20 +35,8 @@ COLUMNS = {
 }
 
 
-def snakemake(workdir, *args, config=SMOKE_CONFIG, snakefile=REPO / "Snakefile", check=True):
-    # targets and flags first: the default profile makes --configfile take several values
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(snakefile), "-d", str(workdir), *args,
-           "--configfile", str(config)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if check:
-        assert proc.returncode == 0, f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout + proc.stderr
 
 
-def job_counts(text):
-    """The 'job count' table of a dry run as {rule: count}."""
-    rows = [line.split() for line in text.splitlines()]
-    return {r[0]: int(r[1]) for r in rows if len(r) == 2 and r[1].isdigit()}
 
 
 def sweep_config(path):
@@ -217,16 +200,6 @@ def test_sweep_targets_follow_the_config(sweeps, tmp_path):
     assert "figures.sweep_settings" in out and "mnist_fc (tau_ablation)" in out
 
 
-def _workflow_copy(dst):
-    """The workflow source tree (mtimes kept), with src/ linked: a place to edit a notebook safely."""
-    dst.mkdir()
-    for name in ("Snakefile", "config.yaml"):
-        shutil.copy2(REPO / name, dst / name)
-    for name in ("workflow", "notebooks", "profiles", "envs", ".test"):
-        if (REPO / name).exists():
-            shutil.copytree(REPO / name, dst / name)
-    (dst / "src").symlink_to(REPO / "src")
-    return dst
 
 
 @pytest.mark.workflow
@@ -237,7 +210,7 @@ def _workflow_copy(dst):
 def test_editing_a_shared_notebook_reruns_exactly_its_figures(request, tmp_path, notebook, fixture, rerun):
     made = request.getfixturevalue(fixture)
     work, config = (made, SMOKE_CONFIG) if fixture == "smoke" else made
-    repo = _workflow_copy(tmp_path / "repo")
+    repo = workflow_copy(tmp_path / "repo")
     # every rerun trigger but `input` (the recorded notebook paths point into the real checkout, not this copy)
     dry = ["-n", "--nolock", "--rerun-triggers", "mtime", "params", "code", "software-env", "--quiet", "rules"]
     targets = ["all"] if fixture == "smoke" else [f"paper_figures/{name}.pdf" for name in SWEEPS]

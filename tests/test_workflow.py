@@ -26,10 +26,6 @@ def snakemake(workdir, *args, config=None, check=True):
     return proc
 
 
-def job_counts(text):
-    """The 'job count' table of a dry run as {rule: count}."""
-    rows = [line.split() for line in text.splitlines()]
-    return {r[0]: int(r[1]) for r in rows if len(r) == 2 and r[1].isdigit()}
 
 
 def dry_run_jobs(text):
