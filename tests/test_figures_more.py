@@ -136,7 +136,8 @@ def test_theory_figure(smoke):
 @pytest.mark.workflow
 def test_results_md_of_the_smoke_config(smoke):
     text = (smoke / "paper_figures/RESULTS.md").read_text()
-    assert text.startswith("# Results (pipeline)")
+    title = yaml.safe_load(SMOKE_CONFIG.read_text())["figures"]["title"]
+    assert text.startswith(f"# Results ({title})")
     for section in ("## Headline", "## Figs 5-8 and the gap-restricted variant", "## Theory check"):
         assert section in text
     assert "## Figs 10-12" not in text and "## Figs 13-15" not in text  # the smoke config has no sweeps
