@@ -128,6 +128,8 @@ def dag_section(workdir: Path) -> tuple[str, list[dict]]:
     per_rule = jobs.groupby("rule").agg(jobs=("s", "size"), total_s=("s", "sum"), max_s=("s", "max"),
                                         max_rss_mb=("max_rss_mb", "max")).sort_values("total_s", ascending=False)
     lines = [f"## Whole DAG: per-rule cost ({workdir / 'results'})", "",
+             "Aggregates every `benchmark:` file under that results/ (all runs made in that checkout, "
+             "e.g. smoke and quick runs together); job times include waiting for a shared CPU.", "",
              "| rule | jobs | total s | slowest job s | peak RSS MB |", "|---|---:|---:|---:|---:|"]
     for rule, r in per_rule.iterrows():
         lines.append(f"| {rule} | {int(r.jobs)} | {r.total_s:.0f} | {r.max_s:.0f} | {r.max_rss_mb:.0f} |")
