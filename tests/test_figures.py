@@ -1,6 +1,5 @@
 """The figure stage: notebooks run by papermill from Snakemake rules (workflow/rules/figures.smk)."""
 
-import ast
 import subprocess
 import sys
 
@@ -9,7 +8,7 @@ import pandas as pd
 import papermill
 import pytest
 import yaml
-from wf import REPO, SMOKE_CONFIG, job_counts, snakemake, workflow_copy
+from wf import REPO, SMOKE_CONFIG, check_notebook, job_counts, snakemake, workflow_copy
 
 
 # figure -> columns of the tidy CSV behind it
@@ -26,23 +25,10 @@ FIGURES = {
 SETTINGS = {"mnist_fc", "cifar_cnn", "sst2_transformer"}
 
 
-
-
-
-
 @pytest.mark.parametrize("name", FIGURES)
 def test_notebook_is_clean_and_parameterised(name):
     """Committed notebooks: valid nbformat 4, no outputs, one `parameters` cell declaring what the rule passes."""
-    path = REPO / "notebooks" / f"{name}.ipynb"
-    nb = nbformat.read(path, as_version=4)
-    nbformat.validate(nb)
-    tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
-    assert len(tagged) == 1 and tagged[0].cell_type == "code"
-    assert nb.cells[0].cell_type == "markdown"  # the caption
-    assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
-    declared = set(papermill.inspect_notebook(str(path)))
-    assigned = {t.id for node in ast.parse(tagged[0].source).body if isinstance(node, ast.Assign) for t in node.targets}
-    assert declared == assigned  # papermill parses every line (it skips some it cannot read, e.g. '=' in comments)
+    nb, declared = check_notebook(REPO / "notebooks" / f"{name}.ipynb")
     assert {"table", "out_pdf", "out_png", "out_csv", "settings", "labels", "dpi"} <= declared
 
 
@@ -93,8 +79,6 @@ def test_figure_csv_values(smoke):
 def test_one_figure_target_is_up_to_date(smoke):
     out = snakemake(smoke, "paper_figures/fig02_removal.pdf", "-n")
     assert "Nothing to be done" in out
-
-
 
 
 @pytest.mark.workflow

@@ -1,5 +1,6 @@
 """Helpers shared by the workflow tests: run Snakemake in a workdir, read dry-run job counts."""
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -37,3 +38,21 @@ def workflow_copy(dst):
             shutil.copytree(REPO / name, dst / name)
     (dst / "src").symlink_to(REPO / "src")
     return dst
+
+
+def check_notebook(path):
+    """A committed figure notebook: valid nbformat 4, no outputs, one `parameters` code cell whose
+    assignments are exactly what papermill declares. Returns (notebook, declared parameter names)."""
+    import nbformat
+    import papermill
+
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1 and tagged[0].cell_type == "code"
+    assert nb.cells[0].cell_type == "markdown"  # the caption
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
+    declared = set(papermill.inspect_notebook(str(path)))
+    assigned = {t.id for node in ast.parse(tagged[0].source).body if isinstance(node, ast.Assign) for t in node.targets}
+    assert declared == assigned  # papermill parses every line (it skips some it cannot read, e.g. '=' in comments)
+    return nb, declared
