@@ -207,6 +207,25 @@ def cmd_theory(a) -> None:
     save_frame(pd.concat(frames, ignore_index=True), a.out)
 
 
+def _run_job_args(q, out_dir=False, ckpt_dir=False, name=None, resume=False) -> None:
+    """The arguments every per-run job (train, geometry, restricted) takes from its rule."""
+    q.add_argument("--run", required=True, help="JSON run description (from the workflow)")
+    q.add_argument("--subset", required=True)
+    if ckpt_dir:
+        q.add_argument("--ckpt-dir", required=True)
+    q.add_argument("--work-dir", required=True)
+    if out_dir:
+        q.add_argument("--out-dir", required=True)
+    else:
+        q.add_argument("--out", required=True, help="tidy table (.parquet or .csv)")
+    if name is not None:
+        q.add_argument("--name", default=name)
+    q.add_argument("--threads", type=int, default=1)
+    q.add_argument("--device", default="cpu")
+    if resume:
+        q.add_argument("--resume-every-s", type=float, default=120.0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sharpgaps", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -230,24 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_subset)
 
     q = sub.add_parser("train", help="one Local SGD run (simulated workers) with checkpoints and resume")
-    q.add_argument("--run", required=True, help="JSON run description (from the workflow)")
-    q.add_argument("--subset", required=True)
-    q.add_argument("--out-dir", required=True)
-    q.add_argument("--work-dir", required=True)
-    q.add_argument("--name", default="run")
-    q.add_argument("--threads", type=int, default=1)
-    q.add_argument("--device", default="cpu")
-    q.add_argument("--resume-every-s", type=float, default=120.0)
+    _run_job_args(q, out_dir=True, name="run", resume=True)
     q.set_defaults(func=cmd_train)
     q = sub.add_parser("geometry", help="Hessian top-k + gap-subspace metrics for every checkpoint of a run")
-    q.add_argument("--run", required=True, help="JSON run description (from the workflow)")
     q.add_argument("--geometry", required=True, help="JSON GeometrySpec fields")
-    q.add_argument("--subset", required=True)
-    q.add_argument("--ckpt-dir", required=True)
-    q.add_argument("--work-dir", required=True)
-    q.add_argument("--out", required=True, help="tidy table (.parquet or .csv)")
-    q.add_argument("--threads", type=int, default=1)
-    q.add_argument("--device", default="cpu")
+    _run_job_args(q, ckpt_dir=True)
     q.set_defaults(func=cmd_geometry)
 
     q = sub.add_parser("theory", help="quadratic-model check: measured vs predicted gap covariance")
@@ -257,17 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_theory)
 
     q = sub.add_parser("restricted", help="Dom/Bulk or gap-restricted Local SGD branched from a checkpoint")
-    q.add_argument("--run", required=True, help="JSON description of the parent run")
     q.add_argument("--restricted", required=True, help="JSON of the config's `restricted` section + branch_round")
     q.add_argument("--mode", required=True)
-    q.add_argument("--subset", required=True)
-    q.add_argument("--ckpt-dir", required=True)
-    q.add_argument("--work-dir", required=True)
-    q.add_argument("--out", required=True)
-    q.add_argument("--name", default="restricted")
-    q.add_argument("--threads", type=int, default=1)
-    q.add_argument("--device", default="cpu")
-    q.add_argument("--resume-every-s", type=float, default=120.0)
+    _run_job_args(q, ckpt_dir=True, name="restricted", resume=True)
     q.set_defaults(func=cmd_restricted)
 
     q = sub.add_parser("summary", help="RESULTS.md from the pipeline's tables")
