@@ -1,9 +1,11 @@
 import copy
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from sharpgaps import grid
@@ -47,38 +49,77 @@ def _set(cfg, path, value):
 
 DELETE = object()
 
+# (key path, bad value, key the message must name, allowed values it must state). docs/RELIABILITY.md
+# tabulates the messages: regenerate with `python tests/test_config.py`.
 BAD = [
-    ("experiments.main.settings", ["mnist_fc", "imagenet_vit"], "experiments.main.settings"),
-    ("train.K", 1, "train.K"),
-    ("train.tau", 0, "train.tau"),
-    ("train.lr", -0.1, "train.lr"),
-    ("settings.mnist_fc.lr", 0, "settings.mnist_fc.lr"),
-    ("train.loss", "hinge", "train.loss"),
-    ("train.checkpoints", {"rounds": [5, 10_000]}, "train.checkpoints.rounds"),
-    ("train.b", 0, "train.b"),
-    ("train.window", 0, "train.window"),
-    ("train.window", 500, "train.window"),
-    ("train.seeds", [], "train.seeds"),
-    ("device", "tpu", "device"),
-    ("settings.mnist_fc.model", "resnet", "settings.mnist_fc.model"),
-    ("settings.mnist_fc.model", "transformer", "settings.mnist_fc.model"),
-    ("settings.cifar_cnn.dataset", "imagenet", "settings.cifar_cnn.dataset"),
-    ("subset.n_train", "many", "subset.n_train"),
-    ("train.b", 100_000, "train.b"),
-    ("experiments.main.K", [8, 1], "experiments.main.K.1"),
-    ("train.local_steps", DELETE, "train"),
-    ("datasets.mnist.test_cap", 0, "datasets.mnist.test_cap"),
-    ("train.typo_key", 3, "train"),
+    ("experiments.main.settings", ["mnist_fc", "imagenet_vit"], "experiments.main.settings", "defined: ['cifar_cnn'"),
+    ("experiments.main.K", [], "experiments.main.K", "at least 1 item"),
+    ("experiments.main.K", [8, 1], "experiments.main.K.1", "minimum of 2"),
+    ("experiments.main.tau", [4, 4], "experiments.main.tau", "each value at most once"),
+    ("train.K", 1, "train.K", "minimum of 2"),
+    ("train.tau", 0, "train.tau", "minimum of 1"),
+    ("train.lr", -0.1, "train.lr", "minimum of 0"),
+    ("train.lr", "fast", "train.lr", "of type 'number'"),
+    ("settings.mnist_fc.lr", 0, "settings.mnist_fc.lr", "minimum of 0"),
+    ("train.loss", "hinge", "train.loss", "['mse', 'ce']"),
+    ("train.b", 0, "train.b", "minimum of 1"),
+    ("train.b", 100_000, "train.b", "allowed: 1..1000"),
+    ("train.local_steps", 2, "train.local_steps", "local_steps >= tau"),
+    ("train.local_steps", DELETE, "train", "'local_steps' is a required property"),
+    ("train.window", 0, "train.window", "minimum of 1"),
+    ("train.window", 500, "train.window", "allowed: 1..24"),
+    ("train.checkpoints", {"rounds": [5, 10_000]}, "train.checkpoints.rounds", "allowed: 1..24"),
+    ("train.seeds", [], "train.seeds", "at least 1 item"),
+    ("train.seeds", [0, 0], "train.seeds", "each value at most once"),
+    ("train.typo_key", 3, "train", "allowed keys: K, b, checkpoints"),
+    ("geometry.m_list", [1, 500], "geometry.m_list", "allowed: 1..14"),
+    ("restricted.gap_m", 50, "restricted.gap_m", "gap_m <= (K-1)*gap_window"),
+    ("restricted.tol", 0.9, "restricted.tol", "maximum of 0.5"),
+    ("restricted.modes", ["dom", "sideways"], "restricted.modes.1", "'gapdom', 'gapbulk'"),
+    ("theory.taus", [], "theory.taus", "at least 1 item"),
+    ("device", "tpu", "device", "['auto', 'cpu', 'cuda']"),
+    ("device", "cuda", "device", "auto | cpu | cuda"),  # this test hides any GPU
+    ("engine", "mpi", "engine", "['simulated', 'distributed']"),
+    ("threads", 0, "threads", "minimum of 1"),
+    ("settings.mnist_fc.model", "resnet", "settings.mnist_fc.model", "['fc_tanh', 'cnn_relu', 'transformer']"),
+    ("settings.mnist_fc.model", "transformer", "settings.mnist_fc.model", "use 'fc_tanh'"),
+    ("settings.cifar_cnn.dataset", "imagenet", "settings.cifar_cnn.dataset", "['mnist', 'cifar10', 'sst2']"),
+    ("subset.n_train", "many", "subset.n_train", "of type 'integer'"),
+    ("datasets.mnist.test_cap", 0, "datasets.mnist.test_cap", "minimum of 1"),
+    ("figures.xscale", "cubic", "figures.xscale", "['linear', 'log']"),
 ]
 
 
-@pytest.mark.parametrize("path,value,key", BAD, ids=[f"{p}={v!r}" for p, v, _ in BAD])
-def test_bad_config_rejected_naming_the_key(path, value, key):
+def _reject(path, value) -> str:
     cfg = copy.deepcopy(_smoke())
     _set(cfg, path, value)
     with pytest.raises(ConfigError) as err:
         validate(cfg, SCHEMA)
-    assert key in str(err.value)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("path,value,key,allowed", BAD, ids=[f"{p}={v!r}" for p, v, _, _ in BAD])
+def test_bad_config_rejected_naming_key_and_allowed_values(path, value, key, allowed, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    msg = _reject(path, value)
+    assert f"- {key}: " in msg and allowed in msg, msg
+
+
+def test_cuda_check_can_be_waived_for_gpu_nodes(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = _smoke()
+    cfg.update(device="cuda", device_check=False)
+    assert validate(cfg, SCHEMA)["device"] == "cuda"
+
+
+def test_bad_config_table_in_docs_is_current():
+    doc = (REPO / "docs/RELIABILITY.md").read_text()
+    for path, value, _, _ in BAD:
+        assert f"| `{path}: {_show(value)}` |" in doc, f"docs/RELIABILITY.md lacks {path}={value!r}: run python tests/test_config.py"
+
+
+def _show(value) -> str:
+    return "(deleted)" if value is DELETE else json.dumps(value)
 
 
 def test_bad_config_stops_snakemake_before_any_job(tmp_path):
@@ -108,3 +149,16 @@ def test_checkpoint_rounds_log_spaced_denser_early():
     gaps = [b - a for a, b in zip(rounds, rounds[1:])]
     assert gaps[0] < gaps[-1]
     assert grid.checkpoint_rounds(100, 4, {"rounds": [50, 10, 50]}) == [10, 50]
+
+
+if __name__ == "__main__":  # the table in docs/RELIABILITY.md
+    torch.cuda.is_available = lambda: False
+    print("| config change (on .test/config.yaml) | error before any job |\n|---|---|")
+    for path, value, key, _ in BAD:
+        cfg = copy.deepcopy(_smoke())
+        _set(cfg, path, value)
+        try:
+            validate(cfg, SCHEMA)
+        except ConfigError as exc:
+            first = next(line for line in str(exc).splitlines() if line.startswith(f"  - {key}:"))
+            print(f"| `{path}: {_show(value)}` | {first.strip()[2:].replace('|', '&#124;')} |")

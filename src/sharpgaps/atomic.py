@@ -1,7 +1,14 @@
-"""Atomic writes: a reader never sees a half-written file (temp file in the same dir + rename)."""
+"""Atomic, verifiable files: a reader never sees a half-written file, and never trusts an altered one.
+
+Writes go to a temp file in the same directory and are renamed into place. Torch files carry a
+content digest (key ``_sha256``) and Parquet tables carry page checksums; the loaders here verify
+them and raise CorruptFileError naming the file, so corruption ends a job instead of becoming numbers.
+"""
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -9,7 +16,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
+
+DIGEST_KEY = "_sha256"
+
+
+class CorruptFileError(RuntimeError):
+    """A file that exists but fails its checksum or format check."""
+
+
+class OutputWriteError(OSError):
+    """Writing an output failed (unwritable directory, full disk); the message names the path."""
+
+
+def _corrupt(path, why: str) -> CorruptFileError:
+    return CorruptFileError(f"{path}: {why}. The file is truncated, altered or not written by this pipeline: "
+                            f"delete it and rerun (Snakemake rebuilds it; add --rerun-incomplete if asked).")
 
 
 @contextmanager
@@ -17,21 +40,95 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        if isinstance(exc, OutputWriteError) or exc.errno not in _WRITE_ERRNOS:
+            raise
+        hint = "the disk is full: free space" if exc.errno == errno.ENOSPC else "make the directory writable"
+        raise OutputWriteError(exc.errno, f"cannot write {path} ({os.strerror(exc.errno)}): {hint}, then rerun; "
+                                          f"no partial file was left") from exc
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def save_torch(obj: Any, path: str | os.PathLike) -> None:
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG}
+
+
+def _feed(h, obj) -> None:
+    """Hash a nested structure of tensors, arrays and plain values (order-sensitive, type-tagged)."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(obj, np.ndarray):
+        a = np.ascontiguousarray(obj)
+        h.update(f"A{a.dtype}{a.shape}".encode())
+        h.update(a.view(np.uint8) if a.dtype != object else repr(a.tolist()).encode())
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}".encode())
+        for k, v in obj.items():
+            _feed(h, k)
+            _feed(h, v)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{type(obj).__name__[0]}{len(obj)}".encode())
+        for v in obj:
+            _feed(h, v)
+    else:
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+
+
+def content_digest(obj) -> str:
+    h = hashlib.sha256()
+    _feed(h, obj)
+    return h.hexdigest()
+
+
+def save_torch(obj: dict, path: str | os.PathLike) -> None:
+    """Save a dict with its content digest; load it back with :func:`load_torch`."""
+    if not isinstance(obj, dict):
+        raise TypeError("save_torch stores dicts (the digest travels as one of their keys)")
+    obj = {k: v for k, v in obj.items() if k != DIGEST_KEY}
+    obj[DIGEST_KEY] = content_digest(obj)
     # Through a file handle: torch.save names the zip's records after a *path*, and the temp
     # name is random, so equal objects would otherwise give different bytes.
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         torch.save(obj, fh)
+
+
+def load_torch(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Load a file written by :func:`save_torch`; raise CorruptFileError if it fails its digest."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file (was the step that writes it run?)")
+    try:
+        obj = torch.load(path, weights_only=False, map_location="cpu")
+    except Exception as exc:  # torch raises RuntimeError, pickle/unicode errors, EOFError... for bad bytes
+        raise _corrupt(path, f"unreadable as a torch file ({type(exc).__name__}: {str(exc)[:120]})") from None
+    if not isinstance(obj, dict) or DIGEST_KEY not in obj:
+        raise _corrupt(path, "no content digest")
+    want = obj.pop(DIGEST_KEY)
+    if content_digest(obj) != want:
+        raise _corrupt(path, "content digest mismatch")
+    if map_location != "cpu":
+        obj = _to(obj, map_location)
+    return obj
+
+
+def _to(obj, device):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to(v, device) for v in obj)
+    return obj
 
 
 def save_json(obj: Any, path: str | os.PathLike) -> None:
@@ -49,6 +146,19 @@ def save_frame(df, path: str | os.PathLike) -> None:
     path = Path(path)
     with atomic_path(path) as tmp:
         if path.suffix == ".parquet":
-            df.to_parquet(tmp, index=False)
+            df.to_parquet(tmp, index=False, write_page_checksum=True)
         else:
             df.to_csv(tmp, index=False)
+
+
+def read_frame(path: str | os.PathLike):
+    """Read a Parquet table written by :func:`save_frame`, verifying its page checksums."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such table (was the step that writes it run?)")
+    try:
+        return pd.read_parquet(path, page_checksum_verification=True)
+    except Exception as exc:  # pyarrow raises OSError/ArrowInvalid, pandas JSON/Unicode errors, ...
+        raise _corrupt(path, f"unreadable as a Parquet table ({type(exc).__name__}: {str(exc)[:120]})") from None

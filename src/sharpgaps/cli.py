@@ -113,7 +113,7 @@ def cmd_geometry(a) -> None:
 
 def cmd_restricted(a) -> None:
     from . import losses, models, subsets
-    from .atomic import save_frame
+    from .atomic import load_torch, save_frame
     from .hessian import disable_tf32
     from .localsgd import RunSpec
     from .restricted import RestrictSpec, restricted_run
@@ -125,7 +125,7 @@ def cmd_restricted(a) -> None:
     subset = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in subsets.load_subset(a.subset).items()}
     model = models.build_model(run["model"], subset["meta"], seed=run["seed"], **run.get("arch", {})).to(device)
     spec = RunSpec.from_run(run)
-    branch = torch_load(Path(a.ckpt_dir) / f"r{r['branch_round']:06d}.pt")
+    branch = load_torch(Path(a.ckpt_dir) / f"r{r['branch_round']:06d}.pt")
     rs = RestrictSpec(mode=a.mode, rounds=r["rounds"], refresh=r["refresh"], eval_every=r["eval_every"],
                       k=subset["meta"]["n_classes"], m=r.get("gap_m"), window=r["gap_window"], tol=r["tol"],
                       hessian_examples=r.get("hessian_examples"))
@@ -135,12 +135,6 @@ def cmd_restricted(a) -> None:
         df[key] = run[key]
     df["branch_round"] = r["branch_round"]
     save_frame(df, a.out)
-
-
-def torch_load(path):
-    import torch
-
-    return torch.load(path, weights_only=False, map_location="cpu")
 
 
 def cmd_summary(a) -> None:
@@ -180,9 +174,9 @@ def cmd_manifest(a) -> None:
 def cmd_collect(a) -> None:
     import pandas as pd
 
-    from .atomic import save_frame
+    from .atomic import read_frame, save_frame
 
-    save_frame(pd.concat([pd.read_parquet(p) for p in a.tables], ignore_index=True), a.out)
+    save_frame(pd.concat([read_frame(p) for p in a.tables], ignore_index=True), a.out)
 
 
 def cmd_theory(a) -> None:
@@ -291,14 +285,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def expected_errors() -> tuple[type[Exception], ...]:
+    """Failures with a message that names the file/key/run and the fix: shown without a traceback."""
+    from .atomic import CorruptFileError, OutputWriteError
     from .sources import DataError
     from .training import DivergenceError
 
+    return DataError, DivergenceError, CorruptFileError, OutputWriteError
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (DataError, DivergenceError) as exc:
+    except expected_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -37,6 +37,28 @@ def _key(error: jsonschema.ValidationError) -> str:
     return path or "<top level>"
 
 
+def _message(error: jsonschema.ValidationError) -> str:
+    """jsonschema's message plus the allowed values where it does not already state them."""
+    v, value = error.validator, error.validator_value
+    if v == "uniqueItems":
+        return f"{error.message} (allowed: each value at most once)"
+    if v == "minItems":
+        return f"{error.message} (allowed: a list of at least {value} item{'s' if value > 1 else ''})"
+    if v == "additionalProperties":
+        return f"{error.message} (allowed keys: {', '.join(sorted(error.schema.get('properties', {})))})"
+    if v == "oneOf":
+        return f"{error.message} (allowed: {' | '.join(_describe(s) for s in value)})"
+    return error.message
+
+
+def _describe(schema: dict) -> str:
+    if "enum" in schema:
+        return " | ".join(map(str, schema["enum"]))
+    if "const" in schema:
+        return str(schema["const"])
+    return f"{schema.get('type', 'value')}" + (f" >= {schema['minimum']}" if "minimum" in schema else "")
+
+
 def validate(config: dict, schema_path: str | Path) -> dict:
     """Return a validated copy of ``config`` with defaults filled in, or raise ConfigError."""
     schema = yaml.safe_load(Path(schema_path).read_text())
@@ -44,7 +66,7 @@ def validate(config: dict, schema_path: str | Path) -> dict:
     validator = _with_defaults(jsonschema.Draft7Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
-        lines = [f"  - {_key(e)}: {e.message}" for e in errors]
+        lines = [f"  - {_key(e)}: {_message(e)}" for e in errors]
         raise ConfigError("Invalid config (fix these keys):\n" + "\n".join(lines))
     problems = cross_checks(config)
     if problems:
@@ -72,24 +94,66 @@ def cross_checks(config: dict) -> list[str]:
             problems.append(f"settings.{name}.model: '{s['model']}' cannot read dataset '{ds}' (use '{want[ds]}')")
     if problems:
         return problems
+    problems += _device_problems(config) + _rank_problems(config)
     n_train = config["subset"]["n_train"]
     for run in grid.expand_runs(config, strict=False):
         where = f"run {grid.run_id(run)} (setting {run['setting']})"
         rounds = run["local_steps"] // run["tau"]
         if rounds < 1:
-            problems.append(f"train.local_steps: {run['local_steps']} < tau={run['tau']} gives no round in {where}")
+            problems.append(f"train.local_steps: {run['local_steps']} < tau={run['tau']} gives no round in {where} (allowed: local_steps >= tau)")
             continue
         if run["window"] > rounds:
-            problems.append(f"train.window: W={run['window']} exceeds the {rounds} rounds of {where}")
+            problems.append(f"train.window: W={run['window']} exceeds the {rounds} rounds of {where} (allowed: 1..{rounds})")
         explicit = run["checkpoints"].get("rounds")
         if explicit:
             late = [r for r in explicit if r > rounds]
             if late:
                 problems.append(f"train.checkpoints.rounds: {late} beyond the last round {rounds} of {where} "
-                                f"(local_steps // tau); lower them or raise train.local_steps")
+                                f"(local_steps // tau); allowed: 1..{rounds}")
         if config.get("engine") == "distributed" and run["K"] < config["nproc"]:
             problems.append(f"nproc: {config['nproc']} processes but K={run['K']} workers in {where} "
                             f"(engine: distributed needs K >= nproc); lower nproc or use engine: simulated")
         if run["b"] > n_train:
-            problems.append(f"train.b: batch {run['b']} exceeds subset.n_train={n_train} in {where}")
+            problems.append(f"train.b: batch {run['b']} exceeds subset.n_train={n_train} in {where} (allowed: 1..{n_train})")
     return sorted(set(problems))
+
+
+N_CLASSES = {"mnist": 10, "cifar10": 10, "sst2": 2}
+
+
+def _device_problems(config: dict) -> list[str]:
+    if config.get("device") != "cuda" or not config.get("device_check", True):
+        return []
+    import torch
+
+    if torch.cuda.is_available():
+        return []
+    return ["device: 'cuda' but this machine sees no GPU (torch.cuda.is_available() is False); allowed: "
+            "auto | cpu | cuda. Use cpu/auto here, or set device_check: false when submitting to GPU nodes "
+            "from a login node without one"]
+
+
+def _rank_problems(config: dict) -> list[str]:
+    """Subspace dimensions beyond what K workers and W rounds of gaps can span: rank(G) = (K-1) W."""
+    problems = []
+    runs = grid.expand_runs(config, strict=False)
+    if runs:
+        top = max((r["K"] - 1) * r["window"] for r in runs)
+        too_big = [m for m in config["geometry"]["m_list"] if m > top]
+        if too_big:
+            problems.append(f"geometry.m_list: {too_big} exceed the largest gap rank (K-1)*W = {top} of any run; "
+                            f"allowed: 1..{top} (larger m cannot be evaluated)")
+    if "main" in config["experiments"]:
+        parents = {}
+        for r in grid.expand_runs(config, ["main"], strict=False):
+            parents.setdefault(r["setting"], r)  # the restricted runs branch from the first main run
+        for setting, r in parents.items():
+            rcfg = {**config.get("restricted", {}), **config["settings"][setting].get("restricted", {})}
+            m = rcfg.get("gap_m") or N_CLASSES[config["settings"][setting]["dataset"]]
+            rank = (r["K"] - 1) * rcfg.get("gap_window", 1)
+            gap_modes = {"gapdom", "gapbulk"} & set(rcfg.get("modes", ["gapdom"]))
+            if gap_modes and m > rank:
+                problems.append(f"restricted.gap_m: gap-Dom/Bulk of {setting} need m={m} directions but K={r['K']} "
+                                f"workers x gap_window={rcfg.get('gap_window')} probe rounds span only {rank}; "
+                                f"allowed: gap_m <= (K-1)*gap_window (raise gap_window or lower gap_m)")
+    return problems

@@ -217,9 +217,7 @@ def cmd_train(a) -> None:
 
 
 def main(argv=None) -> int:
-    from .cli import build_parser
-    from .sources import DataError
-    from .training import DivergenceError
+    from .cli import build_parser, expected_errors
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--"]:  # some Python versions pass torchrun's "--" separator through
@@ -229,7 +227,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"sharpgaps.distributed only runs 'train' (got '{args.cmd}'): {LAUNCH_HINT}")
     try:
         cmd_train(args)
-    except (DataError, DivergenceError) as exc:
+    except expected_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:

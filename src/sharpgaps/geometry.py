@@ -20,7 +20,7 @@ import torch
 
 from . import gaps as gap_mod
 from . import metrics as M
-from .atomic import save_torch
+from .atomic import CorruptFileError, load_torch, save_torch
 from .hessian import FullBatchHVP, top_eigenpairs
 from .localsgd import unflatten
 
@@ -109,6 +109,17 @@ def checkpoint_geometry(ckpt: dict, model, loss_fn, x, y, spec: GeometrySpec, v0
     return rows, eig.vectors
 
 
+def _cached(cache: Path) -> dict | None:
+    """A finished checkpoint's cached result; a corrupt cache is only a lost shortcut, so recompute."""
+    if not cache.exists():
+        return None
+    try:
+        return load_torch(cache)
+    except CorruptFileError as exc:
+        print(f"ignoring corrupt cache (recomputing): {exc}", file=sys.stderr)
+        return None
+
+
 def run_geometry(ckpt_paths: list[Path], model, loss_fn, x, y, spec: GeometrySpec, work_dir: Path,
                  log=sys.stderr) -> pd.DataFrame:
     """Process checkpoints in round order with warm starts; cache each finished one in ``work_dir``."""
@@ -116,9 +127,9 @@ def run_geometry(ckpt_paths: list[Path], model, loss_fn, x, y, spec: GeometrySpe
     all_rows, v0, run = [], None, None
     for path in sorted(ckpt_paths):
         cache = work_dir / f"{Path(path).stem}.geom.pt"
-        ckpt = torch.load(path, weights_only=False, map_location="cpu")
+        ckpt = load_torch(path)
         key = hashlib.sha256(ckpt["theta"].numpy().tobytes()).hexdigest()[:16]  # stale if training changed
-        done = torch.load(cache, weights_only=False) if cache.exists() else None
+        done = _cached(cache)
         if done is not None and done.get("key") == key:
             rows, vecs, run = done["rows"], done["vectors"], done["run"]
         else:

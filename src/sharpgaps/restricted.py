@@ -24,10 +24,10 @@ import torch
 from tqdm import tqdm
 
 from . import gaps as gap_mod
-from .atomic import save_frame, save_torch
+from .atomic import load_torch, save_frame, save_torch
 from .hessian import FullBatchHVP, top_eigenpairs
 from .localsgd import RunSpec, SimulatedLocalSGD, evaluate, unflatten
-from .training import DivergenceError
+from .training import check_finite, load_resume_state
 
 MODES = ("none", "dom", "bulk", "gapdom", "gapbulk")
 PROBE_STREAM = 0x9B0BE  # probe rounds draw batches from their own seed stream
@@ -129,8 +129,8 @@ def restricted_run(model, loss_fn, subset: dict, branch: dict, run: RunSpec, spe
     step0 = branch_round * run.tau
     state_file = work_dir / "state.pt"
     ctl = Restricted(spec, model, loss_fn, x, y, run)
-    if state_file.exists():
-        st = torch.load(state_file, weights_only=False)
+    st = load_resume_state(state_file, name) if state_file.exists() else None
+    if st is not None:
         theta = st["theta"]
         ctl.basis, ctl.n_hvp, ctl.probe_steps = st["basis"], st["n_hvp"], st["probe_steps"]
         ctl.refresh_seconds, ctl.refreshes = st["refresh_seconds"], st["refreshes"]
@@ -164,8 +164,8 @@ def restricted_run(model, loss_fn, subset: dict, branch: dict, run: RunSpec, spe
         if (r - 1) % spec.refresh == 0:
             ctl.refresh(theta)
         losses = torch.stack([engine.local_step(step0 + (r - 1) * run.tau + s) for s in range(run.tau)])
-        if not torch.isfinite(losses).all():
-            raise DivergenceError(f"restricted run '{name}' ({spec.mode}) diverged in round {r} after the branch")
+        check_finite(losses, f"restricted run '{name}' ({spec.mode}, round counted from the branch)", r,
+                     step0 + (r - 1) * run.tau, run.lr)
         theta, _ = engine.end_round()
         if r % spec.eval_every == 0 or r == spec.rounds:
             record(r, theta)

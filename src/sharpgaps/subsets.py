@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from . import readers, sources
-from .atomic import save_torch
+from .atomic import CorruptFileError, load_torch, save_torch
 
 PAD, UNK = 0, 1  # token ids reserved in every SST-2 vocabulary
 
@@ -110,4 +110,9 @@ def write_subset(path: str | Path, **kwargs) -> dict:
 
 
 def load_subset(path: str | Path) -> dict:
-    return torch.load(path, weights_only=False)
+    subset = load_torch(path)
+    missing = {"x_train", "y_train", "x_test", "y_test", "meta"} - set(subset)
+    if missing or len(subset["x_train"]) != len(subset["y_train"]) or len(subset["x_test"]) != len(subset["y_test"]):
+        raise CorruptFileError(f"{path}: not a subset file (missing {sorted(missing)} or mismatched lengths); "
+                               f"delete it and rerun")
+    return subset

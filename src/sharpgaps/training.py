@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .atomic import save_frame, save_torch
+from .atomic import CorruptFileError, load_torch, save_frame, save_torch
 from .localsgd import RunSpec, SimulatedLocalSGD, evaluate, flatten
 
 CKPT_FORMAT = 1
@@ -31,6 +31,18 @@ CKPT_FORMAT = 1
 
 class DivergenceError(RuntimeError):
     pass
+
+
+def check_finite(losses: torch.Tensor, what: str, rnd: int, first_step: int, lr: float) -> None:
+    """Stop a diverged run, naming it, the round and the losses, before anything is written from it."""
+    if not torch.isfinite(losses).all():
+        per_step = losses.reshape(len(losses), -1).mean(1)  # over workers; one value per local step
+        shown = ", ".join(f"{float(v):.4g}" for v in per_step[:8])
+        raise DivergenceError(
+            f"{what} diverged in round {rnd} (local steps {first_step}..{first_step + len(losses) - 1}): "
+            f"minibatch loss [{shown}{', ...' if len(losses) > 8 else ''}] is not finite. "
+            f"Lower the learning rate (lr={lr}) or check the data; nothing from this round was saved."
+        )
 
 
 def ckpt_path(work_dir: Path, rnd: int) -> Path:
@@ -64,8 +76,8 @@ def train_run(model, loss_fn, subset: dict, spec: RunSpec, work_dir: str | Path,
     state_file = work_dir / "state.pt"
     state = None
     if resume and state_file.exists():
-        state = torch.load(state_file, weights_only=False)
-        if state["digest"] != digest:
+        state = load_resume_state(state_file, run_name)
+        if state is not None and state["digest"] != digest:
             print(f"[{run_name}] stale resume state (different spec) ignored: {state_file}", file=sys.stderr)
             state = None
     if state is None:
@@ -86,11 +98,7 @@ def train_run(model, loss_fn, subset: dict, spec: RunSpec, work_dir: str | Path,
                ascii=True, disable=not progress)
     for rnd in range(state["round"] + 1, spec.rounds + 1):
         losses = torch.stack([engine.local_step((rnd - 1) * spec.tau + s) for s in range(spec.tau)])
-        if not torch.isfinite(losses).all():
-            raise DivergenceError(
-                f"run '{run_name}' diverged in round {rnd} (local steps {(rnd - 1) * spec.tau}..{rnd * spec.tau - 1}): "
-                f"non-finite minibatch loss. Lower the learning rate (lr={spec.lr}) or check the data."
-            )
+        check_finite(losses, f"run '{run_name}'", rnd, (rnd - 1) * spec.tau, spec.lr)
         theta, gaps = engine.end_round()
         norms = gaps.norm(dim=1)
         state["rounds"].append({"round": rnd, "step": rnd * spec.tau, "batch_loss": float(losses.mean()),
@@ -113,6 +121,15 @@ def train_run(model, loss_fn, subset: dict, spec: RunSpec, work_dir: str | Path,
     save_frame(pd.DataFrame(state["ckpts"]), work_dir / "metrics.csv")
     save_frame(pd.DataFrame(state["rounds"]), work_dir / "rounds.csv")
     return [ckpt_path(work_dir, c) for c in checkpoints]
+
+
+def load_resume_state(state_file: Path, run_name: str) -> dict | None:
+    """The saved resume state, or None (start over) if it fails its digest: never resume from bad bytes."""
+    try:
+        return load_torch(state_file)
+    except CorruptFileError as exc:
+        print(f"[{run_name}] corrupt resume state ignored, restarting from round 0: {exc}", file=sys.stderr)
+        return None
 
 
 def engine_theta(engine) -> dict[str, torch.Tensor]:
