@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from sharpgaps import losses, models
-from sharpgaps.localsgd import LoopLocalSGD, RunSpec, SimulatedLocalSGD, WorkerBatches, flatten
+from sharpgaps.localsgd import LoopLocalSGD, RunSpec, SimulatedLocalSGD, WorkerBatches, flatten, vmap_pays
 from sharpgaps.training import DivergenceError, ckpt_path, train_run
 
 LOSS = losses.mse_onehot
@@ -38,6 +38,22 @@ def test_vmapped_engine_matches_loop_reference(mnist_small):
     for (avg_f, gap_f), (avg_r, gap_r) in zip(_rounds(fast, spec, 3), _rounds(ref, spec, 3)):
         torch.testing.assert_close(flatten(avg_f), flatten(avg_r), atol=1e-6, rtol=0)
         torch.testing.assert_close(gap_f, gap_r, atol=1e-6, rtol=0)
+
+
+def test_per_worker_engine_is_the_loop_reference_bit_for_bit(mnist_small):
+    spec = RunSpec(K=3, tau=2, b=20, lr=0.1, rounds=2, window=1, seed=4, checkpoints=(2,))
+    m = _model(mnist_small)
+    halve = lambda u: 0.5 * u  # an update transform goes through the same path
+    per = SimulatedLocalSGD(m, LOSS, mnist_small["x_train"], mnist_small["y_train"], spec, vectorize=False,
+                            update_transform=halve)
+    ref = LoopLocalSGD(m, LOSS, mnist_small["x_train"], mnist_small["y_train"], spec, update_transform=halve)
+    for (avg_p, gap_p), (avg_r, gap_r) in zip(_rounds(per, spec, 2), _rounds(ref, spec, 2)):
+        assert torch.equal(flatten(avg_p), flatten(avg_r)) and torch.equal(gap_p, gap_r)
+
+
+def test_engine_batches_workers_with_vmap_only_where_it_pays():
+    assert vmap_pays(models.FCTanh(16, 3)) and not vmap_pays(models.CNNReLU((3, 8, 8), 3, channels=4))
+    assert not vmap_pays(models.Transformer(20, 6, 2, dim=8, heads=2, layers=1, ff=16))
 
 
 def test_gaps_sum_to_zero_and_are_nonzero(mnist_small):

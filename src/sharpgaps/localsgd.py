@@ -115,11 +115,27 @@ def unflatten(vec: torch.Tensor, like: dict[str, torch.Tensor], batch_dims: int 
 UpdateTransform = Callable[[torch.Tensor], torch.Tensor]
 
 
+def vmap_pays(model: nn.Module) -> bool:
+    """Whether batching the K workers with vmap beats one autograd call per worker on this model
+    (a model class may say so in ``vmap_workers``; default yes).
+
+    Measured on CPU (docs/BENCHMARKS.md, "Training step per model"): vmap wins for the FC-tanh MLP,
+    but turns the CNN's per-worker convolutions into one grouped convolution at half the speed of K
+    plain ones, and loses ~1.4x on the transformer. The per-worker path is the loop reference's
+    arithmetic exactly; vmap agrees with it to float rounding."""
+    return bool(getattr(model, "vmap_workers", True))
+
+
 class SimulatedLocalSGD:
-    """K workers as one batched model: one vmapped forward/backward per local step for all workers."""
+    """K workers as one batched model: one vmapped forward/backward per local step for all workers.
+
+    vectorize=False takes each worker's gradient by its own functional call instead (same stacked
+    state, same update); None picks the faster one for the model (vmap_pays).
+    """
 
     def __init__(self, model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, spec: RunSpec,
-                 theta: dict[str, torch.Tensor] | None = None, update_transform: UpdateTransform | None = None):
+                 theta: dict[str, torch.Tensor] | None = None, update_transform: UpdateTransform | None = None,
+                 vectorize: bool | None = None):
         self.model, self.spec, self.x, self.y = model, spec, x, y
         self.batches = WorkerBatches(len(x), spec.b, spec.seed, spec.K)
         self.update_transform = update_transform
@@ -129,7 +145,24 @@ class SimulatedLocalSGD:
         def worker_loss(p, xb, yb):
             return loss_fn(functional_call(model, p, (xb,)), yb)
 
-        self._grad = vmap(grad_and_value(worker_loss))
+        self.vectorize = vmap_pays(model) if vectorize is None else vectorize
+        self._grad = vmap(grad_and_value(worker_loss)) if self.vectorize else self._per_worker(worker_loss)
+
+    @staticmethod
+    def _per_worker(worker_loss):
+        """vmap's calling convention (stacked params and batches in, stacked grads and losses out) by
+        one plain autograd call per worker (cheaper than torch.func.grad's per-call transform setup)."""
+        @torch.enable_grad()
+        def grads(params, xb, yb):
+            gs, losses = {n: torch.empty_like(p) for n, p in params.items()}, []
+            for w in range(xb.shape[0]):
+                leaves = {n: p[w].detach().requires_grad_(True) for n, p in params.items()}
+                loss = worker_loss(leaves, xb[w], yb[w])
+                for n, g in zip(leaves, torch.autograd.grad(loss, list(leaves.values()))):
+                    gs[n][w] = g
+                losses.append(loss.detach())
+            return gs, torch.stack(losses)
+        return grads
 
     def set_average(self, theta: dict[str, torch.Tensor]) -> None:
         """Reset every worker to ``theta`` (the start of a round)."""
