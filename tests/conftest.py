@@ -16,6 +16,8 @@ def _data_dir() -> Path:
 DATA_DIR = _data_dir()
 # Workflow tests run Snakemake in temp dirs, where the config's relative data_dir would not resolve.
 os.environ["SHARPGAPS_DATA_DIR"] = str(DATA_DIR)
+# Jobs call `python -m sharpgaps.cli`: the interpreter running the tests must be the one they find.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 @pytest.fixture(scope="session")
@@ -35,13 +37,16 @@ def mnist_small(data_dir):
 
 @pytest.fixture(scope="session")
 def smoke(tmp_path_factory, data_dir):
-    """The whole smoke DAG (`all`, .test/config.yaml) built once per session in a temp workdir.
+    """The whole smoke DAG (`all`, .test/config.yaml) built once per session in a temp workdir, with
+    --cores 8 on purpose (more jobs than cores; tests/test_faults.py compares it with --cores 1).
 
     Shared by the workflow and figure tests: read it, dry-run against it, never modify it.
     """
+    if os.environ.get("SHARPGAPS_SMOKE_DIR"):  # local iteration: reuse a finished smoke run of this commit
+        return Path(os.environ["SHARPGAPS_SMOKE_DIR"])
     work = tmp_path_factory.mktemp("smoke")
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work),
-           "--cores", "2", "all", "--configfile", str(REPO / ".test/config.yaml")]
+           "--cores", "8", "all", "--configfile", str(REPO / ".test/config.yaml")]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         pytest.fail(f"smoke run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

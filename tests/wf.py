@@ -1,6 +1,7 @@
 """Helpers shared by the workflow tests: run Snakemake in a workdir, read dry-run job counts."""
 
 import ast
+import os
 import shutil
 import subprocess
 import sys
@@ -10,13 +11,13 @@ REPO = Path(__file__).resolve().parents[1]
 SMOKE_CONFIG = REPO / ".test/config.yaml"
 
 
-def snakemake(workdir, *args, config=SMOKE_CONFIG, snakefile=REPO / "Snakefile", check=True) -> str:
+def snakemake(workdir, *args, config=SMOKE_CONFIG, snakefile=REPO / "Snakefile", check=True, env=None) -> str:
     """stdout + stderr of `snakemake -d workdir ARGS --configfile CONFIG` (targets and flags go first:
     --configfile takes several values)."""
     cmd = [sys.executable, "-m", "snakemake", "-s", str(snakefile), "-d", str(workdir), *args]
     if config:
         cmd += ["--configfile", str(config)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=None if env is None else {**os.environ, **env})
     if check:
         assert proc.returncode == 0, f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout + proc.stderr

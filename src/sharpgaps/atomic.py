@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -39,7 +40,6 @@ def _corrupt(path, why: str) -> CorruptFileError:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,6 +59,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG}
+
+
+def write_bytes(data: bytes, path: str | os.PathLike) -> None:
+    """Every save_* serialises in memory first, so a failed write is a plain OSError from here
+    (torch and pyarrow would otherwise turn ENOSPC into their own, path-less errors)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
 
 
 def _feed(h, obj) -> None:
@@ -96,10 +103,11 @@ def save_torch(obj: dict, path: str | os.PathLike) -> None:
         raise TypeError("save_torch stores dicts (the digest travels as one of their keys)")
     obj = {k: v for k, v in obj.items() if k != DIGEST_KEY}
     obj[DIGEST_KEY] = content_digest(obj)
-    # Through a file handle: torch.save names the zip's records after a *path*, and the temp
+    # To a buffer, not a path: torch.save names the zip's records after a *path*, and the temp
     # name is random, so equal objects would otherwise give different bytes.
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        torch.save(obj, fh)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes(buf.getvalue(), path)
 
 
 def load_torch(path: str | os.PathLike, map_location="cpu") -> dict:
@@ -132,23 +140,21 @@ def _to(obj, device):
 
 
 def save_json(obj: Any, path: str | os.PathLike) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    save_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", path)
 
 
 def save_text(text: str, path: str | os.PathLike) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    write_bytes(text.encode(), path)
 
 
 def save_frame(df, path: str | os.PathLike) -> None:
     """Write a pandas DataFrame as CSV or Parquet, chosen by suffix."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        if path.suffix == ".parquet":
-            df.to_parquet(tmp, index=False, write_page_checksum=True)
-        else:
-            df.to_csv(tmp, index=False)
+    if Path(path).suffix == ".parquet":
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False, write_page_checksum=True)
+        write_bytes(buf.getvalue(), path)
+    else:
+        save_text(df.to_csv(index=False), path)
 
 
 def read_frame(path: str | os.PathLike):

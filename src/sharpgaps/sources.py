@@ -16,6 +16,7 @@ import tarfile
 import tempfile
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,7 +144,10 @@ def check_layout(data_dir: Path, layout: Layout) -> tuple[dict[str, Path], list[
         if path is None:
             missing.append(f)
             continue
-        actual = content_digest(path, f.algo, f.gunzip)
+        try:
+            actual = content_digest(path, f.algo, f.gunzip)
+        except (EOFError, OSError, zlib.error) as exc:  # truncated or garbled gzip stream
+            actual = f"unreadable ({type(exc).__name__}: {exc})"
         if actual != f.digest:
             bad.append(
                 f"  - '{path}': {f.algo} {actual} but expected {f.digest}. The file is corrupt or a "

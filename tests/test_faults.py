@@ -1,0 +1,291 @@
+"""Fault injection through Snakemake on the smoke DAG: every fault ends in the correct result or a
+clear error naming the file / key / run, never in a wrong table or figure.
+
+The session `smoke` run (conftest, --cores 8) is the reference. Kill and corruption tests work on a
+copy of it, remove or damage one job's inputs/outputs, and rerun exactly as a user would.
+"""
+
+import copy
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from wf import REPO, SMOKE_CONFIG, snakemake
+
+MNIST_RUN = "results/runs/mnist_fc/K8_tau4_b50_lr0.05_mse_T96_W2_s0"
+TIMING = ("seconds", "refresh_seconds")  # wall-clock columns of the restricted tables
+MNIST_WORK = "results/work/mnist_fc/K8_tau4_b50_lr0.05_mse_T96_W2_s0"
+
+
+def _copy(smoke: Path, dst: Path) -> Path:
+    shutil.copytree(smoke, dst, symlinks=True)
+    return dst
+
+
+def _files(root: Path, pattern: str = "*") -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob(pattern)) if p.is_file()}
+
+
+def _without_timings(path: Path) -> tuple[pd.DataFrame, bool]:
+    """A table minus its wall-clock timings (columns or tidy rows), the one thing allowed to differ;
+    and whether it had any."""
+    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    cols = [c for c in TIMING if c in df]
+    rows = pd.Series(False, index=df.index)
+    for col in ("metric", "quantity"):
+        if col in df:
+            rows |= df[col].astype(str).str.contains("seconds")
+    return df.drop(columns=cols)[~rows].reset_index(drop=True), bool(cols) or bool(rows.any())
+
+
+def _same_files(ref: Path, new: Path, pattern: str = "*") -> None:
+    """Bitwise identical files; tables with wall-clock timings are compared exactly without them."""
+    want, got = _files(ref, pattern), _files(new, pattern)
+    assert want, f"nothing matches {pattern} under {ref}"
+    assert sorted(got) == sorted(want)
+    for k in (k for k in want if want[k] != got[k]):
+        assert k.endswith((".parquet", ".csv")), f"{k} is not bitwise identical to the reference run"
+        (a, timed), (b, _) = _without_timings(ref / k), _without_timings(new / k)
+        assert timed, f"{k} differs from the reference run and holds no timings to explain it"
+        pd.testing.assert_frame_equal(a, b, check_exact=True, obj=k)
+
+
+def _kill_when(workdir: Path, targets: list[str], trigger, delay: float, timeout: float = 600) -> bool:
+    """Start Snakemake on ``targets``; once ``trigger()`` holds, wait ``delay`` s and SIGKILL Snakemake
+    and every job it started (the whole process group, as a preemption does). False if it finished first."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2",
+           "--rerun-incomplete", *targets, "--configfile", str(SMOKE_CONFIG)]
+    with open(workdir / "killed_runs.log", "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        t0 = time.monotonic()
+        while proc.poll() is None:
+            if trigger():
+                time.sleep(delay)
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                snakemake(workdir, "--unlock")  # a killed Snakemake leaves its lock: the documented first step
+                return True
+            if time.monotonic() - t0 > timeout:
+                os.killpg(proc.pid, signal.SIGKILL)
+                raise TimeoutError(f"{targets} neither finished nor reached the kill point in {timeout} s")
+            time.sleep(0.02)
+    return False
+
+
+def _still_pending(workdir: Path, target: str, rule: str) -> None:
+    """After a kill, Snakemake must not take the killed job's outputs as finished."""
+    out = snakemake(workdir, "-n", target, check=False)
+    assert re.search(rf"^(local)?rule {rule}:", out, re.M) or "IncompleteFilesException" in out, out[-2000:]
+
+
+# ---------------------------------------------------------------------------------------------- kills
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_killed_training_resumes_and_ends_bitwise_identical(smoke, tmp_path, seed):
+    work = _copy(smoke, tmp_path / "w")
+    shutil.rmtree(work / MNIST_RUN)
+    shutil.rmtree(work / MNIST_WORK)
+    target = f"{MNIST_RUN}/ckpt"
+    partial = work / MNIST_WORK / "ckpt"
+    rng = random.Random(seed)
+    for n in sorted(rng.sample([1, 2], 2)):  # kill just after the n-th of the 3 checkpoints is written
+        fired = _kill_when(work, [target], lambda n=n: len(list(partial.glob("r*.pt"))) >= n, rng.uniform(0, 0.3))
+        assert fired and not (work / MNIST_RUN / "metrics.csv").exists(), "the kill came too late to test anything"
+        _still_pending(work, target, "train")
+    snakemake(work, "--cores", "2", "--rerun-incomplete", target)
+    log = (work / "results/logs/train/mnist_fc/K8_tau4_b50_lr0.05_mse_T96_W2_s0.log").read_text()
+    resumed = [int(r) for r in re.findall(r"resuming from round (\d+)", log)]
+    assert resumed and resumed[0] >= 2, f"the last attempt did not resume from a checkpoint:\n{log[-1500:]}"
+    _same_files(smoke / MNIST_RUN, work / MNIST_RUN, "*.pt")
+    _same_files(smoke / MNIST_RUN, work / MNIST_RUN, "*.csv")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_killed_geometry_reuses_finished_checkpoints_and_ends_identical(smoke, tmp_path, seed):
+    work = _copy(smoke, tmp_path / "w")
+    table = next((work / MNIST_RUN).glob("geometry_*.parquet"))
+    target = str(table.relative_to(work))
+    table.unlink()
+    cache = work / "results/work/geometry/mnist_fc/K8_tau4_b50_lr0.05_mse_T96_W2_s0"
+    shutil.rmtree(cache)
+    rng = random.Random(100 + seed)
+    for n in (1, 2):  # after 1, then 2, of the 3 per-checkpoint results are cached
+        fired = _kill_when(work, [target], lambda n=n: len(list(cache.rglob("*.geom.pt"))) >= n, rng.uniform(0, 0.5))
+        assert fired and not table.exists()
+        _still_pending(work, target, "geometry")
+    snakemake(work, "--cores", "2", "--rerun-incomplete", target)
+    assert table.read_bytes() == (smoke / target).read_bytes()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_killed_notebook_job_never_leaves_a_figure_taken_as_done(smoke, tmp_path, seed):
+    work = _copy(smoke, tmp_path / "w")
+    outs = [work / "paper_figures" / f"fig02_removal.{ext}" for ext in ("pdf", "png", "csv")]
+    for p in outs + [work / "results/notebooks/fig02_removal.ipynb", work / "results/logs/figures/fig02_removal.log"]:
+        p.unlink()
+    target = "paper_figures/fig02_removal.pdf"
+    started = work / "results/logs/figures/fig02_removal.log"
+    rng = random.Random(200 + seed)
+    for _ in range(2):
+        fired = _kill_when(work, [target], started.exists, rng.uniform(0.2, 3.0))
+        if not fired or all(p.exists() for p in outs):
+            continue  # the job beat the kill: nothing to check this round
+        _still_pending(work, target, "fig02_removal")
+        started.unlink(missing_ok=True)
+    snakemake(work, "--cores", "1", "--rerun-incomplete", target)
+    assert (work / "paper_figures/fig02_removal.csv").read_bytes() == (smoke / "paper_figures/fig02_removal.csv").read_bytes()
+    pdf = (work / target).read_bytes()
+    assert pdf.startswith(b"%PDF") and pdf.rstrip().endswith(b"%%EOF")
+
+
+# ----------------------------------------------------------------------------------------- corruption
+
+def _damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "truncate":
+        data = data[: len(data) // 2]
+    else:  # flip one byte inside the payload (tensor data / Parquet data pages, not the footer)
+        b = bytearray(data)
+        b[int(len(b) * 0.25)] ^= 0x5A
+        data = bytes(b)
+    path.unlink()  # new inode: never write through into a file shared with the reference run
+    path.write_bytes(data)
+
+
+@pytest.fixture(scope="module")
+def damaged(smoke, tmp_path_factory):
+    """A copy of the smoke run in which one file at a time is damaged, then restored from the reference."""
+    return _copy(smoke, tmp_path_factory.mktemp("corrupt") / "w")
+
+
+SUBSET = "results/data/mnist/subset_n1000_s0_test500.pt"
+RUN_ID = MNIST_RUN.rsplit("/", 1)[1]
+CORRUPTIONS = [  # (file to damage, the job that reads it, forced by this target, its log); {g}: geometry tag
+    (SUBSET, "train", f"{MNIST_RUN}/ckpt", f"results/logs/train/mnist_fc/{RUN_ID}.log"),
+    (f"{MNIST_RUN}/ckpt/r000007.pt", "geometry", f"{MNIST_RUN}/geometry_{{g}}.parquet",
+     f"results/logs/geometry/mnist_fc/{RUN_ID}_{{g}}.log"),
+    (f"{MNIST_RUN}/geometry_{{g}}.parquet", "collect_geometry", "results/tables/main_geometry.parquet",
+     "results/logs/collect/main.log"),
+]
+
+
+@pytest.mark.parametrize("how", ["truncate", "alter"])
+@pytest.mark.parametrize("victim,rule,target,log", CORRUPTIONS, ids=["subset", "checkpoint", "geometry_table"])
+def test_corrupt_file_fails_the_reading_job_naming_it(smoke, damaged, victim, rule, target, log, how):
+    g = next((smoke / MNIST_RUN).glob("geometry_*.parquet")).stem.removeprefix("geometry_")
+    victim, target, log = (s.format(g=g) for s in (victim, target, log))
+    _damage(damaged / victim, how)
+    try:
+        out = snakemake(damaged, "--cores", "1", "-f", target, check=False)
+        assert f"Error in rule {rule}" in out, out[-2000:]
+        text = (damaged / log).read_text()
+        assert f"{victim}: " in text and "delete it and rerun" in text, text[-2000:]
+        assert "Traceback" not in text  # a clear error, not a crash
+        assert not (damaged / target).exists()  # no output from damaged input
+    finally:
+        (damaged / victim).unlink()
+        shutil.copy2(smoke / victim, damaged / victim)
+        snakemake(damaged, "--cores", "1", target)  # the copy is whole again for the next case
+        assert (damaged / target).exists()
+
+
+@pytest.mark.parametrize("how", ["truncate", "alter"])
+def test_corrupt_raw_data_fails_naming_the_file(smoke, tmp_path, data_dir, how):
+    raw = tmp_path / "data"
+    shutil.copytree(data_dir / "mnist", raw / "mnist")
+    victim = next(p for p in sorted((raw / "mnist").iterdir()) if "train-images" in p.name)
+    _damage(victim, how)
+    work = _copy(smoke, tmp_path / "w")
+    out = snakemake(work, "--cores", "1", "-f", SUBSET, check=False, env={"SHARPGAPS_DATA_DIR": str(raw)})
+    assert "Error in rule subset" in out
+    log = (work / "results/logs/subset/mnist_n1000_s0_test500.log").read_text()
+    assert f"'{victim}'" in log and "Checksum mismatch" in log and "Traceback" not in log, log
+    assert not (work / SUBSET).exists()
+
+
+# ----------------------------------------------------------------------------------------- divergence
+
+def test_diverging_run_fails_naming_run_round_and_loss_and_draws_no_figure(tmp_path):
+    cfg = yaml.safe_load(SMOKE_CONFIG.read_text())
+    cfg["settings"]["mnist_fc"]["lr"] = 1.0e4
+    cfg["experiments"]["main"]["settings"] = ["mnist_fc"]  # the figure then needs only this run
+    path = tmp_path / "diverge.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    work = tmp_path / "w"
+    out = snakemake(work, "--cores", "2", "paper_figures/fig02_removal.pdf", config=path, check=False)
+    assert "Error in rule train" in out
+    run = "K8_tau4_b50_lr10000_mse_T96_W2_s0"
+    log = (work / f"results/logs/train/mnist_fc/{run}.log").read_text()
+    assert re.search(rf"run 'mnist_fc/{run}' diverged in round \d+ .*minibatch loss \[.*(nan|inf).*\] is not finite.*"
+                     r"Lower the learning rate \(lr=10000.0\)", log), log
+    assert not list(work.glob("paper_figures/fig02*"))
+    assert not (work / f"results/runs/mnist_fc/{run}/ckpt").exists()
+
+
+# ---------------------------------------------------------------------------------- bad configurations
+
+@pytest.mark.parametrize("path,value,key", [
+    ("train.seeds", [0, 0], "train.seeds"),
+    ("geometry.m_list", [1, 500], "geometry.m_list"),
+    ("engine", "mpi", "engine"),
+    ("experiments.main.K", [], "experiments.main.K"),
+])
+def test_bad_config_stops_snakemake_before_any_job(tmp_path, path, value, key):
+    cfg = yaml.safe_load(SMOKE_CONFIG.read_text())
+    node = cfg
+    *head, last = path.split(".")
+    for k in head:
+        node = node[k]
+    node[last] = copy.deepcopy(value)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    out = snakemake(tmp_path, "--cores", "1", "all", config=bad, check=False)
+    assert f"- {key}: " in out and ("allowed" in out or "is not one of" in out), out[-2000:]
+    assert not (tmp_path / "results").exists()  # nothing ran
+
+
+# ---------------------------------------------------------------------------------------- concurrency
+
+def _written_paths(dry_run: str) -> list[tuple[str, str]]:
+    """(job, path) for everything each job's shell command writes: outputs, work dirs and logs."""
+    pairs = []
+    for i, block in enumerate(re.split(r"^(?:local)?rule ", dry_run, flags=re.M)[1:]):
+        job = f"{block.split(':', 1)[0]}#{i}"
+        cmd = " ".join(line.strip() for line in block.splitlines() if not re.match(r"\s*(input|output|log|jobid|"
+                       r"benchmark|reason|wildcards|resources|threads|priority):", line))
+        for flag in ("--out", "--out-dir", "--work-dir"):
+            pairs += [(job, p) for p in re.findall(rf"{flag} (\S+)", cmd)]
+        pairs += [(job, p) for p in re.findall(r"> (results/logs/\S+)", cmd)]
+    return pairs
+
+
+def test_no_two_jobs_write_the_same_place(tmp_path):
+    out = snakemake(tmp_path, "-n", "-p", "--forceall", "all")
+    pairs = _written_paths(out)
+    assert len({job for job, _ in pairs}) > 30
+    owner = {}
+    for job, path in pairs:
+        assert owner.setdefault(path, job) == job, f"{path} is written by both {owner[path]} and {job}"
+    work_dirs = sorted({p for _, p in pairs if "/work/" in p})
+    for a, b in zip(work_dirs, work_dirs[1:]):
+        assert not b.startswith(a + "/"), f"work dir {b} lies inside another job's work dir {a}"
+
+
+def test_cores_1_gives_the_same_results_as_cores_8(smoke, tmp_path):
+    """The smoke fixture ran with --cores 8 (more jobs than cores); a serial run must match it bitwise."""
+    work = tmp_path / "serial"
+    snakemake(work, "--cores", "1", "all")
+    for pattern in ("*.parquet", "*.pt", "*.csv"):
+        _same_files(smoke / "results/runs", work / "results/runs", pattern)
+    _same_files(smoke / "results/tables", work / "results/tables", "*.parquet")
+    _same_files(smoke / "paper_figures", work / "paper_figures", "*.csv")
