@@ -7,6 +7,7 @@ unwritable directory) must raise OutputWriteError naming the path and leave no f
 import errno
 import os
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -143,3 +144,14 @@ def test_read_only_output_dir_names_path(tiny_mount):
             save(obj, disk / name)
     with pytest.raises(OutputWriteError, match="cannot write"):
         save_torch(_payload(), disk / "sub" / "y.pt")  # even the directory cannot be made
+
+
+def test_cli_job_on_read_only_output_fails_cleanly(tiny_mount, data_dir):
+    """A whole pipeline step: exit code 2, one line naming the path, no traceback, no file."""
+    disk = tiny_mount("ro")
+    proc = subprocess.run([sys.executable, "-m", "sharpgaps.cli", "subset", "--dataset", "mnist", "--data-dir",
+                           str(data_dir), "--n-train", "100", "--seed", "0", "--out", str(disk / "subset.pt")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert f"error: cannot write {disk / 'subset.pt'}" in proc.stderr and "Traceback" not in proc.stderr
+    assert _no_leftovers(disk) == []

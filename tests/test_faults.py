@@ -136,12 +136,15 @@ def test_killed_notebook_job_never_leaves_a_figure_taken_as_done(smoke, tmp_path
     target = "paper_figures/fig02_removal.pdf"
     started = work / "results/logs/figures/fig02_removal.log"
     rng = random.Random(200 + seed)
+    landed = 0
     for _ in range(2):
         fired = _kill_when(work, [target], started.exists, rng.uniform(0.2, 3.0))
         if not fired or all(p.exists() for p in outs):
             continue  # the job beat the kill: nothing to check this round
+        landed += 1
         _still_pending(work, target, "fig02_removal")
         started.unlink(missing_ok=True)
+    assert landed, "no kill landed inside the notebook job"
     snakemake(work, "--cores", "1", "--rerun-incomplete", target)
     assert (work / "paper_figures/fig02_removal.csv").read_bytes() == (smoke / "paper_figures/fig02_removal.csv").read_bytes()
     pdf = (work / target).read_bytes()

@@ -30,6 +30,9 @@ class CorruptFileError(RuntimeError):
 class OutputWriteError(OSError):
     """Writing an output failed (unwritable directory, full disk); the message names the path."""
 
+    def __str__(self) -> str:  # the message alone, without OSError's "[Errno N]" prefix
+        return self.strerror
+
 
 def _corrupt(path, why: str) -> CorruptFileError:
     return CorruptFileError(f"{path}: {why}. The file is truncated, altered or not written by this pipeline: "
