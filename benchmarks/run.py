@@ -8,6 +8,7 @@ of a finished run (default: this checkout's results/ from `make all SCALE=quick`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -170,12 +171,186 @@ def snakemake_section(quick: bool) -> tuple[str, list[dict]]:
     return "\n".join(lines), rows
 
 
+@contextlib.contextmanager
+def _threads(n: int):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _med(r: dict, unit: str) -> str:
+    fmt = ".0f" if unit == "MB" else (".3f" if r["median"] < 10 else ".1f")
+    rng = "" if r["min"] == r["max"] else f" ({r['min']:{fmt}}-{r['max']:{fmt}})"
+    return f"{r['median']:{fmt}}{rng} {unit}"
+
+
+def cuts_section(subsets: dict, quick: bool) -> tuple[str, list[dict]]:
+    """Before/after pairs of every performance cut (benchmarks/bench_cuts.py), side by side."""
+    from bench_cuts import bench_grad_chunk, bench_hvp_forward_over_reverse, bench_removal, bench_train_step
+
+    from sharpgaps import models
+
+    reps = 1 if quick else 3
+    b = {name: 4 if quick else 50 for name in subsets}  # paper: b=50 per worker, K=8
+    rows = []
+    for threads in sorted({1, torch.get_num_threads()}):  # the quick config runs 1 thread per job, the paper 2
+        with _threads(threads):
+            rows += bench_train_step(subsets, K=8, b=b, steps=1 if quick else 3, repeats=reps)
+    big = {k: v for k, v in subsets.items() if k != "fc_tanh"}
+    rows += bench_grad_chunk(big, chunk=64 if quick else 256, n=200 if quick else None, repeats=reps)
+    dims = {name: sum(p.numel() for p in models.build_model(name, sub["meta"], seed=0).parameters())
+            for name, sub in subsets.items()}
+    rows += bench_removal(dims, ms=(1, 2, 4) if quick else (1, 2, 4, 8, 16, 28), draws=2 if quick else 8,
+                          repeats=reps)
+    rows += bench_hvp_forward_over_reverse(big, n={"cnn_relu": 8 if quick else 256,
+                                                   "transformer": 4 if quick else 128}, repeats=reps)
+    lines = ["## Cuts: before / after (issue #6)", "",
+             "Each pair measured side by side in this process (interleaved repeats; peak RSS from one fresh "
+             "process per variant). `before` is the previous code path, still selectable: "
+             "`SimulatedLocalSGD(vectorize=True)`, `geometry.grad_chunk_size: null`, "
+             "`random_removal_draws(method=\"qr\")`. Speedup = before / after (medians). Results change only "
+             "at float rounding (docs/FIDELITY.md); the per-worker engine is the loop reference bit for bit.", "",
+             "| cut | case | before | after | speedup | note |", "|---|---|---:|---:|---:|---|"]
+    for i in range(0, len(rows), 2):
+        bef, aft = rows[i], rows[i + 1]
+        note = ", ".join(f"{k} {v:.1e}" if isinstance(v, float) else f"{k} {v}" for k, v in bef.items()
+                         if k in ("max_abs_diff", "rel_diff", "default", "baseline_mb"))
+        lines.append(f"| {bef['cut']} | {bef['case']} | {_med(bef, bef['unit'])} | {_med(aft, aft['unit'])} | "
+                     f"{bef['speedup']:.2f}x | {note} |")
+    lines += ["", "Training at quick scale (docs/BENCHMARKS.md per-rule table): the CNN's `train` jobs were 42% of "
+              "all job time, the transformer's a further share; both now take the per-worker path. "
+              "forward-over-reverse HVP (last rows) is slower than the cached double backward here, so it was "
+              "not adopted: a measured negative result."]
+    return "\n".join(lines), rows
+
+
+def restricted_section(subset, workdir: Path, quick: bool) -> tuple[str, list[dict]]:
+    from bench_restricted import bench_restricted, restricted_lines, restricted_table_costs
+
+    n, rounds, refresh, reps = (300, 4, 2, 1) if quick else (2000, 20, 10, 3)
+    sub = {**subset, "x_train": subset["x_train"][:n], "y_train": subset["y_train"][:n]}
+    rows = bench_restricted(sub, rounds=rounds, refresh=refresh, branch_rounds=2 if quick else 10, repeats=reps)
+    table = workdir / "results/tables/restricted.parquet"
+    if table.exists():
+        rows += restricted_table_costs(table)
+    lines = ["## Restricted-update runs: HVPs and wall time per round", "",
+             "Hessian Dom/Bulk refresh their subspace by warm-started Lanczos (HVPs); gap Dom/Bulk by "
+             f"`gap_window` probe rounds of plain Local SGD (no HVP). 'measured here': FC-tanh, MNIST-{n}, "
+             f"K=8, tau=8, b=50, {rounds} rounds, refresh every {refresh}, {reps} repeat(s) with the modes "
+             "interleaved (median, min-max); includes the train/test evaluations. 'quick run': the "
+             f"last row per mode of {table} (cumulative; SST-2 refreshes every 3 rounds). "
+             "'refresh share' = share of the wall time spent refreshing; '/ none' = wall time per round over "
+             "plain Local SGD's.", ""]
+    lines += restricted_lines(rows)
+    return "\n".join(lines), rows
+
+
+def smoke_dag_section(quick: bool, data_dir: Path, manifest: Path) -> tuple[str, list[dict]]:
+    """Whole DAG at smoke scale, run here from scratch in a temp dir (quick: one cheap target only),
+    next to the committed quick run's MANIFEST.json."""
+    import tempfile
+
+    target = "results/data/mnist/subset_n1000_s0_test500.pt" if quick else "all"
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "SHARPGAPS_DATA_DIR": str(data_dir),
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", tmp,
+                              "--cores", "2", target, "--configfile", str(REPO / ".test/config.yaml")],
+                             capture_output=True, text=True, env=env)
+        wall = time.perf_counter() - t0
+        if out.returncode != 0:
+            raise RuntimeError(f"smoke DAG failed:\n{out.stderr[-3000:]}")
+        _, jobs = dag_section(Path(tmp))
+    top = max(jobs, key=lambda r: r["max_rss_mb"]) if jobs else {"job": "-", "max_rss_mb": float("nan")}
+    rows.append({"scale": "smoke (.test/config.yaml)" + (", subset target only (--quick)" if quick else ""),
+                 "source": "measured here, --cores 2", "wall_s": wall, "jobs": len(jobs),
+                 "job_s": sum(r["s"] for r in jobs), "max_rss_mb": top["max_rss_mb"], "largest_job": top["job"]})
+    if manifest.exists():
+        m = json.loads(manifest.read_text())
+        rows.append({"scale": "quick (config.quick.yaml)", "source": f"{manifest.name} of the committed run, "
+                     f"--cores {m.get('cores', '?')}", "wall_s": m.get("wall_s", float("nan")),
+                     "jobs": m.get("jobs", "-"), "job_s": float("nan"), "max_rss_mb": m.get("max_rss_mb", float("nan")),
+                     "largest_job": m.get("max_rss_job", "-")})
+    lines = ["## Whole DAG: wall time and peak memory by scale", "",
+             "Peak memory = the largest single job's peak RSS (Snakemake `benchmark:` files); jobs run two at "
+             "a time on this 2-core machine.", "",
+             "| scale | source | wall s | jobs | sum of job s | peak RSS MB (largest job) | job |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        job_s = "-" if r["job_s"] != r["job_s"] else f"{r['job_s']:.0f}"
+        lines.append(f"| {r['scale']} | {r['source']} | {r['wall_s']:.0f} | {r['jobs']} | {job_s} | "
+                     f"{r['max_rss_mb']:.0f} | {r['largest_job']} |")
+    return "\n".join(lines), rows
+
+
+def scale_section(subsets: dict, results: dict, workdir: Path, quick: bool) -> tuple[str, list[dict]]:
+    """Paper-scale cost projected from this run's unit costs (benchmarks/bench_scale.py)."""
+    import yaml
+
+    from bench_scale import GPU_EFFICIENCY, GPU_LAUNCH_S, GPU_PEAK_FLOPS, paper_job_counts, paper_scale, \
+        unit_gpu_costs
+
+    from sharpgaps.config import validate
+
+    unit = {}
+    for name, sub in subsets.items():
+        hvp = {r["op"]: r for r in results["hvp"] if r["model"] == name}
+        step = next(r for r in results["cuts"] if r["cut"].startswith("training step") and r["case"].startswith(name)
+                    and r["threads"] == torch.get_num_threads()
+                    and r["variant"] == ("after" if r["default"] == "per-worker" else "before"))
+        b = step["b"]
+        removal = [r for r in results["cuts"] if r["cut"].startswith("random removal") and r["case"].startswith(name)
+                   and r["variant"] == "after"][0]
+        n = hvp["gradient"]["n"]
+        unit[name] = {"step_s": step["median"] * 400 / (8 * b), "hvp_s_per_ex": hvp["hvp_cached_graph"]["median_s"] / n,
+                      "grad_s_per_ex": hvp["gradient"]["median_s"] / n,
+                      "build_s_per_ex": hvp["cached_graph_build"]["median_s"] / n,
+                      "removal_s": removal["median"], "classes": sub["meta"]["n_classes"], "n_measured": n}
+    gpu = unit_gpu_costs(subsets, b=4 if quick else 50, n_hvp=8 if quick else 64)
+    cfg = validate(yaml.safe_load((REPO / "config.yaml").read_text()), REPO / "workflow/schemas/config.schema.yaml")
+    counts = paper_job_counts(REPO / "config.yaml", REPO)
+    rows, summ = paper_scale(cfg, counts, unit, gpu, workdir)
+    lines = ["## Scale on paper: the paper-scale run (config.yaml) projected from measured unit costs", "",
+             "CPU hours = job wall hours at this run's torch threads on this machine, from unit costs measured "
+             "above at paper sizes (one local step of K=8 workers at b=50; HVP, gradient and graph build per "
+             "example; random removal at the paper's d), times the counts config.yaml implies "
+             "(benchmarks/bench_scale.py states the model). HVP/gradient costs are scaled linearly from the "
+             "examples measured (" + ", ".join(f"{k} {v['n_measured']}" for k, v in unit.items()) +
+             ") to the 5,000 of the paper. Rules without a model (subset, theory, collect, figures) take "
+             "their mean job time in the finished run's benchmark files.",
+             "",
+             f"**GPU column: estimate, not measured** (no GPU was lent): FLOPs counted by "
+             f"torch.utils.flop_counter at paper sizes / ({GPU_EFFICIENCY:.0%} of {GPU_PEAK_FLOPS / 1e12:.0f} "
+             f"TFLOP/s, an H100's FP32 rate), at least {GPU_LAUNCH_S * 1e6:.0f} us per aten op (launch "
+             "latency), one batched step for all K workers; CPU-side rules unchanged.", "",
+             "| rule | jobs | CPU h | longest job h | GPU h (estimate) |", "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['rule']} | {r['jobs']} | {r['cpu_h']:.1f} | {r['longest_cpu_h']:.2f} | "
+                     f"{r['gpu_h_estimate']:.2f} |")
+    lines.append(f"| **total** | {summ['jobs']} | **{summ['cpu_h']:.0f}** | | **{summ['gpu_h_estimate']:.1f}** |")
+    lines += ["", f"- one machine like this one, jobs one after another: {summ['cpu_h']:.0f} h "
+              f"({summ['cpu_h'] / 24:.1f} days)",
+              f"- one GPU (estimate, not measured): {summ['gpu_h_estimate']:.1f} h",
+              f"- SLURM, 100 concurrent jobs: longest dependency chain (subset -> train -> geometry -> collect -> "
+              f"figure) {summ['critical_path_h']:.1f} h; makespan between max(chain, total/100) = "
+              f"{summ['slurm100_lower_h']:.1f} h and chain + total/100 = {summ['slurm100_upper_h']:.1f} h",
+              *[f"- {a}" for a in summ["assumptions"]]]
+    return "\n".join(lines), rows + [{"rule": "summary", **summ}]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="tiny sizes (the smoke test of this script)")
     ap.add_argument("--out", default=str(REPO / "docs/BENCHMARKS.md"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", default=str(REPO), help="a finished run whose results/benchmarks to aggregate")
+    ap.add_argument("--no-smoke-dag", action="store_true",
+                    help="skip running the whole smoke DAG (minutes; --quick runs one cheap target of it)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     from sharpgaps.atomic import save_text
@@ -194,12 +369,21 @@ def main(argv=None) -> int:
                 "min-max in parentheses, measured side by side in one process. This machine is shared: "
                 "compare ratios within a table, not absolute times across tables.", "", machine(), ""]
     results = {}
+    workdir = Path(a.workdir)
     for name, fn in [("engine", lambda: engine_section(subsets["fc_tanh"], a.quick)),
                      ("hvp", lambda: hvp_section(subsets, a.quick)),
                      ("eigensolver", lambda: eig_section(subsets["fc_tanh"], a.quick)),
-                     ("dag", lambda: dag_section(Path(a.workdir))),
+                     ("cuts", lambda: cuts_section(subsets, a.quick)),
+                     ("restricted", lambda: restricted_section(subsets["fc_tanh"], workdir, a.quick)),
+                     ("dag", lambda: dag_section(workdir)),
+                     ("scales", lambda: smoke_dag_section(a.quick, data_dir, workdir / "paper_figures/MANIFEST.json")),
+                     ("paper_scale", lambda: scale_section(subsets, results, workdir, a.quick)),
                      ("snakemake", lambda: snakemake_section(a.quick))]:
+        if name == "scales" and a.no_smoke_dag:
+            continue
+        t0 = time.perf_counter()
         text, rows = fn()
+        print(f"[{name}: {time.perf_counter() - t0:.0f} s]", file=sys.stderr, flush=True)
         results[name] = rows
         sections += [text, ""]
         print(text, flush=True)

@@ -15,7 +15,8 @@ def test_benchmark_script_produces_every_table(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
     for heading in ("Simulated Local SGD step", "Full-batch HVP vs full-batch gradient", "Top-k eigensolver",
-                    "Whole DAG", "Snakemake overhead"):
+                    "Cuts: before / after", "Restricted-update runs", "Whole DAG", "wall time and peak memory by scale",
+                    "Scale on paper", "estimate, not measured", "Snakemake overhead"):
         assert heading in text
     rows = json.loads(out.with_suffix(".json").read_text())
     assert [r["K"] for r in rows["engine"]] == [2, 4]
@@ -24,4 +25,22 @@ def test_benchmark_script_produces_every_table(tmp_path):
     assert {(r["solver"], r["start"]) for r in rows["eigensolver"]} >= {("eigsh", "cold"), ("eigsh", "warm"),
                                                                         ("power_oracle", "cold")}
     assert all(r["n_hvp"] > 0 for r in rows["eigensolver"])
+    # every cut: a before and an after row, positive medians
+    cuts = rows["cuts"]
+    assert {r["cut"].split(":")[0] for r in cuts} == {"training step", "geometry gradient", "random removal", "HVP"}
+    assert [r["variant"] for r in cuts] == ["before", "after"] * (len(cuts) // 2)
+    assert all(r["median"] > 0 and r["speedup"] > 0 for r in cuts)
+    assert {r["case"].split(",")[0] for r in cuts if r["cut"].startswith("training step")} == {
+        "fc_tanh", "cnn_relu", "transformer"}
+    assert {r["unit"] for r in cuts if r["cut"].startswith("geometry gradient")} == {"s", "MB"}
+    assert {r["mode"] for r in rows["restricted"]} == {"none", "dom", "bulk", "gapdom", "gapbulk"}
+    assert all(r["n_hvp"] > 0 for r in rows["restricted"] if r["mode"] in ("dom", "bulk"))
+    assert all(r["probe_steps"] > 0 for r in rows["restricted"] if r["mode"].startswith("gap"))
+    smoke = rows["scales"][0]
+    assert smoke["scale"].startswith("smoke") and smoke["wall_s"] > 0 and smoke["max_rss_mb"] > 0
+    paper = {r["rule"]: r for r in rows["paper_scale"]}
+    assert {"train", "geometry", "restricted", "summary"} <= set(paper)
+    s = paper["summary"]
+    assert s["cpu_h"] > 0 and s["gpu_h_estimate"] > 0
+    assert s["critical_path_h"] <= s["slurm100_lower_h"] <= s["slurm100_upper_h"] <= s["cpu_h"]
     assert rows["snakemake"][0]["median_s"] > 0

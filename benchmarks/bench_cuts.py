@@ -1,0 +1,156 @@
+"""Before/after timings of the performance cuts of issue #6, each pair measured side by side.
+
+Every "before" is the previous code path, still callable through a flag:
+  - training step: SimulatedLocalSGD(vectorize=True) (vmap over workers) vs the per-worker default;
+  - geometry gradient g: FullBatchHVP(chunk_size=None) (one chunk) vs geometry.grad_chunk_size;
+  - random-subspace removal: metrics.random_removal_draws(method="qr") vs "gram";
+  - and one measured negative result: forward-over-reverse HVP (torch.func.jvp of grad) vs the
+    cached double-backward HVP the project uses.
+Peak memory needs a fresh process per variant (ru_maxrss only grows): `python bench_cuts.py
+peak-grad FILE CHUNK` is that child.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.func import functional_call, grad, jvp
+
+from sharpgaps import losses, models
+from sharpgaps.hessian import FullBatchHVP
+from sharpgaps.localsgd import RunSpec, SimulatedLocalSGD, vmap_pays
+from sharpgaps.metrics import random_removal_draws
+
+
+def interleaved(ops: dict, repeats: int, inner: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each op, round-robin over repeats (after one warm-up call each)."""
+    for f in ops.values():
+        f()
+    ts = {k: [] for k in ops}
+    for _ in range(repeats):
+        for k, f in ops.items():
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                f()
+            ts[k].append((time.perf_counter() - t0) / inner)
+    return ts
+
+
+def _pair(cut: str, case: str, before: list[float], after: list[float], unit: str = "s", **extra) -> list[dict]:
+    """Two table rows (before, after) with medians, ranges and the before/after ratio."""
+    ratio = statistics.median(before) / statistics.median(after)
+    return [{"cut": cut, "case": case, "variant": v, "median": statistics.median(t), "min": min(t), "max": max(t),
+             "unit": unit, "speedup": ratio, **extra} for v, t in (("before", before), ("after", after))]
+
+
+def bench_train_step(subsets: dict, K: int = 8, b: dict | None = None, steps: int = 3, repeats: int = 3) -> list[dict]:
+    """One local step of all K workers: vmap (before) vs one autograd call per worker (after)."""
+    rows = []
+    for name, sub in subsets.items():
+        bb = (b or {}).get(name, 50)
+        spec = RunSpec(K=K, tau=1, b=bb, lr=0.05, rounds=1, window=1, seed=0, checkpoints=(1,))
+        model = models.build_model(name, sub["meta"], seed=0)
+        engines = {v: SimulatedLocalSGD(model, losses.mse_onehot, sub["x_train"], sub["y_train"], spec, vectorize=v)
+                   for v in (True, False)}
+        ts = interleaved({v: (lambda e=e: [e.local_step(s) for s in range(steps)]) for v, e in engines.items()},
+                         repeats)
+        default = "vmap" if vmap_pays(model) else "per-worker"
+        before, after = [t / steps for t in ts[True]], [t / steps for t in ts[False]]
+        rows += _pair("training step: vmap -> per-worker autograd",
+                      f"{name}, K={K}, b={bb}, {torch.get_num_threads()} thread(s)", before, after,
+                      default=default, threads=torch.get_num_threads(), b=bb, K=K)
+    return rows
+
+
+def bench_removal(dims: dict[str, int], ms=(1, 2, 4, 8, 16, 28), k: int = 10, draws: int = 8,
+                  repeats: int = 3) -> list[dict]:
+    """Random-subspace removal of one checkpoint (every m of the geometry job): QR vs Gram projection."""
+    rows = []
+    for name, d in dims.items():
+        gen = torch.Generator().manual_seed(0)
+        V = torch.linalg.qr(torch.randn(d, k, generator=gen, dtype=torch.float64))[0]
+        g = torch.randn(d, generator=gen, dtype=torch.float64) + 30 * V[:, 0]
+
+        def run(method):
+            gg = torch.Generator().manual_seed(1)
+            return [random_removal_draws(g, V, m, gg, draws, method=method) for m in ms]
+
+        diff = max(float((a - b_).abs().max()) for a, b_ in zip(run("qr"), run("gram")))
+        ts = interleaved({"qr": lambda: run("qr"), "gram": lambda: run("gram")}, repeats)
+        rows += _pair("random removal: QR basis -> Gram projection", f"{name}, d={d}, m={list(ms)}, {draws} draws",
+                      ts["qr"], ts["gram"], max_abs_diff=diff)
+    return rows
+
+
+def _peak_grad_rss(path: Path, chunk: int | None) -> tuple[float, float]:
+    """(baseline, peak) RSS in MB of a fresh process computing the chunked gradient of the saved problem."""
+    out = subprocess.run([sys.executable, __file__, "peak-grad", str(path), str(chunk)], capture_output=True,
+                         text=True, check=True).stdout.split()
+    return float(out[-2]), float(out[-1])
+
+
+def bench_grad_chunk(subsets: dict, chunk: int = 256, n: int | None = None, repeats: int = 3) -> list[dict]:
+    """Full training-set gradient g: one chunk (before) vs chunks of `chunk` examples (after); time in
+    this process, peak RSS of a child process per variant."""
+    rows = []
+    for name, sub in subsets.items():
+        x, y = sub["x_train"][:n], sub["y_train"][:n]
+        model = models.build_model(name, sub["meta"], seed=0)
+        grads = {c: (lambda c=c: FullBatchHVP(model, losses.mse_onehot, x, y, chunk_size=c, cache_graph=False)
+                     .gradient()) for c in (None, chunk)}
+        diff = float((grads[None]() - grads[chunk]()).norm() / grads[None]().norm())
+        ts = interleaved({str(c): f for c, f in grads.items()}, repeats)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "problem.pt"
+            torch.save({"name": name, "meta": sub["meta"], "x": x.clone(), "y": y.clone()}, path)  # no parent storage
+            rss = {c: _peak_grad_rss(path, c) for c in (None, chunk)}
+        case = f"{name}, {len(x)} examples, chunk {chunk}"
+        rows += _pair("geometry gradient: one chunk -> chunked (time)", case, ts["None"], ts[str(chunk)],
+                      rel_diff=diff)
+        rows += _pair("geometry gradient: one chunk -> chunked (peak RSS)", case, [rss[None][1]], [rss[chunk][1]],
+                      unit="MB", baseline_mb=rss[None][0])
+    return rows
+
+
+def bench_hvp_forward_over_reverse(subsets: dict, n: dict, repeats: int = 3) -> list[dict]:
+    """Measured negative result: jvp(grad) (no stored second-order graph) vs the cached double backward."""
+    rows = []
+    for name, sub in subsets.items():
+        x, y = sub["x_train"][: n[name]], sub["y_train"][: n[name]]
+        model = models.build_model(name, sub["meta"], seed=0)
+        H = FullBatchHVP(model, losses.mse_onehot, x, y)
+        params = {k: p.detach() for k, p in model.named_parameters()}
+        v = torch.randn(H.dim, generator=torch.Generator().manual_seed(0))
+        tangent = dict(zip(params, H._split(v)))
+        grad_fn = grad(lambda p: losses.mse_onehot(functional_call(model, p, (x,)), y))
+        ts = interleaved({"cached": lambda: H.hvp(v),
+                          "fwdrev": lambda: jvp(grad_fn, (params,), (tangent,))[1]}, repeats)
+        rows += _pair("HVP: cached double backward -> forward-over-reverse (not adopted)",
+                      f"{name}, {len(x)} examples", ts["cached"], ts["fwdrev"])
+    return rows
+
+
+def _hwm_mb() -> float:
+    """This process's peak RSS (VmHWM; unlike ru_maxrss it starts afresh at exec, not at the parent's peak)."""
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+    return float(line.split()[1]) / 1024
+
+
+def _peak_grad_main(path: str, chunk: str) -> None:
+    torch.set_num_threads(1)
+    p = torch.load(path, weights_only=False)
+    model = models.build_model(p["name"], p["meta"], seed=0)
+    base = _hwm_mb()
+    FullBatchHVP(model, losses.mse_onehot, p["x"], p["y"], chunk_size=None if chunk == "None" else int(chunk),
+                 cache_graph=False).gradient()
+    print(base, _hwm_mb())
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["peak-grad"]:
+    _peak_grad_main(*sys.argv[2:4])
