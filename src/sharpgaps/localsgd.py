@@ -119,10 +119,13 @@ def vmap_pays(model: nn.Module) -> bool:
     """Whether batching the K workers with vmap beats one autograd call per worker on this model
     (a model class may say so in ``vmap_workers``; default yes).
 
-    Measured on CPU (docs/BENCHMARKS.md, "Training step per model"): vmap wins for the FC-tanh MLP,
+    Measured on CPU (docs/BENCHMARKS.md, "Cuts: before / after"): vmap wins for the FC-tanh MLP,
     but turns the CNN's per-worker convolutions into one grouped convolution at half the speed of K
     plain ones, and loses ~1.4x on the transformer. The per-worker path is the loop reference's
-    arithmetic exactly; vmap agrees with it to float rounding."""
+    arithmetic exactly; vmap agrees with it to float rounding. On a GPU, kernel-launch latency
+    favours one batched call, so vmap stays (not measured here: no GPU)."""
+    if any(p.is_cuda for p in model.parameters()):
+        return True
     return bool(getattr(model, "vmap_workers", True))
 
 
