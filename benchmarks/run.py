@@ -146,11 +146,20 @@ def dag_section(workdir: Path) -> tuple[str, list[dict]]:
     return "\n".join(lines), rows
 
 
+def _venv_env(**extra) -> dict:
+    """The environment jobs need: they call `python -m sharpgaps.cli`, so this interpreter's bin/ goes first
+    on PATH (as `make all` does)."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
+
+
 def snakemake_section(quick: bool) -> tuple[str, list[dict]]:
     """Dry-run time of the paper config and a one-figure rebuild (exactly one job) on a finished run."""
     def timed(args, cwd=REPO):
         t0 = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "snakemake", *args], capture_output=True, text=True, cwd=cwd)
+        out = subprocess.run([sys.executable, "-m", "snakemake", *args], capture_output=True, text=True, cwd=cwd,
+                             env=_venv_env())
+        if out.returncode != 0:  # a failed job's outputs are deleted by Snakemake: never time a failure
+            raise RuntimeError(f"snakemake {' '.join(args)} failed:\n{out.stderr[-3000:]}")
         return time.perf_counter() - t0, out
 
     repeats = 1 if quick else 3
@@ -260,8 +269,7 @@ def smoke_dag_section(quick: bool, data_dir: Path, manifest: Path) -> tuple[str,
     target = "results/data/mnist/subset_n1000_s0_test500.pt" if quick else "all"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "SHARPGAPS_DATA_DIR": str(data_dir),
-               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        env = _venv_env(SHARPGAPS_DATA_DIR=str(data_dir))
         t0 = time.perf_counter()
         out = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", tmp,
                               "--cores", "2", target, "--configfile", str(REPO / ".test/config.yaml")],
