@@ -155,3 +155,18 @@ def test_cli_job_on_read_only_output_fails_cleanly(tiny_mount, data_dir):
     assert proc.returncode == 2, proc.stderr
     assert f"error: cannot write {disk / 'subset.pt'}" in proc.stderr and "Traceback" not in proc.stderr
     assert _no_leftovers(disk) == []
+
+
+def test_publishing_checkpoints_onto_a_full_disk_fails_cleanly(tiny_mount, tmp_path):
+    """The train step's last move (work dir -> declared outputs) on a full disk: one error naming
+    the output dir, and no half-published checkpoint directory or temp file."""
+    from sharpgaps.cli import _publish
+
+    work = tmp_path / "work"
+    save_torch(_payload(), work / "ckpt" / "r000001.pt")  # ~200 KB: cannot fit in 64 KiB
+    for name in ("metrics.csv", "rounds.csv"):
+        save_frame(_table().head(3), work / name)
+    out = tiny_mount("rw") / "run"
+    with pytest.raises(OutputWriteError, match=f"cannot write {out} .*disk is full"):
+        _publish(work, out, [work / "ckpt" / "r000001.pt"])
+    assert _no_leftovers(out) == []

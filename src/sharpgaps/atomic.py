@@ -51,17 +51,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield Path(tmp)
         os.replace(tmp, path)
     except OSError as exc:
-        if isinstance(exc, OutputWriteError) or exc.errno not in _WRITE_ERRNOS:
-            raise
-        hint = "the disk is full: free space" if exc.errno == errno.ENOSPC else "make the directory writable"
-        raise OutputWriteError(exc.errno, f"cannot write {path} ({os.strerror(exc.errno)}): {hint}, then rerun; "
-                                          f"no partial file was left") from exc
+        raise write_error(exc, path) from exc
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG}
+
+
+def write_error(exc: OSError, path) -> OSError:
+    """The one-line OutputWriteError for a full disk or an unwritable place; other errors unchanged."""
+    if isinstance(exc, OutputWriteError) or exc.errno not in _WRITE_ERRNOS:
+        return exc
+    hint = "the disk is full: free space" if exc.errno == errno.ENOSPC else "make the directory writable"
+    return OutputWriteError(exc.errno, f"cannot write {path} ({os.strerror(exc.errno)}): {hint}, then rerun; "
+                                       f"no partial file was left")
 
 
 def write_bytes(data: bytes, path: str | os.PathLike) -> None:

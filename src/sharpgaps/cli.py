@@ -50,20 +50,31 @@ def resolve_device(name: str):
 
 def _publish(work_dir: Path, out_dir: Path, ckpts: list[Path]) -> None:
     """Expose finished files as the declared outputs: the ckpt dir appears whole (rename) or not at all."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".ckpt.", dir=out_dir))
-    for src in ckpts:
-        try:
-            os.link(src, staging / src.name)
-        except OSError:
-            shutil.copy2(src, staging / src.name)
-    final = out_dir / "ckpt"
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(staging, final)
-    for name in ("metrics.csv", "rounds.csv"):
-        shutil.copy2(work_dir / name, out_dir / f".{name}.tmp")
-        os.replace(out_dir / f".{name}.tmp", out_dir / name)
+    from .atomic import write_error
+
+    staging = None
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".ckpt.", dir=out_dir))
+        for src in ckpts:
+            try:
+                os.link(src, staging / src.name)
+            except OSError:
+                shutil.copy2(src, staging / src.name)
+        final = out_dir / "ckpt"
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        staging = None
+        for name in ("metrics.csv", "rounds.csv"):
+            shutil.copy2(work_dir / name, out_dir / f".{name}.tmp")
+            os.replace(out_dir / f".{name}.tmp", out_dir / name)
+    except OSError as exc:  # full disk / unwritable: one line naming the place, no half-published files
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        for name in ("metrics.csv", "rounds.csv"):
+            (out_dir / f".{name}.tmp").unlink(missing_ok=True)
+        raise write_error(exc, out_dir) from exc
 
 
 def cmd_train(a) -> None:
