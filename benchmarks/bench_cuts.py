@@ -16,7 +16,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -27,19 +26,7 @@ from sharpgaps.hessian import FullBatchHVP
 from sharpgaps.localsgd import RunSpec, SimulatedLocalSGD, vmap_pays
 from sharpgaps.metrics import random_removal_draws
 
-
-def interleaved(ops: dict, repeats: int, inner: int = 1) -> dict[str, list[float]]:
-    """Seconds per call of each op, round-robin over repeats (after one warm-up call each)."""
-    for f in ops.values():
-        f()
-    ts = {k: [] for k in ops}
-    for _ in range(repeats):
-        for k, f in ops.items():
-            t0 = time.perf_counter()
-            for _ in range(inner):
-                f()
-            ts[k].append((time.perf_counter() - t0) / inner)
-    return ts
+from bench_hessian import interleaved_times  # benchmarks/ is on sys.path (run.py, or run as a script)
 
 
 def _pair(cut: str, case: str, before: list[float], after: list[float], unit: str = "s", **extra) -> list[dict]:
@@ -58,7 +45,7 @@ def bench_train_step(subsets: dict, K: int = 8, b: dict | None = None, steps: in
         model = models.build_model(name, sub["meta"], seed=0)
         engines = {v: SimulatedLocalSGD(model, losses.mse_onehot, sub["x_train"], sub["y_train"], spec, vectorize=v)
                    for v in (True, False)}
-        ts = interleaved({v: (lambda e=e: [e.local_step(s) for s in range(steps)]) for v, e in engines.items()},
+        ts = interleaved_times({v: (lambda e=e: [e.local_step(s) for s in range(steps)]) for v, e in engines.items()},
                          repeats)
         default = "vmap" if vmap_pays(model) else "per-worker"
         before, after = [t / steps for t in ts[True]], [t / steps for t in ts[False]]
@@ -82,7 +69,7 @@ def bench_removal(dims: dict[str, int], ms=(1, 2, 4, 8, 16, 28), k: int = 10, dr
             return [random_removal_draws(g, V, m, gg, draws, method=method) for m in ms]
 
         diff = max(float((a - b_).abs().max()) for a, b_ in zip(run("qr"), run("gram")))
-        ts = interleaved({"qr": lambda: run("qr"), "gram": lambda: run("gram")}, repeats)
+        ts = interleaved_times({"qr": lambda: run("qr"), "gram": lambda: run("gram")}, repeats)
         rows += _pair("random removal: QR basis -> Gram projection", f"{name}, d={d}, m={list(ms)}, {draws} draws",
                       ts["qr"], ts["gram"], max_abs_diff=diff)
     return rows
@@ -105,7 +92,7 @@ def bench_grad_chunk(subsets: dict, chunk: int = 256, n: int | None = None, repe
         grads = {c: (lambda c=c: FullBatchHVP(model, losses.mse_onehot, x, y, chunk_size=c, cache_graph=False)
                      .gradient()) for c in (None, chunk)}
         diff = float((grads[None]() - grads[chunk]()).norm() / grads[None]().norm())
-        ts = interleaved({str(c): f for c, f in grads.items()}, repeats)
+        ts = interleaved_times({str(c): f for c, f in grads.items()}, repeats)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "problem.pt"
             torch.save({"name": name, "meta": sub["meta"], "x": x.clone(), "y": y.clone()}, path)  # no parent storage
@@ -129,7 +116,7 @@ def bench_hvp_forward_over_reverse(subsets: dict, n: dict, repeats: int = 3) -> 
         v = torch.randn(H.dim, generator=torch.Generator().manual_seed(0))
         tangent = dict(zip(params, H._split(v)))
         grad_fn = grad(lambda p: losses.mse_onehot(functional_call(model, p, (x,)), y))
-        ts = interleaved({"cached": lambda: H.hvp(v),
+        ts = interleaved_times({"cached": lambda: H.hvp(v),
                           "fwdrev": lambda: jvp(grad_fn, (params,), (tangent,))[1]}, repeats)
         rows += _pair("HVP: cached double backward -> forward-over-reverse (not adopted)",
                       f"{name}, {len(x)} examples", ts["cached"], ts["fwdrev"])

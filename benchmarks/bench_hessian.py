@@ -64,8 +64,8 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _interleaved_times(ops: dict[str, Callable[[], object]], repeats: int
-                       ) -> dict[str, list[float]]:
+def interleaved_times(ops: dict[str, Callable[[], object]], repeats: int
+                      ) -> dict[str, list[float]]:
     """Round-robin timing (op1, op2, op3, op1, ...) so background load hits every op alike."""
     for f in ops.values():
         f()  # warm-up (allocator, first-call overhead)
@@ -102,7 +102,7 @@ def bench_hvp_cost(model, loss_fn, x, y, repeats: int = 7, chunk_size: int | Non
     common = dict(n=x.shape[0], dim=cached.dim, chunk_size=chunk_size, repeats=repeats,
                   threads=torch.get_num_threads(), device=str(x.device))
     rows = [dict(op="cached_graph_build", median_s=build, min_s=build, max_s=build, **common)]
-    for name, ts in _interleaved_times(ops, repeats).items():
+    for name, ts in interleaved_times(ops, repeats).items():
         rows.append(dict(op=name, median_s=statistics.median(ts), min_s=min(ts), max_s=max(ts),
                          **common))
     g = rows[1]["median_s"]

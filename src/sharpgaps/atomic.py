@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -118,7 +119,7 @@ def save_torch(obj: dict, path: str | os.PathLike) -> None:
     write_bytes(buf.getvalue(), path)
 
 
-def load_torch(path: str | os.PathLike, map_location="cpu") -> dict:
+def load_torch(path: str | os.PathLike) -> dict:
     """Load a file written by :func:`save_torch`; raise CorruptFileError if it fails its digest."""
     path = Path(path)
     if not path.exists():
@@ -132,19 +133,19 @@ def load_torch(path: str | os.PathLike, map_location="cpu") -> dict:
     want = obj.pop(DIGEST_KEY)
     if content_digest(obj) != want:
         raise _corrupt(path, "content digest mismatch")
-    if map_location != "cpu":
-        obj = _to(obj, map_location)
     return obj
 
 
-def _to(obj, device):
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to(v, device) for v in obj)
-    return obj
+def load_recomputable(path: str | os.PathLike, what: str, log=sys.stderr) -> dict | None:
+    """A file that only saves work (resume state, cache): None if absent or corrupt (with a warning),
+    so the caller recomputes instead of trusting bad bytes."""
+    if not Path(path).exists():
+        return None
+    try:
+        return load_torch(path)
+    except CorruptFileError as exc:
+        print(f"{what}: corrupt file ignored, recomputing: {exc}", file=log)
+        return None
 
 
 def save_json(obj: Any, path: str | os.PathLike) -> None:

@@ -20,7 +20,7 @@ import torch
 
 from . import gaps as gap_mod
 from . import metrics as M
-from .atomic import CorruptFileError, load_torch, save_torch
+from .atomic import load_recomputable, load_torch, save_torch
 from .hessian import FullBatchHVP, top_eigenpairs
 from .localsgd import unflatten
 
@@ -112,17 +112,6 @@ def checkpoint_geometry(ckpt: dict, model, loss_fn, x, y, spec: GeometrySpec, v0
     return rows, eig.vectors
 
 
-def _cached(cache: Path) -> dict | None:
-    """A finished checkpoint's cached result; a corrupt cache is only a lost shortcut, so recompute."""
-    if not cache.exists():
-        return None
-    try:
-        return load_torch(cache)
-    except CorruptFileError as exc:
-        print(f"ignoring corrupt cache (recomputing): {exc}", file=sys.stderr)
-        return None
-
-
 def run_geometry(ckpt_paths: list[Path], model, loss_fn, x, y, spec: GeometrySpec, work_dir: Path,
                  log=sys.stderr) -> pd.DataFrame:
     """Process checkpoints in round order with warm starts; cache each finished one in ``work_dir``."""
@@ -132,7 +121,7 @@ def run_geometry(ckpt_paths: list[Path], model, loss_fn, x, y, spec: GeometrySpe
         cache = work_dir / f"{Path(path).stem}.geom.pt"
         ckpt = load_torch(path)
         key = hashlib.sha256(ckpt["theta"].numpy().tobytes()).hexdigest()[:16]  # stale if training changed
-        done = _cached(cache)
+        done = load_recomputable(cache, "geometry cache")
         if done is not None and done.get("key") == key:
             rows, vecs, run = done["rows"], done["vectors"], done["run"]
         else:

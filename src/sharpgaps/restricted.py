@@ -24,10 +24,10 @@ import torch
 from tqdm import tqdm
 
 from . import gaps as gap_mod
-from .atomic import load_torch, save_frame, save_torch
+from .atomic import load_recomputable, save_frame, save_torch
 from .hessian import FullBatchHVP, top_eigenpairs
 from .localsgd import RunSpec, SimulatedLocalSGD, evaluate, unflatten
-from .training import check_finite, load_resume_state
+from .training import check_finite
 
 MODES = ("none", "dom", "bulk", "gapdom", "gapbulk")
 PROBE_STREAM = 0x9B0BE  # probe rounds draw batches from their own seed stream
@@ -129,7 +129,7 @@ def restricted_run(model, loss_fn, subset: dict, branch: dict, run: RunSpec, spe
     step0 = branch_round * run.tau
     state_file = work_dir / "state.pt"
     ctl = Restricted(spec, model, loss_fn, x, y, run)
-    st = load_resume_state(state_file, name) if state_file.exists() else None
+    st = load_recomputable(state_file, f"[{name}] resume state")
     if st is not None:
         theta = st["theta"]
         ctl.basis, ctl.n_hvp, ctl.probe_steps = st["basis"], st["n_hvp"], st["probe_steps"]

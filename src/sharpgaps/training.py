@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .atomic import CorruptFileError, load_torch, save_frame, save_torch
+from .atomic import load_recomputable, save_frame, save_torch
 from .localsgd import RunSpec, SimulatedLocalSGD, evaluate, flatten
 
 CKPT_FORMAT = 1
@@ -75,8 +75,8 @@ def train_run(model, loss_fn, subset: dict, spec: RunSpec, work_dir: str | Path,
 
     state_file = work_dir / "state.pt"
     state = None
-    if resume and state_file.exists():
-        state = load_resume_state(state_file, run_name)
+    if resume:
+        state = load_recomputable(state_file, f"[{run_name}] resume state")
         if state is not None and state["digest"] != digest:
             print(f"[{run_name}] stale resume state (different spec) ignored: {state_file}", file=sys.stderr)
             state = None
@@ -121,15 +121,6 @@ def train_run(model, loss_fn, subset: dict, spec: RunSpec, work_dir: str | Path,
     save_frame(pd.DataFrame(state["ckpts"]), work_dir / "metrics.csv")
     save_frame(pd.DataFrame(state["rounds"]), work_dir / "rounds.csv")
     return [ckpt_path(work_dir, c) for c in checkpoints]
-
-
-def load_resume_state(state_file: Path, run_name: str) -> dict | None:
-    """The saved resume state, or None (start over) if it fails its digest: never resume from bad bytes."""
-    try:
-        return load_torch(state_file)
-    except CorruptFileError as exc:
-        print(f"[{run_name}] corrupt resume state ignored, restarting from round 0: {exc}", file=sys.stderr)
-        return None
 
 
 def engine_theta(engine) -> dict[str, torch.Tensor]:
