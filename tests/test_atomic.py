@@ -170,3 +170,18 @@ def test_publishing_checkpoints_onto_a_full_disk_fails_cleanly(tiny_mount, tmp_p
     with pytest.raises(OutputWriteError, match=f"cannot write {out} .*disk is full"):
         _publish(work, out, [work / "ckpt" / "r000001.pt"])
     assert _no_leftovers(out) == []
+
+
+def test_recomputable_files_fall_back_to_recomputing(tmp_path):
+    """Resume states and caches only save work: absent or corrupt -> None (recompute), with a warning."""
+    import io
+
+    from sharpgaps.atomic import load_recomputable
+
+    path, log = tmp_path / "state.pt", io.StringIO()
+    assert load_recomputable(path, "resume state", log) is None
+    save_torch(_payload(), path)
+    assert load_recomputable(path, "resume state", log)["round"] == 7
+    _flip(path, 0.5)
+    assert load_recomputable(path, "resume state", log) is None
+    assert f"resume state: corrupt file ignored, recomputing: {path}" in log.getvalue()
