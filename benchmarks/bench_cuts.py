@@ -4,8 +4,8 @@ Every "before" is the previous code path, still callable through a flag:
   - training step: SimulatedLocalSGD(vectorize=True) (vmap over workers) vs the per-worker default;
   - geometry gradient g: FullBatchHVP(chunk_size=None) (one chunk) vs geometry.grad_chunk_size;
   - random-subspace removal: metrics.random_removal_draws(method="qr") vs "gram";
-  - and one measured negative result: forward-over-reverse HVP (torch.func.jvp of grad) vs the
-    cached double-backward HVP the project uses.
+  - and two measured negative results: forward-over-reverse HVP (torch.func.jvp of grad) vs the
+    cached double-backward HVP the project uses, and channels_last memory format for the CNN.
 Peak memory needs a fresh process per variant (ru_maxrss only grows): `python bench_cuts.py
 peak-grad FILE CHUNK` is that child.
 """
@@ -120,6 +120,44 @@ def bench_hvp_forward_over_reverse(subsets: dict, n: dict, repeats: int = 3) -> 
                           "fwdrev": lambda: jvp(grad_fn, (params,), (tangent,))[1]}, repeats)
         rows += _pair("HVP: cached double backward -> forward-over-reverse (not adopted)",
                       f"{name}, {len(x)} examples", ts["cached"], ts["fwdrev"])
+    return rows
+
+
+def bench_channels_last(sub: dict, n: int, b: int = 50, repeats: int = 3) -> list[dict]:
+    """Measured negative result: the CNN in channels_last memory format (default contiguous NCHW) for a
+    minibatch gradient (one worker's local step), the full-batch gradient and a cached-graph HVP. The
+    float32 gradient's relative error against float64 is reported for both formats."""
+    x, y = sub["x_train"][:n], sub["y_train"][:n]
+    cl = torch.channels_last
+
+    def setup(fmt, dtype=torch.float32):
+        m = models.build_model("cnn_relu", sub["meta"], seed=0).to(dtype=dtype, memory_format=fmt)
+        return m, x.to(dtype).contiguous(memory_format=fmt)
+
+    def full_grad(fmt, dtype=torch.float32):
+        m, xx = setup(fmt, dtype)
+        return FullBatchHVP(m, losses.mse_onehot, xx, y, cache_graph=False).gradient().double()
+
+    exact = full_grad(torch.contiguous_format, torch.float64)
+    err = {f: float((full_grad(f) - exact).norm() / exact.norm()) for f in (torch.contiguous_format, cl)}
+    ops, v = {}, None
+    for f in (torch.contiguous_format, cl):
+        m, xx = setup(f)
+        H = FullBatchHVP(m, losses.mse_onehot, xx, y)
+        v = torch.randn(H.dim, generator=torch.Generator().manual_seed(0)) if v is None else v
+        H.gradient()  # build the cached graph outside the timing
+        params = list(m.parameters())
+        ops[f, "step"] = lambda m=m, xx=xx, p=params: torch.autograd.grad(
+            losses.mse_onehot(m(xx[:b]), y[:b]), p)
+        ops[f, "grad"] = lambda m=m, xx=xx: FullBatchHVP(m, losses.mse_onehot, xx, y, cache_graph=False).gradient()
+        ops[f, "hvp"] = lambda H=H: H.hvp(v)
+    ts = interleaved_times(ops, repeats)
+    rows = []
+    for op, case in (("step", f"minibatch gradient, b={b}"), ("grad", f"full-batch gradient, {n} examples"),
+                     ("hvp", f"cached-graph HVP, {n} examples")):
+        rows += _pair("CNN memory format: NCHW -> channels_last (not adopted)", f"cnn_relu, {case}",
+                      ts[torch.contiguous_format, op], ts[cl, op],
+                      f32_err_before=err[torch.contiguous_format], f32_err_after=err[cl])
     return rows
 
 

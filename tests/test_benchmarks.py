@@ -25,9 +25,17 @@ def test_benchmark_script_produces_every_table(tmp_path):
     assert {(r["solver"], r["start"]) for r in rows["eigensolver"]} >= {("eigsh", "cold"), ("eigsh", "warm"),
                                                                         ("power_oracle", "cold")}
     assert all(r["n_hvp"] > 0 for r in rows["eigensolver"])
+    # cold and warm eigsh at both checkpoints, each at a gapped and an ungapped k (measured gap)
+    eig = [r for r in rows["eigensolver"] if r["solver"] == "eigsh"]
+    assert {(r["checkpoint"], r["spectrum"], r["start"]) for r in eig} == {
+        (c, g, s) for c in ("init", "trained") for g in ("gapped", "ungapped") for s in ("cold", "warm")}
+    for c in ("init", "trained"):
+        gap = {r["spectrum"]: r["rel_gap"] for r in eig if r["checkpoint"] == c}
+        assert gap["gapped"] > 10 * gap["ungapped"] > 0
     # every cut: a before and an after row, positive medians
     cuts = rows["cuts"]
-    assert {r["cut"].split(":")[0] for r in cuts} == {"training step", "geometry gradient", "random removal", "HVP"}
+    assert {r["cut"].split(":")[0] for r in cuts} == {"training step", "geometry gradient", "random removal", "HVP",
+                                                         "CNN memory format"}
     assert [r["variant"] for r in cuts] == ["before", "after"] * (len(cuts) // 2)
     assert all(r["median"] > 0 and r["speedup"] > 0 for r in cuts)
     assert {r["case"].split(",")[0] for r in cuts if r["cut"].startswith("training step")} == {
