@@ -4,6 +4,7 @@ Every "before" is the previous code path, still callable through a flag:
   - training step: SimulatedLocalSGD(vectorize=True) (vmap over workers) vs the per-worker default;
   - geometry gradient g: FullBatchHVP(chunk_size=None) (one chunk) vs geometry.grad_chunk_size;
   - random-subspace removal: metrics.random_removal_draws(method="qr") vs "gram";
+  - Lanczos working precision: top_eigenpairs(dtype=float64) vs float32 (geometry.lanczos_dtype);
   - and two measured negative results: forward-over-reverse HVP (torch.func.jvp of grad) vs the
     cached double-backward HVP the project uses, and channels_last memory format for the CNN.
 Peak memory needs a fresh process per variant (ru_maxrss only grows): `python bench_cuts.py
@@ -13,16 +14,18 @@ peak-grad FILE CHUNK` is that child.
 from __future__ import annotations
 
 import statistics
+import time
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.func import functional_call, grad, jvp
 
 from sharpgaps import losses, models
-from sharpgaps.hessian import FullBatchHVP
+from sharpgaps.hessian import FullBatchHVP, top_eigenpairs
 from sharpgaps.localsgd import RunSpec, SimulatedLocalSGD, vmap_pays
 from sharpgaps.metrics import random_removal_draws
 
@@ -72,6 +75,26 @@ def bench_removal(dims: dict[str, int], ms=(1, 2, 4, 8, 16, 28), k: int = 10, dr
         ts = interleaved_times({"qr": lambda: run("qr"), "gram": lambda: run("gram")}, repeats)
         rows += _pair("random removal: QR basis -> Gram projection", f"{name}, d={d}, m={list(ms)}, {draws} draws",
                       ts["qr"], ts["gram"], max_abs_diff=diff)
+    return rows
+
+
+def bench_lanczos_dtype(subsets: dict, n: dict, k: dict, repeats: int = 3) -> list[dict]:
+    """One top-k solve (the geometry job's, same seeded start): ARPACK in float64 (before) vs float32."""
+    rows = []
+    for name, sub in subsets.items():
+        x, y = sub["x_train"][: n[name]], sub["y_train"][: n[name]]
+        H = FullBatchHVP(models.build_model(name, sub["meta"], seed=0), losses.mse_onehot, x, y)
+        H.gradient()  # build the cached graph outside the timing
+        ts, out = {np.float64: [], np.float32: []}, {}
+        for _ in range(repeats):  # interleaved; eigsh's own clock, so the residual HVPs are not counted
+            for dt in ts:
+                out[dt] = top_eigenpairs(H, k=k[name], tol=1e-3, dtype=dt, compute_residuals=False)
+                ts[dt].append(out[dt].seconds)
+        a, b = out[np.float64], out[np.float32]
+        m = min(len(a.values), len(b.values))
+        rows += _pair("Lanczos working precision: float64 -> float32", f"{name}, {len(x)} examples, k={k[name]}",
+                      ts[np.float64], ts[np.float32], hvps=f"{a.n_hvp} / {b.n_hvp}",
+                      max_rel_diff=float(np.max(np.abs(a.values[:m] - b.values[:m]) / np.abs(a.values[:m]))))
     return rows
 
 

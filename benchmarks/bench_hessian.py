@@ -204,6 +204,10 @@ def bench_eigensolvers(model, loss_fn, x, y, k: int = 10, tol: float = 1e-3, ref
                 lambda_1=float(ref.values[0]), lambda_k=lam_k, lambda_k1=lam_k1,
                 rel_gap=(lam_k - lam_k1) / abs(lam_k))
     Vprev = torch.from_numpy(prevA.vectors).to(dtype)
+    # one bare HVP (median of 5): eigsh's time beyond n_hvp of these is ARPACK + the per-step
+    # numpy <-> torch round trip, i.e. what fusing the Lanczos loop into torch could save at most
+    v = torch.randn(HB.dim, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    base["hvp_s"] = statistics.median(interleaved_times({"hvp": lambda: HB.hvp(v)}, 5)["hvp"])
 
     for start, v0 in [("cold", None), ("warm", prevA.vectors)]:
         ep = top_eigenpairs(HB, k=k, tol=tol, v0=v0, ncv=ncv)

@@ -124,8 +124,11 @@ def eig_section(subset, quick: bool) -> tuple[str, list[dict]]:
         lines.append(f"| {r['checkpoint']} | {r['k']} ({r['spectrum']}) | {r['rel_gap']:.3f} | {r['solver']} | "
                      f"{r['start']} | {r['stop']} | {r['n_hvp']} | {r['max_rel_err']:.1e} | "
                      f"{r['sin_angle']:.1e} | {r['converged']} | {r['seconds']:.2f} |")
-    lines += ["", "HVPs at equal accuracy (power_oracle at eigsh's error / eigsh):", "",
-              "| checkpoint | k | start | eigsh HVPs | power HVPs | ratio |", "|---|---:|---|---:|---:|---:|"]
+    lines += ["", "HVPs at equal accuracy (power_oracle at eigsh's error / eigsh), and eigsh's time beyond its "
+              "HVPs (ARPACK's own work plus the numpy <-> torch round trip of every Lanczos step: the most that "
+              "fusing the solver loop into torch could save; 1 HVP = median of 5 bare products):", "",
+              "| checkpoint | k | start | eigsh HVPs | power HVPs | ratio | eigsh s | 1 HVP s | beyond HVPs |",
+              "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if r["solver"] != "eigsh":
             continue
@@ -133,7 +136,8 @@ def eig_section(subset, quick: bool) -> tuple[str, list[dict]]:
                  and all(q[c] == r[c] for c in ("checkpoint", "k", "start")))
         bound = "" if p["converged"] else " (lower bound)"
         lines.append(f"| {r['checkpoint']} | {r['k']} ({r['spectrum']}) | {r['start']} | {r['n_hvp']} | "
-                     f"{p['n_hvp']}{bound} | {p['n_hvp'] / r['n_hvp']:.0f}x |")
+                     f"{p['n_hvp']}{bound} | {p['n_hvp'] / r['n_hvp']:.0f}x | {r['seconds']:.2f} | "
+                     f"{r['hvp_s']:.4f} | {max(0.0, 1 - r['n_hvp'] * r['hvp_s'] / r['seconds']):.0%} |")
     return "\n".join(lines), rows
 
 
@@ -221,8 +225,8 @@ def _med(r: dict, unit: str) -> str:
 
 def cuts_section(subsets: dict, quick: bool) -> tuple[str, list[dict]]:
     """Before/after pairs of every performance cut (benchmarks/bench_cuts.py), side by side."""
-    from bench_cuts import (bench_channels_last, bench_grad_chunk, bench_hvp_forward_over_reverse, bench_removal,
-                            bench_train_step)
+    from bench_cuts import (bench_channels_last, bench_grad_chunk, bench_hvp_forward_over_reverse,
+                            bench_lanczos_dtype, bench_removal, bench_train_step)
 
     from sharpgaps import models
 
@@ -238,6 +242,11 @@ def cuts_section(subsets: dict, quick: bool) -> tuple[str, list[dict]]:
             for name, sub in subsets.items()}
     rows += bench_removal(dims, ms=(1, 2, 4) if quick else (1, 2, 4, 8, 16, 28), draws=2 if quick else 8,
                           repeats=reps)
+    # the quick-scale geometry solves: Hessian examples and k + extra eigenpairs per setting
+    rows += bench_lanczos_dtype(subsets, n={"fc_tanh": 100, "cnn_relu": 16, "transformer": 8} if quick else
+                                {"fc_tanh": 5000, "cnn_relu": 256, "transformer": 128},
+                                k={"fc_tanh": 8, "cnn_relu": 4, "transformer": 4} if quick else
+                                {"fc_tanh": 20, "cnn_relu": 12, "transformer": 12}, repeats=reps)
     rows += bench_hvp_forward_over_reverse(big, n={"cnn_relu": 8 if quick else 256,
                                                    "transformer": 4 if quick else 128}, repeats=reps)
     rows += bench_channels_last(subsets["cnn_relu"], n=16 if quick else 1000, b=4 if quick else 50, repeats=reps)
@@ -245,13 +254,14 @@ def cuts_section(subsets: dict, quick: bool) -> tuple[str, list[dict]]:
              "Each pair measured side by side in this process (interleaved repeats; peak RSS from one fresh "
              "process per variant). `before` is the previous code path, still selectable: "
              "`SimulatedLocalSGD(vectorize=True)`, `geometry.grad_chunk_size: null`, "
-             "`random_removal_draws(method=\"qr\")`. Speedup = before / after (medians). Results change only "
+             "`random_removal_draws(method=\"qr\")`, `geometry.lanczos_dtype: float64`. Speedup = before / after (medians). Results change only "
              "at float rounding (docs/FIDELITY.md); the per-worker engine is the loop reference bit for bit.", "",
              "| cut | case | before | after | speedup | note |", "|---|---|---:|---:|---:|---|"]
     for i in range(0, len(rows), 2):
         bef, aft = rows[i], rows[i + 1]
         note = ", ".join(f"{k} {v:.1e}" if isinstance(v, float) else f"{k} {v}" for k, v in bef.items()
-                         if k in ("max_abs_diff", "rel_diff", "default", "baseline_mb", "f32_err_before", "f32_err_after"))
+                         if k in ("max_abs_diff", "max_rel_diff", "rel_diff", "default", "baseline_mb", "hvps",
+                                                   "f32_err_before", "f32_err_after"))
         lines.append(f"| {bef['cut']} | {bef['case']} | {_med(bef, bef['unit'])} | {_med(aft, aft['unit'])} | "
                      f"{bef['speedup']:.2f}x | {note} |")
     steps = [r for r in rows if r["cut"].startswith("training step")]
@@ -276,6 +286,10 @@ def cuts_section(subsets: dict, quick: bool) -> tuple[str, list[dict]]:
               "(48 HVPs) + random-subspace removal 26 s (of which QR 17 s) + the training-set gradient g 25 s "
               "(one 5,000-example graph: the 6.4 GB peak). The per-worker engine is the default for the CNN and "
               "transformer only (`vmap_workers = False`); FC-tanh keeps vmap, which wins there. "
+              "The Lanczos rows come from profiling eigsh with a near-free operator: ARPACK's own work per step "
+              "(reorthogonalising against its d x ncv basis, memory-bound) took 17-25 ms at d=199k in float64, "
+              "as much as the MLP's 5,000-example HVP itself; a float32 basis halves the bytes and adopts the "
+              "HVPs' own precision (`lanczos_dtype`, docs/FIDELITY.md). "
               "Forward-over-reverse HVP (last rows) is slower than the cached double backward, so it was not "
               "adopted: a measured negative result. So is channels_last for the CNN (`CNN memory format` rows): "
               "whatever it gains (speedup column), its float32 gradient is further from the float64 one "

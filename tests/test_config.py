@@ -75,6 +75,7 @@ BAD = [
     ("geometry.m_list", [1, 500], "geometry.m_list", "allowed: 1..14"),
     ("restricted.gap_m", 50, "restricted.gap_m", "gap_m <= (K-1)*gap_window"),
     ("restricted.tol", 0.9, "restricted.tol", "maximum of 0.5"),
+    ("geometry.lanczos_dtype", "float16", "geometry.lanczos_dtype", "['float32', 'float64']"),
     ("restricted.modes", ["dom", "sideways"], "restricted.modes.1", "'gapdom', 'gapbulk'"),
     ("theory.taus", [], "theory.taus", "at least 1 item"),
     ("device", "tpu", "device", "['auto', 'cpu', 'cuda']"),

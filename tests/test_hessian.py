@@ -100,6 +100,19 @@ def test_eigsh_warm_start_and_default_tol(setup):
     assert warm.n_hvp <= cold.n_hvp
 
 
+def test_float32_working_precision_keeps_eigenpairs(setup):
+    """ARPACK in float32 (the pipeline's lanczos_dtype): float64 results back, eigenvalues at float32
+    precision, the same subspace."""
+    model, x, y, _, _, Hd, _ = setup
+    w, Q = np.linalg.eigh(Hd)
+    w, Q = w[::-1], Q[:, ::-1]
+    H = FullBatchHVP(model, mse, x, y)
+    ep = top_eigenpairs(H, k=K_EIG, tol=1e-5, dtype=np.float32)
+    assert ep.converged and ep.values.dtype == np.float64 and ep.vectors.dtype == np.float64
+    np.testing.assert_allclose(ep.values, w[:K_EIG], rtol=1e-5)
+    assert _sin_max_angle(Q[:, :K_EIG], ep.vectors) < 1e-3
+
+
 def test_callable_hvp_known_spectrum():
     d, k = 300, 5
     rng = np.random.default_rng(0)

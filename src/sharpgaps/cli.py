@@ -139,7 +139,8 @@ def cmd_restricted(a) -> None:
     branch = load_torch(Path(a.ckpt_dir) / f"r{r['branch_round']:06d}.pt")
     rs = RestrictSpec(mode=a.mode, rounds=r["rounds"], refresh=r["refresh"], eval_every=r["eval_every"],
                       k=subset["meta"]["n_classes"], m=r.get("gap_m"), window=r["gap_window"], tol=r["tol"],
-                      hessian_examples=r.get("hessian_examples"))
+                      hessian_examples=r.get("hessian_examples"),
+                      lanczos_dtype=r.get("lanczos_dtype", RestrictSpec.lanczos_dtype))
     df = restricted_run(model, losses.get_loss(run["loss"]), subset, branch, spec, rs, a.work_dir,
                         name=f"{a.name}:{a.mode}", resume_every_s=a.resume_every_s)
     for key in ("setting", "K", "tau", "b", "lr", "seed"):

@@ -44,6 +44,7 @@ class GeometrySpec:
     random_draws: int = 8
     cos_top: int = 20  # gap directions in the squared-cosine matrix
     warm_start: bool = True
+    lanczos_dtype: str = "float32"  # ARPACK working precision (hessian.top_eigenpairs)
     seed: int = 0
 
 
@@ -65,7 +66,7 @@ def checkpoint_geometry(ckpt: dict, model, loss_fn, x, y, spec: GeometrySpec, v0
     n_eig = spec.k + spec.extra
     # A cold start is a seeded random vector (ARPACK's own changes between calls in one process).
     eig = top_eigenpairs(hvp, k=n_eig, tol=spec.tol, v0=v0 if spec.warm_start else None,
-                         seed=spec.seed * 7919 + int(ckpt["round"]))
+                         dtype=np.dtype(spec.lanczos_dtype), seed=spec.seed * 7919 + int(ckpt["round"]))
     hvp.release()
     dev = g.device
     V = torch.from_numpy(eig.vectors[:, : spec.k]).to(dev)

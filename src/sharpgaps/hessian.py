@@ -219,10 +219,12 @@ def top_eigenpairs(hvp: FullBatchHVP | Callable[[Tensor], Tensor], dim: int | No
                    compute_residuals: bool = True, seed: int = 0) -> Eigenpairs:
     """Top-k (largest algebraic, 'LA') eigenpairs of the Hessian via scipy eigsh (ARPACK).
 
-    dtype is ARPACK's working precision. float64 (default): Lanczos orthogonality and the
-    Ritz values then do not degrade beyond the HVP's own precision; the cost is converting
-    a d-vector per product, negligible next to an HVP. The HVP itself runs in the model's
-    dtype (float32 in practice, whose ~1e-7 relative noise is far below tol=1e-3).
+    dtype is ARPACK's working precision (its d x ncv Lanczos basis and reorthogonalisation).
+    float64 (default) keeps the Ritz values at the HVP's own precision. float32 is what the
+    pipeline uses (geometry/restricted `lanczos_dtype`): ARPACK's per-step work is memory-bound
+    on that basis, measured 4x cheaper in float32 (17 -> 5 ms per step at d=199k, k=10), which
+    was up to half of a Lanczos step for the MLP; eigenvalues move by ~1e-6 relative, far below
+    tol=1e-3 (docs/BENCHMARKS.md). The HVP itself runs in the model's dtype either way.
     v0: flat (d,) or (d, k) start (see start_vector); without it a seeded Gaussian start, so
     results do not depend on ARPACK's internal generator. If ARPACK does not converge, the
     converged pairs only (possibly fewer than k) come back with converged=False and a warning.

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
@@ -44,6 +45,7 @@ class RestrictSpec:
     window: int = 4  # probe rounds per gap-subspace refresh
     tol: float = 1e-3
     hessian_examples: int | None = None
+    lanczos_dtype: str = "float32"  # ARPACK working precision (hessian.top_eigenpairs)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -89,6 +91,7 @@ class Restricted:
             hvp = FullBatchHVP(self.model, self.loss_fn, self.x[:n], self.y[:n], params=theta)
             v0 = None if self.basis is None else self.basis.double()  # warm start from the last subspace
             eig = top_eigenpairs(hvp, k=self.spec.k, tol=self.spec.tol, v0=v0, compute_residuals=False,
+                                 dtype=np.dtype(self.spec.lanczos_dtype),
                                  seed=self.run.seed * 7919 + self.refreshes)
             self.n_hvp += eig.n_hvp
             self.basis = torch.from_numpy(eig.vectors).to(self.x.device, torch.float32)
