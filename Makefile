@@ -31,10 +31,10 @@ test: setup
 # Rebuild the committed quick-scale figures from scratch and record how (paper_figures/MANIFEST.json).
 release-quick: setup
 	git clean -fdqX results/ && rm -f paper_figures/*
-	start=$$(date +%s); PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake all --cores $(CORES) \
-		--configfile config.quick.yaml; end=$$(date +%s); \
+	commit=$$(git rev-parse HEAD); start=$$(date +%s); PATH=$(CURDIR)/$(VENV)/bin:$$PATH \
+		$(VENV)/bin/snakemake all --cores $(CORES) --configfile config.quick.yaml && end=$$(date +%s) && \
 	$(VENV)/bin/python -m sharpgaps.cli manifest --config config.quick.yaml --wall-s $$((end - start)) \
-		--cores $(CORES) --out paper_figures/MANIFEST.json
+		--cores $(CORES) --commit $$commit --benchmarks results/benchmarks --out paper_figures/MANIFEST.json
 
 # Regenerate paper_figures/RESULTS.md and the measured block of docs/FIDELITY.md from the quick tables.
 fidelity: setup

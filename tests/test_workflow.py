@@ -1,5 +1,6 @@
 """The pipeline through Snakemake itself: dry runs, the smoke DAG, lint and format."""
 
+import json
 import re
 import subprocess
 import sys
@@ -97,3 +98,19 @@ def test_snakefmt_clean():
     proc = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow"],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_manifest_records_start_commit_and_peak_memory(tmp_path):
+    """`make release-quick`'s record: the start commit as given, the largest job's peak RSS from the
+    benchmark: files, and the run's own outputs (paper_figures/) not counted as a dirty tree."""
+    bench = tmp_path / "benchmarks" / "train"
+    bench.mkdir(parents=True)
+    for i, rss in enumerate((812.5, 2048.25)):
+        (bench / f"job{i}.tsv").write_text(f"s\th:m:s\tmax_rss\n1.0\t0:00:01\t{rss}\n")
+    out, config = tmp_path / "MANIFEST.json", REPO / ".test/config.yaml"
+    subprocess.run([sys.executable, "-m", "sharpgaps.cli", "manifest", "--config", str(config),
+                    "--wall-s", "12", "--cores", "2", "--commit", "abc123", "--benchmarks", str(tmp_path / "benchmarks"),
+                    "--out", str(out)], cwd=REPO, check=True)
+    m = json.loads(out.read_text())
+    assert (m["commit"], m["wall_s"], m["max_rss_mb"], m["cores"]) == ("abc123", 12.0, 2048.25, 2)
+    assert m["config"] == config.read_text() and isinstance(m["dirty"], bool)

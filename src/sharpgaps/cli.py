@@ -172,13 +172,20 @@ def cmd_manifest(a) -> None:
 
     cfg = Path(a.config).read_text()
     git = lambda *args: subprocess.run(["git", *args], capture_output=True, text=True).stdout.strip()  # noqa: E731
+    max_rss = a.max_rss_mb
+    if max_rss is None and a.benchmarks:  # the largest job's peak, from Snakemake's benchmark: files
+        import pandas as pd
+        peaks = [pd.read_csv(f, sep="\t")["max_rss"].max() for f in Path(a.benchmarks).rglob("*.tsv")]
+        max_rss = float(max(peaks)) if peaks else None
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     save_json({
         "config_file": a.config, "config_sha256": hashlib.sha256(cfg.encode()).hexdigest(), "config": cfg,
-        "commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        # the commit the run started from; "dirty": tracked files other than the run's own outputs changed
+        "commit": a.commit or git("rev-parse", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!paper_figures")),
         "machine": f"{cpu}, {os.cpu_count()} cores", "python": platform.python_version(), "torch": torch.__version__,
-        "wall_s": a.wall_s, "max_rss_mb": a.max_rss_mb, "cores": a.cores, "note": a.note,
+        "wall_s": a.wall_s, "max_rss_mb": max_rss, "cores": a.cores, "note": a.note,
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
     }, a.out)
 
@@ -284,7 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("manifest", help="record config, commit, machine and wall time of a finished run")
     q.add_argument("--config", required=True)
     q.add_argument("--wall-s", type=float, required=True)
-    q.add_argument("--max-rss-mb", type=float, default=float("nan"))
+    q.add_argument("--max-rss-mb", type=float, default=None)
+    q.add_argument("--benchmarks", default=None, help="results/benchmarks: take --max-rss-mb from its files")
+    q.add_argument("--commit", default="", help="the commit the run started from (default: HEAD now)")
     q.add_argument("--cores", type=int, default=os.cpu_count())
     q.add_argument("--note", default="")
     q.add_argument("--out", required=True)
