@@ -166,3 +166,18 @@ def test_scipy_blas_limited_torch_untouched():
         assert all(n == 1 for n in blas().values())
         assert torch.get_num_threads() == tthreads
     assert blas() == before
+
+
+def test_job_thread_setting_reaches_numpy_blas():
+    """cli._threads(n) (every heavy job's first call) caps numpy/scipy's BLAS pools too, so `--cores N`
+    with `threads: 1` jobs does not oversubscribe through a numpy call."""
+    code = ("import threadpoolctl, numpy, scipy.linalg, torch; from sharpgaps.cli import _threads; "
+            "before = max(i['num_threads'] for i in threadpoolctl.threadpool_info()); _threads(1); "
+            "print(before, max(i['num_threads'] for i in threadpoolctl.threadpool_info()), torch.get_num_threads())")
+    import subprocess
+    import sys
+    before, after, torch_threads = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                                           text=True, check=True).stdout.split())
+    if before == 1:
+        pytest.skip("one core: the pools start at 1 thread, nothing to cap")
+    assert (after, torch_threads) == (1, 1)

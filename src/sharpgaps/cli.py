@@ -13,9 +13,14 @@ from pathlib import Path
 
 
 def _threads(n: int) -> None:
+    """A job uses exactly the `threads` Snakemake gave it: torch's pool, and the BLAS/OpenMP pools numpy and
+    scipy loaded (already initialised by now, so only threadpoolctl reaches them); the env var is for
+    child processes."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(n)
+    threadpool_limits(limits=n)
     os.environ.setdefault("OMP_NUM_THREADS", str(n))
 
 
