@@ -29,7 +29,7 @@ from sharpgaps.hessian import FullBatchHVP, top_eigenpairs
 from sharpgaps.localsgd import RunSpec, SimulatedLocalSGD, vmap_pays
 from sharpgaps.metrics import random_removal_draws
 
-from bench_hessian import interleaved_times  # benchmarks/ is on sys.path (run.py, or run as a script)
+from bench_hessian import arpack_step_seconds, interleaved_times  # benchmarks/ is on sys.path (run.py, or run as a script)
 
 
 def _pair(cut: str, case: str, before: list[float], after: list[float], unit: str = "s", **extra) -> list[dict]:
@@ -92,8 +92,9 @@ def bench_lanczos_dtype(subsets: dict, n: dict, k: dict, repeats: int = 3) -> li
                 ts[dt].append(out[dt].seconds)
         a, b = out[np.float64], out[np.float32]
         m = min(len(a.values), len(b.values))
+        step_ms = " / ".join(f"{arpack_step_seconds(H.dim, k[name], dt) * 1e3:.1f}" for dt in ts)
         rows += _pair("Lanczos working precision: float64 -> float32", f"{name}, {len(x)} examples, k={k[name]}",
-                      ts[np.float64], ts[np.float32], hvps=f"{a.n_hvp} / {b.n_hvp}",
+                      ts[np.float64], ts[np.float32], hvps=f"{a.n_hvp} / {b.n_hvp}", arpack_ms_per_step=step_ms,
                       max_rel_diff=float(np.max(np.abs(a.values[:m] - b.values[:m]) / np.abs(a.values[:m]))))
     return rows
 

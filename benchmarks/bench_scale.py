@@ -6,6 +6,8 @@ Model (every assumption is printed with the table):
   geometry job    per checkpoint: cached-graph build + HVPs x HVP + gradient + random removal, the
                   HVP/gradient measured on n examples and scaled linearly to hessian_examples; HVPs per
                   checkpoint = (HVPs per eigenpair of the quick run) x (k + extra) + (k + extra) residuals;
+                  each Lanczos HVP also pays ARPACK's own step (memory-bound on its d x ncv basis,
+                  ncv = 2k+1: measured at arpack_k and scaled by ncv), on the CPU also next to a GPU;
   restricted job  rounds x tau local steps, plus per refresh: Dom/Bulk the quick run's HVPs per refresh,
                   gap modes window x tau probe steps; evaluations excluded;
   other rules     the mean job time of the same rule in the finished (quick) run's benchmark files.
@@ -139,6 +141,9 @@ def paper_scale(cfg: dict, counts: dict[str, int], unit: dict[str, dict], gpu: d
     def geo(setting: str) -> dict:
         return {**cfg["geometry"], **cfg["settings"][setting].get("geometry", {})}
 
+    def arpack_s(u: dict, n_eig: int) -> float:  # ARPACK's own seconds per Lanczos step at this k
+        return u.get("arpack_step_s", 0.0) * (2 * n_eig + 1) / (2 * u.get("arpack_k", n_eig) + 1)
+
     for run in runs:
         s, rid = run["setting"], grid.run_id(run)
         u, gu = unit[cfg["settings"][s]["model"]], gpu[cfg["settings"][s]["model"]]
@@ -150,10 +155,11 @@ def paper_scale(cfg: dict, counts: dict[str, int], unit: dict[str, dict], gpu: d
         n_eig = u["classes"] + g["extra"]
         hvps = per_pair.get(s, 3.0) * n_eig + n_eig
         ckpts = run["checkpoints"]["count"]
+        lanczos = (hvps - n_eig) * arpack_s(u, n_eig)  # the residual checks are bare HVPs
         cpu = ckpts * (hvps * u["hvp_s_per_ex"] * n_h + (u["build_s_per_ex"] + u["grad_s_per_ex"]) * n_h
-                       + u["removal_s"])
+                       + u["removal_s"] + lanczos)
         gpu_s = ckpts * (hvps * gpu_seconds(gu["hvp_flops_per_ex"] * n_h, gu["hvp_ops"])
-                         + 2 * gpu_seconds(gu["grad_flops_per_ex"] * n_h, gu["grad_ops"]) + u["removal_s"])
+                         + 2 * gpu_seconds(gu["grad_flops_per_ex"] * n_h, gu["grad_ops"]) + u["removal_s"] + lanczos)
         jobs.append(("geometry", s, rid, cpu, gpu_s))
     for run in grid.expand_runs(cfg, ["main"]):
         s, rid = run["setting"], grid.run_id(run)
@@ -165,9 +171,10 @@ def paper_scale(cfg: dict, counts: dict[str, int], unit: dict[str, dict], gpu: d
         for mode in rr["modes"]:
             extra_steps = refreshes * rr["gap_window"] * run["tau"] if mode.startswith("gap") else 0
             hvps = refreshes * per_refresh.get(s, 3.0 * u["classes"]) if mode in ("dom", "bulk") else 0
-            cpu = (steps + extra_steps) * u["step_s"] + hvps * u["hvp_s_per_ex"] * n_h
+            lanczos = hvps * arpack_s(u, u["classes"])
+            cpu = (steps + extra_steps) * u["step_s"] + hvps * u["hvp_s_per_ex"] * n_h + lanczos
             gpu_s = ((steps + extra_steps) * gpu_seconds(gu["step_flops"], gu["step_ops"])
-                     + hvps * gpu_seconds(gu["hvp_flops_per_ex"] * n_h, gu["hvp_ops"]))
+                     + hvps * gpu_seconds(gu["hvp_flops_per_ex"] * n_h, gu["hvp_ops"]) + lanczos)
             jobs.append(("restricted", s, rid, cpu, gpu_s))
     modelled = {j[0] for j in jobs}
     for rule, n in counts.items():

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -260,7 +261,7 @@ def cuts_section(subsets: dict, quick: bool) -> tuple[str, list[dict]]:
     for i in range(0, len(rows), 2):
         bef, aft = rows[i], rows[i + 1]
         note = ", ".join(f"{k} {v:.1e}" if isinstance(v, float) else f"{k} {v}" for k, v in bef.items()
-                         if k in ("max_abs_diff", "max_rel_diff", "rel_diff", "default", "baseline_mb", "hvps",
+                         if k in ("max_abs_diff", "max_rel_diff", "rel_diff", "default", "baseline_mb", "hvps", "arpack_ms_per_step",
                                                    "f32_err_before", "f32_err_after"))
         lines.append(f"| {bef['cut']} | {bef['case']} | {_med(bef, bef['unit'])} | {_med(aft, aft['unit'])} | "
                      f"{bef['speedup']:.2f}x | {note} |")
@@ -363,11 +364,16 @@ def scale_section(subsets: dict, results: dict, workdir: Path, quick: bool) -> t
     """Paper-scale cost projected from this run's unit costs (benchmarks/bench_scale.py)."""
     import yaml
 
+    from bench_hessian import arpack_step_seconds
     from bench_scale import GPU_EFFICIENCY, GPU_LAUNCH_S, GPU_PEAK_FLOPS, paper_job_counts, paper_scale, \
         unit_gpu_costs
 
+    from sharpgaps import models
+
     from sharpgaps.config import validate
 
+    cfg = validate(yaml.safe_load((REPO / "config.yaml").read_text()), REPO / "workflow/schemas/config.schema.yaml")
+    arpack_k = 4 if quick else 20  # the paper's k + extra (10 classes + 10); paper_scale rescales by ncv
     unit = {}
     for name, sub in subsets.items():
         hvp = {r["op"]: r for r in results["hvp"] if r["model"] == name}
@@ -382,8 +388,11 @@ def scale_section(subsets: dict, results: dict, workdir: Path, quick: bool) -> t
                       "grad_s_per_ex": hvp["gradient"]["median_s"] / n,
                       "build_s_per_ex": hvp["cached_graph_build"]["median_s"] / n,
                       "removal_s": removal["median"], "classes": sub["meta"]["n_classes"], "n_measured": n}
+        d = sum(p.numel() for p in models.build_model(name, sub["meta"], seed=0).parameters())
+        unit[name].update(arpack_k=arpack_k, arpack_step_s=arpack_step_seconds(
+            d, arpack_k, np.dtype(cfg["geometry"].get("lanczos_dtype", "float32")),
+            repeats=1 if quick else 3))
     gpu = unit_gpu_costs(subsets, b=4 if quick else 50, n_hvp=8 if quick else 64)
-    cfg = validate(yaml.safe_load((REPO / "config.yaml").read_text()), REPO / "workflow/schemas/config.schema.yaml")
     counts = paper_job_counts(REPO / "config.yaml", REPO)
     rows, summ = paper_scale(cfg, counts, unit, gpu, workdir)
     lines = ["## Scale on paper: the paper-scale run (config.yaml) projected from measured unit costs", "",
@@ -392,7 +401,10 @@ def scale_section(subsets: dict, results: dict, workdir: Path, quick: bool) -> t
              "example; random removal at the paper's d), times the counts config.yaml implies "
              "(benchmarks/bench_scale.py states the model). HVP/gradient costs are scaled linearly from the "
              "examples measured (" + ", ".join(f"{k} {v['n_measured']}" for k, v in unit.items()) +
-             ") to the 5,000 of the paper. Rules without a model (subset, theory, collect, figures) take "
+             ") to the 5,000 of the paper. Every HVP of a Lanczos solve also pays ARPACK's own step (measured "
+             "per model with a free operator at the paper's d and k + extra = 20, in config.yaml's lanczos_dtype: "
+             + ", ".join(f"{k} {v['arpack_step_s'] * 1e3:.1f} ms" for k, v in unit.items()) +
+             "), on the CPU also next to a GPU. Rules without a model (subset, theory, collect, figures) take "
              "their mean job time in the finished run's benchmark files.",
              "",
              f"**GPU column: estimate, not measured** (no GPU was lent): FLOPs counted by "
