@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -174,8 +177,6 @@ def test_job_thread_setting_reaches_numpy_blas():
     code = ("import threadpoolctl, numpy, scipy.linalg, torch; from sharpgaps.cli import _threads; "
             "before = max(i['num_threads'] for i in threadpoolctl.threadpool_info()); _threads(1); "
             "print(before, max(i['num_threads'] for i in threadpoolctl.threadpool_info()), torch.get_num_threads())")
-    import subprocess
-    import sys
     before, after, torch_threads = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True,
                                                            text=True, check=True).stdout.split())
     if before == 1:
