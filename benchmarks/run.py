@@ -281,7 +281,7 @@ def cuts_section(subsets: dict, quick: bool) -> tuple[str, list[dict]]:
         for (name, path), m in med.items():
             sp = m[t1] / m[t2]
             lines.append(f"| {name} ({path}) | {m[t1]:.3f} | {m[t2]:.3f} | {sp:.2f}x | {sp / (t2 / t1):.2f} |")
-    lines += ["", "Why these: at quick scale `train` was 42% of all job time (the CNN's runs the slowest jobs) and "
+    lines += ["", "Why these: before the cuts, at quick scale `train` was 42% of all job time (the CNN's runs the slowest jobs) and "
               "`geometry` 38% with the largest peak RSS (6.2 GB, transformer). A cProfile of one quick-scale "
               "transformer geometry checkpoint before the cuts (1 thread, 2026-11-22): 93 s = Lanczos 36 s "
               "(48 HVPs) + random-subspace removal 26 s (of which QR 17 s) + the training-set gradient g 25 s "
