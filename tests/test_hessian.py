@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -177,8 +178,10 @@ def test_job_thread_setting_reaches_numpy_blas():
     code = ("import threadpoolctl, numpy, scipy.linalg, torch; from sharpgaps.cli import _threads; "
             "before = max(i['num_threads'] for i in threadpoolctl.threadpool_info()); _threads(1); "
             "print(before, max(i['num_threads'] for i in threadpoolctl.threadpool_info()), torch.get_num_threads())")
+    # without the thread variables that earlier in-process jobs of this session set (cli._threads)
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
     before, after, torch_threads = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True,
-                                                           text=True, check=True).stdout.split())
+                                                           text=True, check=True, env=env).stdout.split())
     if before == 1:
         pytest.skip("one core: the pools start at 1 thread, nothing to cap")
     assert (after, torch_threads) == (1, 1)
