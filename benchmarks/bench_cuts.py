@@ -92,7 +92,7 @@ def bench_lanczos_dtype(subsets: dict, n: dict, k: dict, repeats: int = 3) -> li
                 ts[dt].append(out[dt].seconds)
         a, b = out[np.float64], out[np.float32]
         m = min(len(a.values), len(b.values))
-        step_ms = " / ".join(f"{arpack_step_seconds(H.dim, k[name], dt) * 1e3:.1f}" for dt in ts)
+        step_ms = " / ".join(f"{arpack_step_seconds(H.dim, k[name], dt, repeats=repeats) * 1e3:.1f}" for dt in ts)
         rows += _pair("Lanczos working precision: float64 -> float32", f"{name}, {len(x)} examples, k={k[name]}",
                       ts[np.float64], ts[np.float32], hvps=f"{a.n_hvp} / {b.n_hvp}", arpack_ms_per_step=step_ms,
                       max_rel_diff=float(np.max(np.abs(a.values[:m] - b.values[:m]) / np.abs(a.values[:m]))))

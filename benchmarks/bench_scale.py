@@ -30,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sharpgaps import grid, losses, models
 from sharpgaps.hessian import FullBatchHVP
+from sharpgaps.jobcosts import read_job_costs
 
 GPU_PEAK_FLOPS = 67e12  # H100 SXM FP32 (no TF32: the HVPs need full fp32)
 GPU_EFFICIENCY = 0.3  # sustained share of peak assumed for these small models
@@ -114,13 +115,7 @@ def _quick_hvp_counts(workdir: Path) -> tuple[dict, dict]:
 
 def _other_rule_seconds(workdir: Path) -> dict[str, float]:
     """Mean job seconds per benchmark directory (rule group) of a finished run."""
-    means = {}
-    root = workdir / "results/benchmarks"
-    for d in sorted(p for p in root.glob("*") if p.is_dir()) if root.exists() else []:
-        s = [float(pd.read_csv(f, sep="\t")["s"].iloc[0]) for f in d.rglob("*.tsv")]
-        if s:
-            means[d.name] = sum(s) / len(s)
-    return means
+    return read_job_costs(workdir / "results/benchmarks").groupby("rule").s.mean().to_dict()
 
 
 def _rule_group(rule: str) -> str:

@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -144,16 +143,12 @@ def eig_section(subset, quick: bool) -> tuple[str, list[dict]]:
 
 def dag_section(workdir: Path) -> tuple[str, list[dict]]:
     """Per-rule cost of a finished run, aggregated from Snakemake's benchmark files."""
-    files = sorted((workdir / "results/benchmarks").rglob("*.tsv"))
-    rows = []
-    for f in files:
-        df = pd.read_csv(f, sep="\t")
-        rule = f.relative_to(workdir / "results/benchmarks").parts[0]
-        rows.append({"rule": rule, "job": str(f.relative_to(workdir / "results/benchmarks").with_suffix("")),
-                     "s": float(df["s"].iloc[0]), "max_rss_mb": float(df["max_rss"].iloc[0])})
-    if not rows:
+    from sharpgaps.jobcosts import read_job_costs
+
+    jobs = read_job_costs(workdir / "results/benchmarks")
+    if jobs.empty:
         return "## Whole DAG\n\nNo benchmark files found under " + str(workdir / "results/benchmarks"), []
-    jobs = pd.DataFrame(rows)
+    rows = jobs.to_dict("records")
     per_rule = jobs.groupby("rule").agg(jobs=("s", "size"), total_s=("s", "sum"), max_s=("s", "max"),
                                         max_rss_mb=("max_rss_mb", "max")).sort_values("total_s", ascending=False)
     lines = [f"## Whole DAG: per-rule cost ({workdir / 'results'})", "",
@@ -391,7 +386,7 @@ def scale_section(subsets: dict, results: dict, workdir: Path, quick: bool) -> t
                       "removal_s": removal["median"], "classes": sub["meta"]["n_classes"], "n_measured": n}
         d = sum(p.numel() for p in models.build_model(name, sub["meta"], seed=0).parameters())
         unit[name].update(arpack_k=arpack_k, arpack_step_s=arpack_step_seconds(
-            d, arpack_k, np.dtype(cfg["geometry"].get("lanczos_dtype", "float32")),
+            d, arpack_k, cfg["geometry"].get("lanczos_dtype", "float32"),
             repeats=1 if quick else 3))
     gpu = unit_gpu_costs(subsets, b=4 if quick else 50, n_hvp=8 if quick else 64)
     counts = paper_job_counts(REPO / "config.yaml", REPO)

@@ -179,9 +179,10 @@ def cmd_manifest(a) -> None:
     git = lambda *args: subprocess.run(["git", *args], capture_output=True, text=True).stdout.strip()  # noqa: E731
     max_rss = a.max_rss_mb
     if max_rss is None and a.benchmarks:  # the largest job's peak, from Snakemake's benchmark: files
-        import pandas as pd
-        peaks = [pd.read_csv(f, sep="\t")["max_rss"].max() for f in Path(a.benchmarks).rglob("*.tsv")]
-        max_rss = float(max(peaks)) if peaks else None
+        from .jobcosts import read_job_costs
+
+        jobs = read_job_costs(a.benchmarks)
+        max_rss = float(jobs.max_rss_mb.max()) if len(jobs) else None
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     save_json({

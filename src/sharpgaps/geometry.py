@@ -66,7 +66,7 @@ def checkpoint_geometry(ckpt: dict, model, loss_fn, x, y, spec: GeometrySpec, v0
     n_eig = spec.k + spec.extra
     # A cold start is a seeded random vector (ARPACK's own changes between calls in one process).
     eig = top_eigenpairs(hvp, k=n_eig, tol=spec.tol, v0=v0 if spec.warm_start else None,
-                         dtype=np.dtype(spec.lanczos_dtype), seed=spec.seed * 7919 + int(ckpt["round"]))
+                         dtype=spec.lanczos_dtype, seed=spec.seed * 7919 + int(ckpt["round"]))
     hvp.release()
     dev = g.device
     V = torch.from_numpy(eig.vectors[:, : spec.k]).to(dev)

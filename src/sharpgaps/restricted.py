@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
@@ -91,7 +90,7 @@ class Restricted:
             hvp = FullBatchHVP(self.model, self.loss_fn, self.x[:n], self.y[:n], params=theta)
             v0 = None if self.basis is None else self.basis.double()  # warm start from the last subspace
             eig = top_eigenpairs(hvp, k=self.spec.k, tol=self.spec.tol, v0=v0, compute_residuals=False,
-                                 dtype=np.dtype(self.spec.lanczos_dtype),
+                                 dtype=self.spec.lanczos_dtype,
                                  seed=self.run.seed * 7919 + self.refreshes)
             self.n_hvp += eig.n_hvp
             self.basis = torch.from_numpy(eig.vectors).to(self.x.device, torch.float32)
