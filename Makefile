@@ -9,7 +9,7 @@ CONFIG_paper := config.yaml
 CONFIG_quick := config.quick.yaml
 CONFIG_smoke := .test/config.yaml
 
-.PHONY: setup all test bench slurm-test release-quick fidelity clean-venv
+.PHONY: setup all test bench docs slurm-test release-quick fidelity clean-venv
 
 setup: $(STAMP)
 
@@ -45,6 +45,10 @@ fidelity: setup
 
 bench: setup
 	$(VENV)/bin/python benchmarks/run.py
+
+# Regenerate the Scales tables of docs/FIDELITY.md from the three configs (tests/test_docs.py checks them).
+docs: setup
+	$(VENV)/bin/python -m sharpgaps.scales --splice docs/FIDELITY.md
 
 # A real single-node SLURM (installed with apt-get if missing) runs the smoke DAG through sbatch.
 slurm-test: setup

@@ -1,9 +1,10 @@
 """Before/after timings of the performance cuts of issue #6, each pair measured side by side.
 
-Every "before" is the previous code path, still callable through a flag:
+Every "before" is the previous code path, still callable through a flag or kept here:
   - training step: SimulatedLocalSGD(vectorize=True) (vmap over workers) vs the per-worker default;
   - geometry gradient g: FullBatchHVP(chunk_size=None) (one chunk) vs geometry.grad_chunk_size;
-  - random-subspace removal: metrics.random_removal_draws(method="qr") vs "gram";
+  - random-subspace removal: random_removal_draws_qr below (an orthonormal basis per draw, the
+    superseded library path) vs metrics.random_removal_draws (Gram projection of the same draws);
   - Lanczos working precision: top_eigenpairs(dtype=float64) vs float32 (geometry.lanczos_dtype);
   - and two measured negative results: forward-over-reverse HVP (torch.func.jvp of grad) vs the
     cached double-backward HVP the project uses, and channels_last memory format for the CNN.
@@ -26,7 +27,7 @@ from torch.func import functional_call, grad, jvp
 
 from sharpgaps import losses, models
 from sharpgaps.hessian import FullBatchHVP, top_eigenpairs
-from sharpgaps.localsgd import RunSpec, SimulatedLocalSGD, vmap_pays
+from sharpgaps.localsgd import RunSpec, SimulatedLocalSGD, unflatten, vmap_pays
 from sharpgaps.metrics import random_removal_draws
 
 from bench_hessian import arpack_step_seconds, interleaved_times  # benchmarks/ is on sys.path (run.py, or run as a script)
@@ -58,6 +59,26 @@ def bench_train_step(subsets: dict, K: int = 8, b: dict | None = None, steps: in
     return rows
 
 
+def random_removal_draws_qr(g: torch.Tensor, V: torch.Tensor, m: int, generator: torch.Generator | None = None,
+                            n_draws: int = 20, max_batch_bytes: int = 256 * 2**20) -> torch.Tensor:
+    """The superseded path of metrics.random_removal_draws (m >= 1, g with a dominant part): each
+    draw's orthonormal basis by batched Householder QR of the same Gaussian Z, in the same batches,
+    so its numbers differ from the library's only by rounding (tests/test_benchmarks.py)."""
+    d = g.shape[0]
+    g, V = g.to(torch.float64), V.to(torch.float64)
+    vg = V.T @ g
+    den = float(vg @ vg)
+    per = max(1, max_batch_bytes // (8 * d * m))  # the library's batching: batch boundaries fix the draws
+    gdev = generator.device if generator is not None else "cpu"
+    out = []
+    for i in range(0, n_draws, per):
+        Z = torch.randn(min(per, n_draws - i), d, m, generator=generator, dtype=torch.float64, device=gdev)
+        U = torch.linalg.qr(Z)[0].to(g.device)  # (B, d, m)
+        r = g - (U @ (U.mT @ g).unsqueeze(-1)).squeeze(-1)  # (B, d)
+        out.append(1.0 - (r @ V).square().sum(-1) / den)
+    return torch.cat(out).cpu()
+
+
 def bench_removal(dims: dict[str, int], ms=(1, 2, 4, 8, 16, 28), k: int = 10, draws: int = 8,
                   repeats: int = 3) -> list[dict]:
     """Random-subspace removal of one checkpoint (every m of the geometry job): QR vs Gram projection."""
@@ -69,7 +90,8 @@ def bench_removal(dims: dict[str, int], ms=(1, 2, 4, 8, 16, 28), k: int = 10, dr
 
         def run(method):
             gg = torch.Generator().manual_seed(1)
-            return [random_removal_draws(g, V, m, gg, draws, method=method) for m in ms]
+            fn = random_removal_draws_qr if method == "qr" else random_removal_draws
+            return [fn(g, V, m, gg, draws) for m in ms]
 
         diff = max(float((a - b_).abs().max()) for a, b_ in zip(run("qr"), run("gram")))
         ts = interleaved_times({"qr": lambda: run("qr"), "gram": lambda: run("gram")}, repeats)
@@ -138,7 +160,7 @@ def bench_hvp_forward_over_reverse(subsets: dict, n: dict, repeats: int = 3) -> 
         H = FullBatchHVP(model, losses.mse_onehot, x, y)
         params = {k: p.detach() for k, p in model.named_parameters()}
         v = torch.randn(H.dim, generator=torch.Generator().manual_seed(0))
-        tangent = dict(zip(params, H._split(v)))
+        tangent = unflatten(v, params)
         grad_fn = grad(lambda p: losses.mse_onehot(functional_call(model, p, (x,)), y))
         ts = interleaved_times({"cached": lambda: H.hvp(v),
                           "fwdrev": lambda: jvp(grad_fn, (params,), (tangent,))[1]}, repeats)

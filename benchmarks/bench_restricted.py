@@ -53,8 +53,9 @@ def bench_restricted(subset: dict, rounds: int = 20, refresh: int = 10, branch_r
     return _relative_to_none(rows)
 
 
-def restricted_table_costs(table: Path) -> list[dict]:
-    """Per setting and mode of a finished run's restricted table: its last row's cumulative counts."""
+def restricted_table_costs(table: Path, source: str) -> list[dict]:
+    """Per setting and mode of a finished run's restricted table: its last row's cumulative counts;
+    ``source`` names the table in the rows (a path relative to the run, not this machine's)."""
     from sharpgaps.atomic import read_frame
 
     df = read_frame(table)
@@ -62,7 +63,7 @@ def restricted_table_costs(table: Path) -> list[dict]:
     for (setting, mode), g in df.groupby(["setting", "mode"], sort=True):
         last = g.sort_values("round").iloc[-1]
         r = int(last["round"])
-        rows.append({"source": str(table), "setting": setting, "mode": mode, "rounds": r,
+        rows.append({"source": source, "setting": setting, "mode": mode, "rounds": r,
                      "refreshes": int(last["refreshes"]), "n_hvp": int(last["n_hvp"]),
                      "probe_steps": int(last["probe_steps"]), "hvp_per_round": last["n_hvp"] / r,
                      "probe_steps_per_round": last["probe_steps"] / r, "s_per_round": last["seconds"] / r,

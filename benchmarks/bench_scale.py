@@ -25,6 +25,10 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+# The benchmarks' one private import: no public torch API counts the aten ops that reach the kernels
+# (below autograd's decompositions, each op once). FlopCounterMode keeps only ops with a FLOP formula;
+# torch.profiler events include composite ops and their nested calls, so their counts differ (more in
+# all, fewer at the top level). torch.library's own docs import TorchDispatchMode from here.
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 

@@ -23,6 +23,8 @@ import pandas as pd
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+# Paths inside a finished run (--workdir): the docs print them relative to it, never this machine's own paths.
+RESULTS, RESTRICTED_TABLE = Path("results"), Path("results/tables/restricted.parquet")
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 
@@ -145,13 +147,13 @@ def dag_section(workdir: Path) -> tuple[str, list[dict]]:
     """Per-rule cost of a finished run, aggregated from Snakemake's benchmark files."""
     from sharpgaps.jobcosts import read_job_costs
 
-    jobs = read_job_costs(workdir / "results/benchmarks")
+    jobs = read_job_costs(workdir / RESULTS / "benchmarks")
     if jobs.empty:
-        return "## Whole DAG\n\nNo benchmark files found under " + str(workdir / "results/benchmarks"), []
+        return f"## Whole DAG\n\nNo benchmark files found under {RESULTS / 'benchmarks'}", []
     rows = jobs.to_dict("records")
     per_rule = jobs.groupby("rule").agg(jobs=("s", "size"), total_s=("s", "sum"), max_s=("s", "max"),
                                         max_rss_mb=("max_rss_mb", "max")).sort_values("total_s", ascending=False)
-    lines = [f"## Whole DAG: per-rule cost ({workdir / 'results'})", "",
+    lines = [f"## Whole DAG: per-rule cost ({RESULTS}/)", "",
              "Aggregates every `benchmark:` file under that results/ (all runs made in that checkout, "
              "e.g. smoke and quick runs together); job times include waiting for a shared CPU.", "",
              "| rule | jobs | total s | slowest job s | peak RSS MB |", "|---|---:|---:|---:|---:|"]
@@ -250,7 +252,7 @@ def cuts_section(subsets: dict, quick: bool) -> tuple[str, list[dict]]:
              "Each pair measured side by side in this process (interleaved repeats; peak RSS from one fresh "
              "process per variant). `before` is the previous code path, still selectable: "
              "`SimulatedLocalSGD(vectorize=True)`, `geometry.grad_chunk_size: null`, "
-             "`random_removal_draws(method=\"qr\")`, `geometry.lanczos_dtype: float64`. Speedup = before / after (medians). Results change only "
+             "`bench_cuts.random_removal_draws_qr` (kept in benchmarks/), `geometry.lanczos_dtype: float64`. Speedup = before / after (medians). Results change only "
              "at float rounding (docs/FIDELITY.md); the per-worker engine is the loop reference bit for bit.", "",
              "| cut | case | before | after | speedup | note |", "|---|---|---:|---:|---:|---|"]
     for i in range(0, len(rows), 2):
@@ -302,15 +304,15 @@ def restricted_section(subset, workdir: Path, quick: bool) -> tuple[str, list[di
     n, rounds, refresh, reps = (300, 4, 2, 1) if quick else (2000, 20, 10, 3)
     sub = {**subset, "x_train": subset["x_train"][:n], "y_train": subset["y_train"][:n]}
     rows = bench_restricted(sub, rounds=rounds, refresh=refresh, branch_rounds=2 if quick else 10, repeats=reps)
-    table = workdir / "results/tables/restricted.parquet"
+    table = workdir / RESTRICTED_TABLE
     if table.exists():
-        rows += restricted_table_costs(table)
+        rows += restricted_table_costs(table, source=str(RESTRICTED_TABLE))
     lines = ["## Restricted-update runs: HVPs and wall time per round", "",
              "Hessian Dom/Bulk refresh their subspace by warm-started Lanczos (HVPs); gap Dom/Bulk by "
              f"`gap_window` probe rounds of plain Local SGD (no HVP). 'measured here': FC-tanh, MNIST-{n}, "
              f"K=8, tau=8, b=50, {rounds} rounds, refresh every {refresh}, {reps} repeat(s) with the modes "
              "interleaved (median, min-max); includes the train/test evaluations. 'quick run': the "
-             f"last row per mode of {table} (cumulative; SST-2 refreshes every 3 rounds). "
+             f"last row per mode of {RESTRICTED_TABLE} (cumulative; SST-2 refreshes every 3 rounds). "
              "'refresh share' = share of the wall time spent refreshing; '/ none' = wall time per round over "
              "plain Local SGD's.", ""]
     lines += restricted_lines(rows)

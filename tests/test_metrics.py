@@ -7,8 +7,7 @@ import torch
 from sharpgaps.gaps import gap_covariance_spectrum, gap_subspace
 from sharpgaps.metrics import (capture_fraction, gradient_alignment, oracle_removal,
                                random_removal, random_removal_draws, random_removal_expected,
-                               random_subspace, removal_fraction, removal_total,
-                               squared_cosines, subspace_overlap)
+                               removal_fraction, removal_total, squared_cosines, subspace_overlap)
 
 D, K = 60, 4
 
@@ -115,11 +114,6 @@ def test_random_removal_general_case(basis):
     assert random_removal_expected(8, 200_000, 10, 0.5) == pytest.approx(16 / 200_000, rel=1e-3)
     assert random_removal_expected(0, d) == 0.0 and random_removal_expected(d, d) == 1.0
     assert torch.all(random_removal_draws(g, V, 0, None, 3) == 0)
-
-
-def test_random_subspace_orthonormal():
-    U = random_subspace(100, 7, torch.Generator().manual_seed(0))
-    torch.testing.assert_close(U.T @ U, torch.eye(7, dtype=torch.float64))
 
 
 # ------------------------------------------------------------------------------- gaps

@@ -1,4 +1,5 @@
-"""The Local SGD engine on a noisy quadratic reproduces the closed-form gap covariance (DESIGN §1)."""
+"""The Local SGD engine on a noisy quadratic reproduces the closed-form gap covariance
+(docs/DEFINITIONS.md#quadratic-model)."""
 
 import numpy as np
 import pytest

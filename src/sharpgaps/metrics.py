@@ -70,27 +70,17 @@ def removal_total(g: Tensor, V: Tensor, U: Tensor) -> float:
     return 0.0 if den <= _tiny(g) else (den - num) / gg
 
 
-def random_subspace(d: int, m: int, generator: torch.Generator | None = None,
-                    device=None, batch: tuple[int, ...] = ()) -> Tensor:
-    """(*batch, d, m) orthonormal basis of Haar-uniform random m-dim subspaces (QR of a Gaussian)."""
-    gdev = generator.device if generator is not None else "cpu"
-    Z = torch.randn(*batch, d, m, generator=generator, dtype=torch.float64, device=gdev)
-    return torch.linalg.qr(Z)[0].to(device if device is not None else gdev)
-
-
 def random_removal_draws(g: Tensor, V: Tensor, m: int, generator: torch.Generator | None = None,
-                         n_draws: int = 20, max_batch_bytes: int = 256 * 2**20, method: str = "gram") -> Tensor:
-    """removal_fraction for n_draws independent random m-dim subspaces (float64, (n_draws,)).
+                         n_draws: int = 20, max_batch_bytes: int = 256 * 2**20) -> Tensor:
+    """removal_fraction for n_draws independent Haar-random m-dim subspaces (float64, (n_draws,)).
 
-    Each subspace is span(Z), Z a (d, m) Gaussian: the same draws as random_subspace, in batches of
-    at most max_batch_bytes (d=200k, m=28: 5 per batch). method="gram" projects through Z's m x m
-    Gram matrix, P = Z (Z^T Z)^-1 Z^T, and never forms an orthonormal basis: Householder QR of a
-    tall Z was 2/3 of this function's time (d=1M), a Cholesky solve of Z^T Z is O(m^3). Z^T Z of a
-    Gaussian with m << d has condition ~ (1 + sqrt(m/d))^2 / (1 - sqrt(m/d))^2 ~ 1, so both agree
-    to float64 rounding. method="qr" is the previous path (kept for the benchmark)."""
+    Each subspace is span(Z), Z a (d, m) Gaussian drawn from ``generator``, in batches of at most
+    max_batch_bytes (d=200k, m=28: 5 per batch). The projection goes through Z's m x m Gram matrix,
+    P = Z (Z^T Z)^-1 Z^T, never through an orthonormal basis: Householder QR of a tall Z was 2/3 of
+    this function's time (d=1M), a Cholesky solve of Z^T Z is O(m^3). Z^T Z of a Gaussian with
+    m << d has condition ~ (1 + sqrt(m/d))^2 / (1 - sqrt(m/d))^2 ~ 1, so the result agrees with a
+    QR basis of the same draws to float64 rounding (benchmarks/bench_cuts.py keeps that path)."""
     _check(g, V)
-    if method not in ("gram", "qr"):
-        raise ValueError(f"unknown method {method!r} (use 'gram' or 'qr')")
     d = g.shape[0]
     g, V = _f64(g, V)
     vg = V.T @ g
@@ -104,11 +94,6 @@ def random_removal_draws(g: Tensor, V: Tensor, m: int, generator: torch.Generato
     out = []
     for i in range(0, n_draws, per):
         B = min(per, n_draws - i)
-        if method == "qr":
-            U = random_subspace(d, m, generator, g.device, batch=(B,))  # (B, d, m)
-            r = g - (U @ (U.mT @ g).unsqueeze(-1)).squeeze(-1)  # (B, d)
-            out.append(1.0 - (r @ V).square().sum(-1) / den)
-            continue
         Z = torch.randn(B, d, m, generator=generator, dtype=torch.float64, device=gdev).to(g.device)
         Zt = Z.mT
         c = torch.cholesky_solve((Zt @ g).unsqueeze(-1), torch.linalg.cholesky(Zt @ Z))  # (B, m, 1)

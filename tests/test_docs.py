@@ -1,0 +1,75 @@
+"""Committed documentation: generated blocks are current, and nothing names this machine's paths."""
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+
+from sharpgaps import scales
+from sharpgaps.summary import splice_text
+
+REPO = Path(__file__).resolve().parents[1]
+# An absolute path under one of these roots (or this checkout's own root, wherever it lives) names one
+# machine. The lookbehind skips relative paths that merely contain them (`results/work/...`).
+ROOTS = sorted({"work", "tmp", "root", "home", REPO.parts[1]})
+ABSOLUTE = re.compile(r"(?<![\w.~-])/(?:" + "|".join(map(re.escape, ROOTS)) + r")/")
+
+
+@pytest.fixture(scope="module")
+def configs():
+    return scales.load(REPO)
+
+
+def test_fidelity_scales_block_is_current(configs):
+    doc = (REPO / "docs/FIDELITY.md").read_text()
+    assert doc.count(scales.BEGIN) == 1 and doc.count(scales.END) == 1
+    assert splice_text(doc, scales.render(configs), scales.BEGIN, scales.END) == doc, \
+        "docs/FIDELITY.md: the Scales block is stale; run `make docs` (python -m sharpgaps.scales --splice ...)"
+
+
+def _cell(text: str, setting: str, label: str, scale: str) -> str:
+    """One cell of the rendered Scales tables."""
+    section = text.split(f"### {setting}\n", 1)[1].split("\n### ", 1)[0]
+    rows = [line.split(" | ") for line in section.splitlines() if line.startswith("|")]
+    col = [c.strip(" |") for c in rows[0]].index(f"{scale} (`{scales.SCALES[scale]}`)")
+    return next(r[col].strip(" |") for r in rows if r[0].strip("| ") == label)
+
+
+def test_scales_table_follows_the_configs(configs):
+    """A setting's override reaches its own cell only; rounds, checkpoints and sweeps come from the grid."""
+    changed = copy.deepcopy(configs)
+    quick = changed["quick"]
+    train = quick["settings"]["cifar_cnn"].setdefault("train", {})
+    tau = quick["train"]["tau"]
+    train["local_steps"] = 37 * tau
+    train["checkpoints"] = {"count": 2, "spacing": "linear"}
+    quick["experiments"]["k_sweep"]["per_setting"]["cifar_cnn"] = {"K": [3, 5]}
+    before, after = scales.render(configs), scales.render(changed)
+    assert _cell(after, "cifar_cnn", "local steps (rounds)", "quick") == f"{37 * tau} (37)"
+    assert _cell(after, "cifar_cnn", "checkpoints", "quick") == "2, linear, rounds 4-37"
+    assert _cell(after, "cifar_cnn", "`k_sweep`", "quick") == "K 3, 5"
+    for label in ("local steps (rounds)", "checkpoints", "`k_sweep`"):
+        assert _cell(after, "mnist_fc", label, "quick") == _cell(before, "mnist_fc", label, "quick")
+        assert _cell(after, "cifar_cnn", label, "paper") == _cell(before, "cifar_cnn", label, "paper")
+    # an experiment a scale lacks is shown as such, not left out
+    assert "tau_ablation" not in configs["smoke"]["experiments"]
+    assert _cell(before, "mnist_fc", "`tau_ablation`", "smoke") == scales.NONE
+
+
+def _committed_docs() -> list[Path]:
+    return sorted([*(REPO / "docs").rglob("*.md"), REPO / "README.md", *(REPO / "paper_figures").rglob("*.md")])
+
+
+def test_absolute_path_pattern():
+    assert ABSOLUTE.search("per-rule cost (/work/main/results)")
+    assert ABSOLUTE.search("`/tmp/pytest-1/x.parquet`") and ABSOLUTE.search("see /home/u/repo")
+    assert not ABSOLUTE.search("state in `results/work/geometry/...` and ../shared/data")
+
+
+def test_committed_docs_name_no_absolute_path():
+    docs = _committed_docs()
+    assert REPO / "docs/FIDELITY.md" in docs and REPO / "paper_figures/RESULTS.md" in docs
+    hits = [f"{p.relative_to(REPO)}:{i}: {m.group(0)}" for p in docs
+            for i, line in enumerate(p.read_text().splitlines(), 1) for m in ABSOLUTE.finditer(line)]
+    assert not hits, "absolute paths of this machine in committed docs:\n" + "\n".join(hits)
