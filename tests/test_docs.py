@@ -73,3 +73,24 @@ def test_committed_docs_name_no_absolute_path():
     hits = [f"{p.relative_to(REPO)}:{i}: {m.group(0)}" for p in docs
             for i, line in enumerate(p.read_text().splitlines(), 1) for m in ABSOLUTE.finditer(line)]
     assert not hits, "absolute paths of this machine in committed docs:\n" + "\n".join(hits)
+
+
+def _anchors(doc: Path) -> set[str]:
+    """GitHub's heading ids: lower case, punctuation dropped, spaces to hyphens."""
+    heads = re.findall(r"^#+ (.+)$", doc.read_text(), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+
+
+def test_links_to_doc_headings_resolve():
+    """Code and docs cite definitions as docs/DEFINITIONS.md#<heading>, docs link as [..](FILE.md#<heading>)
+    or [..](#<heading>): every such link names a heading that exists."""
+    docs = REPO / "docs"
+    targets = {p.name: _anchors(p) for p in [*docs.glob("*.md"), REPO / "README.md"]}
+    texts = [*_committed_docs(), *(REPO / "src").rglob("*.py"), *(REPO / "tests").rglob("*.py"),
+             *(REPO / "workflow").rglob("*.yaml"), *(REPO / "workflow").rglob("*.smk"),
+             *(REPO / "workflow").rglob("*.rst")]
+    links = [(p, name or p.name, anchor) for p in texts
+             for name, anchor in re.findall(r"(?:\]\(|docs/)([A-Z]+\.md)?#([a-z0-9_-]+)", p.read_text())]
+    assert {"DEFINITIONS.md", "FIDELITY.md"} <= {name for _, name, _ in links}
+    bad = [f"{p.relative_to(REPO)}: {name}#{a}" for p, name, a in links if a not in targets.get(name, ())]
+    assert not bad, "links to missing headings:\n" + "\n".join(bad)
