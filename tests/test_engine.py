@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from sharpgaps import losses, models
-from sharpgaps.localsgd import LoopLocalSGD, RunSpec, SimulatedLocalSGD, WorkerBatches, flatten, vmap_pays
+from sharpgaps.flat import flatten
+from sharpgaps.localsgd import LoopLocalSGD, RunSpec, SimulatedLocalSGD, WorkerBatches, vmap_pays
 from sharpgaps.training import DivergenceError, ckpt_path, train_run
 
 LOSS = losses.mse_onehot

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from sharpgaps import losses, models
-from sharpgaps.localsgd import LoopLocalSGD, RunSpec, SimulatedLocalSGD, flatten
+from sharpgaps.flat import flatten
+from sharpgaps.localsgd import LoopLocalSGD, RunSpec, SimulatedLocalSGD
 from sharpgaps.restricted import RestrictSpec, project, restricted_run
 from sharpgaps.training import ckpt_path, train_run
 

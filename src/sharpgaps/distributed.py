@@ -45,7 +45,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .localsgd import RunSpec, UpdateTransform, WorkerBatches, flatten, models_sgd_step, unflatten
+from .flat import flatten, unflatten
+from .localsgd import RunSpec, UpdateTransform, WorkerBatches, models_sgd_step
 
 LAUNCH_HINT = "torchrun --standalone --nproc-per-node N -m sharpgaps.distributed -- train ..."
 

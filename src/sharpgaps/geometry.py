@@ -22,7 +22,7 @@ from . import gaps as gap_mod
 from . import metrics as M
 from .atomic import load_recomputable, load_torch, save_torch
 from .hessian import FullBatchHVP, top_eigenpairs
-from .localsgd import unflatten
+from .flat import unflatten
 
 RUN_COLUMNS = ("setting", "K", "tau", "b", "lr", "seed", "loss", "window")
 # Wall-clock rows go to the job log, not the table, so equal inputs give byte-identical tables.

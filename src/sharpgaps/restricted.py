@@ -26,7 +26,8 @@ from tqdm import tqdm
 from . import gaps as gap_mod
 from .atomic import load_recomputable, save_frame, save_torch
 from .hessian import FullBatchHVP, top_eigenpairs
-from .localsgd import RunSpec, SimulatedLocalSGD, evaluate, unflatten
+from .flat import unflatten
+from .localsgd import RunSpec, SimulatedLocalSGD, evaluate
 from .training import check_finite
 
 MODES = ("none", "dom", "bulk", "gapdom", "gapbulk")

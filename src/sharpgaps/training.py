@@ -24,7 +24,8 @@ import torch
 from tqdm import tqdm
 
 from .atomic import load_recomputable, save_frame, save_torch
-from .localsgd import RunSpec, SimulatedLocalSGD, evaluate, flatten
+from .flat import flatten
+from .localsgd import RunSpec, SimulatedLocalSGD, evaluate
 
 CKPT_FORMAT = 1
 
