@@ -8,7 +8,6 @@ job resumes where it stopped and produces the same numbers.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import time
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import torch
 
 from . import gaps as gap_mod
 from . import metrics as M
-from .atomic import load_recomputable, load_torch, save_torch
+from .atomic import load_recomputable, load_torch, object_digest, save_torch
 from .hessian import FullBatchHVP, top_eigenpairs
 from .flat import unflatten
 
@@ -121,7 +120,7 @@ def run_geometry(ckpt_paths: list[Path], model, loss_fn, x, y, spec: GeometrySpe
     for path in sorted(ckpt_paths):
         cache = work_dir / f"{Path(path).stem}.geom.pt"
         ckpt = load_torch(path)
-        key = hashlib.sha256(ckpt["theta"].numpy().tobytes()).hexdigest()[:16]  # stale if training changed
+        key = object_digest(ckpt["theta"])[:16]  # stale if training changed
         done = load_recomputable(cache, "geometry cache")
         if done is not None and done.get("key") == key:
             rows, vecs, run = done["rows"], done["vectors"], done["run"]

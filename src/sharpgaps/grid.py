@@ -79,8 +79,9 @@ def checkpoint_rounds(rounds: int, window: int, checkpoints: dict) -> list[int]:
     return sorted(set(int(round(p)) for p in pts) | {rounds})
 
 
-def digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+def digest(text: str, n: int = 12) -> str:
+    """A short sha256 of a text (a path tag, a resume state's spec key)."""
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
 
 
 def run_info(run: dict) -> dict:
