@@ -88,3 +88,16 @@ def test_smoke_restricted_tag_digests_the_same_params():
     assert "lanczos_dtype" not in p and set(specs.RESTRICTED_TAGGED) <= set(p)
     del p["modes"]
     assert grid.digest(json.dumps({**p, "branch_round": 7}, sort_keys=True)) == "b409fbf0670a"
+
+
+def test_validation_takes_unset_keys_from_the_specs():
+    """config._rank_problems checks what the jobs will run: an unset gap_window is RestrictSpec's 4 (the smoke
+    cifar_cnn run, K=4, then spans (K-1)*4 = 12 >= k = 10 gap directions), an unset m_list GeometrySpec's."""
+    from sharpgaps.config import ConfigError
+
+    cfg = yaml.safe_load((REPO / ".test/config.yaml").read_text())
+    del cfg["restricted"]["gap_window"], cfg["settings"]["cifar_cnn"]["restricted"]
+    validate(cfg, SCHEMA_PATH)
+    del cfg["geometry"]["m_list"]
+    with pytest.raises(ConfigError, match=r"geometry.m_list: \[16\] exceed"):  # the largest rank is (8-1)*2 = 14
+        validate(cfg, SCHEMA_PATH)

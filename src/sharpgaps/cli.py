@@ -14,23 +14,19 @@ from pathlib import Path
 from . import jobs
 
 
-def _job(a) -> dict:
-    """The arguments every per-run job shares (jobs.add_run_job_args)."""
-    return {"threads": a.threads, "device": a.device}
-
-
 def cmd_train(a) -> None:
-    jobs.train(json.loads(a.run), a.subset, a.work_dir, a.out_dir, name=a.name, resume_every_s=a.resume_every_s,
-               **_job(a))
+    jobs.train(json.loads(a.run), a.subset, a.work_dir, a.out_dir, name=a.name, threads=a.threads, device=a.device,
+               resume_every_s=a.resume_every_s)
 
 
 def cmd_geometry(a) -> None:
-    jobs.geometry(json.loads(a.run), json.loads(a.geometry), a.subset, a.ckpt_dir, a.work_dir, a.out, **_job(a))
+    jobs.geometry(json.loads(a.run), json.loads(a.geometry), a.subset, a.ckpt_dir, a.work_dir, a.out,
+                  threads=a.threads, device=a.device)
 
 
 def cmd_restricted(a) -> None:
     jobs.restricted(json.loads(a.run), json.loads(a.restricted), a.mode, a.subset, a.ckpt_dir, a.work_dir, a.out,
-                    name=a.name, resume_every_s=a.resume_every_s, **_job(a))
+                    name=a.name, threads=a.threads, device=a.device, resume_every_s=a.resume_every_s)
 
 
 def cmd_manifest(a) -> None:

@@ -139,7 +139,8 @@ def _rank_problems(config: dict) -> list[str]:
     runs = grid.expand_runs(config, strict=False)
     if runs:
         top = max((r["K"] - 1) * r["window"] for r in runs)
-        too_big = [m for m in config["geometry"]["m_list"] if m > top]
+        m_list = config["geometry"].get("m_list", specs.config_default("geometry", "m_list"))
+        too_big = [m for m in m_list if m > top]
         if too_big:
             problems.append(f"geometry.m_list: {too_big} exceed the largest gap rank (K-1)*W = {top} of any run; "
                             f"allowed: 1..{top} (larger m cannot be evaluated)")
@@ -149,7 +150,7 @@ def _rank_problems(config: dict) -> list[str]:
         spec = specs.RestrictSpec.from_config(params, "gapdom", N_CLASSES[config["settings"][setting]["dataset"]])
         rank = (r["K"] - 1) * spec.window
         if {"gapdom", "gapbulk"} & set(params["modes"]) and spec.gap_dim > rank:
-            problems.append(f"restricted.gap_m: gap-Dom/Bulk of {setting} need m={spec.gap_dim} directions but K={r['K']} "
-                            f"workers x gap_window={spec.window} probe rounds span only {rank}; "
+            problems.append(f"restricted.gap_m: gap-Dom/Bulk of {setting} need m={spec.gap_dim} directions but "
+                            f"K={r['K']} workers x gap_window={spec.window} probe rounds span only {rank}; "
                             f"allowed: gap_m <= (K-1)*gap_window (raise gap_window or lower gap_m)")
     return problems

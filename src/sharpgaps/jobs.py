@@ -18,11 +18,15 @@ from typing import Callable
 
 import torch
 
-from .atomic import load_torch, read_frame, save_frame, save_json, write_error
+from .atomic import CorruptFileError, OutputWriteError, load_torch, read_frame, save_frame, save_json, write_error
 from .grid import run_info
 from .localsgd import RunSpec
+from .sources import DataError
 from .specs import GeometrySpec, RestrictSpec, TheorySpec
-from .training import CKPT_DIR, checkpoint_path, list_checkpoints
+from .training import CKPT_DIR, DivergenceError, checkpoint_path, list_checkpoints
+
+# Failures whose message names the file/key/run and the fix: shown as one line, without a traceback.
+EXPECTED_ERRORS = (DataError, DivergenceError, CorruptFileError, OutputWriteError)
 
 
 def set_threads(n: int) -> None:
@@ -49,8 +53,8 @@ def job_device(name: str):
 
 @dataclass
 class RunInputs:
-    """What a per-run job builds from the run description: its spec, the subset and the seeded initial model
-    (both on the job's device) and the loss."""
+    """What a per-run job builds from its run description: the spec, the subset and the seeded initial
+    model (both on the job's device), and the loss."""
 
     run: dict
     spec: RunSpec
@@ -69,6 +73,7 @@ class RunInputs:
 
 
 def load_run(run: dict, subset_path, device) -> RunInputs:
+    """The inputs of a per-run job from its run description (the workflow's run_description JSON)."""
     from . import losses, models, subsets
 
     subset = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in subsets.load_subset(subset_path).items()}
@@ -113,20 +118,11 @@ def publish_run(work_dir, out_dir, ckpts: list[Path], record: dict) -> None:
     save_json(record, out_dir / "run.json")
 
 
-def expected_errors() -> tuple[type[Exception], ...]:
-    """Failures with a message that names the file/key/run and the fix: shown without a traceback."""
-    from .atomic import CorruptFileError, OutputWriteError
-    from .sources import DataError
-    from .training import DivergenceError
-
-    return DataError, DivergenceError, CorruptFileError, OutputWriteError
-
-
 def run_step(step: Callable[[], None]) -> int:
     """A job's exit code: 0, or 2 with one line on stderr for an expected failure."""
     try:
         step()
-    except expected_errors() as exc:
+    except EXPECTED_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
