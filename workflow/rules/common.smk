@@ -112,8 +112,9 @@ def all_run_outputs():
 
 
 def geometry_tag(setting):
+    params = specs.geometry_params(config, setting)
     k = sg_config.N_CLASSES[dataset_of(setting)]
-    return specs.GeometrySpec.from_config(specs.geometry_params(config, setting), k).tag()
+    return specs.GeometrySpec.from_config(params, k).tag()
 
 
 def geometry_json(wildcards):
