@@ -175,27 +175,28 @@ def subset(dataset: str, data_dir, out, **params) -> None:
     print(f"{dataset}: {meta['n_train']} train / {meta['n_test']} test, input {meta['input_shape']}")
 
 
-def train(run: dict, subset, work_dir, out_dir, *, name="run", threads=1, device="cpu", resume_every_s=120.0) -> None:
+def train(run: dict, subset_path, work_dir, out_dir, *, name="run", threads=1, device="cpu",
+          resume_every_s=120.0) -> None:
     """One Local SGD run (simulated workers), trained in ``work_dir`` and published to ``out_dir``."""
     from .training import train_run
 
     set_threads(threads)
     device = job_device(device)
-    job = load_run(run, subset, device)
+    job = load_run(run, subset_path, device)
     t0 = time.time()
     ckpts = train_run(job.model, job.loss_fn, job.subset, job.spec, work_dir, run_name=name, run_info=job.info,
                       resume_every_s=resume_every_s)
     publish_run(work_dir, out_dir, ckpts, run_record(job, device, threads, time.time() - t0))
 
 
-def geometry(run: dict, params: dict, subset, ckpt_dir, work_dir, out, *, threads=1, device="cpu") -> None:
+def geometry(run: dict, params: dict, subset_path, ckpt_dir, work_dir, out, *, threads=1, device="cpu") -> None:
     """Hessian top-k and gap-subspace metrics of every checkpoint of a run (``params``: its `geometry`)."""
     from .geometry import run_geometry
     from .hessian import disable_tf32
 
     set_threads(threads)
     disable_tf32()
-    job = load_run(run, subset, job_device(device))
+    job = load_run(run, subset_path, job_device(device))
     ckpts = list_checkpoints(ckpt_dir)
     if not ckpts:
         raise SystemExit(f"no checkpoints in {ckpt_dir}")
@@ -204,7 +205,7 @@ def geometry(run: dict, params: dict, subset, ckpt_dir, work_dir, out, *, thread
     save_frame(df, out)
 
 
-def restricted(run: dict, params: dict, mode: str, subset, ckpt_dir, work_dir, out, *, name="restricted",
+def restricted(run: dict, params: dict, mode: str, subset_path, ckpt_dir, work_dir, out, *, name="restricted",
                threads=1, device="cpu", resume_every_s=120.0) -> None:
     """A restricted run in ``mode`` branched from the run's checkpoint ``params["branch_round"]``
     (``params``: its `restricted` section)."""
@@ -213,7 +214,7 @@ def restricted(run: dict, params: dict, mode: str, subset, ckpt_dir, work_dir, o
 
     set_threads(threads)
     disable_tf32()
-    job = load_run(run, subset, job_device(device))
+    job = load_run(run, subset_path, job_device(device))
     branch_round = params["branch_round"]
     spec = RestrictSpec.from_config({k: v for k, v in params.items() if k != "branch_round"}, mode, job.k)
     df = restricted_run(job.model, job.loss_fn, job.subset, load_torch(checkpoint_path(ckpt_dir, branch_round)),
