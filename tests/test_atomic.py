@@ -160,7 +160,7 @@ def test_cli_job_on_read_only_output_fails_cleanly(tiny_mount, data_dir):
 def test_publishing_checkpoints_onto_a_full_disk_fails_cleanly(tiny_mount, tmp_path):
     """The train step's last move (work dir -> declared outputs) on a full disk: one error naming
     the output dir, and no half-published checkpoint directory or temp file."""
-    from sharpgaps.cli import _publish
+    from sharpgaps.jobs import publish_run
 
     work = tmp_path / "work"
     save_torch(_payload(), work / "ckpt" / "r000001.pt")  # ~200 KB: cannot fit in 64 KiB
@@ -168,7 +168,7 @@ def test_publishing_checkpoints_onto_a_full_disk_fails_cleanly(tiny_mount, tmp_p
         save_frame(_table().head(3), work / name)
     out = tiny_mount("rw") / "run"
     with pytest.raises(OutputWriteError, match=f"cannot write {out} .*disk is full"):
-        _publish(work, out, [work / "ckpt" / "r000001.pt"])
+        publish_run(work, out, [work / "ckpt" / "r000001.pt"], {"round": 1})
     assert _no_leftovers(out) == []
 
 

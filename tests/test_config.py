@@ -144,6 +144,17 @@ def test_run_ids_roundtrip_and_encode_every_parameter():
         assert all(parsed[k] == r[k] for k in ("K", "tau", "b", "lr", "loss", "local_steps", "window", "seed"))
 
 
+def test_run_id_keeps_every_digit_of_the_lr():
+    """%g (6 significant digits) would write lr=0.0123456789 as 0.0123457 and train another lr without a word."""
+    lr = 0.0123456789
+    run = {**grid.expand_runs(validate(_paper(), SCHEMA))[0], "lr": lr}
+    rid = grid.run_id(run)
+    assert "_lr0.0123456789_" in rid and grid.parse_run_id(rid)["lr"] == lr
+    assert all(float(grid.exact_float(x)) == x for x in (lr, 1 / 3, 2.5e-7, 1.0, 123456789.0))
+    assert [grid.exact_float(x) for x in (0.05, 1e-3, 1e-5)] == ["0.05", "0.001", "1e-05"]  # existing paths
+    assert grid.parse_run_id(grid.run_id({**run, "K": 8.0}))["K"] == 8  # an integral float as YAML may give it
+
+
 def test_checkpoint_rounds_log_spaced_denser_early():
     rounds = grid.checkpoint_rounds(2500, 4, {"count": 20, "spacing": "log"})
     assert rounds[0] == 4 and rounds[-1] == 2500 and len(rounds) >= 18

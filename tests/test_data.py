@@ -31,7 +31,7 @@ def test_idx_reader_accepts_uncompressed(tmp_path, data_dir):
     assert readers.read_idx(raw)[:3].tolist() == [7, 2, 1]
     # the checksum of an uncompressed file equals the one of the .gz content
     f = next(f for f in sources.DATASETS["mnist"][0].files if f.relpath.endswith("t10k-labels-idx1-ubyte"))
-    assert sources.content_digest(raw, f.algo, f.gunzip) == f.digest
+    assert sources.file_digest(raw, f.algo, f.gunzip) == f.digest
 
 
 def test_cifar_npz_reader(data_dir):

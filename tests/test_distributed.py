@@ -18,7 +18,8 @@ import torch.distributed as dist
 
 from sharpgaps import losses, models
 from sharpgaps.distributed import DistributedLocalSGD, worker_assignment
-from sharpgaps.localsgd import LoopLocalSGD, RunSpec, flatten
+from sharpgaps.flat import flatten
+from sharpgaps.localsgd import LoopLocalSGD, RunSpec
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 RUN = {"K": 4, "tau": 2, "b": 20, "lr": 0.1, "local_steps": 200, "window": 2, "seed": 3, "loss": "mse",

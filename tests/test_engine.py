@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from sharpgaps import losses, models
-from sharpgaps.localsgd import LoopLocalSGD, RunSpec, SimulatedLocalSGD, WorkerBatches, flatten, vmap_pays
-from sharpgaps.training import DivergenceError, ckpt_path, train_run
+from sharpgaps.flat import flatten
+from sharpgaps.localsgd import LoopLocalSGD, RunSpec, SimulatedLocalSGD, WorkerBatches, vmap_pays
+from sharpgaps.training import CKPT_DIR, DivergenceError, checkpoint_path, train_run
 
 LOSS = losses.mse_onehot
 
@@ -176,7 +177,7 @@ def test_divergence_names_run_and_round(tmp_path, mnist_small):
     spec = RunSpec(K=2, tau=2, b=20, lr=1e6, rounds=5, window=1, seed=0, checkpoints=(5,))
     with pytest.raises(DivergenceError, match=r"run .mnist_fc/bad. diverged in round \d+ .*minibatch loss \[.*(nan|inf).*lr=1000000"):
         train_run(_model(mnist_small), LOSS, mnist_small, spec, tmp_path, run_name="mnist_fc/bad", progress=False)
-    assert not ckpt_path(tmp_path, 5).exists()
+    assert not checkpoint_path(tmp_path / CKPT_DIR, 5).exists()
 
 
 @pytest.mark.parametrize("name,meta", [

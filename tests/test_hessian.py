@@ -173,12 +173,12 @@ def test_scipy_blas_limited_torch_untouched():
 
 
 def test_job_thread_setting_reaches_numpy_blas():
-    """cli._threads(n) (every heavy job's first call) caps numpy/scipy's BLAS pools too, so `--cores N`
+    """jobs.set_threads(n) (every heavy job's first call) caps numpy/scipy's BLAS pools too, so `--cores N`
     with `threads: 1` jobs does not oversubscribe through a numpy call."""
-    code = ("import threadpoolctl, numpy, scipy.linalg, torch; from sharpgaps.cli import _threads; "
-            "before = max(i['num_threads'] for i in threadpoolctl.threadpool_info()); _threads(1); "
+    code = ("import threadpoolctl, numpy, scipy.linalg, torch; from sharpgaps.jobs import set_threads; "
+            "before = max(i['num_threads'] for i in threadpoolctl.threadpool_info()); set_threads(1); "
             "print(before, max(i['num_threads'] for i in threadpoolctl.threadpool_info()), torch.get_num_threads())")
-    # without the thread variables that earlier in-process jobs of this session set (cli._threads)
+    # without the thread variables that earlier in-process jobs of this session set (jobs.set_threads)
     env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
     before, after, torch_threads = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True,
                                                            text=True, check=True, env=env).stdout.split())

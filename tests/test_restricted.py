@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from sharpgaps import losses, models
-from sharpgaps.localsgd import LoopLocalSGD, RunSpec, SimulatedLocalSGD, flatten
+from sharpgaps.flat import flatten
+from sharpgaps.localsgd import LoopLocalSGD, RunSpec, SimulatedLocalSGD
 from sharpgaps.restricted import RestrictSpec, project, restricted_run
-from sharpgaps.training import ckpt_path, train_run
+from sharpgaps.training import CKPT_DIR, checkpoint_path, train_run
 
 LOSS = losses.mse_onehot
 
@@ -99,7 +100,7 @@ def parent(tmp_path_factory, mnist_small):
 
 def _branch(parent, mode, tmp, **kw):
     model, spec, work = parent
-    ck = torch.load(ckpt_path(work, 6), weights_only=False)
+    ck = torch.load(checkpoint_path(work / CKPT_DIR, 6), weights_only=False)
     rs = RestrictSpec(mode=mode, rounds=6, refresh=3, eval_every=3, k=10, m=4, window=2, **kw)
     return restricted_run(model, LOSS, parent_subset.s, ck, spec, rs, tmp, progress=False)
 
@@ -116,7 +117,7 @@ def _subset(mnist_small):
 def test_none_mode_continues_the_parent_run_bit_for_bit(parent, tmp_path):
     _branch(parent, "none", tmp_path)
     theta = flatten(torch.load(tmp_path / "state.pt", weights_only=False)["theta"])
-    assert torch.equal(theta, torch.load(ckpt_path(parent[2], 12), weights_only=False)["theta"])
+    assert torch.equal(theta, torch.load(checkpoint_path(parent[2] / CKPT_DIR, 12), weights_only=False)["theta"])
 
 
 @pytest.mark.parametrize("mode", ["dom", "bulk", "gapdom", "gapbulk"])
@@ -134,7 +135,7 @@ def test_modes_run_and_account_their_cost(parent, tmp_path, mode):
 def test_restricted_resume_is_bitwise(parent, tmp_path):
     full = _branch(parent, "bulk", tmp_path / "full")
     model, spec, work = parent
-    ck = torch.load(ckpt_path(work, 6), weights_only=False)
+    ck = torch.load(checkpoint_path(work / CKPT_DIR, 6), weights_only=False)
     rs = RestrictSpec(mode="bulk", rounds=6, refresh=3, eval_every=3, k=10, m=4, window=2)
     restricted_run(model, LOSS, parent_subset.s, ck, spec, rs, tmp_path / "cut", stop_after_round=4, progress=False)
     resumed = restricted_run(model, LOSS, parent_subset.s, ck, spec, rs, tmp_path / "cut", progress=False)

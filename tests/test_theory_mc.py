@@ -4,11 +4,10 @@
 import numpy as np
 import pytest
 
-from sharpgaps.theory import simulate_gap_covariance
+from sharpgaps.specs import TheorySpec
+from sharpgaps.theory import quadratic_problem, simulate_gap_covariance
 
-H = np.diag([10.0, 5.0, 2.0, 1.0, 0.5, 0.1])
-_A = np.random.default_rng(1).standard_normal((6, 6))
-C = _A @ _A.T / 6 + 0.1 * np.eye(6)
+H, C = quadratic_problem(TheorySpec(eigenvalues=(10.0, 5.0, 2.0, 1.0, 0.5, 0.1), seed=1))
 K, B, ETA, ROUNDS = 8, 4, 0.05, 800
 Z = 4.0  # |measured - predicted| <= 4 Monte-Carlo standard errors in every direction
 

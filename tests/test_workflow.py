@@ -89,6 +89,29 @@ def test_changing_one_run_parameter_reruns_only_that_run(smoke, tmp_path):
     assert {"fig01_cosines", "fig02_removal", "fig03_spectrum", "fig04_alignment", "fig09_removal_raw"} <= set(figures)
 
 
+def test_jobs_receive_exact_floats(tmp_path):
+    """An lr or tol with more digits than %g keeps survives path -> parse -> job arguments exactly."""
+    import shlex
+
+    import yaml
+
+    lr, tol = 0.0123456789, 1.23456789e-4
+    cfg = yaml.safe_load((REPO / ".test/config.yaml").read_text())
+    cfg["settings"]["mnist_fc"]["lr"] = lr
+    cfg["geometry"]["tol"] = tol
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = snakemake(tmp_path, "-n", "-p", "all", config=path).stdout
+    steps = [dict(zip(c[4::2], c[5::2])) | {"step": c[3]} for c in (shlex.split(line.split(":", 1)[1])
+             for line in out.splitlines() if line.startswith("Shell command: python -m sharpgaps.cli "))]
+    train = [s for s in steps if s["step"] == "train" and "/mnist_fc/" in s["--out-dir"]]
+    assert len(train) == 1 and "_lr0.0123456789_" in train[0]["--out-dir"]
+    assert json.loads(train[0]["--run"])["lr"] == lr
+    geometry = [s for s in steps if s["step"] == "geometry"]
+    assert geometry and all("_tol0.000123456789_" in s["--out"] for s in geometry)
+    assert all(json.loads(s["--geometry"])["tol"] == tol for s in geometry)
+
+
 def test_lint_clean():
     proc = subprocess.run([*SNAKEMAKE, "--lint"], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -100,7 +100,8 @@ def _feed(h, obj) -> None:
         h.update(f"{type(obj).__name__}:{obj!r};".encode())
 
 
-def content_digest(obj) -> str:
+def object_digest(obj) -> str:
+    """sha256 of a nested structure of tensors, arrays and plain values (the ``_sha256`` key of torch files)."""
     h = hashlib.sha256()
     _feed(h, obj)
     return h.hexdigest()
@@ -111,7 +112,7 @@ def save_torch(obj: dict, path: str | os.PathLike) -> None:
     if not isinstance(obj, dict):
         raise TypeError("save_torch stores dicts (the digest travels as one of their keys)")
     obj = {k: v for k, v in obj.items() if k != DIGEST_KEY}
-    obj[DIGEST_KEY] = content_digest(obj)
+    obj[DIGEST_KEY] = object_digest(obj)
     # To a buffer, not a path: torch.save names the zip's records after a *path*, and the temp
     # name is random, so equal objects would otherwise give different bytes.
     buf = io.BytesIO()
@@ -131,7 +132,7 @@ def load_torch(path: str | os.PathLike) -> dict:
     if not isinstance(obj, dict) or DIGEST_KEY not in obj:
         raise _corrupt(path, "no content digest")
     want = obj.pop(DIGEST_KEY)
-    if content_digest(obj) != want:
+    if object_digest(obj) != want:
         raise _corrupt(path, "content digest mismatch")
     return obj
 

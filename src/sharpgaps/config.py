@@ -11,7 +11,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from . import grid
+from . import grid, specs
 
 
 class ConfigError(ValueError):
@@ -139,21 +139,18 @@ def _rank_problems(config: dict) -> list[str]:
     runs = grid.expand_runs(config, strict=False)
     if runs:
         top = max((r["K"] - 1) * r["window"] for r in runs)
-        too_big = [m for m in config["geometry"]["m_list"] if m > top]
+        m_list = config["geometry"].get("m_list", specs.config_default("geometry", "m_list"))
+        too_big = [m for m in m_list if m > top]
         if too_big:
             problems.append(f"geometry.m_list: {too_big} exceed the largest gap rank (K-1)*W = {top} of any run; "
                             f"allowed: 1..{top} (larger m cannot be evaluated)")
-    if "main" in config["experiments"]:
-        parents = {}
-        for r in grid.expand_runs(config, ["main"], strict=False):
-            parents.setdefault(r["setting"], r)  # the restricted runs branch from the first main run
-        for setting, r in parents.items():
-            rcfg = {**config.get("restricted", {}), **config["settings"][setting].get("restricted", {})}
-            m = rcfg.get("gap_m") or N_CLASSES[config["settings"][setting]["dataset"]]
-            rank = (r["K"] - 1) * rcfg.get("gap_window", 1)
-            gap_modes = {"gapdom", "gapbulk"} & set(rcfg.get("modes", ["gapdom"]))
-            if gap_modes and m > rank:
-                problems.append(f"restricted.gap_m: gap-Dom/Bulk of {setting} need m={m} directions but K={r['K']} "
-                                f"workers x gap_window={rcfg.get('gap_window')} probe rounds span only {rank}; "
-                                f"allowed: gap_m <= (K-1)*gap_window (raise gap_window or lower gap_m)")
+    for setting in config["experiments"].get("main", {}).get("settings", []):
+        r = grid.main_run(config, setting)  # the restricted runs branch from it
+        params = specs.restricted_params(config, setting)
+        spec = specs.RestrictSpec.from_config(params, "gapdom", N_CLASSES[config["settings"][setting]["dataset"]])
+        rank = (r["K"] - 1) * spec.window
+        if {"gapdom", "gapbulk"} & set(params["modes"]) and spec.gap_dim > rank:
+            problems.append(f"restricted.gap_m: gap-Dom/Bulk of {setting} need m={spec.gap_dim} directions but "
+                            f"K={r['K']} workers x gap_window={spec.window} probe rounds span only {rank}; "
+                            f"allowed: gap_m <= (K-1)*gap_window (raise gap_window or lower gap_m)")
     return problems

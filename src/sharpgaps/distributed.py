@@ -31,6 +31,7 @@ same round; the state format is the simulated engine's, so a run may even switch
 
 from __future__ import annotations
 
+import argparse
 import copy
 import io
 import json
@@ -45,7 +46,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .localsgd import RunSpec, UpdateTransform, WorkerBatches, flatten, models_sgd_step, unflatten
+from . import jobs
+from .flat import flatten, unflatten
+from .localsgd import RunSpec, UpdateTransform, WorkerBatches, models_sgd_step
 
 LAUNCH_HINT = "torchrun --standalone --nproc-per-node N -m sharpgaps.distributed -- train ..."
 
@@ -136,13 +139,6 @@ class DistributedLocalSGD:
 # entry point
 
 
-def _spec_and_info(run: dict) -> tuple[RunSpec, dict]:
-    """The RunSpec and run_info ``sharpgaps.cli train`` builds from the same run JSON."""
-    from .grid import run_info
-
-    return RunSpec.from_run(run), run_info(run)
-
-
 def rank_work_dir(work_dir: Path, rank: int) -> Path:
     return Path(work_dir) if rank == 0 else Path(work_dir) / f".rank{rank}"
 
@@ -164,12 +160,10 @@ def _sync_resume_state(work_dir: Path, my_dir: Path, rank: int, device: torch.de
 
 
 def _setup(device_name: str) -> tuple[torch.device, str]:
-    from .cli import resolve_device
-
     missing = [k for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
         raise SystemExit(f"sharpgaps.distributed must run under torchrun (missing {', '.join(missing)}): {LAUNCH_HINT}")
-    device = resolve_device(device_name)
+    device = jobs.job_device(device_name)
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
@@ -180,18 +174,16 @@ def _setup(device_name: str) -> tuple[torch.device, str]:
     return device, backend
 
 
-def cmd_train(a) -> None:
-    from . import cli, losses, models, subsets
-    from .atomic import save_json
+def train(a) -> None:
+    """`sharpgaps.cli train` (jobs.train) with the workers spread over the torchrun processes."""
     from .training import train_run
 
-    cli._threads(a.threads)
+    jobs.set_threads(a.threads)
     run = json.loads(a.run)
-    spec, info = _spec_and_info(run)
     device, backend = _setup(a.device)
     rank, world = dist.get_rank(), dist.get_world_size()
     try:
-        worker_assignment(spec.K, world, rank)  # refuse K < N before any work
+        worker_assignment(run["K"], world, rank)  # refuse K < N before any work
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     work_dir = Path(a.work_dir)
@@ -199,41 +191,38 @@ def cmd_train(a) -> None:
     my_dir.mkdir(parents=True, exist_ok=True)
     _sync_resume_state(work_dir, my_dir, rank, device)
 
-    subset = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in subsets.load_subset(a.subset).items()}
+    job = jobs.load_run(run, a.subset, device)
     if rank != 0:  # their checkpoint metrics are never read: skip evaluating the test set
-        subset["x_test"], subset["y_test"] = subset["x_test"][:1], subset["y_test"][:1]
-    model = models.build_model(run["model"], subset["meta"], seed=run["seed"], **run.get("arch", {})).to(device)
+        job.subset["x_test"], job.subset["y_test"] = job.subset["x_test"][:1], job.subset["y_test"][:1]
     t0 = time.time()
-    ckpts = train_run(model, losses.get_loss(run["loss"]), subset, spec, my_dir, run_name=a.name, run_info=info,
+    ckpts = train_run(job.model, job.loss_fn, job.subset, job.spec, my_dir, run_name=a.name, run_info=job.info,
                       engine_factory=DistributedLocalSGD, resume_every_s=a.resume_every_s, progress=rank == 0)
     if rank == 0:
-        cli._publish(work_dir, Path(a.out_dir), ckpts)
-        save_json({**info, **spec.as_dict(), "device": str(device), "threads": a.threads,
-                   "seconds": round(time.time() - t0, 2), "torch": torch.__version__, "engine": "distributed",
-                   "world_size": world, "backend": backend}, Path(a.out_dir) / "run.json")
+        jobs.publish_run(work_dir, a.out_dir, ckpts, jobs.run_record(job, device, a.threads, time.time() - t0,
+                                                                     engine="distributed", world_size=world,
+                                                                     backend=backend))
     dist.barrier()
     if rank != 0 and os.environ.get("SHARPGAPS_KEEP_RANK_DIRS") != "1":
         shutil.rmtree(my_dir, ignore_errors=True)
 
 
-def main(argv=None) -> int:
-    from .cli import build_parser, expected_errors
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sharpgaps.distributed", description=f"Launch: {LAUNCH_HINT}")
+    sub = p.add_subparsers(dest="cmd", required=True)  # only `train`, spelled as for sharpgaps.cli
+    jobs.add_train_args(sub.add_parser("train", help="one Local SGD run, the workers over the processes"))
+    return p
 
+
+def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--"]:  # some Python versions pass torchrun's "--" separator through
         argv = argv[1:]
-    args = build_parser().parse_args(argv)  # the same arguments as `sharpgaps.cli train`
-    if args.cmd != "train":
-        raise SystemExit(f"sharpgaps.distributed only runs 'train' (got '{args.cmd}'): {LAUNCH_HINT}")
+    args = build_parser().parse_args(argv)
     try:
-        cmd_train(args)
-    except expected_errors() as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return jobs.run_step(lambda: train(args))
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
-    return 0
 
 
 if __name__ == "__main__":

@@ -8,10 +8,8 @@ job resumes where it stopped and produces the same numbers.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,32 +18,14 @@ import torch
 
 from . import gaps as gap_mod
 from . import metrics as M
-from .atomic import load_recomputable, load_torch, save_torch
+from .atomic import load_recomputable, load_torch, object_digest, save_torch
+from .flat import unflatten
 from .hessian import FullBatchHVP, top_eigenpairs
-from .localsgd import unflatten
+from .specs import GeometrySpec
 
 RUN_COLUMNS = ("setting", "K", "tau", "b", "lr", "seed", "loss", "window")
 # Wall-clock rows go to the job log, not the table, so equal inputs give byte-identical tables.
 TIMING_METRICS = ("eig_seconds", "geometry_seconds")
-
-
-@dataclass(frozen=True)
-class GeometrySpec:
-    k: int  # Hessian eigenpairs defining the dominant subspace (= classes)
-    extra: int = 0  # further eigenvalues, for the spectrum figure only
-    tol: float = 1e-3
-    m_list: tuple[int, ...] = (1, 2, 4, 8, 16)
-    m_rank: bool = True  # also evaluate m = rank(G) = (K-1) W
-    hessian_examples: int | None = None  # None: the whole training subset
-    chunk_size: int | None = None
-    # g over the whole training subset needs no second-order graph: chunks bound its memory (one chunk of
-    # activations, 6.2 GB -> 0.7 GB for the transformer) and run faster; None = all examples at once.
-    grad_chunk_size: int | None = 256
-    random_draws: int = 8
-    cos_top: int = 20  # gap directions in the squared-cosine matrix
-    warm_start: bool = True
-    lanczos_dtype: str = "float32"  # ARPACK working precision (hessian.top_eigenpairs)
-    seed: int = 0
 
 
 def _rows(base: dict, metric: str, values, m=np.nan, index_name="i") -> list[dict]:
@@ -121,7 +101,7 @@ def run_geometry(ckpt_paths: list[Path], model, loss_fn, x, y, spec: GeometrySpe
     for path in sorted(ckpt_paths):
         cache = work_dir / f"{Path(path).stem}.geom.pt"
         ckpt = load_torch(path)
-        key = hashlib.sha256(ckpt["theta"].numpy().tobytes()).hexdigest()[:16]  # stale if training changed
+        key = object_digest(ckpt["theta"])[:16]  # stale if training changed
         done = load_recomputable(cache, "geometry cache")
         if done is not None and done.get("key") == key:
             rows, vecs, run = done["rows"], done["vectors"], done["run"]

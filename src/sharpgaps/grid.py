@@ -15,14 +15,27 @@ RUN_ID = re.compile(r"K(?P<K>\d+)_tau(?P<tau>\d+)_b(?P<b>\d+)_lr(?P<lr>[0-9.e+-]
 RUN_ID_WILDCARD = re.sub(r"\(\?P<\w+>", "(", RUN_ID.pattern)
 
 
-def fmt_float(x: float) -> str:
-    return format(float(x), "g")
+def exact_float(x: float) -> str:
+    """A float for a path that reads back exactly: float(exact_float(x)) == x.
+
+    The short %g form where it is exact (0.05, 1e-05: the paths of every existing run), else the
+    shortest exact repr (0.0123456789, where %g would round to 0.0123457 and train another lr)."""
+    short = format(float(x), "g")
+    return short if float(short) == float(x) else repr(float(x))
+
+
+def exact_int(x: int) -> str:
+    """An integer for a path; refuses a non-integral value instead of writing one the run id cannot parse."""
+    if int(x) != x:
+        raise ValueError(f"{x!r} is not an integer")
+    return str(int(x))
 
 
 def run_id(run: dict) -> str:
-    """Every parameter that changes a run's numbers appears in its path."""
-    return (f"K{run['K']}_tau{run['tau']}_b{run['b']}_lr{fmt_float(run['lr'])}_{run['loss']}"
-            f"_T{run['local_steps']}_W{run['window']}_s{run['seed']}")
+    """Every parameter that changes a run's numbers appears in its path, exactly (parse_run_id inverts it)."""
+    i = {k: exact_int(run[k]) for k in ("K", "tau", "b", "local_steps", "window", "seed")}
+    return (f"K{i['K']}_tau{i['tau']}_b{i['b']}_lr{exact_float(run['lr'])}_{run['loss']}"
+            f"_T{i['local_steps']}_W{i['window']}_s{i['seed']}")
 
 
 def parse_run_id(text: str) -> dict:
@@ -63,6 +76,11 @@ def expand_runs(config: dict, experiments: list[str] | None = None, strict: bool
     return runs
 
 
+def main_run(config: dict, setting: str) -> dict:
+    """The parent of a setting's restricted runs: its first run of the `main` experiment."""
+    return next(r for r in expand_runs(config, ["main"]) if r["setting"] == setting)
+
+
 def checkpoint_rounds(rounds: int, window: int, checkpoints: dict) -> list[int]:
     """Explicit rounds, or ``count`` rounds from ``window`` (a full gap window) to the last round.
 
@@ -79,8 +97,9 @@ def checkpoint_rounds(rounds: int, window: int, checkpoints: dict) -> list[int]:
     return sorted(set(int(round(p)) for p in pts) | {rounds})
 
 
-def digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+def digest(text: str, n: int = 12) -> str:
+    """A short sha256 of a text (a path tag, a resume state's spec key)."""
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
 
 
 def run_info(run: dict) -> dict:

@@ -1,7 +1,6 @@
 """Full-batch Hessian-vector products and a top-k Lanczos (ARPACK) eigensolver.
 
-Flat-vector convention (used everywhere in the project): the parameters in
-``list(model.named_parameters())`` order, each flattened, concatenated.
+Vectors follow the project's flat-vector convention (sharpgaps.flat).
 """
 from __future__ import annotations
 
@@ -18,6 +17,8 @@ import torch
 from torch import Tensor, nn
 from threadpoolctl import ThreadpoolController
 from torch.func import functional_call
+
+from .flat import flatten
 
 
 # ----------------------------------------------------------------------------- devices
@@ -58,10 +59,6 @@ def disable_tf32() -> None:
 
 
 # ----------------------------------------------------------------------------- HVP
-
-def flatten(tensors) -> Tensor:
-    return torch.cat([t.reshape(-1) for t in tensors])
-
 
 class FullBatchHVP:
     """Hessian of the full-dataset mean loss L(theta) = (1/N) sum_i l_i at fixed parameters.

@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from .flat import flatten, unflatten
+
 
 @dataclass(frozen=True)
 class RunSpec:
@@ -91,23 +93,6 @@ class WorkerBatches:
 
     def indices(self, step: int) -> torch.Tensor:
         return torch.stack([self.worker_indices(w, step) for w in range(self.workers)])
-
-
-def flatten(params: dict[str, torch.Tensor], batch_dims: int = 0) -> torch.Tensor:
-    """Concatenate parameters in dict order; leading ``batch_dims`` dims are kept."""
-    lead = next(iter(params.values())).shape[:batch_dims]
-    return torch.cat([p.reshape(*lead, -1) for p in params.values()], dim=-1)
-
-
-def unflatten(vec: torch.Tensor, like: dict[str, torch.Tensor], batch_dims: int = 0) -> dict[str, torch.Tensor]:
-    out, i = {}, 0
-    lead = vec.shape[:-1]
-    for name, p in like.items():
-        shape = p.shape[batch_dims:]
-        n = shape.numel()
-        out[name] = vec[..., i : i + n].reshape(*lead, *shape)
-        i += n
-    return out
 
 
 # (K, d) flat gradients -> (K, d) directions; linear (a projection), so the lr is applied after it and
@@ -201,7 +186,7 @@ def models_sgd_step(models, workers, step, batches, loss_fn, x, y, lr, update_tr
         losses.append(loss.detach())
     with torch.no_grad():
         if update_transform is not None:
-            flat = torch.stack([torch.cat([p.grad.reshape(-1) for p in m.parameters()]) for m in models])
+            flat = torch.stack([flatten([p.grad for p in m.parameters()]) for m in models])
             for m, u in zip(models, update_transform(flat)):
                 sizes = [p.numel() for p in m.parameters()]
                 for p, chunk in zip(m.parameters(), u.split(sizes)):

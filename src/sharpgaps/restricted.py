@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -25,30 +24,13 @@ from tqdm import tqdm
 
 from . import gaps as gap_mod
 from .atomic import load_recomputable, save_frame, save_torch
+from .flat import unflatten
 from .hessian import FullBatchHVP, top_eigenpairs
-from .localsgd import RunSpec, SimulatedLocalSGD, evaluate, unflatten
+from .localsgd import RunSpec, SimulatedLocalSGD, evaluate
+from .specs import MODES, RestrictSpec  # noqa: F401  (MODES: the modes restricted_run takes)
 from .training import check_finite
 
-MODES = ("none", "dom", "bulk", "gapdom", "gapbulk")
 PROBE_STREAM = 0x9B0BE  # probe rounds draw batches from their own seed stream
-
-
-@dataclass(frozen=True)
-class RestrictSpec:
-    mode: str
-    rounds: int  # restricted rounds after the branch point
-    refresh: int = 10
-    eval_every: int = 10
-    k: int = 10  # Hessian eigenvectors (classes)
-    m: int | None = None  # gap directions (None: k)
-    window: int = 4  # probe rounds per gap-subspace refresh
-    tol: float = 1e-3
-    hessian_examples: int | None = None
-    lanczos_dtype: str = "float32"  # ARPACK working precision (hessian.top_eigenpairs)
-
-    def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"unknown restriction mode '{self.mode}'; known: {MODES}")
 
 
 def project(update: torch.Tensor, basis: torch.Tensor | None, keep_inside: bool) -> torch.Tensor:
@@ -109,7 +91,7 @@ class Restricted:
                 self.probe_steps += self.run.tau
             G = torch.cat(gaps)
             G = G - G.view(self.spec.window, self.run.K, -1).mean(1).repeat_interleave(self.run.K, 0)
-            U, _ = gap_mod.gap_subspace(G, m_max=self.spec.m or self.spec.k)
+            U, _ = gap_mod.gap_subspace(G, m_max=self.spec.gap_dim)
             self.basis = U.to(torch.float32)
         self.refreshes += 1
         self.refresh_seconds += time.perf_counter() - t0

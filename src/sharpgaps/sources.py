@@ -122,7 +122,8 @@ def _locate(data_dir: Path, f: RawFile) -> Path | None:
     return next((p for p in candidates if p.is_file()), None)
 
 
-def content_digest(path: Path, algo: str = "sha256", gunzip: bool = False) -> str:
+def file_digest(path: Path, algo: str = "sha256", gunzip: bool = False) -> str:
+    """Hex digest of a raw file's bytes (after gunzip for a .gz when ``gunzip``), as checked in above."""
     h = hashlib.new(algo)
     opener = gzip.open if gunzip and path.suffix == ".gz" else open
     with opener(path, "rb") as fh:
@@ -145,7 +146,7 @@ def check_layout(data_dir: Path, layout: Layout) -> tuple[dict[str, Path], list[
             missing.append(f)
             continue
         try:
-            actual = content_digest(path, f.algo, f.gunzip)
+            actual = file_digest(path, f.algo, f.gunzip)
         except (EOFError, OSError, zlib.error) as exc:  # truncated or garbled gzip stream
             actual = f"unreadable ({type(exc).__name__}: {exc})"
         if actual != f.digest:
@@ -216,7 +217,7 @@ def _download_layout(layout: Layout, data_dir: Path, timeout: float) -> None:
         # Verify everything before anything lands in the data dir.
         for src, rel in pairs:
             f = next(x for x in layout.files if rel.startswith(x.relpath))
-            if content_digest(src, f.algo, f.gunzip) != f.digest:
+            if file_digest(src, f.algo, f.gunzip) != f.digest:
                 raise DataError(f"downloaded file for '{rel}' fails its checksum")
         for src, rel in pairs:
             dest = data_dir / rel

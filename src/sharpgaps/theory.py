@@ -9,7 +9,10 @@ so delta_i = theta_i - mean_j theta_j = -eta sum_s A^s (xi_i - xi_bar)(step tau-
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
+
+from .specs import TheorySpec
 
 
 def predicted_gap_covariance(H: np.ndarray, C: np.ndarray, b: int, eta: float, tau: int,
@@ -94,3 +97,25 @@ def simulate_gap_covariance(H: np.ndarray, C: np.ndarray, b: int, eta: float, ta
         "stderr": (q.std(0, unbiased=True) / rounds**0.5).numpy(),
         "predicted": np.diag(pred).copy(),
     }
+
+
+# ----------------------------------------------------------------------------- the pipeline's check
+
+def quadratic_problem(spec: TheorySpec) -> tuple[np.ndarray, np.ndarray]:
+    """H = diag(eigenvalues) and a seeded noise covariance C that is generic (not diagonal in H's basis)."""
+    H = np.diag(np.asarray(spec.eigenvalues, dtype=np.float64))
+    d = len(H)
+    A = np.random.default_rng(spec.seed).standard_normal((d, d))
+    return H, A @ A.T / d + 0.1 * np.eye(d)
+
+
+def gap_covariance_table(spec: TheorySpec) -> pd.DataFrame:
+    """Measured vs predicted gap variance per eigendirection of H (simulate_gap_covariance), one block per tau."""
+    H, C = quadratic_problem(spec)
+    frames = []
+    for tau in spec.taus:
+        r = simulate_gap_covariance(H, C, spec.b, spec.lr, tau, spec.K, rounds=spec.rounds, pool=spec.pool,
+                                    seed=spec.seed + tau)
+        frames.append(pd.DataFrame({"tau": tau, "direction": np.arange(len(H)), **r, "K": spec.K, "b": spec.b,
+                                    "lr": spec.lr, "rounds": spec.rounds}))
+    return pd.concat(frames, ignore_index=True)

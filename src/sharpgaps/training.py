@@ -2,7 +2,7 @@
 
 Files (all written atomically):
   work_dir/state.pt            resume state at the last saved round boundary
-  work_dir/ckpt/r{round}.pt    checkpoint: average parameters, the gaps of the last W rounds, metrics
+  work_dir/ckpt/r{round}.pt    checkpoint (checkpoint_path): average parameters, the gaps of the last W rounds, metrics
   work_dir/metrics.csv         one row per checkpoint (written at the end)
   work_dir/rounds.csv          one row per round: mean minibatch loss, mean/max gap norm
 A run killed at any moment restarts from ``state.pt`` and ends bitwise identical (on CPU) to an
@@ -12,7 +12,6 @@ round boundary, so the state is just (round, average, gap window, logs).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -24,7 +23,9 @@ import torch
 from tqdm import tqdm
 
 from .atomic import load_recomputable, save_frame, save_torch
-from .localsgd import RunSpec, SimulatedLocalSGD, evaluate, flatten
+from .flat import flatten
+from .grid import digest
+from .localsgd import RunSpec, SimulatedLocalSGD, evaluate
 
 CKPT_FORMAT = 1
 
@@ -45,13 +46,22 @@ def check_finite(losses: torch.Tensor, what: str, rnd: int, first_step: int, lr:
         )
 
 
-def ckpt_path(work_dir: Path, rnd: int) -> Path:
-    return Path(work_dir) / "ckpt" / f"r{rnd:06d}.pt"
+CKPT_DIR = "ckpt"  # the checkpoint directory, in a run's work dir and in its published outputs
+
+
+def checkpoint_path(ckpt_dir: str | Path, rnd: int) -> Path:
+    """Round ``rnd``'s checkpoint file in a checkpoint directory (zero-padded: name order is round order)."""
+    return Path(ckpt_dir) / f"r{rnd:06d}.pt"
+
+
+def list_checkpoints(ckpt_dir: str | Path) -> list[Path]:
+    """The checkpoint files of a checkpoint directory, in round order."""
+    return sorted(Path(ckpt_dir).glob("r*.pt"))
 
 
 def spec_digest(spec: RunSpec, extra: dict) -> str:
     blob = json.dumps({"spec": spec.as_dict(), **extra}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return digest(blob, 16)
 
 
 def _needed_for_window(rnd: int, checkpoints: tuple[int, ...], window: int) -> bool:
@@ -120,7 +130,7 @@ def train_run(model, loss_fn, subset: dict, spec: RunSpec, work_dir: str | Path,
     save_state(spec.rounds, engine_theta(engine))
     save_frame(pd.DataFrame(state["ckpts"]), work_dir / "metrics.csv")
     save_frame(pd.DataFrame(state["rounds"]), work_dir / "rounds.csv")
-    return [ckpt_path(work_dir, c) for c in checkpoints]
+    return [checkpoint_path(work_dir / CKPT_DIR, c) for c in checkpoints]
 
 
 def engine_theta(engine) -> dict[str, torch.Tensor]:
@@ -140,5 +150,5 @@ def _write_checkpoint(work_dir, rnd, spec, model, loss_fn, theta, window, names,
         "format": CKPT_FORMAT, "run": {**run_info, **spec.as_dict()}, "round": rnd, "step": rnd * spec.tau,
         "param_names": names, "param_shapes": shapes, "theta": flatten(theta).clone(),
         "gaps": gaps, "gap_rounds": rounds, "worker_gap_norms": norms.tolist(), "metrics": metrics,
-    }, ckpt_path(work_dir, rnd))
+    }, checkpoint_path(work_dir / CKPT_DIR, rnd))
     return metrics

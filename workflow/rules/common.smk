@@ -6,7 +6,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
 from sharpgaps import config as sg_config
-from sharpgaps import grid
+from sharpgaps import grid, specs
 
 min_version("9.0")
 
@@ -111,15 +111,10 @@ def all_run_outputs():
     return [f"{run_dir(r)}/run.json" for r in grid.expand_runs(config)]
 
 
-def geometry_params(setting):
-    """`geometry` defaults overridden by the setting's own `geometry` block."""
-    return {**config["geometry"], **config["settings"][setting].get("geometry", {})}
-
-
 def geometry_tag(setting):
-    g = geometry_params(setting)
-    h = g.get("hessian_examples") or "all"
-    return f"H{h}_tol{grid.fmt_float(g.get('tol', 1e-3))}_x{g.get('extra', 0)}"
+    params = specs.geometry_params(config, setting)
+    k = sg_config.N_CLASSES[dataset_of(setting)]
+    return specs.GeometrySpec.from_config(params, k).tag()
 
 
 def geometry_json(wildcards):
@@ -127,7 +122,7 @@ def geometry_json(wildcards):
         raise WorkflowError(
             f"geometry '{wildcards.gtag}' does not match the config ({geometry_tag(wildcards.setting)})"
         )
-    return json.dumps(geometry_params(wildcards.setting), sort_keys=True)
+    return json.dumps(specs.geometry_params(config, wildcards.setting), sort_keys=True)
 
 
 def geometry_work(wildcards):
@@ -160,33 +155,10 @@ def theory_table():
     return f"results/tables/theory_{theory_tag()}.parquet"
 
 
-RESTRICT_DEFAULTS = {
-    "branch_at": 0.1,
-    "rounds": 200,
-    "modes": ["none", "dom", "bulk", "gapdom", "gapbulk"],
-    "refresh": 10,
-    "eval_every": 10,
-    "hessian_examples": None,
-    "tol": 1e-3,
-    "gap_m": None,
-    "gap_window": 4,
-}
-
-
-def main_run(setting):
-    """The parent of the restricted runs: the setting's first run of the `main` experiment."""
-    return next(
-        r for r in grid.expand_runs(config, ["main"]) if r["setting"] == setting
-    )
-
-
 def restricted_params(setting):
-    r = {
-        **RESTRICT_DEFAULTS,
-        **config["restricted"],
-        **config["settings"][setting].get("restricted", {}),
-    }
-    parent = main_run(setting)
+    """The setting's `restricted` parameters (defaults: sharpgaps.specs) + the round it branches at."""
+    r = specs.restricted_params(config, setting)
+    parent = grid.main_run(config, setting)
     rounds = parent["local_steps"] // parent["tau"]
     ckpts = grid.checkpoint_rounds(rounds, parent["window"], parent["checkpoints"])
     r["branch_round"] = min(ckpts, key=lambda c: abs(c - r["branch_at"] * rounds))
@@ -212,7 +184,7 @@ def restricted_outputs():
         return []
     out = []
     for setting in config["experiments"]["main"]["settings"]:
-        base = f"{run_dir(main_run(setting))}/restricted_{restricted_tag(setting)}"
+        base = f"{run_dir(grid.main_run(config, setting))}/restricted_{restricted_tag(setting)}"
         out += [
             f"{base}/{mode}.parquet" for mode in restricted_params(setting)["modes"]
         ]

@@ -1,0 +1,249 @@
+"""One function per pipeline step, and what every job does around the library call: its threads and
+device, loading a run's subset, model and specs, and publishing its outputs atomically.
+
+The entry points (``sharpgaps.cli``, the torchrun entry of ``sharpgaps.distributed``) only parse
+arguments and call these, so a step runs the same by hand, in tests and on a cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .atomic import CorruptFileError, OutputWriteError, load_torch, read_frame, save_frame, save_json, write_error
+from .grid import run_info
+from .localsgd import RunSpec
+from .sources import DataError
+from .specs import GeometrySpec, RestrictSpec, TheorySpec
+from .training import CKPT_DIR, DivergenceError, checkpoint_path, list_checkpoints
+
+# Failures whose message names the file/key/run and the fix: shown as one line, without a traceback.
+EXPECTED_ERRORS = (DataError, DivergenceError, CorruptFileError, OutputWriteError)
+
+
+def set_threads(n: int) -> None:
+    """A job uses exactly the `threads` Snakemake gave it: torch's pool, and the BLAS/OpenMP pools numpy and
+    scipy loaded (already initialised by now, so only threadpoolctl reaches them); the env var is for
+    child processes."""
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(n)
+    threadpool_limits(limits=n)
+    os.environ.setdefault("OMP_NUM_THREADS", str(n))
+
+
+def job_device(name: str):
+    """The config's `device` as a torch.device; one this machine lacks (or an unknown name) ends the job,
+    naming the config key."""
+    from .hessian import resolve_device
+
+    try:
+        return resolve_device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise SystemExit(f"config key 'device': {exc}") from None
+
+
+@dataclass
+class RunInputs:
+    """What a per-run job builds from its run description: the spec, the subset and the seeded initial
+    model (both on the job's device), and the loss."""
+
+    run: dict
+    spec: RunSpec
+    subset: dict
+    model: torch.nn.Module
+    loss_fn: Callable
+
+    @property
+    def info(self) -> dict:
+        return run_info(self.run)
+
+    @property
+    def k(self) -> int:
+        """Classes: the Hessian eigenvectors spanning the dominant subspace."""
+        return self.subset["meta"]["n_classes"]
+
+
+def load_run(run: dict, subset_path, device) -> RunInputs:
+    """The inputs of a per-run job from its run description (the workflow's run_description JSON)."""
+    from . import losses, models, subsets
+
+    subset = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in subsets.load_subset(subset_path).items()}
+    model = models.build_model(run["model"], subset["meta"], seed=run["seed"], **run.get("arch", {})).to(device)
+    return RunInputs(run, RunSpec.from_run(run), subset, model, losses.get_loss(run["loss"]))
+
+
+def run_record(job: RunInputs, device, threads: int, seconds: float, **extra) -> dict:
+    """run.json: the run, its spec, and where and how long it trained."""
+    return {**job.info, **job.spec.as_dict(), "device": str(device), "threads": threads,
+            "seconds": round(seconds, 2), "torch": torch.__version__, **extra}
+
+
+def publish_run(work_dir, out_dir, ckpts: list[Path], record: dict) -> None:
+    """Expose a finished run as its declared outputs: the checkpoint dir appears whole (rename) or not at
+    all, then metrics.csv and rounds.csv, then run.json. A full disk or an unwritable place raises one
+    OutputWriteError naming ``out_dir`` and leaves no half-published file."""
+    work_dir, out_dir = Path(work_dir), Path(out_dir)
+    staging = None
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{CKPT_DIR}.", dir=out_dir))
+        for src in ckpts:
+            try:
+                os.link(src, staging / src.name)
+            except OSError:
+                shutil.copy2(src, staging / src.name)
+        final = out_dir / CKPT_DIR
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        staging = None
+        for name in ("metrics.csv", "rounds.csv"):
+            shutil.copy2(work_dir / name, out_dir / f".{name}.tmp")
+            os.replace(out_dir / f".{name}.tmp", out_dir / name)
+    except OSError as exc:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        for name in ("metrics.csv", "rounds.csv"):
+            (out_dir / f".{name}.tmp").unlink(missing_ok=True)
+        raise write_error(exc, out_dir) from exc
+    save_json(record, out_dir / "run.json")
+
+
+def run_step(step: Callable[[], None]) -> int:
+    """A job's exit code: 0, or 2 with one line on stderr for an expected failure."""
+    try:
+        step()
+    except EXPECTED_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# ----------------------------------------------------------------------------- arguments of the entry points
+
+def add_run_job_args(q, out_dir=False, ckpt_dir=False, name=None, resume=False) -> None:
+    """The arguments every per-run job (train, geometry, restricted) takes from its rule."""
+    q.add_argument("--run", required=True, help="JSON run description (from the workflow)")
+    q.add_argument("--subset", required=True)
+    if ckpt_dir:
+        q.add_argument("--ckpt-dir", required=True)
+    q.add_argument("--work-dir", required=True)
+    if out_dir:
+        q.add_argument("--out-dir", required=True)
+    else:
+        q.add_argument("--out", required=True, help="tidy table (.parquet or .csv)")
+    if name is not None:
+        q.add_argument("--name", default=name)
+    q.add_argument("--threads", type=int, default=1)
+    q.add_argument("--device", default="cpu")
+    if resume:
+        q.add_argument("--resume-every-s", type=float, default=120.0)
+
+
+def add_train_args(q) -> None:
+    """`train`'s arguments: the same for `sharpgaps.cli train` and the torchrun entry (sharpgaps.distributed)."""
+    add_run_job_args(q, out_dir=True, name="run", resume=True)
+
+
+# ----------------------------------------------------------------------------- the steps
+
+def acquire(dataset: str, data_dir, out, download: bool = True) -> None:
+    """Verify (or download) one dataset's raw files; the stamp records each file and its checksum."""
+    from . import sources
+
+    data_dir = sources.resolve_data_dir(data_dir)
+    layout, files = sources.acquire(dataset, data_dir, download=download)
+    save_json({"dataset": dataset, "data_dir": str(data_dir), "layout": layout.name,
+               "files": {rel: {"path": str(p), "checksum": f"{f.algo}:{f.digest}"}
+                         for f in layout.files for rel, p in files.items() if rel == f.relpath}}, out)
+
+
+def subset(dataset: str, data_dir, out, **params) -> None:
+    """The seeded stratified training subset, preprocessed (``params``: subsets.write_subset's)."""
+    from . import sources, subsets
+
+    meta = subsets.write_subset(out, dataset=dataset, data_dir=sources.resolve_data_dir(data_dir), **params)
+    print(f"{dataset}: {meta['n_train']} train / {meta['n_test']} test, input {meta['input_shape']}")
+
+
+def train(run: dict, subset_path, work_dir, out_dir, *, name="run", threads=1, device="cpu",
+          resume_every_s=120.0) -> None:
+    """One Local SGD run (simulated workers), trained in ``work_dir`` and published to ``out_dir``."""
+    from .training import train_run
+
+    set_threads(threads)
+    device = job_device(device)
+    job = load_run(run, subset_path, device)
+    t0 = time.time()
+    ckpts = train_run(job.model, job.loss_fn, job.subset, job.spec, work_dir, run_name=name, run_info=job.info,
+                      resume_every_s=resume_every_s)
+    publish_run(work_dir, out_dir, ckpts, run_record(job, device, threads, time.time() - t0))
+
+
+def geometry(run: dict, params: dict, subset_path, ckpt_dir, work_dir, out, *, threads=1, device="cpu") -> None:
+    """Hessian top-k and gap-subspace metrics of every checkpoint of a run (``params``: its `geometry`)."""
+    from .geometry import run_geometry
+    from .hessian import disable_tf32
+
+    set_threads(threads)
+    disable_tf32()
+    job = load_run(run, subset_path, job_device(device))
+    ckpts = list_checkpoints(ckpt_dir)
+    if not ckpts:
+        raise SystemExit(f"no checkpoints in {ckpt_dir}")
+    df = run_geometry(ckpts, job.model, job.loss_fn, job.subset["x_train"], job.subset["y_train"],
+                      GeometrySpec.from_config(params, job.k), Path(work_dir))
+    save_frame(df, out)
+
+
+def restricted(run: dict, params: dict, mode: str, subset_path, ckpt_dir, work_dir, out, *, name="restricted",
+               threads=1, device="cpu", resume_every_s=120.0) -> None:
+    """A restricted run in ``mode`` branched from the run's checkpoint ``params["branch_round"]``
+    (``params``: its `restricted` section)."""
+    from .hessian import disable_tf32
+    from .restricted import restricted_run
+
+    set_threads(threads)
+    disable_tf32()
+    job = load_run(run, subset_path, job_device(device))
+    branch_round = params["branch_round"]
+    spec = RestrictSpec.from_config({k: v for k, v in params.items() if k != "branch_round"}, mode, job.k)
+    df = restricted_run(job.model, job.loss_fn, job.subset, load_torch(checkpoint_path(ckpt_dir, branch_round)),
+                        job.spec, spec, work_dir, name=f"{name}:{mode}", resume_every_s=resume_every_s)
+    for key in ("setting", "K", "tau", "b", "lr", "seed"):
+        df[key] = run[key]
+    df["branch_round"] = branch_round
+    save_frame(df, out)
+
+
+def theory(params: dict, out, *, threads=1) -> None:
+    """The quadratic-model check of the config's `theory` section."""
+    from .theory import gap_covariance_table
+
+    set_threads(threads)
+    save_frame(gap_covariance_table(TheorySpec.from_config(params)), out)
+
+
+def collect(tables: list, out) -> None:
+    import pandas as pd
+
+    save_frame(pd.concat([read_frame(p) for p in tables], ignore_index=True), out)
+
+
+def summary(tables: dict[str, Path], out, title: str, splice_into=None) -> None:
+    """RESULTS.md from the pipeline's tables; also spliced, one heading level down, into ``splice_into``
+    (e.g. docs/FIDELITY.md: measured numbers next to the claims, never typed by hand)."""
+    from .summary import splice, write_results
+
+    text = write_results(tables, Path(out), title)
+    if splice_into:
+        splice(Path(splice_into), text.replace("# Results", "## Measured", 1).replace("\n## ", "\n### "))

@@ -1,0 +1,50 @@
+"""MANIFEST.json: what produced the committed figures (config, commit, machine, wall time, peak memory)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+from .atomic import save_json
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], capture_output=True, text=True).stdout.strip()
+
+
+def cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+                platform.processor())
+
+
+def peak_rss_mb(benchmarks) -> float | None:
+    """The largest job's peak memory, from Snakemake's benchmark: files under ``benchmarks``."""
+    from .jobcosts import read_job_costs
+
+    jobs = read_job_costs(benchmarks)
+    return float(jobs.max_rss_mb.max()) if len(jobs) else None
+
+
+def write_manifest(config, out, *, wall_s: float, max_rss_mb: float | None = None, benchmarks=None,
+                   commit: str = "", cores: int | None = None, note: str = "") -> None:
+    import torch
+
+    cfg = Path(config).read_text()
+    if max_rss_mb is None and benchmarks:
+        max_rss_mb = peak_rss_mb(benchmarks)
+    save_json({
+        "config_file": str(config), "config_sha256": hashlib.sha256(cfg.encode()).hexdigest(), "config": cfg,
+        # the commit the run started from; "dirty": tracked files other than the run's own outputs changed
+        "commit": commit or git("rev-parse", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!paper_figures")),
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores", "python": platform.python_version(),
+        "torch": torch.__version__, "wall_s": wall_s, "max_rss_mb": max_rss_mb,
+        "cores": os.cpu_count() if cores is None else cores, "note": note,
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+    }, out)

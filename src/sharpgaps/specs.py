@@ -1,0 +1,156 @@
+"""What each pipeline step computes, with its defaults, built from the validated config.
+
+One home per default: a key the config leaves unset takes its spec dataclass's default here, and
+each spec is built from its config section by one ``from_config``, which the workflow (paths,
+tags) and the jobs both call. ``SECTIONS`` and ``CONFIG_NAMES`` say which config key fills which
+spec field; tests/test_specs.py holds the schema's stated defaults to these. The training run's
+spec (``localsgd.RunSpec``) comes from the run grid instead (``RunSpec.from_run``).
+
+Torch-free: the workflow imports it while it parses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, fields
+
+from .grid import exact_float
+
+# ARPACK working precision of every top-k solve: 4x cheaper Lanczos bookkeeping than float64, eigenvalues
+# within ~1e-6 of it (hessian.top_eigenpairs, docs/BENCHMARKS.md)
+LANCZOS_DTYPE = "float32"
+MODES = ("none", "dom", "bulk", "gapdom", "gapbulk")
+
+
+@dataclass(frozen=True)
+class GeometrySpec:
+    """Per-checkpoint Hessian and gap-subspace metrics (sharpgaps.geometry); config section `geometry`."""
+
+    k: int  # Hessian eigenpairs defining the dominant subspace (= classes)
+    extra: int = 0  # further eigenvalues, for the spectrum figure only
+    tol: float = 1e-3
+    m_list: tuple[int, ...] = (1, 2, 4, 8, 16)
+    m_rank: bool = True  # also evaluate m = rank(G) = (K-1) W
+    hessian_examples: int | None = None  # None: the whole training subset
+    chunk_size: int | None = None
+    # g over the whole training subset needs no second-order graph: chunks bound its memory (one chunk of
+    # activations, 6.2 GB -> 0.7 GB for the transformer) and run faster; None = all examples at once.
+    grad_chunk_size: int | None = 256
+    random_draws: int = 8
+    cos_top: int = 20  # gap directions in the squared-cosine matrix
+    warm_start: bool = True
+    lanczos_dtype: str = LANCZOS_DTYPE
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, params: dict, k: int) -> "GeometrySpec":
+        """``params``: a setting's `geometry` section as the workflow passes it (geometry_params)."""
+        return _build(cls, "geometry", params, k=k)
+
+    def tag(self) -> str:
+        """The geometry table's path tag: the parameters that change its rows the most."""
+        return f"H{self.hessian_examples or 'all'}_tol{exact_float(self.tol)}_x{self.extra}"
+
+
+@dataclass(frozen=True)
+class BranchSpec:
+    """Which restricted runs branch from a setting's `main` run, and where; config section `restricted`."""
+
+    branch_at: float = 0.1  # fraction of the parent's rounds, snapped to its nearest checkpoint
+    modes: tuple[str, ...] = MODES
+
+
+@dataclass(frozen=True)
+class RestrictSpec:
+    """One Dom/Bulk- or gap-restricted run (sharpgaps.restricted); config section `restricted`."""
+
+    mode: str
+    rounds: int = 200  # restricted rounds after the branch point
+    refresh: int = 10
+    eval_every: int = 10
+    k: int = 10  # Hessian eigenvectors (classes)
+    m: int | None = None  # gap directions (None: k)
+    window: int = 4  # probe rounds per gap-subspace refresh
+    tol: float = 1e-3
+    hessian_examples: int | None = None
+    lanczos_dtype: str = LANCZOS_DTYPE
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"unknown restriction mode '{self.mode}'; known: {MODES}")
+
+    @property
+    def gap_dim(self) -> int:
+        """Gap directions spanning the gap subspace."""
+        return self.m or self.k
+
+    @classmethod
+    def from_config(cls, params: dict, mode: str, k: int) -> "RestrictSpec":
+        """``params``: a setting's `restricted` section (restricted_params); keys of BranchSpec are skipped."""
+        return _build(cls, "restricted", params, mode=mode, k=k)
+
+
+@dataclass(frozen=True)
+class TheorySpec:
+    """The quadratic-model check (sharpgaps.theory); config section `theory`."""
+
+    eigenvalues: tuple[float, ...] = (10.0, 5.0, 2.0, 1.0, 0.5, 0.1)  # spectrum of H
+    K: int = 8
+    b: int = 4
+    lr: float = 0.05
+    taus: tuple[int, ...] = (1, 2, 4, 8, 16)
+    rounds: int = 2000  # Monte-Carlo rounds per tau
+    pool: int = 50_000  # noise vectors in the sampling pool
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, params: dict) -> "TheorySpec":
+        return _build(cls, "theory", params)
+
+
+# config section -> the specs its keys fill; config keys named unlike their field
+SECTIONS = {"geometry": (GeometrySpec,), "restricted": (BranchSpec, RestrictSpec), "theory": (TheorySpec,)}
+CONFIG_NAMES = {"restricted": {"gap_m": "m", "gap_window": "window"}}
+
+# The keys whose defaults the restricted path tag (a digest of restricted_params) has always covered.
+# A key added since (lanczos_dtype) enters it only when a config sets it, so existing outputs keep their paths.
+RESTRICTED_TAGGED = ("branch_at", "rounds", "modes", "refresh", "eval_every", "hessian_examples", "tol", "gap_m",
+                     "gap_window")
+
+
+def spec_field(section: str, key: str) -> tuple[type, str]:
+    """The spec class and field that config key ``section.key`` fills."""
+    name = CONFIG_NAMES.get(section, {}).get(key, key)
+    for cls in SECTIONS[section]:
+        if name in {f.name for f in fields(cls)}:
+            return cls, name
+    raise KeyError(f"{section}.{key}: no spec field takes this config key")
+
+
+def config_default(section: str, key: str):
+    """The value a config that leaves ``section.key`` unset gets."""
+    cls, name = spec_field(section, key)
+    default = next(f.default for f in fields(cls) if f.name == name)
+    if default is MISSING:
+        raise KeyError(f"{section}.{key}: {cls.__name__}.{name} has no default")
+    return default
+
+
+def _build(cls, section: str, params: dict, **fixed):
+    """``cls`` from the config keys of ``params`` it owns (renamed per CONFIG_NAMES; lists as tuples)."""
+    own = {}
+    for key, value in params.items():
+        owner, name = spec_field(section, key)
+        if owner is cls:
+            own[name] = tuple(value) if isinstance(value, list) else value
+    return cls(**fixed, **own)
+
+
+def geometry_params(config: dict, setting: str) -> dict:
+    """The `geometry` section overridden by the setting's own; unset keys stay unset (defaults: GeometrySpec)."""
+    return {**config["geometry"], **config["settings"][setting].get("geometry", {})}
+
+
+def restricted_params(config: dict, setting: str) -> dict:
+    """The `restricted` section overridden by the setting's own, with the RESTRICTED_TAGGED defaults filled in."""
+    defaults = {key: config_default("restricted", key) for key in RESTRICTED_TAGGED}
+    return {**defaults, **config["restricted"], **config["settings"][setting].get("restricted", {})}

@@ -1,0 +1,103 @@
+"""The specs own the defaults: the schema states the same ones, and every config key fills one spec field."""
+
+import json
+import re
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sharpgaps import grid, specs
+from sharpgaps.config import validate
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA_PATH = REPO / "workflow/schemas/config.schema.yaml"
+SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
+# the schema's properties of each config section that builds a spec
+SECTION_KEYS = {
+    "geometry": SCHEMA["definitions"]["geometrykeys"]["properties"],
+    "restricted": SCHEMA["definitions"]["restrictkeys"]["properties"],
+    "theory": SCHEMA["properties"]["theory"]["properties"],
+}
+
+
+def stated_default(prop: dict):
+    """The default the schema states for a key: its `default`, or an "unset = VALUE" in its description
+    (keys the schema must not fill in, so that existing job parameters and path digests stay as they are)."""
+    if "default" in prop:
+        return prop["default"]
+    m = re.search(r"\bunset = ([^\s,;()]+)", prop.get("description", ""))
+    return yaml.safe_load(m.group(1)) if m else MISSING
+
+
+STATED = [(section, key, stated_default(prop)) for section, props in SECTION_KEYS.items()
+          for key, prop in props.items() if stated_default(prop) is not MISSING]
+
+
+def test_sections_are_the_specs_sections():
+    assert set(SECTION_KEYS) == set(specs.SECTIONS)
+
+
+@pytest.mark.parametrize("section", SECTION_KEYS)
+def test_every_config_key_fills_a_spec_field(section):
+    for key in SECTION_KEYS[section]:
+        specs.spec_field(section, key)  # KeyError names the key no spec takes
+
+
+@pytest.mark.parametrize("section", SECTION_KEYS)
+def test_every_section_states_some_default(section):
+    """Guards the comparison below against matching nothing (a renamed schema definition, say)."""
+    assert any(s == section for s, _, _ in STATED)
+
+
+@pytest.mark.parametrize("section,key,stated", STATED, ids=[f"{s}.{k}" for s, k, _ in STATED])
+def test_schema_defaults_are_the_spec_defaults(section, key, stated):
+    want = tuple(stated) if isinstance(stated, list) else stated
+    assert specs.config_default(section, key) == want, f"{SCHEMA_PATH.name}: {section}.{key}"
+
+
+def test_config_names_map_to_existing_fields():
+    for section, names in specs.CONFIG_NAMES.items():
+        owned = {f.name for cls in specs.SECTIONS[section] for f in fields(cls)}
+        assert set(names.values()) <= owned, section
+
+
+def test_restricted_spec_from_config_renames_and_skips_branch_keys():
+    params = {"branch_at": 0.5, "modes": ["dom"], "rounds": 6, "gap_m": 3, "gap_window": 2, "tol": 1e-4}
+    rs = specs.RestrictSpec.from_config(params, "gapdom", k=10)
+    assert (rs.mode, rs.rounds, rs.m, rs.window, rs.tol, rs.k) == ("gapdom", 6, 3, 2, 1e-4, 10)
+    assert (rs.refresh, rs.lanczos_dtype) == (specs.config_default("restricted", "refresh"), specs.LANCZOS_DTYPE)
+    assert rs.gap_dim == 3 and specs.RestrictSpec.from_config({}, "dom", k=10).gap_dim == 10
+    with pytest.raises(KeyError, match="restricted.branch_round"):
+        specs.RestrictSpec.from_config({"branch_round": 7}, "dom", k=10)
+
+
+def test_geometry_spec_from_config_and_tag():
+    g = specs.GeometrySpec.from_config({"m_list": [1, 2], "tol": 1e-3, "hessian_examples": 300}, k=10)
+    assert g.m_list == (1, 2) and g.k == 10 and g.grad_chunk_size == 256
+    assert g.tag() == "H300_tol0.001_x0"
+    assert specs.GeometrySpec.from_config({}, k=2).tag() == "Hall_tol0.001_x0"
+
+
+def test_smoke_restricted_tag_digests_the_same_params():
+    """restricted_tag digests restricted_params: a key added to them renames every restricted output.
+    The smoke config's mnist_fc tag was br7_b409fbf0670a before the defaults moved into sharpgaps.specs."""
+    cfg = validate(yaml.safe_load((REPO / ".test/config.yaml").read_text()), SCHEMA_PATH)
+    p = specs.restricted_params(cfg, "mnist_fc")
+    assert "lanczos_dtype" not in p and set(specs.RESTRICTED_TAGGED) <= set(p)
+    del p["modes"]
+    assert grid.digest(json.dumps({**p, "branch_round": 7}, sort_keys=True)) == "b409fbf0670a"
+
+
+def test_validation_takes_unset_keys_from_the_specs():
+    """config._rank_problems checks what the jobs will run: an unset gap_window is RestrictSpec's 4 (the smoke
+    cifar_cnn run, K=4, then spans (K-1)*4 = 12 >= k = 10 gap directions), an unset m_list GeometrySpec's."""
+    from sharpgaps.config import ConfigError
+
+    cfg = yaml.safe_load((REPO / ".test/config.yaml").read_text())
+    del cfg["restricted"]["gap_window"], cfg["settings"]["cifar_cnn"]["restricted"]
+    validate(cfg, SCHEMA_PATH)
+    del cfg["geometry"]["m_list"]
+    with pytest.raises(ConfigError, match=r"geometry.m_list: \[16\] exceed"):  # the largest rank is (8-1)*2 = 14
+        validate(cfg, SCHEMA_PATH)
