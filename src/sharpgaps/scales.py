@@ -11,15 +11,13 @@ committed block is not the one this module renders.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 import yaml
 
 from . import grid
 from .config import N_CLASSES, validate
-from .geometry import GeometrySpec
-from .restricted import MODES, RestrictSpec
+from .specs import GeometrySpec, RestrictSpec, geometry_params, restricted_params
 from .summary import splice
 
 SCALES = {"paper": "config.yaml", "quick": "config.quick.yaml", "smoke": ".test/config.yaml"}
@@ -34,23 +32,6 @@ def load(repo: Path) -> dict[str, dict]:
     """Scale name -> its validated config (defaults filled in)."""
     return {scale: validate(yaml.safe_load((repo / path).read_text()), repo / SCHEMA)
             for scale, path in SCALES.items()}
-
-
-def _defaults(spec) -> dict:
-    return {f.name: f.default for f in dataclasses.fields(spec) if f.default is not dataclasses.MISSING}
-
-
-def _geometry(cfg: dict, setting: str) -> dict:
-    # Keys the schema leaves unset take GeometrySpec's defaults, as the geometry job does.
-    return {**_defaults(GeometrySpec), **cfg["geometry"], **cfg["settings"][setting].get("geometry", {})}
-
-
-def _restricted(cfg: dict, setting: str) -> dict:
-    # The schema fills no restricted defaults; RestrictSpec's (config names: gap_window, gap_m) are
-    # the workflow's for every key but rounds and branch_at, which all three configs set.
-    spec = _defaults(RestrictSpec)
-    base = {**spec, "gap_window": spec["window"], "gap_m": spec["m"], "modes": list(MODES)}
-    return {**base, **cfg["restricted"], **cfg["settings"][setting].get("restricted", {})}
 
 
 def _n(x) -> str:
@@ -83,7 +64,10 @@ def setting_rows(cfg: dict, setting: str) -> dict[str, str]:
     ckpts = grid.checkpoint_rounds(rounds, run["window"], run["checkpoints"])
     spacing = "explicit" if run["checkpoints"].get("rounds") else run["checkpoints"].get("spacing", "log")
     k = N_CLASSES[s["dataset"]]
-    geo, res = _geometry(cfg, setting), _restricted(cfg, setting)
+    # the specs the jobs build, from the same config sections (unset keys: the specs' defaults)
+    geo = GeometrySpec.from_config(geometry_params(cfg, setting), k=k)
+    params = restricted_params(cfg, setting)
+    res = RestrictSpec.from_config(params, mode="none", k=k)
     rows = {
         "model": s["model"] + "".join(f", {key} {v}" for key, v in s.get("arch", {}).items()),
         "training subset": f"{_n(cfg['subset']['n_train'])} (seed {cfg['subset']['seed']})",
@@ -93,20 +77,20 @@ def setting_rows(cfg: dict, setting: str) -> dict[str, str]:
         rows["SST-2 text"] = f"max_len {data['max_len']}, min_freq {data['min_freq']}"
     rows |= {
         "K, tau, b": f"{run['K']}, {run['tau']}, {run['b']}",
-        "lr": grid.fmt_float(run["lr"]),
+        "lr": grid.exact_float(run["lr"]),
         "local steps (rounds)": f"{_n(run['local_steps'])} ({_n(rounds)})",
         "checkpoints": f"{len(ckpts)}, {spacing}, rounds {_n(ckpts[0])}-{_n(ckpts[-1])}",
         "W, rank (K-1)W": f"{run['window']}, {(run['K'] - 1) * run['window']}",
         "seeds": _list(run["seeds"]),
-        "Hessian examples": _examples(geo["hessian_examples"], cfg),
-        "eigenpairs (k + extra)": f"{k} + {geo['extra']}",
-        "m": _list(geo["m_list"]) + (", rank(G)" if geo["m_rank"] else ""),
-        "random draws": str(geo["random_draws"]),
-        "restricted rounds": f"{_n(res['rounds'])} from {res['branch_at']:.0%} of the run, "
-                             f"refresh every {res['refresh']}",
-        "restricted modes": _list(res["modes"]),
-        "restricted Hessian examples": _examples(res["hessian_examples"], cfg),
-        "gap-Dom/Bulk probes": f"{res['gap_window']} rounds, m = {res['gap_m'] or k}",
+        "Hessian examples": _examples(geo.hessian_examples, cfg),
+        "eigenpairs (k + extra)": f"{k} + {geo.extra}",
+        "m": _list(geo.m_list) + (", rank(G)" if geo.m_rank else ""),
+        "random draws": str(geo.random_draws),
+        "restricted rounds": f"{_n(res.rounds)} from {params['branch_at']:.0%} of the run, "
+                             f"refresh every {res.refresh}",
+        "restricted modes": _list(params["modes"]),
+        "restricted Hessian examples": _examples(res.hessian_examples, cfg),
+        "gap-Dom/Bulk probes": f"{res.window} rounds, m = {res.gap_dim}",
     }
     rows |= {f"`{name}`": _sweep(cfg, setting, name) for name in SWEEPS}
     return rows
@@ -114,7 +98,7 @@ def setting_rows(cfg: dict, setting: str) -> dict[str, str]:
 
 def theory_rows(cfg: dict) -> dict[str, str]:
     t = cfg["theory"]
-    return {"eigenvalues of H": _list(t["eigenvalues"]), "K, b, lr": f"{t['K']}, {t['b']}, {grid.fmt_float(t['lr'])}",
+    return {"eigenvalues of H": _list(t["eigenvalues"]), "K, b, lr": f"{t['K']}, {t['b']}, {grid.exact_float(t['lr'])}",
             "tau": _list(t["taus"]), "rounds per tau (pool)": f"{_n(t['rounds'])} ({_n(t['pool'])})"}
 
 
