@@ -63,7 +63,8 @@ def expand(registry: dict, config: dict, tables: dict) -> dict[str, dict[str, di
     """family -> {stem: {"table", "parameters", "labels"}} for every figure this config draws.
 
     ``tables``: where the workflow writes the tables: "geometry" (a pattern with {experiment}), "restricted"
-    (None without restricted runs) and "theory". A family whose table the config lacks draws nothing.
+    (None without restricted runs) and "theory". A family whose table, or whose panels' experiment, the config
+    lacks draws nothing.
     """
     fig = config["figures"]
 
@@ -78,8 +79,11 @@ def expand(registry: dict, config: dict, tables: dict) -> dict[str, dict[str, di
         else:
             table = geometry(fig["experiment"]) if row["table"] == "geometry" else tables[row["table"]]
             exp = PANELS_OF.get(row["table"], fig["experiment"])
-            shown = panels(config, config["experiments"][exp]["settings"]) if table and exp else {}
-            figures = {stem: (table, {**shown, **own}) for stem, own in row["figures"].items()} if table else {}
+            if table is None or (exp and exp not in config["experiments"]):
+                figures = {}
+            else:
+                shown = panels(config, config["experiments"][exp]["settings"]) if exp else {}
+                figures = {stem: (table, {**shown, **own}) for stem, own in row["figures"].items()}
         out[family] = {}
         for stem, (table, params) in figures.items():
             parameters = Parameters(sorted({**common, **params}.items()))

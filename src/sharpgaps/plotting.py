@@ -41,16 +41,22 @@ QUANTITIES = {"train_loss": "training loss", "train_acc": "training accuracy",
               "test_loss": "test loss", "test_acc": "test accuracy"}
 
 
-def show_caption(path, namespace: dict) -> None:
-    """Show the figure's report caption (a Jinja template, workflow/report/*.rst) rendered as the report renders
-    it: ``snakemake.params.parameters.<name>`` is the notebook's parameter <name> (from ``namespace``, its
-    globals) and ``snakemake.wildcards.fig`` the figure's stem. Also says which interpreter runs the kernel."""
+def caption_text(path, namespace: dict) -> str:
+    """The figure's report caption (a Jinja template, workflow/report/*.rst) rendered as the report renders it:
+    ``snakemake.params.parameters.<name>`` is the notebook's parameter <name> (from ``namespace``, its globals)
+    and ``snakemake.wildcards.fig`` the figure's stem. A name the notebook lacks is an error, not a blank."""
     import jinja2
-    from IPython.display import Markdown, display
 
     snakemake = {"params": {"parameters": namespace}, "wildcards": {"fig": Path(namespace["out_png"]).stem}}
     template = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(Path(path).read_text())
-    display(Markdown(template.render(snakemake=snakemake)))
+    return template.render(snakemake=snakemake)
+
+
+def show_caption(path, namespace: dict) -> None:
+    """Show :func:`caption_text` in the notebook, and which interpreter runs its kernel."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(caption_text(path, namespace)))
     print("kernel python:", sys.executable)
 
 
