@@ -20,6 +20,10 @@ FIGURES = sg_figures.expand(
     },
 )
 FIGURE = {stem: fig for figs in FIGURES.values() for stem, fig in figs.items()}
+# Notebooks and captions are workflow sources: found next to the Snakefile, named relative to the workdir
+# (the repository root in normal use, so recorded input paths survive moving the checkout).
+NOTEBOOKS = os.path.relpath(f"{workflow.basedir}/notebooks")
+CAPTIONS = os.path.relpath(f"{workflow.basedir}/workflow/report")
 
 # RESULTS.md: every table this config has (`sharpgaps summary` skips the sections of absent ones).
 SUMMARY_TABLES = {
@@ -48,43 +52,30 @@ PAPERMILL = (
 )
 
 
-def workflow_source(*parts):
-    """A file of the workflow (found next to the Snakefile), named relative to the working directory, as
-    inputs are: the repository root in normal use, so recorded input paths survive moving the checkout."""
-    return os.path.relpath(Path(workflow.basedir).joinpath(*parts))
-
-
-def figure_outputs(row):
-    """A figure's files: PDF, PNG and the tidy CSV behind it (both captioned in the report), and the
-    executed notebook."""
-
-    def captioned(ext, category):
-        return report(
+for family, row in REGISTRY.items():
+    # the PNG and the CSV behind it go into the report, with the family's caption and each figure's labels
+    captioned = {
+        ext: report(
             f"{FIGURE_DIR}/{{fig}}.{ext}",
             caption=f"../report/{row['caption']}",
             category=category,
             labels=lambda wildcards: FIGURE[wildcards.fig]["labels"],
         )
-
-    return {
-        "pdf": f"{FIGURE_DIR}/{{fig}}.pdf",
-        "png": captioned("png", "Figures"),
-        "csv": captioned("csv", "Figure data"),
-        "notebook": "results/notebooks/{fig}.ipynb",
+        for ext, category in (("png", "Figures"), ("csv", "Figure data"))
     }
-
-
-for family, row in REGISTRY.items():
 
     rule:
         name:
             family
         input:
-            notebook=workflow_source("notebooks", row["notebook"]),
-            caption=workflow_source("workflow/report", row["caption"]),
+            notebook=f"{NOTEBOOKS}/{row['notebook']}",
+            caption=f"{CAPTIONS}/{row['caption']}",
             table=lambda wildcards: FIGURE[wildcards.fig]["table"],
         output:
-            **figure_outputs(row),
+            pdf=f"{FIGURE_DIR}/{{fig}}.pdf",
+            png=captioned["png"],
+            csv=captioned["csv"],
+            notebook="results/notebooks/{fig}.ipynb",
         log:
             "results/logs/figures/{fig}.log",
         benchmark:
