@@ -8,10 +8,9 @@ import sys
 
 import nbformat
 import pandas as pd
-import papermill
 import pytest
 import yaml
-from wf import FIGURE_DIR, REPO, SMOKE_CONFIG, job_counts, snakemake, workflow_copy
+from wf import FIGURE_DIR, REPO, SMOKE_CONFIG, figure_files, job_counts, snakemake, workflow_copy
 
 
 # figure -> columns of the tidy CSV behind it
@@ -31,22 +30,11 @@ SETTINGS = {"mnist_fc", "cifar_cnn", "sst2_transformer"}
 @pytest.mark.workflow
 @pytest.mark.parametrize("name", FIGURES)
 def test_figure_outputs(smoke, name):
-    for ext in ("pdf", "png", "csv"):
-        path = smoke / FIGURE_DIR / f"{name}.{ext}"
-        assert path.is_file() and path.stat().st_size > 0, path
-    assert (smoke / FIGURE_DIR / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
-    assert (smoke / FIGURE_DIR / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    data = pd.read_csv(smoke / FIGURE_DIR / f"{name}.csv")
+    data, passed = figure_files(smoke, name)
     assert list(data.columns) == FIGURES[name]
     assert len(data) > 0 and data["value"].notna().all()
     assert set(data["setting"]) == ({"mnist_fc"} if name == "fig01_cosines" else SETTINGS)
-    # the executed notebook is kept, ran without error, and every parameter the rule passed is one it declares
-    executed = nbformat.read(smoke / f"results/notebooks/{name}.ipynb", as_version=4)
-    assert executed.metadata.papermill.exception is None
-    passed = set(executed.metadata.papermill.parameters)
-    assert passed <= set(papermill.inspect_notebook(str(REPO / "notebooks" / f"{name}.ipynb")))
-    assert {"table", "caption", "out_pdf", "settings", "labels"} <= passed
-    assert (smoke / f"results/logs/figures/{name}.log").is_file()
+    assert {"table", "caption", "out_pdf", "settings", "labels"} <= set(passed)
 
 
 @pytest.mark.workflow

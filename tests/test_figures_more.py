@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from wf import FIGURE_DIR, SMOKE_CONFIG, job_counts, snakemake, workflow_copy
+from wf import FIGURE_DIR, SMOKE_CONFIG, figure_files, job_counts, snakemake, workflow_copy
 
 SETTINGS = {"mnist_fc", "cifar_cnn", "sst2_transformer"}
 
@@ -56,22 +56,10 @@ def sweeps(tmp_path_factory, data_dir):
     return work, config
 
 
-def check_files(workdir, name):
-    for ext in ("pdf", "png", "csv"):
-        path = workdir / FIGURE_DIR / f"{name}.{ext}"
-        assert path.is_file() and path.stat().st_size > 0, path
-    assert (workdir / FIGURE_DIR / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
-    assert (workdir / FIGURE_DIR / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    executed = nbformat.read(workdir / f"results/notebooks/{name}.ipynb", as_version=4)
-    assert executed.metadata.papermill.exception is None
-    assert (workdir / f"results/logs/figures/{name}.log").is_file()
-    return pd.read_csv(workdir / FIGURE_DIR / f"{name}.csv"), executed.metadata.papermill.parameters
-
-
 @pytest.mark.workflow
 @pytest.mark.parametrize("name", RESTRICTED)
 def test_restricted_figures(smoke, name):
-    data, passed = check_files(smoke, name)
+    data, passed = figure_files(smoke, name)
     assert list(data.columns) == COLUMNS["restricted"]
     assert passed["quantity"] == RESTRICTED[name] and set(data["quantity"]) == {RESTRICTED[name]}
     assert set(data["setting"]) == SETTINGS and set(passed["settings"]) == SETTINGS
@@ -85,7 +73,7 @@ def test_restricted_figures(smoke, name):
 
 @pytest.mark.workflow
 def test_gap_restricted_figure(smoke):
-    data, _ = check_files(smoke, "figX1_gap_restricted")
+    data, _ = figure_files(smoke, "figX1_gap_restricted")
     assert list(data.columns) == COLUMNS["figX1_gap_restricted"]
     assert set(data["panel"]) == {"train_loss", "test_acc", "compute"}
     assert set(data["mode"]) == {"none", "dom", "bulk", "gapdom", "gapbulk"}
@@ -100,7 +88,7 @@ def test_gap_restricted_figure(smoke):
 
 @pytest.mark.workflow
 def test_theory_figure(smoke):
-    data, passed = check_files(smoke, "figX2_theory")
+    data, passed = figure_files(smoke, "figX2_theory")
     assert list(data.columns) == COLUMNS["figX2_theory"]
     cfg = yaml.safe_load(SMOKE_CONFIG.read_text())
     assert sorted(data["tau"].unique()) == sorted(cfg["theory"]["taus"])
@@ -125,7 +113,7 @@ def test_results_md_of_the_smoke_config(smoke):
 @pytest.mark.parametrize("name", SWEEPS)
 def test_sweep_figures(sweeps, name):
     work, _ = sweeps
-    data, passed = check_files(work, name)
+    data, passed = figure_files(work, name)
     axis, values = SWEEPS[name]
     assert list(data.columns) == COLUMNS["sweep"]
     assert passed["axis"] == axis and passed["setting"] == "mnist_fc" and passed["figure"] == int(name[3:5])

@@ -45,6 +45,25 @@ def workflow_copy(dst):
     return dst
 
 
+def figure_files(workdir, name):
+    """A figure a run made: PDF, PNG and CSV in the figure directory, the executed notebook (no error; every
+    parameter the rule passed is one the notebook declares) and its log. Returns (its CSV, the parameters)."""
+    import nbformat
+    import pandas as pd
+    import papermill
+
+    for ext in ("pdf", "png", "csv"):
+        path = workdir / FIGURE_DIR / f"{name}.{ext}"
+        assert path.is_file() and path.stat().st_size > 0, path
+    assert (workdir / FIGURE_DIR / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+    assert (workdir / FIGURE_DIR / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    run = nbformat.read(workdir / f"results/notebooks/{name}.ipynb", as_version=4).metadata.papermill
+    assert run.exception is None
+    assert set(run.parameters) <= set(papermill.inspect_notebook(str(workdir / run.input_path)))
+    assert (workdir / f"results/logs/figures/{name}.log").is_file()
+    return pd.read_csv(workdir / FIGURE_DIR / f"{name}.csv"), run.parameters
+
+
 def check_notebook(path):
     """A committed figure notebook: valid nbformat 4, no outputs, a one-line title, one `parameters` code cell
     whose assignments are exactly what papermill declares, and the caption shown from workflow/report (never
