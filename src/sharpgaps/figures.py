@@ -16,9 +16,7 @@ import yaml
 # first + i shows the i-th setting of config figures.sweep_settings (the paper's order: MNIST, CIFAR-10, SST-2).
 SWEEPS = {"tau_ablation": ("tau", 10), "k_sweep": ("K", 13), "batch_sweep": ("b", 16)}
 
-# The experiment whose settings are a family's panels, by its `table` (geometry: config figures.experiment).
-PANELS_OF = {"restricted": "main", "theory": None}
-
+# Model and dataset names as the paper writes them, for panel titles.
 NAMES = {"fc_tanh": "FC-tanh", "cnn_relu": "CNN-ReLU", "transformer": "Transformer",
          "mnist": "MNIST", "cifar10": "CIFAR-10", "sst2": "SST-2"}
 
@@ -47,46 +45,45 @@ def panels(config: dict, settings: list[str]) -> dict:
     return {"settings": list(settings), "labels": {s: panel_label(config, s) for s in settings}}
 
 
-def sweep_figures(config: dict) -> dict[str, tuple[str, str, dict]]:
-    """stem -> (experiment, setting, parameters) of every sweep figure the config has, e.g. fig11_tau_ablation_cifar_cnn."""
+def sweep_figures(config: dict) -> dict[str, tuple[str, dict]]:
+    """stem -> (experiment, parameters) of every sweep figure the config has, e.g. fig11_tau_ablation_cifar_cnn."""
     order = config["figures"]["sweep_settings"]
     out = {}
     for exp, (axis, first) in SWEEPS.items():
         for s in config["experiments"].get(exp, {}).get("settings", []):
             number = first + order.index(s)
-            out[f"fig{number}_{exp}_{s}"] = (exp, s, {**panels(config, [s]), "setting": s, "figure": number,
-                                                     "axis": axis})
+            out[f"fig{number}_{exp}_{s}"] = (exp, {**panels(config, [s]), "setting": s, "figure": number, "axis": axis})
     return out
+
+
+def _figures_of(row: dict, config: dict, tables: dict) -> dict[str, tuple[str, dict]]:
+    """stem -> (table, the figure's own parameters) of one registry row; none when the config lacks its table."""
+    experiments = config["experiments"]
+    if row["table"] == "sweeps":
+        return {stem: (tables["geometry"].format(experiment=exp), params)
+                for stem, (exp, params) in sweep_figures(config).items()}
+    # the experiment whose settings are the panels (restricted runs branch from `main`; theory has no panels)
+    exp = {"geometry": config["figures"]["experiment"], "restricted": "main", "theory": None}[row["table"]]
+    table = tables["geometry"].format(experiment=exp) if row["table"] == "geometry" else tables[row["table"]]
+    if table is None or (exp is not None and exp not in experiments):
+        return {}
+    shown = panels(config, experiments[exp]["settings"]) if exp else {}
+    return {stem: (table, {**shown, **own}) for stem, own in row["figures"].items()}
 
 
 def expand(registry: dict, config: dict, tables: dict) -> dict[str, dict[str, dict]]:
     """family -> {stem: {"table", "parameters", "labels"}} for every figure this config draws.
 
     ``tables``: where the workflow writes the tables: "geometry" (a pattern with {experiment}), "restricted"
-    (None without restricted runs) and "theory". A family whose table, or whose panels' experiment, the config
-    lacks draws nothing.
+    (None without restricted runs) and "theory".
     """
-    fig = config["figures"]
-
-    def geometry(exp):
-        return tables["geometry"].format(experiment=exp) if exp in config["experiments"] else None
-
     out = {}
     for family, row in registry.items():
+        fig = config["figures"]
         common = {"dpi": fig["dpi"], **{name: fig[key] for name, key in row["keys"].items()}}
-        if row["table"] == "sweeps":
-            figures = {stem: (geometry(exp), params) for stem, (exp, _, params) in sweep_figures(config).items()}
-        else:
-            table = geometry(fig["experiment"]) if row["table"] == "geometry" else tables[row["table"]]
-            exp = PANELS_OF.get(row["table"], fig["experiment"])
-            if table is None or (exp and exp not in config["experiments"]):
-                figures = {}
-            else:
-                shown = panels(config, config["experiments"][exp]["settings"]) if exp else {}
-                figures = {stem: (table, {**shown, **own}) for stem, own in row["figures"].items()}
         out[family] = {}
-        for stem, (table, params) in figures.items():
-            parameters = Parameters(sorted({**common, **params}.items()))
-            labels = {k: v.format(stem=stem, **parameters) for k, v in row["labels"].items()}
+        for stem, (table, own) in _figures_of(row, config, tables).items():
+            parameters = Parameters(sorted({**common, **own}.items()))
+            labels = {name: text.format(stem=stem, **parameters) for name, text in row["labels"].items()}
             out[family][stem] = {"table": table, "parameters": parameters, "labels": labels}
     return out
