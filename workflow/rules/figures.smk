@@ -35,10 +35,11 @@ SUMMARY_TABLES = {
     **{"restricted": table for table in restricted_table()},
     "theory": theory_table(),
 }
-# What `all` builds: every figure of this config and RESULTS.md.
-FIGURE_TARGETS = [f"{FIGURE_DIR}/{stem}.pdf" for stem in FIGURE] + [
-    f"{FIGURE_DIR}/RESULTS.md"
-]
+# What `all` builds: every file of every figure of this config (Snakemake reruns a job for a missing file
+# only if it is asked for), and RESULTS.md.
+FIGURE_TARGETS = [
+    f"{FIGURE_DIR}/{stem}.{ext}" for stem in FIGURE for ext in ("pdf", "png", "csv")
+] + [f"{FIGURE_DIR}/RESULTS.md"]
 
 # Papermill runs the notebook in the `python3` kernel of the environment papermill itself runs in
 # (JUPYTER_PREFER_ENV_PATH: that env's kernelspec wins over one in the user's ~/.local). Paths go in
