@@ -1,7 +1,9 @@
 """Figures 1-4 and 9, and the figure rules (workflow/rules/figures.smk, generated from workflow/figures.yaml):
 notebooks run by papermill, one job per figure."""
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -10,6 +12,8 @@ import nbformat
 import pandas as pd
 import pytest
 import yaml
+from sharpgaps import figures
+from sharpgaps.config import validate
 from wf import FIGURE_DIR, REPO, SMOKE_CONFIG, figure_files, job_counts, snakemake, workflow_copy
 
 
@@ -123,3 +127,25 @@ def test_fig1_setting_outside_the_experiment_is_a_config_error(tmp_path):
            "--configfile", str(path)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode != 0 and "figures.fig1_setting" in proc.stdout + proc.stderr
+
+
+@pytest.mark.workflow
+def test_report_shows_every_figure_with_its_caption_and_labels(smoke, tmp_path):
+    work = tmp_path / "w"
+    shutil.copytree(smoke, work, symlinks=True, copy_function=os.link)
+    snakemake(work, "all", "--report", str(tmp_path / "report.html"))
+    html = (tmp_path / "report.html").read_text()
+    results = json.loads(re.search(r"var results = (\{.*?\});\n", html).group(1))
+    cfg = validate(yaml.safe_load(SMOKE_CONFIG.read_text()), REPO / "workflow/schemas/config.schema.yaml")
+    registry = figures.load_registry(REPO / "workflow/figures.yaml")
+    drawn = {stem: fig for figs in figures.expand(registry, cfg, {"geometry": "{experiment}", "restricted": "r",
+                                                                   "theory": "t"}).values() for stem, fig in figs.items()}
+    assert len(drawn) == 11
+    assert set(results) == {f"{FIGURE_DIR}/{stem}.{ext}" for stem in drawn for ext in ("png", "csv")} | {
+        f"{FIGURE_DIR}/RESULTS.md"}
+    for stem, fig in drawn.items():
+        for ext in ("png", "csv"):
+            shown = results[f"{FIGURE_DIR}/{stem}.{ext}"]
+            assert shown["labels"] == fig["labels"]
+            assert shown["caption"].startswith("<p><strong>Figure") and "{{" not in shown["caption"], stem
+    assert "mnist_fc" in results[f"{FIGURE_DIR}/fig01_cosines.png"]["caption"]  # rendered from its parameters
