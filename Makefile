@@ -8,6 +8,8 @@ SNAKEMAKE_ARGS ?=
 CONFIG_paper := config.yaml
 CONFIG_quick := config.quick.yaml
 CONFIG_smoke := .test/config.yaml
+# Where the committed quick-scale figures live: figures.dir of config.quick.yaml (a test checks they agree).
+QUICK_FIGURES := paper_figures/quick
 
 .PHONY: setup all test bench docs slurm-test release-quick fidelity clean-venv
 
@@ -28,17 +30,17 @@ all: setup
 test: setup
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q -ra $(PYTEST_ARGS)
 
-# Rebuild the committed quick-scale figures from scratch and record how (paper_figures/MANIFEST.json).
+# Rebuild the committed quick-scale figures from scratch and record how (MANIFEST.json beside them).
 release-quick: setup
-	git clean -fdqX results/ && rm -f paper_figures/*
+	git clean -fdqX results/ && rm -f $(QUICK_FIGURES)/*
 	commit=$$(git rev-parse HEAD); start=$$(date +%s); PATH=$(CURDIR)/$(VENV)/bin:$$PATH \
 		$(VENV)/bin/snakemake all --cores $(CORES) --configfile config.quick.yaml && end=$$(date +%s) && \
 	$(VENV)/bin/python -m sharpgaps.cli manifest --config config.quick.yaml --wall-s $$((end - start)) \
-		--cores $(CORES) --commit $$commit --benchmarks results/benchmarks --out paper_figures/MANIFEST.json
+		--cores $(CORES) --commit $$commit --benchmarks results/benchmarks --out $(QUICK_FIGURES)/MANIFEST.json
 
-# Regenerate paper_figures/RESULTS.md and the measured block of docs/FIDELITY.md from the quick tables.
+# Regenerate the quick scale's RESULTS.md and the measured block of docs/FIDELITY.md from the quick tables.
 fidelity: setup
-	$(VENV)/bin/python -m sharpgaps.cli summary --title "quick scale" --out paper_figures/RESULTS.md \
+	$(VENV)/bin/python -m sharpgaps.cli summary --title "quick scale" --out $(QUICK_FIGURES)/RESULTS.md \
 		--splice docs/FIDELITY.md $(foreach e,main tau_ablation k_sweep batch_sweep,--table $(e)=results/tables/$(e)_geometry.parquet) \
 		--table restricted=results/tables/restricted.parquet \
 		--table theory=$$(ls -t results/tables/theory_*.parquet | head -1)

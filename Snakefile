@@ -16,7 +16,6 @@ include: "workflow/rules/geometry.smk"
 include: "workflow/rules/restricted.smk"
 include: "workflow/rules/theory.smk"
 include: "workflow/rules/figures.smk"
-include: "workflow/rules/figures_more.smk"
 
 
 rule all:
@@ -30,5 +29,3 @@ rule all:
         restricted_table(),
         theory_table(),
         FIGURE_TARGETS,
-        MORE_FIGURE_TARGETS,
-        "paper_figures/RESULTS.md",

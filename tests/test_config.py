@@ -37,6 +37,10 @@ def test_defaults_filled_in():
 
 
 def _set(cfg, path, value):
+    if isinstance(path, tuple):  # several changes at once
+        for p, v in zip(path, value):
+            _set(cfg, p, v)
+        return
     *head, last = path.split(".")
     node = cfg
     for k in head:
@@ -49,8 +53,16 @@ def _set(cfg, path, value):
 
 DELETE = object()
 
-# (key path, bad value, key the message must name, allowed values it must state). docs/RELIABILITY.md
-# tabulates the messages: regenerate with `python tests/test_config.py`.
+
+def _change(path, value) -> str:
+    """A config change as docs/RELIABILITY.md's table shows it, e.g. `train.K: 1`."""
+    if isinstance(path, tuple):
+        return ", ".join(_change(p, v) for p, v in zip(path, value))
+    return f"`{path}: {'(deleted)' if value is DELETE else json.dumps(value)}`"
+
+# (key path, bad value, key the message must name, allowed values it must state); a tuple of paths with a
+# tuple of values makes several changes at once. docs/RELIABILITY.md tabulates the messages: regenerate
+# with `python tests/test_config.py`.
 BAD = [
     ("experiments.main.settings", ["mnist_fc", "imagenet_vit"], "experiments.main.settings", "defined: ['cifar_cnn'"),
     ("experiments.main.K", [], "experiments.main.K", "at least 1 item"),
@@ -88,6 +100,9 @@ BAD = [
     ("subset.n_train", "many", "subset.n_train", "of type 'integer'"),
     ("datasets.mnist.test_cap", 0, "datasets.mnist.test_cap", "minimum of 1"),
     ("figures.xscale", "cubic", "figures.xscale", "['linear', 'log']"),
+    ("figures.fig1_setting", "cifar", "figures.fig1_setting", "allowed: one of ['mnist_fc', 'cifar_cnn'"),
+    (("experiments.k_sweep", "figures.sweep_settings"), ({"settings": ["cifar_cnn"], "K": [2, 4]}, ["mnist_fc"]),
+     "figures.sweep_settings", "allowed: a list of every setting of tau_ablation, k_sweep, batch_sweep"),
 ]
 
 
@@ -99,7 +114,7 @@ def _reject(path, value) -> str:
     return str(err.value)
 
 
-@pytest.mark.parametrize("path,value,key,allowed", BAD, ids=[f"{p}={v!r}" for p, v, _, _ in BAD])
+@pytest.mark.parametrize("path,value,key,allowed", BAD, ids=[_change(p, v) for p, v, _, _ in BAD])
 def test_bad_config_rejected_naming_key_and_allowed_values(path, value, key, allowed, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     msg = _reject(path, value)
@@ -116,11 +131,7 @@ def test_cuda_check_can_be_waived_for_gpu_nodes(monkeypatch):
 def test_bad_config_table_in_docs_is_current():
     doc = (REPO / "docs/RELIABILITY.md").read_text()
     for path, value, _, _ in BAD:
-        assert f"| `{path}: {_show(value)}` |" in doc, f"docs/RELIABILITY.md lacks {path}={value!r}: run python tests/test_config.py"
-
-
-def _show(value) -> str:
-    return "(deleted)" if value is DELETE else json.dumps(value)
+        assert f"| {_change(path, value)} |" in doc, f"docs/RELIABILITY.md lacks {path}={value!r}: run python tests/test_config.py"
 
 
 def test_bad_config_stops_snakemake_before_any_job(tmp_path):
@@ -173,4 +184,4 @@ if __name__ == "__main__":  # the table in docs/RELIABILITY.md
             validate(cfg, SCHEMA)
         except ConfigError as exc:
             first = next(line for line in str(exc).splitlines() if line.startswith(f"  - {key}:"))
-            print(f"| `{path}: {_show(value)}` | {first.strip()[2:].replace('|', '&#124;')} |")
+            print(f"| {_change(path, value)} | {first.strip()[2:].replace('|', '&#124;')} |")

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from wf import REPO, SMOKE_CONFIG, snakemake
+from wf import FIGURE_DIR, REPO, SMOKE_CONFIG, snakemake
 
 MNIST_RUN = "results/runs/mnist_fc/K8_tau4_b50_lr0.05_mse_T96_W2_s0"
 TIMING = ("seconds", "refresh_seconds")  # wall-clock columns of the restricted tables
@@ -130,10 +130,10 @@ def test_killed_geometry_reuses_finished_checkpoints_and_ends_identical(smoke, t
 @pytest.mark.parametrize("seed", [0, 1])
 def test_killed_notebook_job_never_leaves_a_figure_taken_as_done(smoke, tmp_path, seed):
     work = _copy(smoke, tmp_path / "w")
-    outs = [work / "paper_figures" / f"fig02_removal.{ext}" for ext in ("pdf", "png", "csv")]
+    outs = [work / FIGURE_DIR / f"fig02_removal.{ext}" for ext in ("pdf", "png", "csv")]
     for p in outs + [work / "results/notebooks/fig02_removal.ipynb", work / "results/logs/figures/fig02_removal.log"]:
         p.unlink()
-    target = "paper_figures/fig02_removal.pdf"
+    target = f"{FIGURE_DIR}/fig02_removal.pdf"
     started = work / "results/logs/figures/fig02_removal.log"
     rng = random.Random(200 + seed)
     landed = 0
@@ -146,7 +146,7 @@ def test_killed_notebook_job_never_leaves_a_figure_taken_as_done(smoke, tmp_path
         started.unlink(missing_ok=True)
     assert landed, "no kill landed inside the notebook job"
     snakemake(work, "--cores", "1", "--rerun-incomplete", target)
-    assert (work / "paper_figures/fig02_removal.csv").read_bytes() == (smoke / "paper_figures/fig02_removal.csv").read_bytes()
+    assert (work / FIGURE_DIR / "fig02_removal.csv").read_bytes() == (smoke / FIGURE_DIR / "fig02_removal.csv").read_bytes()
     pdf = (work / target).read_bytes()
     assert pdf.startswith(b"%PDF") and pdf.rstrip().endswith(b"%%EOF")
 
@@ -225,13 +225,13 @@ def test_diverging_run_fails_naming_run_round_and_loss_and_draws_no_figure(tmp_p
     path = tmp_path / "diverge.yaml"
     path.write_text(yaml.safe_dump(cfg))
     work = tmp_path / "w"
-    out = snakemake(work, "--cores", "2", "paper_figures/fig02_removal.pdf", config=path, check=False)
+    out = snakemake(work, "--cores", "2", f"{FIGURE_DIR}/fig02_removal.pdf", config=path, check=False)
     assert "Error in rule train" in out
     run = "K8_tau4_b50_lr10000_mse_T96_W2_s0"
     log = (work / f"results/logs/train/mnist_fc/{run}.log").read_text()
     assert re.search(rf"run 'mnist_fc/{run}' diverged in round \d+ .*minibatch loss \[.*(nan|inf).*\] is not finite.*"
                      r"Lower the learning rate \(lr=10000.0\)", log), log
-    assert not list(work.glob("paper_figures/fig02*"))
+    assert not list(work.glob(f"{FIGURE_DIR}/fig02*"))
     assert not (work / f"results/runs/mnist_fc/{run}/ckpt").exists()
 
 
@@ -291,4 +291,4 @@ def test_cores_1_gives_the_same_results_as_cores_8(smoke, tmp_path):
     for pattern in ("*.parquet", "*.pt", "*.csv"):
         _same_files(smoke / "results/runs", work / "results/runs", pattern)
     _same_files(smoke / "results/tables", work / "results/tables", "*.parquet")
-    _same_files(smoke / "paper_figures", work / "paper_figures", "*.csv")
+    _same_files(smoke / FIGURE_DIR, work / FIGURE_DIR, "*.csv")

@@ -1,4 +1,4 @@
-"""Figures 5-8, 10-18, X1, X2 and RESULTS.md (workflow/rules/figures_more.smk).
+"""Figures 5-8, 10-18, X1, X2 and RESULTS.md (workflow/rules/figures.smk).
 
 The restricted-training figures, the theory check and RESULTS.md come with the shared smoke DAG (`smoke`,
 conftest.py: `all` of .test/config.yaml builds them); the sweep figures need sweep experiments, which the smoke
@@ -12,11 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from wf import REPO, SMOKE_CONFIG, check_notebook, job_counts, snakemake, workflow_copy
+from wf import FIGURE_DIR, SMOKE_CONFIG, figure_files, job_counts, snakemake, workflow_copy
 
 SETTINGS = {"mnist_fc", "cifar_cnn", "sst2_transformer"}
 
-NOTEBOOKS = ["fig05_08_restricted", "fig_gap_restricted", "fig10_12_tau", "fig13_18_sweep", "fig_theory"]
 RESTRICTED = {"fig05_restricted_train_loss": "train_loss", "fig06_restricted_train_acc": "train_acc",
               "fig07_restricted_test_loss": "test_loss", "fig08_restricted_test_acc": "test_acc"}
 # figure stem -> (swept run parameter, its values in the sweep config below)
@@ -51,37 +50,16 @@ def sweep_config(path):
 def sweeps(tmp_path_factory, data_dir):
     work = tmp_path_factory.mktemp("sweeps")
     config = sweep_config(work / "config.yaml")
-    targets = [f"paper_figures/{name}.pdf" for name in SWEEPS] + ["paper_figures/figX2_theory.pdf",
-                                                                  "paper_figures/RESULTS.md"]
+    targets = [f"{FIGURE_DIR}/{name}.pdf" for name in SWEEPS] + [f"{FIGURE_DIR}/figX2_theory.pdf",
+                                                                   f"{FIGURE_DIR}/RESULTS.md"]
     snakemake(work, "--cores", "2", *targets, config=config)
     return work, config
-
-
-def check_files(workdir, name):
-    for ext in ("pdf", "png", "csv"):
-        path = workdir / "paper_figures" / f"{name}.{ext}"
-        assert path.is_file() and path.stat().st_size > 0, path
-    assert (workdir / f"paper_figures/{name}.pdf").read_bytes()[:5] == b"%PDF-"
-    assert (workdir / f"paper_figures/{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    executed = nbformat.read(workdir / f"results/notebooks/{name}.ipynb", as_version=4)
-    assert executed.metadata.papermill.exception is None
-    assert (workdir / f"results/logs/figures/{name}.log").is_file()
-    return pd.read_csv(workdir / f"paper_figures/{name}.csv"), executed.metadata.papermill.parameters
-
-
-@pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_is_clean_and_parameterised(name):
-    """Committed notebooks: valid nbformat 4, no outputs, a caption, one `parameters` cell declaring what rules pass."""
-    nb, declared = check_notebook(REPO / "notebooks" / f"{name}.ipynb")
-    assert nb.cells[0].source.startswith("# ")
-    assert {"table", "out_pdf", "out_png", "out_csv", "dpi"} <= declared
-    assert 'matplotlib.use("Agg")' in "".join(c.source for c in nb.cells)
 
 
 @pytest.mark.workflow
 @pytest.mark.parametrize("name", RESTRICTED)
 def test_restricted_figures(smoke, name):
-    data, passed = check_files(smoke, name)
+    data, passed = figure_files(smoke, name)
     assert list(data.columns) == COLUMNS["restricted"]
     assert passed["quantity"] == RESTRICTED[name] and set(data["quantity"]) == {RESTRICTED[name]}
     assert set(data["setting"]) == SETTINGS and set(passed["settings"]) == SETTINGS
@@ -95,7 +73,7 @@ def test_restricted_figures(smoke, name):
 
 @pytest.mark.workflow
 def test_gap_restricted_figure(smoke):
-    data, _ = check_files(smoke, "figX1_gap_restricted")
+    data, _ = figure_files(smoke, "figX1_gap_restricted")
     assert list(data.columns) == COLUMNS["figX1_gap_restricted"]
     assert set(data["panel"]) == {"train_loss", "test_acc", "compute"}
     assert set(data["mode"]) == {"none", "dom", "bulk", "gapdom", "gapbulk"}
@@ -110,18 +88,18 @@ def test_gap_restricted_figure(smoke):
 
 @pytest.mark.workflow
 def test_theory_figure(smoke):
-    data, passed = check_files(smoke, "figX2_theory")
+    data, passed = figure_files(smoke, "figX2_theory")
     assert list(data.columns) == COLUMNS["figX2_theory"]
     cfg = yaml.safe_load(SMOKE_CONFIG.read_text())
     assert sorted(data["tau"].unique()) == sorted(cfg["theory"]["taus"])
     assert np.allclose(data["z"], (data["measured"] - data["predicted"]) / data["stderr"])
     assert data["z"].abs().max() < 6  # the engine reproduces the closed form within Monte-Carlo error
-    assert set(passed) == {"table", "out_pdf", "out_png", "out_csv", "dpi"}
+    assert set(passed) == {"table", "caption", "out_pdf", "out_png", "out_csv", "dpi"}
 
 
 @pytest.mark.workflow
 def test_results_md_of_the_smoke_config(smoke):
-    text = (smoke / "paper_figures/RESULTS.md").read_text()
+    text = (smoke / FIGURE_DIR / "RESULTS.md").read_text()
     title = yaml.safe_load(SMOKE_CONFIG.read_text())["figures"]["title"]
     assert text.startswith(f"# Results ({title})")
     for section in ("## Headline", "## Figs 5-8 and the gap-restricted variant", "## Theory check"):
@@ -135,7 +113,7 @@ def test_results_md_of_the_smoke_config(smoke):
 @pytest.mark.parametrize("name", SWEEPS)
 def test_sweep_figures(sweeps, name):
     work, _ = sweeps
-    data, passed = check_files(work, name)
+    data, passed = figure_files(work, name)
     axis, values = SWEEPS[name]
     assert list(data.columns) == COLUMNS["sweep"]
     assert passed["axis"] == axis and passed["setting"] == "mnist_fc" and passed["figure"] == int(name[3:5])
@@ -157,7 +135,7 @@ def test_sweep_figures(sweeps, name):
 @pytest.mark.workflow
 def test_results_md_of_the_sweep_config(sweeps):
     work, _ = sweeps
-    text = (work / "paper_figures/RESULTS.md").read_text()
+    text = (work / FIGURE_DIR / "RESULTS.md").read_text()
     assert text.startswith("# Results (sweep test)")
     for section, axis in (("## Figs 10-12: tau_ablation", "tau"), ("## Figs 13-15: k_sweep", "K"),
                           ("## Figs 16-18: batch_sweep", "b"), ("## Theory check", None)):
@@ -171,15 +149,15 @@ def test_sweep_targets_follow_the_config(sweeps, tmp_path):
     """`all` lists a sweep figure only for sweeps in the config; the figure number follows figures.sweep_settings."""
     work, config = sweeps
     out = snakemake(tmp_path, "-n", "--quiet", "rules", "all", config=SMOKE_CONFIG)  # smoke: no sweep experiment
-    assert "fig10_12_tau" not in job_counts(out) and "fig13_18_sweep" not in job_counts(out)
+    assert "fig10_18_sweep" not in job_counts(out)
     assert job_counts(out)["fig05_08_restricted"] == 4 and job_counts(out)["results_summary"] == 1
     cfg = yaml.safe_load(config.read_text())
     cfg["figures"]["sweep_settings"] = ["cifar_cnn", "mnist_fc"]
     moved = tmp_path / "moved.yaml"
     moved.write_text(yaml.safe_dump(cfg))
-    out = snakemake(work, "-n", "paper_figures/fig11_tau_ablation_mnist_fc.pdf", config=moved)
+    out = snakemake(work, "-n", f"{FIGURE_DIR}/fig11_tau_ablation_mnist_fc.pdf", config=moved)
     assert "fig11_tau_ablation_mnist_fc" in out
-    out = snakemake(work, "-n", "paper_figures/fig10_tau_ablation_mnist_fc.pdf", config=moved, check=False)
+    out = snakemake(work, "-n", f"{FIGURE_DIR}/fig10_tau_ablation_mnist_fc.pdf", config=moved, check=False)
     assert "MissingRuleException" in out or "No rule to produce" in out
     cfg["figures"]["sweep_settings"] = ["cifar_cnn"]
     moved.write_text(yaml.safe_dump(cfg))
@@ -190,7 +168,7 @@ def test_sweep_targets_follow_the_config(sweeps, tmp_path):
 @pytest.mark.workflow
 @pytest.mark.parametrize("notebook,fixture,rerun", [
     ("fig05_08_restricted", "smoke", {"fig05_08_restricted": 4}),
-    ("fig13_18_sweep", "sweeps", {"fig13_18_sweep": 2}),
+    ("fig10_18_sweep", "sweeps", {"fig10_18_sweep": 3}),
 ])
 def test_editing_a_shared_notebook_reruns_exactly_its_figures(request, tmp_path, notebook, fixture, rerun):
     made = request.getfixturevalue(fixture)
@@ -198,7 +176,7 @@ def test_editing_a_shared_notebook_reruns_exactly_its_figures(request, tmp_path,
     repo = workflow_copy(tmp_path / "repo")
     # every rerun trigger but `input` (the recorded notebook paths point into the real checkout, not this copy)
     dry = ["-n", "--nolock", "--rerun-triggers", "mtime", "params", "code", "software-env", "--quiet", "rules"]
-    targets = ["all"] if fixture == "smoke" else [f"paper_figures/{name}.pdf" for name in SWEEPS]
+    targets = ["all"] if fixture == "smoke" else [f"{FIGURE_DIR}/{name}.pdf" for name in SWEEPS]
     out = snakemake(work, *targets, *dry, snakefile=repo / "Snakefile", config=config)
     assert "Nothing to be done" in out and job_counts(out) == {}
     path = repo / "notebooks" / f"{notebook}.ipynb"
@@ -218,9 +196,9 @@ def test_changing_one_tau_reruns_only_that_taus_jobs(sweeps, tmp_path):
     cfg["experiments"]["tau_ablation"]["tau"] = [2, 8]
     changed = tmp_path / "tau.yaml"
     changed.write_text(yaml.safe_dump(cfg))
-    targets = [f"paper_figures/{name}.pdf" for name in SWEEPS] + ["paper_figures/RESULTS.md"]
+    targets = [f"{FIGURE_DIR}/{name}.pdf" for name in SWEEPS] + [f"{FIGURE_DIR}/RESULTS.md"]
     counts = job_counts(snakemake(work, "-n", *targets, config=changed))
     assert counts.get("train") == 1 and counts.get("geometry") == 1
     assert counts.get("collect_geometry") == 1  # only the tau_ablation table
-    assert "subset" not in counts and counts.get("fig13_18_sweep") is None  # K and batch figures untouched
-    assert counts.get("fig10_12_tau") == 1 and counts.get("results_summary") == 1
+    assert "subset" not in counts and counts.get("fig10_18_sweep") == 1  # the tau figure; K and batch ones untouched
+    assert counts.get("results_summary") == 1

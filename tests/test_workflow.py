@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from wf import FIGURE_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
@@ -82,10 +83,10 @@ def test_changing_one_run_parameter_reruns_only_that_run(smoke, tmp_path):
     out = snakemake(smoke, "all", "-n", config=path).stdout
     jobs = dry_run_jobs(out)
     # that run and what reads it: its geometry and restricted branches (one per mode), the tables ...
-    compute = Counter(rule for rule, outputs in jobs if "paper_figures/" not in outputs)
+    compute = Counter(rule for rule, outputs in jobs if f"{FIGURE_DIR}/" not in outputs)
     assert compute == {"train": 1, "geometry": 1, "restricted": 5, "collect_geometry": 1, "collect_restricted": 1}
     # ... and the figures drawn from those tables (the per-setting figures among them)
-    figures = Counter(rule for rule, outputs in jobs if "paper_figures/" in outputs)
+    figures = Counter(rule for rule, outputs in jobs if f"{FIGURE_DIR}/" in outputs)
     assert {"fig01_cosines", "fig02_removal", "fig03_spectrum", "fig04_alignment", "fig09_removal_raw"} <= set(figures)
 
 

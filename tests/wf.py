@@ -2,13 +2,17 @@
 
 import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 SMOKE_CONFIG = REPO / ".test/config.yaml"
+FIGURE_DIR = yaml.safe_load(SMOKE_CONFIG.read_text())["figures"]["dir"]  # where the smoke scale's figures go
 
 
 def snakemake(workdir, *args, config=SMOKE_CONFIG, snakefile=REPO / "Snakefile", check=True, env=None) -> str:
@@ -41,9 +45,29 @@ def workflow_copy(dst):
     return dst
 
 
+def figure_files(workdir, name):
+    """A figure a run made: PDF, PNG and CSV in the figure directory, the executed notebook (no error; every
+    parameter the rule passed is one the notebook declares) and its log. Returns (its CSV, the parameters)."""
+    import nbformat
+    import pandas as pd
+    import papermill
+
+    for ext in ("pdf", "png", "csv"):
+        path = workdir / FIGURE_DIR / f"{name}.{ext}"
+        assert path.is_file() and path.stat().st_size > 0, path
+    assert (workdir / FIGURE_DIR / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+    assert (workdir / FIGURE_DIR / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    run = nbformat.read(workdir / f"results/notebooks/{name}.ipynb", as_version=4).metadata.papermill
+    assert run.exception is None
+    assert set(run.parameters) <= set(papermill.inspect_notebook(str(workdir / run.input_path)))
+    assert (workdir / f"results/logs/figures/{name}.log").is_file()
+    return pd.read_csv(workdir / FIGURE_DIR / f"{name}.csv"), run.parameters
+
+
 def check_notebook(path):
-    """A committed figure notebook: valid nbformat 4, no outputs, one `parameters` code cell whose
-    assignments are exactly what papermill declares. Returns (notebook, declared parameter names)."""
+    """A committed figure notebook: valid nbformat 4, no outputs, a one-line title, one `parameters` code cell
+    whose assignments are exactly what papermill declares, and the caption shown from workflow/report (never
+    written in the notebook). Returns (notebook, declared parameter names)."""
     import nbformat
     import papermill
 
@@ -51,7 +75,9 @@ def check_notebook(path):
     nbformat.validate(nb)
     tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(tagged) == 1 and tagged[0].cell_type == "code"
-    assert nb.cells[0].cell_type == "markdown"  # the caption
+    assert nb.cells[0].cell_type == "markdown" and re.fullmatch(r"# [^\n]+", nb.cells[0].source)  # a title only
+    assert [c.cell_type for c in nb.cells].count("markdown") == 1
+    assert "plotting.show_caption(caption, globals())" in nb.cells[2].source  # the first cell after the parameters
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
     declared = set(papermill.inspect_notebook(str(path)))
     assigned = {t.id for node in ast.parse(tagged[0].source).body if isinstance(node, ast.Assign) for t in node.targets}

@@ -12,6 +12,7 @@ import jsonschema
 import yaml
 
 from . import grid, specs
+from .figures import SWEEPS
 
 
 class ConfigError(ValueError):
@@ -115,7 +116,23 @@ def cross_checks(config: dict) -> list[str]:
                             f"(engine: distributed needs K >= nproc); lower nproc or use engine: simulated")
         if run["b"] > n_train:
             problems.append(f"train.b: batch {run['b']} exceeds subset.n_train={n_train} in {where} (allowed: 1..{n_train})")
-    return sorted(set(problems))
+    return sorted(set(problems + _figure_problems(config)))
+
+
+def _figure_problems(config: dict) -> list[str]:
+    """Figure keys that name settings: Fig 1's setting, and the list that numbers the sweep figures."""
+    fig, experiments = config["figures"], config["experiments"]
+    problems = []
+    shown = experiments.get(fig["experiment"], {}).get("settings", [])
+    if shown and fig["fig1_setting"] not in shown:
+        problems.append(f"figures.fig1_setting: '{fig['fig1_setting']}' is not a setting of experiment "
+                        f"'{fig['experiment']}'; allowed: one of {shown}")
+    unnumbered = [f"{s} ({exp})" for exp in SWEEPS for s in experiments.get(exp, {}).get("settings", [])
+                  if s not in fig["sweep_settings"]]
+    if unnumbered:
+        problems.append(f"figures.sweep_settings: {', '.join(unnumbered)} has no figure number (listed: "
+                        f"{fig['sweep_settings']}); allowed: a list of every setting of {', '.join(SWEEPS)}")
+    return problems
 
 
 N_CLASSES = {"mnist": 10, "cifar10": 10, "sst2": 2}

@@ -1,253 +1,119 @@
-# Paper figures: one papermill-run notebook per figure family (notebooks/), reading only the
-# experiment's geometry table. One rule per figure, so editing one notebook (or one figure's
-# config key) reruns exactly that figure's job.
+# Paper figures: one rule per family of the figure registry (workflow/figures.yaml), each running its notebook
+# with papermill once per figure (wildcard `fig`, the output stem), and RESULTS.md. Everything lands in
+# figures.dir, one directory per scale. Which figures a config draws, from which table and with which
+# parameters, is sharpgaps.figures' business; this file only wires it to Snakemake.
 import os
+import re
 
-FIGURES = [
-    "fig01_cosines",
-    "fig02_removal",
-    "fig03_spectrum",
-    "fig04_alignment",
-    "fig09_removal_raw",
-]
+from sharpgaps import figures as sg_figures
+
+FIGURE_DIR = config["figures"]["dir"]
+REGISTRY = sg_figures.load_registry(Path(workflow.basedir) / "workflow/figures.yaml")
+# family -> {stem: {"table", "parameters", "labels"}}; FIGURE: the same by stem alone (stems are unique).
+FIGURES = sg_figures.expand(
+    REGISTRY,
+    config,
+    tables={
+        "geometry": "results/tables/{experiment}_geometry.parquet",
+        "restricted": next(iter(restricted_table()), None),
+        "theory": theory_table(),
+    },
+)
+FIGURE = {stem: fig for figs in FIGURES.values() for stem, fig in figs.items()}
+# Notebooks and captions are workflow sources: found next to the Snakefile, named relative to the workdir
+# (the repository root in normal use, so recorded input paths survive moving the checkout).
+NOTEBOOKS = os.path.relpath(f"{workflow.basedir}/notebooks")
+CAPTIONS = os.path.relpath(f"{workflow.basedir}/workflow/report")
+
+# RESULTS.md: every table this config has (`sharpgaps summary` skips the sections of absent ones).
+SUMMARY_TABLES = {
+    **{
+        exp: f"results/tables/{exp}_geometry.parquet"
+        for exp in ("main", *sg_figures.SWEEPS)
+        if exp in config["experiments"]
+    },
+    **{"restricted": table for table in restricted_table()},
+    "theory": theory_table(),
+}
+# What `all` builds: every file of every figure of this config (Snakemake reruns a job for a missing file
+# only if it is asked for), and RESULTS.md.
+FIGURE_TARGETS = [
+    f"{FIGURE_DIR}/{stem}.{ext}" for stem in FIGURE for ext in ("pdf", "png", "csv")
+] + [f"{FIGURE_DIR}/RESULTS.md"]
 
 # Papermill runs the notebook in the `python3` kernel of the environment papermill itself runs in
 # (JUPYTER_PREFER_ENV_PATH: that env's kernelspec wins over one in the user's ~/.local). Paths go in
-# raw (-r); the figure's config keys arrive as one JSON document (-y; JSON is YAML).
+# raw (-r); the figure's other parameters arrive as one JSON document (-y; JSON is YAML).
 PAPERMILL = (
     "export MPLBACKEND=Agg JUPYTER_PREFER_ENV_PATH=1 PYDEVD_DISABLE_FILE_VALIDATION=1; "
     "python -m papermill {input.notebook:q} {output.notebook:q} --kernel python3 --no-progress-bar --log-output "
-    "-r table {input.table:q} -r out_pdf {output.pdf:q} -r out_png {output.png:q} -r out_csv {output.csv:q} "
+    "-r table {input.table:q} -r caption {input.caption:q} "
+    "-r out_pdf {output.pdf:q} -r out_png {output.png:q} -r out_csv {output.csv:q} "
     "-y {params.parameters:q} > {log} 2>&1"
 )
 
-# Parse-time constants, no functions (helpers belong in common.smk; these are used here only).
-# Notebooks are workflow sources: found next to the Snakefile, named relative to the workdir (the
-# repository root in normal use, so the recorded input paths survive moving the checkout).
-FIG_NOTEBOOKS = {
-    name: os.path.relpath(Path(workflow.basedir) / "notebooks" / f"{name}.ipynb")
-    for name in FIGURES
-}
-FIG = config["figures"]
-FIG_SETTINGS = config["experiments"].get(FIG["experiment"], {}).get("settings", [])
-FIG_TABLE = f"results/tables/{FIG['experiment']}_geometry.parquet"
-# `all` builds the figures only when the config has their experiment (as restricted_outputs does).
-FIGURE_TARGETS = (
-    [f"paper_figures/{name}.pdf" for name in FIGURES]
-    if FIG["experiment"] in config["experiments"]
-    else []
-)
-if FIG_SETTINGS and FIG["fig1_setting"] not in FIG_SETTINGS:
-    raise WorkflowError(
-        f"figures.fig1_setting: '{FIG['fig1_setting']}' is not a setting of experiment "
-        f"'{FIG['experiment']}' ({FIG_SETTINGS})"
-    )
 
-# Parameters every notebook gets: panel order and titles such as "FC-tanh / MNIST-5k".
-FIG_NAMES = {
-    "fc_tanh": "FC-tanh",
-    "cnn_relu": "CNN-ReLU",
-    "transformer": "Transformer",
-    "mnist": "MNIST",
-    "cifar10": "CIFAR-10",
-    "sst2": "SST-2",
-}
-FIG_N = config["subset"]["n_train"]
-FIG_COMMON = {
-    "settings": FIG_SETTINGS,
-    "labels": {
-        s: f"{FIG_NAMES.get(model_of(s), model_of(s))} / {FIG_NAMES.get(dataset_of(s), dataset_of(s))}-"
-        + (f"{FIG_N // 1000}k" if FIG_N % 1000 == 0 else str(FIG_N))
-        for s in FIG_SETTINGS
-    },
-    "dpi": FIG["dpi"],
-}
+for family, row in REGISTRY.items():
+    # the PNG and the CSV behind it go into the report, with the family's caption and each figure's labels
+    captioned = {
+        ext: report(
+            f"{FIGURE_DIR}/{{fig}}.{ext}",
+            caption=f"../report/{row['caption']}",
+            category=category,
+            labels=lambda wildcards: FIGURE[wildcards.fig]["labels"],
+        )
+        for ext, category in (("png", "Figures"), ("csv", "Figure data"))
+    }
+
+    rule:
+        name:
+            family
+        input:
+            notebook=f"{NOTEBOOKS}/{row['notebook']}",
+            caption=f"{CAPTIONS}/{row['caption']}",
+            table=lambda wildcards: FIGURE[wildcards.fig]["table"],
+        output:
+            pdf=f"{FIGURE_DIR}/{{fig}}.pdf",
+            png=captioned["png"],
+            csv=captioned["csv"],
+            notebook="results/notebooks/{fig}.ipynb",
+        log:
+            "results/logs/figures/{fig}.log",
+        benchmark:
+            "results/benchmarks/figures/{fig}.tsv"
+        wildcard_constraints:
+            # exactly this family's figures in this config ("(?!)" never matches: none)
+            fig="|".join(re.escape(stem) for stem in FIGURES[family]) or "(?!)",
+        localrule: True
+        conda:
+            ENV
+        params:
+            # a dict for the caption templates, JSON when formatted (sharpgaps.figures.Parameters)
+            parameters=lambda wildcards: FIGURE[wildcards.fig]["parameters"],
+        shell:
+            PAPERMILL
 
 
-rule fig01_cosines:
-    """Fig 1: squared cosines gap directions x Hessian eigenvectors, and removal vs m (one checkpoint)."""
+rule results_summary:
+    """RESULTS.md: headline numbers and each figure family's claim next to the measurement."""
     input:
-        notebook=FIG_NOTEBOOKS["fig01_cosines"],
-        table=FIG_TABLE,
+        **SUMMARY_TABLES,
     output:
-        pdf="paper_figures/fig01_cosines.pdf",
-        png=report(
-            "paper_figures/fig01_cosines.png",
-            caption="../report/fig01_cosines.rst",
-            category="Figures",
-            labels={"figure": "Fig 1", "shows": "gap vs Hessian directions"},
+        report(
+            f"{FIGURE_DIR}/RESULTS.md",
+            caption="../report/results_summary.rst",
+            category="Results",
+            labels={"figure": "RESULTS.md", "shows": "headline numbers"},
         ),
-        csv=report(
-            "paper_figures/fig01_cosines.csv",
-            caption="../report/fig01_cosines.rst",
-            category="Figure data",
-            labels={"figure": "Fig 1", "shows": "gap vs Hessian directions"},
-        ),
-        notebook="results/notebooks/fig01_cosines.ipynb",
     log:
-        "results/logs/figures/fig01_cosines.log",
-    benchmark:
-        "results/benchmarks/figures/fig01_cosines.tsv"
+        "results/logs/figures/results_summary.log",
     localrule: True
     conda:
         ENV
     params:
-        parameters=json.dumps(
-            {
-                **FIG_COMMON,
-                "setting": FIG["fig1_setting"],
-                "checkpoint": FIG["fig1_checkpoint"],
-            },
-            sort_keys=True,
+        title=config["figures"]["title"],
+        tables=lambda wc, input: " ".join(
+            f"--table {name}={path}" for name, path in input.items()
         ),
     shell:
-        PAPERMILL
-
-
-rule fig02_removal:
-    """Fig 2: smoothed removal fraction over training, per setting, with oracle and random baselines."""
-    input:
-        notebook=FIG_NOTEBOOKS["fig02_removal"],
-        table=FIG_TABLE,
-    output:
-        pdf="paper_figures/fig02_removal.pdf",
-        png=report(
-            "paper_figures/fig02_removal.png",
-            caption="../report/fig02_removal.rst",
-            category="Figures",
-            labels={"figure": "Fig 2", "shows": "removal fraction (smoothed)"},
-        ),
-        csv=report(
-            "paper_figures/fig02_removal.csv",
-            caption="../report/fig02_removal.rst",
-            category="Figure data",
-            labels={"figure": "Fig 2", "shows": "removal fraction (smoothed)"},
-        ),
-        notebook="results/notebooks/fig02_removal.ipynb",
-    log:
-        "results/logs/figures/fig02_removal.log",
-    benchmark:
-        "results/benchmarks/figures/fig02_removal.tsv"
-    localrule: True
-    conda:
-        ENV
-    params:
-        parameters=json.dumps(
-            {
-                **FIG_COMMON,
-                "smooth_window": FIG["smooth_window"],
-                "m_show": FIG["m_show"],
-                "xscale": FIG["xscale"],
-            },
-            sort_keys=True,
-        ),
-    shell:
-        PAPERMILL
-
-
-rule fig03_spectrum:
-    """Fig 3: top Hessian eigenvalues over training, per setting, with 2/lr."""
-    input:
-        notebook=FIG_NOTEBOOKS["fig03_spectrum"],
-        table=FIG_TABLE,
-    output:
-        pdf="paper_figures/fig03_spectrum.pdf",
-        png=report(
-            "paper_figures/fig03_spectrum.png",
-            caption="../report/fig03_spectrum.rst",
-            category="Figures",
-            labels={"figure": "Fig 3", "shows": "Hessian spectrum"},
-        ),
-        csv=report(
-            "paper_figures/fig03_spectrum.csv",
-            caption="../report/fig03_spectrum.rst",
-            category="Figure data",
-            labels={"figure": "Fig 3", "shows": "Hessian spectrum"},
-        ),
-        notebook="results/notebooks/fig03_spectrum.ipynb",
-    log:
-        "results/logs/figures/fig03_spectrum.log",
-    benchmark:
-        "results/benchmarks/figures/fig03_spectrum.tsv"
-    localrule: True
-    conda:
-        ENV
-    params:
-        parameters=json.dumps({**FIG_COMMON, "xscale": FIG["xscale"]}, sort_keys=True),
-    shell:
-        PAPERMILL
-
-
-rule fig04_alignment:
-    """Fig 4: gradient alignment chi_k over training, per setting."""
-    input:
-        notebook=FIG_NOTEBOOKS["fig04_alignment"],
-        table=FIG_TABLE,
-    output:
-        pdf="paper_figures/fig04_alignment.pdf",
-        png=report(
-            "paper_figures/fig04_alignment.png",
-            caption="../report/fig04_alignment.rst",
-            category="Figures",
-            labels={"figure": "Fig 4", "shows": "gradient alignment"},
-        ),
-        csv=report(
-            "paper_figures/fig04_alignment.csv",
-            caption="../report/fig04_alignment.rst",
-            category="Figure data",
-            labels={"figure": "Fig 4", "shows": "gradient alignment"},
-        ),
-        notebook="results/notebooks/fig04_alignment.ipynb",
-    log:
-        "results/logs/figures/fig04_alignment.log",
-    benchmark:
-        "results/benchmarks/figures/fig04_alignment.tsv"
-    localrule: True
-    conda:
-        ENV
-    params:
-        parameters=json.dumps({**FIG_COMMON, "xscale": FIG["xscale"]}, sort_keys=True),
-    shell:
-        PAPERMILL
-
-
-rule fig09_removal_raw:
-    """Fig 9: raw (per-checkpoint) removal fraction over training and versus m at chosen checkpoints."""
-    input:
-        notebook=FIG_NOTEBOOKS["fig09_removal_raw"],
-        table=FIG_TABLE,
-    output:
-        pdf="paper_figures/fig09_removal_raw.pdf",
-        png=report(
-            "paper_figures/fig09_removal_raw.png",
-            caption="../report/fig09_removal_raw.rst",
-            category="Figures",
-            labels={"figure": "Fig 9", "shows": "removal fraction (raw)"},
-        ),
-        csv=report(
-            "paper_figures/fig09_removal_raw.csv",
-            caption="../report/fig09_removal_raw.rst",
-            category="Figure data",
-            labels={"figure": "Fig 9", "shows": "removal fraction (raw)"},
-        ),
-        notebook="results/notebooks/fig09_removal_raw.ipynb",
-    log:
-        "results/logs/figures/fig09_removal_raw.log",
-    benchmark:
-        "results/benchmarks/figures/fig09_removal_raw.tsv"
-    localrule: True
-    conda:
-        ENV
-    params:
-        parameters=json.dumps(
-            {
-                **FIG_COMMON,
-                "m_show": FIG["m_show"],
-                "checkpoints": FIG["fig9_checkpoints"],
-                "metric": FIG["fig9_metric"],
-                "xscale": FIG["xscale"],
-            },
-            sort_keys=True,
-        ),
-    shell:
-        PAPERMILL
+        "python -m sharpgaps.cli summary --title {params.title:q} {params.tables} --out {output:q} > {log} 2>&1"

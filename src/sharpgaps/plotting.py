@@ -1,0 +1,222 @@
+"""What every figure notebook (notebooks/*.ipynb) shares: its caption, reading a tidy table down to the rows a
+figure draws, seed-averaged lines in a grid of panels, and writing the figure with the data behind it.
+
+Importing it selects the Agg backend and the house style: the notebooks write files and never open a window.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from . import atomic  # noqa: E402
+
+sns.set_theme(context="paper", style="whitegrid", font_scale=1.15)
+plt.rcParams.update({"axes.titlesize": 11, "legend.fontsize": 9, "legend.title_fontsize": 9})
+
+# What makes two rows the same run configuration: seeds of one are averaged, different ones never mixed.
+RUN_KEYS = ["K", "tau", "b", "lr", "loss", "window"]
+BRANCH_KEYS = ["K", "tau", "b", "lr", "branch_round"]  # a restricted branch: its parent run and branch point
+
+# Restricted training (Figs 5-8, X1): mode -> (legend label, colour, line style); a gap mode takes its Hessian
+# twin's hue family, dashed.
+MODES = {
+    "none": ("Local SGD", "0.15", "-"),
+    "dom": ("Dom", "tab:red", "-"),
+    "bulk": ("Bulk", "tab:blue", "-"),
+    "gapdom": ("gap-Dom", "tab:orange", "--"),
+    "gapbulk": ("gap-Bulk", "tab:cyan", "--"),
+}
+QUANTITIES = {"train_loss": "training loss", "train_acc": "training accuracy",
+              "test_loss": "test loss", "test_acc": "test accuracy"}
+
+
+def caption_text(path, namespace: dict) -> str:
+    """The figure's report caption (a Jinja template, workflow/report/*.rst) rendered as the report renders it:
+    ``snakemake.params.parameters.<name>`` is the notebook's parameter <name> (from ``namespace``, its globals)
+    and ``snakemake.wildcards.fig`` the figure's stem. A name the notebook lacks is an error, not a blank."""
+    import jinja2
+
+    snakemake = {"params": {"parameters": namespace}, "wildcards": {"fig": Path(namespace["out_png"]).stem}}
+    template = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(Path(path).read_text())
+    return template.render(snakemake=snakemake)
+
+
+def show_caption(path, namespace: dict) -> None:
+    """Show :func:`caption_text` in the notebook, and which interpreter runs its kernel."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(caption_text(path, namespace)))
+    print("kernel python:", sys.executable)
+
+
+def load(table, column: str, values, settings, run_keys=RUN_KEYS) -> tuple[pd.DataFrame, list[str]]:
+    """The rows of ``table`` whose ``column`` is one of ``values``, for the settings asked for (in that order;
+    none: every setting the table has), keeping one run configuration (``run_keys``) per setting.
+    Returns (rows, the settings that have any)."""
+    df = atomic.read_frame(table)
+    df = df[df[column].isin(values)]
+    have = list(dict.fromkeys(df["setting"]))
+    wanted = list(settings) or have
+    missing = [s for s in wanted if s not in have]
+    if missing:
+        print(f"WARNING: {table} has no rows of {column} {list(values)} for {missing}: their panels are left out")
+    use = [s for s in wanted if s in have]
+    parts = []
+    for s in use:
+        g = df[df["setting"] == s]
+        combos = g[run_keys].drop_duplicates().sort_values(run_keys)
+        if len(combos) > 1:
+            print(f"WARNING: {s} has {len(combos)} run configurations; drawing {combos.iloc[0].to_dict()}")
+            g = g.merge(combos.iloc[[0]], on=run_keys)
+        lacking = [v for v in values if v not in set(g[column])]
+        if lacking:
+            print(f"WARNING: {s} has no rows of {column} {lacking}")
+        parts.append(g)
+    return (pd.concat(parts, ignore_index=True) if parts else df.iloc[:0]), use
+
+
+def stack(parts: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    """The tidy data of a figure: ``parts`` one below the other, in ``columns`` (empty, with them, if none)."""
+    return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
+
+
+def last_rounds(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """The rows of each group of ``keys`` (one run) at its last round."""
+    return df[df["round"] == df.groupby(keys)["round"].transform("max")]
+
+
+def checkpoint_round(spec, rounds) -> int:
+    """'first' | 'mid' | 'last' | a round number (the nearest checkpoint round)."""
+    rounds = sorted(int(r) for r in rounds)
+    if spec == "first":
+        return rounds[0]
+    if spec == "last":
+        return rounds[-1]
+    if spec == "mid":
+        return rounds[(len(rounds) - 1) // 2]
+    return min(rounds, key=lambda r: (abs(r - int(spec)), r))
+
+
+def pick_m(spec, available) -> list[int]:
+    """The m of ``spec`` this setting has ('rank' = its largest m); all of them if none matches."""
+    avail = sorted(int(m) for m in available)
+    out = sorted({avail[-1] if m == "rank" else int(m) for m in spec} & set(avail))
+    if not out:
+        print(f"WARNING: none of m={list(spec)} evaluated (have {avail}); showing all")
+    return out or avail
+
+
+def common_m(g: pd.DataFrame, by: str) -> tuple[int | None, str | None]:
+    """The m at which runs that differ in ``by`` are compared at equal dimension, and its legend label: k (the
+    classes, the columns of sqcos) if every run evaluated it, otherwise the largest m every run evaluated that
+    is not already every run's rank; (None, None) when there is none."""
+    runs = [r["m"].dropna().astype(int) for _, r in g[g["metric"] == "removal"].groupby(by)]
+    common = set.intersection(*map(set, runs)) if runs else set()
+    ranks = {int(m.max()) for m in runs}
+    cos = g[g["metric"] == "sqcos"]
+    k = int(cos["j"].max()) + 1 if not cos.empty else None
+    if k in common:
+        return k, f"m = k = {k}"
+    cand = sorted(m for m in common if not (len(ranks) == 1 and m in ranks))
+    if not cand:
+        return None, None
+    return cand[-1], f"m = {cand[-1]}" + (f" (k = {k} not evaluated)" if k else "")
+
+
+def run_title(label: str, g: pd.DataFrame) -> str:
+    """Panel title: the setting's label and the run configuration of ``g``."""
+    r = g.iloc[0]
+    return f"{label}\nK={r.K}, τ={r.tau}, b={r.b}, η={r.lr:g}"
+
+
+def branch_title(label: str, g: pd.DataFrame) -> str:
+    """Panel title of restricted runs: :func:`run_title` and the local step they branch at."""
+    branch = int(g.loc[g["round"] == 0, "step"].min()) if (g["round"] == 0).any() else int(g["step"].min())
+    return f"{run_title(label, g)}; branch at step {branch}"
+
+
+def value_colors(values) -> dict:
+    """One viridis colour per distinct value (m, tau, K, b), dark to light in increasing order."""
+    cmap = plt.get_cmap("viridis")
+    values = sorted(set(values))
+    return {v: cmap(x) for v, x in zip(values, np.linspace(0.0, 0.85, max(len(values), 1)))}
+
+
+def mode_handles(modes) -> list[Line2D]:
+    """Legend entries of restricted-training modes."""
+    return [Line2D([], [], color=MODES[m][1], ls=MODES[m][2], lw=2, marker="o", markersize=3.5, label=MODES[m][0])
+            for m in modes]
+
+
+def panels(n: int, width=4.2, height=3.4, nrows=1, **kw):
+    """A figure of ``nrows`` x ``n`` panels of the given size each; ``axes`` is always 2-D."""
+    fig, axes = plt.subplots(nrows, n, figsize=(width * n, height * nrows), squeeze=False, layout="constrained", **kw)
+    return fig, axes
+
+
+def draw_line(ax, sub: pd.DataFrame, x: str, color, y="value", **kw) -> None:
+    """Mean over seeds (band = min..max when there are several); markers so one point still shows."""
+    agg = sub.groupby(x)[y].agg(["mean", "min", "max", "count"]).reset_index().sort_values(x)
+    kw.setdefault("marker", "o")
+    kw.setdefault("markersize", 3.5)
+    ax.plot(agg[x], agg["mean"], color=color, **kw)
+    if (agg["count"] > 1).any():
+        ax.fill_between(agg[x], agg["min"], agg["max"], color=color, alpha=0.15, lw=0)
+
+
+def fraction_axis(ax, values: pd.Series) -> None:
+    """y axis of a fraction: a zero line, and room from below the smallest value (at least -0.05) to 1.05."""
+    ax.axhline(0, color="0.8", lw=0.8, zorder=0)
+    ax.set_ylim(min(-0.05, values.min() - 0.05), 1.05)
+
+
+def value_axis(ax, values, log=True) -> None:
+    """x axis of a discrete quantity (m, or a swept parameter): a tick at each value, log2-spaced if ``log``."""
+    if log:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(values, [str(v) for v in values])
+    ax.minorticks_off()
+
+
+def legend_below(fig, handles, **kw) -> None:
+    """The figure's legend in one row below its panels (``kw`` overrides, e.g. ncol or title)."""
+    fig.legend(handles=handles, loc="outside lower center", frameon=False, **{"ncol": len(handles), **kw})
+
+
+def no_data(message: str):
+    """A small figure that says what is missing, drawn instead of empty panels."""
+    print("WARNING:", message)
+    fig, ax = plt.subplots(figsize=(6, 1.6))
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
+    return fig
+
+
+def _rendered(fig, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, bbox_inches="tight", **kw)
+    return buf.getvalue()
+
+
+def save(fig, data: pd.DataFrame, out_pdf, out_png, out_csv, dpi: int) -> None:
+    """Write the tidy data drawn (CSV) and the figure (PDF, PNG) with the package's atomic writers, so a killed
+    job never leaves a file that looks finished; then show the PNG in the notebook."""
+    from IPython.display import Image, display
+
+    atomic.save_frame(data, out_csv)
+    atomic.write_bytes(_rendered(fig, "pdf", metadata={"CreationDate": None}), out_pdf)  # same bytes on a rerun
+    atomic.write_bytes(_rendered(fig, "png", dpi=dpi), out_png)
+    plt.close(fig)
+    print(f"wrote {out_pdf}, {out_png}, {out_csv} ({len(data)} rows)")
+    display(Image(filename=out_png))
