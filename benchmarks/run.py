@@ -162,7 +162,7 @@ def dag_section(workdir: Path) -> tuple[str, list[dict]]:
     lines += ["", "Ten most expensive jobs:", "", "| job | s | peak RSS MB |", "|---|---:|---:|"]
     for _, r in jobs.sort_values("s", ascending=False).head(10).iterrows():
         lines.append(f"| {r.job} | {r.s:.0f} | {r.max_rss_mb:.0f} |")
-    manifest = workdir / "paper_figures/MANIFEST.json"
+    manifest = workdir / "paper_figures/quick/MANIFEST.json"
     if manifest.exists():
         m = json.loads(manifest.read_text())
         lines += ["", f"Wall time of that run: {m.get('wall_s', float('nan')):.0f} s on {m.get('machine', '?')} "
@@ -192,12 +192,12 @@ def snakemake_section(quick: bool) -> tuple[str, list[dict]]:
     dry = [timed(["-n", "--quiet", "rules", "all", "--configfile", "config.yaml"])[0] for _ in range(repeats)]
     rows.append({"what": "dry run, paper config (`snakemake -n all`)", "median_s": statistics.median(dry),
                  "min_s": min(dry), "max_s": max(dry)})
-    fig = REPO / "paper_figures/fig02_removal.pdf"
+    fig = REPO / "paper_figures/quick/fig02_removal.pdf"
     if fig.exists() and not quick:
         # -f reruns exactly that figure's job (a bare `touch` is not an edit: Snakemake compares contents)
-        secs, out = timed(["--cores", "1", "-f", "paper_figures/fig02_removal.pdf", "--configfile", "config.quick.yaml"])
+        secs, out = timed(["--cores", "1", "-f", "paper_figures/quick/fig02_removal.pdf", "--configfile", "config.quick.yaml"])
         jobs = len(re.findall(r"^(?:local)?rule \w+:", out.stdout + out.stderr, re.M))
-        rows.append({"what": f"one-figure rebuild, `-f paper_figures/fig02_removal.pdf` ({jobs} job)",
+        rows.append({"what": f"one-figure rebuild, `-f paper_figures/quick/fig02_removal.pdf` ({jobs} job)",
                      "median_s": secs, "min_s": secs, "max_s": secs})
     lines = ["## Snakemake overhead (targets: dry run <= 5 s, one-figure rebuild <= 30 s)", "",
              "| what | median s | min-max s |", "|---|---:|---:|"]
@@ -461,7 +461,7 @@ def main(argv=None) -> int:
                      ("cuts", lambda: cuts_section(subsets, a.quick)),
                      ("restricted", lambda: restricted_section(subsets["fc_tanh"], workdir, a.quick)),
                      ("dag", lambda: dag_section(workdir)),
-                     ("scales", lambda: smoke_dag_section(a.quick, data_dir, workdir / "paper_figures/MANIFEST.json")),
+                     ("scales", lambda: smoke_dag_section(a.quick, data_dir, workdir / "paper_figures/quick/MANIFEST.json")),
                      ("paper_scale", lambda: scale_section(subsets, results, workdir, a.quick)),
                      ("snakemake", lambda: snakemake_section(a.quick))]:
         if name == "scales" and a.no_smoke_dag:

@@ -69,7 +69,7 @@ def test_absolute_path_pattern():
 
 def test_committed_docs_name_no_absolute_path():
     docs = _committed_docs()
-    assert REPO / "docs/FIDELITY.md" in docs and REPO / "paper_figures/RESULTS.md" in docs
+    assert REPO / "docs/FIDELITY.md" in docs and REPO / "paper_figures/quick/RESULTS.md" in docs
     hits = [f"{p.relative_to(REPO)}:{i}: {m.group(0)}" for p in docs
             for i, line in enumerate(p.read_text().splitlines(), 1) for m in ABSOLUTE.finditer(line)]
     assert not hits, "absolute paths of this machine in committed docs:\n" + "\n".join(hits)

@@ -18,7 +18,7 @@ parameters are all-reduced (sum / K: the new average, identical bytes on every r
 ``theta_w - average`` all-gathered, so every rank returns the full (K, d) gaps. The K minibatch losses
 of each local step are all-gathered too (K floats), so the divergence check fires on every rank alike.
 This is our own tau-step averaging: PyTorch's ``PeriodicModelAverager`` averages on its first call
-and skips parameters without gradients, neither of which is Local SGD as DESIGN §1 defines it.
+and skips parameters without gradients, neither of which is Local SGD as docs/DEFINITIONS.md#round defines it.
 
 Files: ``training.train_run`` runs unchanged on every rank. Rank 0 uses ``--work-dir`` and publishes
 exactly what ``sharpgaps.cli train`` publishes (same checkpoint keys, metrics.csv, rounds.csv,

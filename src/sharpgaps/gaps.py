@@ -1,6 +1,6 @@
 """Gap subspace and gap covariance spectrum, via the small n x n Gram matrix.
 
-G holds the gap vectors as ROWS: (n, d) with n = K*W gaps (DESIGN §1 stacks them as columns
+G holds the gap vectors as ROWS: (n, d) with n = K*W gaps (docs/DEFINITIONS.md#gap-matrix stacks them as columns
 of a d x n matrix; this is its transpose). No d x d matrix is ever formed: memory O(n d).
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Per-checkpoint geometry of a run: Hessian top-k, gap subspaces and every DESIGN §1 metric.
+"""Per-checkpoint geometry of a run: Hessian top-k, gap subspaces and every metric of docs/DEFINITIONS.md#geometry-metrics.
 
 Output is one tidy table per run (columns: round, step, metric, m, i, j, value plus the run's
 parameters). Checkpoints are processed in order so each Lanczos solve can warm-start from the

@@ -1,4 +1,4 @@
-"""Geometry metrics (DESIGN §1) on flat vectors.
+"""Geometry metrics (docs/DEFINITIONS.md#geometry-metrics) on flat vectors.
 
 g: (d,) gradient; V: (d, k) orthonormal top Hessian eigenvectors; U: (d, m) orthonormal
 (gap subspace). Everything is computed in float64 on the inputs' device; scalars come back

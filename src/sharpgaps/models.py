@@ -1,4 +1,4 @@
-"""The three architectures of DESIGN §2, built from a config name.
+"""The three architectures of docs/DEFINITIONS.md#architectures, built from a config name.
 
 Everything is written with plain tensor ops so that (a) torch.func.vmap can batch K workers and
 (b) double backward works: the transformer computes attention by hand because PyTorch's fused

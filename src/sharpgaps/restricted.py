@@ -1,4 +1,4 @@
-"""Dom/Bulk-restricted Local SGD (DESIGN §1, Figs 5-8) and its Hessian-free variant.
+"""Dom/Bulk-restricted Local SGD (docs/DEFINITIONS.md#restricted-updates, Figs 5-8) and its Hessian-free variant.
 
 Branches from a Local SGD checkpoint and projects every local step's update:
   dom      u <- V V^T u          V = top-k Hessian eigenvectors at the current average

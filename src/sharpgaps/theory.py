@@ -1,4 +1,4 @@
-"""Closed-form gap covariance for Local SGD on a quadratic (DESIGN §1, theory check).
+"""Closed-form gap covariance for Local SGD on a quadratic (docs/DEFINITIONS.md#quadratic-model).
 
 L = 0.5 theta^T H theta, stochastic gradient H theta + xi with Cov(xi) = C/b, K workers,
 tau local steps from a common start. Each worker: theta_i <- A theta_i - eta xi_i, A = I - eta H,

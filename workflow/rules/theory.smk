@@ -1,4 +1,4 @@
-# Quadratic-model check: the engine's measured gap covariance vs the closed form (DESIGN §1).
+# Quadratic-model check: the engine's measured gap covariance vs the closed form (docs/DEFINITIONS.md#quadratic-model).
 
 
 rule theory:
