@@ -162,7 +162,7 @@ def _rank_problems(config: dict) -> list[str]:
             problems.append(f"geometry.m_list: {too_big} exceed the largest gap rank (K-1)*W = {top} of any run; "
                             f"allowed: 1..{top} (larger m cannot be evaluated)")
     for setting in config["experiments"].get("main", {}).get("settings", []):
-        r = grid.main_run(config, setting)  # the restricted runs branch from it
+        r = grid.main_runs(config, setting)[0]  # the restricted runs branch from its seeds
         params = specs.restricted_params(config, setting)
         spec = specs.RestrictSpec.from_config(params, "gapdom", N_CLASSES[config["settings"][setting]["dataset"]])
         rank = (r["K"] - 1) * spec.window

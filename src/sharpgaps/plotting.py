@@ -96,6 +96,23 @@ def last_rounds(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return df[df["round"] == df.groupby(keys)["round"].transform("max")]
 
 
+def late_means(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Each group of ``keys`` (one run and quantity) averaged over the last third of its checkpoints (one row per
+    group, at its last round): the trajectory, where one checkpoint is noisy."""
+    from .evidence import late_rounds
+
+    late = df[df["round"] >= df.groupby(keys)["round"].transform(lambda r: late_rounds(r)[0])]
+    out = last_rounds(late, keys).copy()
+    out["value"] = out.set_index(keys).index.map(late.groupby(keys)["value"].mean()).to_numpy()
+    return out
+
+
+def band_note(df: pd.DataFrame) -> str:
+    """What a line and its band are: the mean over the seeds in ``df``, band min..max (none for one seed)."""
+    n = df["seed"].nunique() if "seed" in df and len(df) else 0
+    return f"mean of {n} seeds, band: min–max" if n > 1 else f"{n} seed, no band"
+
+
 def checkpoint_round(spec, rounds) -> int:
     """'first' | 'mid' | 'last' | a round number (the nearest checkpoint round)."""
     rounds = sorted(int(r) for r in rounds)
@@ -214,6 +231,8 @@ def save(fig, data: pd.DataFrame, out_pdf, out_png, out_csv, dpi: int) -> None:
     job never leaves a file that looks finished; then show the PNG in the notebook."""
     from IPython.display import Image, display
 
+    if "seed" in data and len(data):  # every figure over seeds says how many, and what its bands are
+        fig.text(1.0, 0.0, f"lines: {band_note(data)}", ha="right", va="top", fontsize=8, color="0.35")
     atomic.save_frame(data, out_csv)
     atomic.write_bytes(_rendered(fig, "pdf", metadata={"CreationDate": None}), out_pdf)  # same bytes on a rerun
     atomic.write_bytes(_rendered(fig, "png", dpi=dpi), out_png)
