@@ -123,7 +123,8 @@ def test_jobs_receive_exact_floats(tmp_path):
     steps = [dict(zip(c[4::2], c[5::2])) | {"step": c[3]} for c in (shlex.split(line.split(":", 1)[1])
              for line in out.splitlines() if line.startswith("Shell command: python -m sharpgaps.cli "))]
     train = [s for s in steps if s["step"] == "train" and "/mnist_fc/" in s["--out-dir"]]
-    assert len(train) == 1 and "_lr0.0123456789_" in train[0]["--out-dir"]
+    assert len(train) == len(cfg["settings"]["mnist_fc"]["train"]["seeds"])
+    assert all("_lr0.0123456789_" in t["--out-dir"] for t in train)
     assert json.loads(train[0]["--run"])["lr"] == lr
     geometry = [s for s in steps if s["step"] == "geometry"]
     assert geometry and all("_tol0.000123456789_" in s["--out"] for s in geometry)

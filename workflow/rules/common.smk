@@ -164,7 +164,7 @@ def restricted_tag(setting):
     p = dict(restricted_params(setting))
     del p["modes"]  # one output per mode: adding a mode must not rename the others
     branch = specs.BranchSpec.from_config(p).label()
-    return f"br{branch}_" + grid.digest(json.dumps(p, sort_keys=True))
+    return f"br{branch}_{grid.digest(json.dumps(p, sort_keys=True))}"
 
 
 def parent_geometry(wildcards):
