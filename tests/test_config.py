@@ -189,7 +189,7 @@ if __name__ == "__main__":  # the table in docs/RELIABILITY.md
 
 def test_validation_does_not_load_the_iri_grammars():
     """jsonschema's optional rfc3987_syntax (only for the iri/uri formats the schema never uses) compiles grammars
-    for ~2 s at import; sharpgaps.config keeps it out, which halves a Snakemake dry run (docs/BENCHMARKS.md)."""
+    for ~2 s at import; sharpgaps.config keeps it out, which halves a Snakemake dry run."""
     import subprocess
     import sys
 
