@@ -185,3 +185,14 @@ if __name__ == "__main__":  # the table in docs/RELIABILITY.md
         except ConfigError as exc:
             first = next(line for line in str(exc).splitlines() if line.startswith(f"  - {key}:"))
             print(f"| {_change(path, value)} | {first.strip()[2:].replace('|', '&#124;')} |")
+
+
+def test_validation_does_not_load_the_iri_grammars():
+    """jsonschema's optional rfc3987_syntax (only for the iri/uri formats the schema never uses) compiles grammars
+    for ~2 s at import; sharpgaps.config keeps it out, which halves a Snakemake dry run."""
+    import subprocess
+    import sys
+
+    code = "import sys, sharpgaps.config; print(sys.modules.get('rfc3987_syntax') is None)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True"

@@ -22,10 +22,10 @@ RESTRICTED = {"fig05_restricted_train_loss": "train_loss", "fig06_restricted_tra
 SWEEPS = {"fig10_tau_ablation_mnist_fc": ("tau", [2, 4]), "fig13_k_sweep_mnist_fc": ("K", [2, 8]),
           "fig16_batch_sweep_mnist_fc": ("b", [16, 50])}
 COLUMNS = {
-    "restricted": ["setting", "mode", "K", "tau", "b", "lr", "seed", "branch_round", "round", "step", "quantity",
-                   "value"],
+    "restricted": ["setting", "mode", "K", "tau", "b", "lr", "seed", "branch_round", "round", "step", "since_branch",
+                   "quantity", "value"],
     "figX1_gap_restricted": ["panel", "setting", "mode", "K", "tau", "b", "lr", "seed", "branch_round", "round",
-                             "step", "metric", "value"],
+                             "step", "since_branch", "metric", "value"],
     "sweep": ["panel", "setting", "K", "tau", "b", "lr", "seed", "round", "step", "metric", "m", "m_kind", "value"],
     "figX2_theory": ["tau", "direction", "eigenvalue", "measured", "stderr", "predicted", "z", "K", "b", "lr",
                      "rounds"],
@@ -198,7 +198,8 @@ def test_changing_one_tau_reruns_only_that_taus_jobs(sweeps, tmp_path):
     changed.write_text(yaml.safe_dump(cfg))
     targets = [f"{FIGURE_DIR}/{name}.pdf" for name in SWEEPS] + [f"{FIGURE_DIR}/RESULTS.md"]
     counts = job_counts(snakemake(work, "-n", *targets, config=changed))
-    assert counts.get("train") == 1 and counts.get("geometry") == 1
+    seeds = len(cfg["settings"]["mnist_fc"]["train"]["seeds"])  # one new run per seed
+    assert counts.get("train") == seeds and counts.get("geometry") == seeds
     assert counts.get("collect_geometry") == 1  # only the tau_ablation table
     assert "subset" not in counts and counts.get("fig10_18_sweep") == 1  # the tau figure; K and batch ones untouched
     assert counts.get("results_summary") == 1

@@ -80,14 +80,13 @@ def test_geometry_spec_from_config_and_tag():
     assert specs.GeometrySpec.from_config({}, k=2).tag() == "Hall_tol0.001_x0"
 
 
-def test_smoke_restricted_tag_digests_the_same_params():
-    """restricted_tag digests restricted_params: a key added to them renames every restricted output.
-    The smoke config's mnist_fc tag was br7_b409fbf0670a before the defaults moved into sharpgaps.specs."""
+def test_restricted_tag_params_are_the_tagged_keys():
+    """restricted_tag digests restricted_params: a key added to them renames every restricted output, so they
+    are exactly RESTRICTED_TAGGED (with its defaults) unless a config sets another key."""
     cfg = validate(yaml.safe_load((REPO / ".test/config.yaml").read_text()), SCHEMA_PATH)
     p = specs.restricted_params(cfg, "mnist_fc")
-    assert "lanczos_dtype" not in p and set(specs.RESTRICTED_TAGGED) <= set(p)
-    del p["modes"]
-    assert grid.digest(json.dumps({**p, "branch_round": 7}, sort_keys=True)) == "b409fbf0670a"
+    assert set(p) == set(specs.RESTRICTED_TAGGED)
+    assert p["branch_chi_k"] == cfg["restricted"]["branch_chi_k"] and p["branch_consecutive"] == 2
 
 
 def test_validation_takes_unset_keys_from_the_specs():
@@ -101,3 +100,19 @@ def test_validation_takes_unset_keys_from_the_specs():
     del cfg["geometry"]["m_list"]
     with pytest.raises(ConfigError, match=r"geometry.m_list: \[16\] exceed"):  # the largest rank is (8-1)*2 = 14
         validate(cfg, SCHEMA_PATH)
+
+
+def test_branch_rule_waits_for_alignment_at_consecutive_checkpoints():
+    from sharpgaps.specs import BranchSpec
+
+    ckpts = [4, 8, 16, 32, 64]
+    chi = {4: 0.5, 8: 0.93, 16: 0.85, 32: 0.91, 64: 0.95}
+    spec = BranchSpec(branch_chi_k=0.9, branch_consecutive=2)
+    assert spec.choose(ckpts, 64, chi) == (64, "chi_k >= 0.9 at 2 checkpoints in a row")  # 8 alone is not enough
+    assert BranchSpec(branch_chi_k=0.9, branch_consecutive=1).choose(ckpts, 64, chi)[0] == 8
+    round_, why = BranchSpec(branch_chi_k=0.99).choose(ckpts, 64, chi)
+    assert round_ == 64 and why.startswith("fallback") and "0.950" in why  # never aligned: said, not hidden
+    assert BranchSpec(branch_chi_k=None, branch_at=0.25).choose(ckpts, 64, chi) == (16, "fraction 0.25")
+    with pytest.raises(ValueError, match="no chi_k at checkpoint rounds \\[64\\]"):
+        spec.choose(ckpts, 64, {c: v for c, v in chi.items() if c != 64})
+    assert spec.label() == "chi0.9x2" and BranchSpec(branch_chi_k=None, branch_at=0.25).label() == "at0.25"

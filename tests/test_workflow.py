@@ -82,12 +82,29 @@ def test_changing_one_run_parameter_reruns_only_that_run(smoke, tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     out = snakemake(smoke, "all", "-n", config=path).stdout
     jobs = dry_run_jobs(out)
-    # that run and what reads it: its geometry and restricted branches (one per mode), the tables ...
+    # that setting's runs (the smoke config's mnist_fc has two seeds) and what reads them: their geometry and
+    # restricted branches (one per mode and seed), the tables ...
     compute = Counter(rule for rule, outputs in jobs if f"{FIGURE_DIR}/" not in outputs)
-    assert compute == {"train": 1, "geometry": 1, "restricted": 5, "collect_geometry": 1, "collect_restricted": 1}
+    assert compute == {"train": 2, "geometry": 2, "restricted": 10, "collect_geometry": 1, "collect_restricted": 1}
     # ... and the figures drawn from those tables (the per-setting figures among them)
     figures = Counter(rule for rule, outputs in jobs if f"{FIGURE_DIR}/" in outputs)
     assert {"fig01_cosines", "fig02_removal", "fig03_spectrum", "fig04_alignment", "fig09_removal_raw"} <= set(figures)
+
+
+def test_adding_a_seed_reruns_only_that_seeds_jobs(smoke, tmp_path):
+    import yaml
+
+    cfg = yaml.safe_load((REPO / ".test/config.yaml").read_text())
+    seeds = cfg["settings"]["mnist_fc"]["train"]["seeds"]
+    cfg["settings"]["mnist_fc"]["train"]["seeds"] = [*seeds, max(seeds) + 1]
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    jobs = dry_run_jobs(snakemake(smoke, "all", "-n", config=path).stdout)
+    compute = [(rule, outputs) for rule, outputs in jobs if f"{FIGURE_DIR}/" not in outputs]
+    assert Counter(rule for rule, _ in compute) == {"train": 1, "geometry": 1, "restricted": 5, "collect_geometry": 1,
+                                                     "collect_restricted": 1}
+    new = f"_s{max(seeds) + 1}"  # every run-level job belongs to the new seed's run
+    assert all(new in outputs for rule, outputs in compute if not rule.startswith("collect"))
 
 
 def test_jobs_receive_exact_floats(tmp_path):
@@ -106,7 +123,8 @@ def test_jobs_receive_exact_floats(tmp_path):
     steps = [dict(zip(c[4::2], c[5::2])) | {"step": c[3]} for c in (shlex.split(line.split(":", 1)[1])
              for line in out.splitlines() if line.startswith("Shell command: python -m sharpgaps.cli "))]
     train = [s for s in steps if s["step"] == "train" and "/mnist_fc/" in s["--out-dir"]]
-    assert len(train) == 1 and "_lr0.0123456789_" in train[0]["--out-dir"]
+    assert len(train) == len(cfg["settings"]["mnist_fc"]["train"]["seeds"])
+    assert all("_lr0.0123456789_" in t["--out-dir"] for t in train)
     assert json.loads(train[0]["--run"])["lr"] == lr
     geometry = [s for s in steps if s["step"] == "geometry"]
     assert geometry and all("_tol0.000123456789_" in s["--out"] for s in geometry)

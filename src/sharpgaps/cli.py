@@ -25,8 +25,8 @@ def cmd_geometry(a) -> None:
 
 
 def cmd_restricted(a) -> None:
-    jobs.restricted(json.loads(a.run), json.loads(a.restricted), a.mode, a.subset, a.ckpt_dir, a.work_dir, a.out,
-                    name=a.name, threads=a.threads, device=a.device, resume_every_s=a.resume_every_s)
+    jobs.restricted(json.loads(a.run), json.loads(a.restricted), a.mode, a.subset, a.ckpt_dir, a.geometry,
+                    a.work_dir, a.out, name=a.name, threads=a.threads, device=a.device, resume_every_s=a.resume_every_s)
 
 
 def cmd_manifest(a) -> None:
@@ -74,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=lambda a: jobs.theory(json.loads(a.theory), a.out, threads=a.threads))
 
     q = sub.add_parser("restricted", help="Dom/Bulk or gap-restricted Local SGD branched from a checkpoint")
-    q.add_argument("--restricted", required=True, help="JSON of the config's `restricted` section + branch_round")
+    q.add_argument("--restricted", required=True, help="JSON of the config's `restricted` section")
     q.add_argument("--mode", required=True)
+    q.add_argument("--geometry", required=True, help="the parent run's geometry table (chi_k for the branch rule)")
     jobs.add_run_job_args(q, ckpt_dir=True, name="restricted", resume=True)
     q.set_defaults(func=cmd_restricted)
 

@@ -6,10 +6,15 @@ Every error names the offending key and says how to fix it, and all of it runs b
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 
-import jsonschema
-import yaml
+# jsonschema imports rfc3987_syntax, when installed (Jupyter's dependencies bring it), only to check the
+# "iri"/"uri" string formats, which our schema does not use; its import compiles 38 grammars, about 2 s of every
+# Snakemake start (profiled: most of a dry run). Marked absent before jsonschema's first import, it is skipped.
+sys.modules.setdefault("rfc3987_syntax", None)
+import jsonschema  # noqa: E402
+import yaml  # noqa: E402
 
 from . import grid, specs
 from .figures import SWEEPS
@@ -162,7 +167,7 @@ def _rank_problems(config: dict) -> list[str]:
             problems.append(f"geometry.m_list: {too_big} exceed the largest gap rank (K-1)*W = {top} of any run; "
                             f"allowed: 1..{top} (larger m cannot be evaluated)")
     for setting in config["experiments"].get("main", {}).get("settings", []):
-        r = grid.main_run(config, setting)  # the restricted runs branch from it
+        r = grid.main_runs(config, setting)[0]  # the restricted runs branch from its seeds
         params = specs.restricted_params(config, setting)
         spec = specs.RestrictSpec.from_config(params, "gapdom", N_CLASSES[config["settings"][setting]["dataset"]])
         rank = (r["K"] - 1) * spec.window

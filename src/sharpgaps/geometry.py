@@ -26,6 +26,7 @@ from .specs import GeometrySpec
 RUN_COLUMNS = ("setting", "K", "tau", "b", "lr", "seed", "loss", "window")
 # Wall-clock rows go to the job log, not the table, so equal inputs give byte-identical tables.
 TIMING_METRICS = ("eig_seconds", "geometry_seconds")
+GRAD_COS_TOP = 4  # gap directions whose squared cosine with g is recorded
 
 
 def _rows(base: dict, metric: str, values, m=np.nan, index_name="i") -> list[dict]:
@@ -74,7 +75,8 @@ def checkpoint_geometry(ckpt: dict, model, loss_fn, x, y, spec: GeometrySpec, v0
         if key not in ("round", "step"):
             rows += _rows(base, key, value)
     gen = torch.Generator(device="cpu").manual_seed(spec.seed * 100_003 + int(ckpt["round"]))
-    ms = sorted({m for m in spec.m_list if m <= rank} | ({rank} if spec.m_rank and rank else set()))
+    # m = k always: the sweeps compare their runs at that fixed dimension (and at the grid's smallest rank)
+    ms = sorted({m for m in (*spec.m_list, spec.k) if m <= rank} | ({rank} if spec.m_rank and rank else set()))
     chi2 = M.gradient_alignment(g, V) ** 2
     for m in ms:
         U = U_all[:, :m]
@@ -85,6 +87,11 @@ def checkpoint_geometry(ckpt: dict, model, loss_fn, x, y, spec: GeometrySpec, v0
         rows += _rows(base, "oracle_removal", M.oracle_removal(g, V, m), m=m)
         rows += _rows(base, "random_removal", M.random_removal(g.cpu(), V.cpu(), m, gen, spec.random_draws), m=m)
         rows += _rows(base, "random_removal_expected", M.random_removal_expected(m, d, spec.k, chi2), m=m)
+    # cos^2(u_i, g) of the top gap directions: a u_1 close to g itself removes g's dominant part at m = 1
+    lead = min(GRAD_COS_TOP, rank)
+    if lead:
+        rows += _rows(base, "gap_grad_sqcos", M.squared_cosines(U_all[:, :lead], (g / g.norm())[:, None])[:, 0]
+                      .cpu().numpy())
     top = min(spec.cos_top, rank)
     if top:
         cos = M.squared_cosines(U_all[:, :top], V).cpu().numpy()

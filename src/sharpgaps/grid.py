@@ -66,7 +66,8 @@ def expand_runs(config: dict, experiments: list[str] | None = None, strict: bool
             base = setting_defaults(config, setting)
             own = exp.get("per_setting", {}).get(setting, {})
             axes = {k: own.get(k, exp.get(k, [base[k]])) for k in ("K", "tau", "b")}
-            for K, tau, b, seed in itertools.product(axes["K"], axes["tau"], axes["b"], base["seeds"]):
+            axes["seeds"] = own.get("seeds", exp.get("seeds", base["seeds"]))
+            for K, tau, b, seed in itertools.product(axes["K"], axes["tau"], axes["b"], axes["seeds"]):
                 run = {**{k: base[k] for k in TRAIN_KEYS}, "K": K, "tau": tau, "b": b, "seed": seed,
                        "setting": setting}
                 key = (setting, run_id(run))
@@ -76,9 +77,11 @@ def expand_runs(config: dict, experiments: list[str] | None = None, strict: bool
     return runs
 
 
-def main_run(config: dict, setting: str) -> dict:
-    """The parent of a setting's restricted runs: its first run of the `main` experiment."""
-    return next(r for r in expand_runs(config, ["main"]) if r["setting"] == setting)
+def main_runs(config: dict, setting: str) -> list[dict]:
+    """The parents of a setting's restricted runs: every seed of its first `main` configuration."""
+    runs = [r for r in expand_runs(config, ["main"]) if r["setting"] == setting]
+    first = {k: runs[0][k] for k in TRAIN_KEYS}
+    return [r for r in runs if {k: r[k] for k in TRAIN_KEYS} == first]
 
 
 def checkpoint_rounds(rounds: int, window: int, checkpoints: dict) -> list[int]:

@@ -22,8 +22,8 @@ from .atomic import CorruptFileError, OutputWriteError, load_torch, read_frame, 
 from .grid import run_info
 from .localsgd import RunSpec
 from .sources import DataError
-from .specs import GeometrySpec, RestrictSpec, TheorySpec
-from .training import CKPT_DIR, DivergenceError, checkpoint_path, list_checkpoints
+from .specs import BranchSpec, GeometrySpec, RestrictSpec, TheorySpec
+from .training import CKPT_DIR, DivergenceError, checkpoint_path, checkpoint_round, list_checkpoints
 
 # Failures whose message names the file/key/run and the fix: shown as one line, without a traceback.
 EXPECTED_ERRORS = (DataError, DivergenceError, CorruptFileError, OutputWriteError)
@@ -205,23 +205,36 @@ def geometry(run: dict, params: dict, subset_path, ckpt_dir, work_dir, out, *, t
     save_frame(df, out)
 
 
-def restricted(run: dict, params: dict, mode: str, subset_path, ckpt_dir, work_dir, out, *, name="restricted",
-               threads=1, device="cpu", resume_every_s=120.0) -> None:
-    """A restricted run in ``mode`` branched from the run's checkpoint ``params["branch_round"]``
-    (``params``: its `restricted` section)."""
+def branch_point(run: dict, params: dict, ckpt_dir, geometry) -> tuple[int, str, float]:
+    """(round, why, chi_k there) where a restricted run leaves its parent, by the config's branch rule
+    (specs.BranchSpec) applied to the parent's checkpoints and its geometry table's chi_k."""
+    rounds = [checkpoint_round(p) for p in list_checkpoints(ckpt_dir)]
+    if not rounds:
+        raise SystemExit(f"no checkpoints in {ckpt_dir}")
+    table = read_frame(geometry)
+    chi = dict(table.loc[table["metric"] == "chi_k", ["round", "value"]].itertuples(index=False))
+    chosen, why = BranchSpec.from_config(params).choose(rounds, run["local_steps"] // run["tau"], chi)
+    return chosen, why, float(chi.get(chosen, float("nan")))
+
+
+def restricted(run: dict, params: dict, mode: str, subset_path, ckpt_dir, geometry, work_dir, out, *,
+               name="restricted", threads=1, device="cpu", resume_every_s=120.0) -> None:
+    """A restricted run in ``mode`` branched from one of the run's checkpoints (``params``: its `restricted`
+    section; ``geometry``: the run's geometry table, for the branch rule)."""
     from .hessian import disable_tf32
     from .restricted import restricted_run
 
     set_threads(threads)
     disable_tf32()
+    branch_round, why, chi = branch_point(run, params, ckpt_dir, geometry)
+    print(f"[{name}:{mode}] branching at round {branch_round} (chi_k {chi:.3f}): {why}", file=sys.stderr)
     job = load_run(run, subset_path, job_device(device))
-    branch_round = params["branch_round"]
-    spec = RestrictSpec.from_config({k: v for k, v in params.items() if k != "branch_round"}, mode, job.k)
+    spec = RestrictSpec.from_config(params, mode, job.k)
     df = restricted_run(job.model, job.loss_fn, job.subset, load_torch(checkpoint_path(ckpt_dir, branch_round)),
                         job.spec, spec, work_dir, name=f"{name}:{mode}", resume_every_s=resume_every_s)
     for key in ("setting", "K", "tau", "b", "lr", "seed"):
         df[key] = run[key]
-    df["branch_round"] = branch_round
+    df["branch_round"], df["branch_rule"], df["branch_chi_k"] = branch_round, why, chi
     save_frame(df, out)
 
 

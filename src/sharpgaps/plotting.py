@@ -26,7 +26,9 @@ plt.rcParams.update({"axes.titlesize": 11, "legend.fontsize": 9, "legend.title_f
 
 # What makes two rows the same run configuration: seeds of one are averaged, different ones never mixed.
 RUN_KEYS = ["K", "tau", "b", "lr", "loss", "window"]
-BRANCH_KEYS = ["K", "tau", "b", "lr", "branch_round"]  # a restricted branch: its parent run and branch point
+# A restricted branch's parent configuration: its seeds may branch at different rounds (the branch rule reads each
+# seed's own chi_k), so their curves are aligned on the local steps since the branch (column since_branch).
+BRANCH_KEYS = ["K", "tau", "b", "lr"]
 
 # Restricted training (Figs 5-8, X1): mode -> (legend label, colour, line style); a gap mode takes its Hessian
 # twin's hue family, dashed.
@@ -96,6 +98,29 @@ def last_rounds(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return df[df["round"] == df.groupby(keys)["round"].transform("max")]
 
 
+def late_means(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Each group of ``keys`` (one run and quantity) averaged over the last third of its checkpoints (one row per
+    group, at its last round): the trajectory, where one checkpoint is noisy."""
+    from .evidence import late_rounds
+
+    late = df[df["round"] >= df.groupby(keys)["round"].transform(lambda r: late_rounds(r)[0])]
+    out = last_rounds(late, keys).copy()
+    out["value"] = out.set_index(keys).index.map(late.groupby(keys)["value"].mean()).to_numpy()
+    return out
+
+
+def band_note(df: pd.DataFrame) -> str:
+    """What a line and its band are: the mean over the seeds in ``df`` (per setting, if it has several), band
+    min..max over them (none for one seed)."""
+    if "seed" not in df or not len(df):
+        return "no seeds"
+    per = df.groupby("setting")["seed"].nunique() if "setting" in df else pd.Series([df["seed"].nunique()])
+    lo, hi = int(per.min()), int(per.max())
+    n = f"{lo}" if lo == hi else f"{lo}-{hi}"
+    return f"mean of {n} seed{'s' if hi > 1 else ''}" + (" per setting" if lo != hi else "") + \
+        (", band: min–max over seeds" if hi > 1 else ", no band")
+
+
 def checkpoint_round(spec, rounds) -> int:
     """'first' | 'mid' | 'last' | a round number (the nearest checkpoint round)."""
     rounds = sorted(int(r) for r in rounds)
@@ -140,10 +165,16 @@ def run_title(label: str, g: pd.DataFrame) -> str:
     return f"{label}\nK={r.K}, τ={r.tau}, b={r.b}, η={r.lr:g}"
 
 
+def since_branch(df: pd.DataFrame) -> pd.DataFrame:
+    """Restricted-training rows with ``since_branch``: local steps per worker since the run left its parent."""
+    return df.assign(since_branch=df["round"] * df["tau"])
+
+
 def branch_title(label: str, g: pd.DataFrame) -> str:
-    """Panel title of restricted runs: :func:`run_title` and the local step they branch at."""
-    branch = int(g.loc[g["round"] == 0, "step"].min()) if (g["round"] == 0).any() else int(g["step"].min())
-    return f"{run_title(label, g)}; branch at step {branch}"
+    """Panel title of restricted runs: :func:`run_title` and the local step(s) its seeds branch at."""
+    steps = sorted(int(s) for s in g["branch_round"].unique() * int(g["tau"].iloc[0]))
+    where = f"step {steps[0]}" if len(steps) == 1 else f"steps {steps[0]}-{steps[-1]} (by seed)"
+    return f"{run_title(label, g)}; branch at {where}"
 
 
 def value_colors(values) -> dict:
@@ -214,6 +245,8 @@ def save(fig, data: pd.DataFrame, out_pdf, out_png, out_csv, dpi: int) -> None:
     job never leaves a file that looks finished; then show the PNG in the notebook."""
     from IPython.display import Image, display
 
+    if "seed" in data and len(data):  # every figure over seeds says how many, and what its bands are
+        fig.text(0.0, 1.0, f"lines: {band_note(data)}", ha="left", va="bottom", fontsize=8, color="0.35")
     atomic.save_frame(data, out_csv)
     atomic.write_bytes(_rendered(fig, "pdf", metadata={"CreationDate": None}), out_pdf)  # same bytes on a rerun
     atomic.write_bytes(_rendered(fig, "png", dpi=dpi), out_png)

@@ -17,7 +17,7 @@ import yaml
 
 from . import grid
 from .config import N_CLASSES, validate
-from .specs import GeometrySpec, RestrictSpec, geometry_params, restricted_params
+from .specs import BranchSpec, GeometrySpec, RestrictSpec, geometry_params, restricted_params
 from .summary import splice
 
 SCALES = {"paper": "config.yaml", "quick": "config.quick.yaml", "smoke": ".test/config.yaml"}
@@ -52,7 +52,13 @@ def _sweep(cfg: dict, setting: str, name: str) -> str:
         return NONE
     runs = [r for r in grid.expand_runs(cfg, [name]) if r["setting"] == setting]
     axes = [a for a in ("K", "tau", "b") if a in exp or a in exp.get("per_setting", {}).get(setting, {})]
-    return "; ".join(f"{a} {_list(sorted({r[a] for r in runs}))}" for a in axes)
+    return "; ".join(f"{a} {_list(sorted({r[a] for r in runs}))}" for a in (*axes, "seed"))
+
+
+def _branch(b: BranchSpec) -> str:
+    if b.branch_chi_k is None:
+        return f"{b.branch_at:.0%} of the run"
+    return f"the first checkpoint after chi_k >= {b.branch_chi_k} at {b.branch_consecutive} in a row"
 
 
 def setting_rows(cfg: dict, setting: str) -> dict[str, str]:
@@ -86,7 +92,7 @@ def setting_rows(cfg: dict, setting: str) -> dict[str, str]:
         "eigenpairs (k + extra)": f"{k} + {geo.extra}",
         "m": _list(geo.m_list) + (", rank(G)" if geo.m_rank else ""),
         "random draws": str(geo.random_draws),
-        "restricted rounds": f"{_n(res.rounds)} from {params['branch_at']:.0%} of the run, "
+        "restricted rounds": f"{_n(res.rounds)} from {_branch(BranchSpec.from_config(params))}, "
                              f"refresh every {res.refresh}",
         "restricted modes": _list(params["modes"]),
         "restricted Hessian examples": _examples(res.hessian_examples, cfg),

@@ -55,8 +55,38 @@ class GeometrySpec:
 class BranchSpec:
     """Which restricted runs branch from a setting's `main` run, and where; config section `restricted`."""
 
-    branch_at: float = 0.1  # fraction of the parent's rounds, snapped to its nearest checkpoint
+    branch_at: float = 0.1  # fraction of the parent's rounds, snapped to its nearest checkpoint (criterion off)
+    # Branch once the gradient is aligned with the top-k subspace (Song et al. switch then): the first
+    # checkpoint ending `branch_consecutive` checkpoints in a row with chi_k >= branch_chi_k; None: branch_at.
+    branch_chi_k: float | None = 0.9
+    branch_consecutive: int = 2
     modes: tuple[str, ...] = MODES
+
+    @classmethod
+    def from_config(cls, params: dict) -> "BranchSpec":
+        return _build(cls, "restricted", params)
+
+    def label(self) -> str:
+        """The rule in a path tag: chi0.9x2 or at0.25."""
+        if self.branch_chi_k is None:
+            return f"at{exact_float(self.branch_at)}"
+        return f"chi{exact_float(self.branch_chi_k)}x{self.branch_consecutive}"
+
+    def choose(self, checkpoints: list[int], rounds: int, chi_k: dict[int, float]) -> tuple[int, str]:
+        """(branch round, why) among the parent's checkpoint rounds; ``chi_k``: round -> chi_k of the parent."""
+        checkpoints = sorted(checkpoints)
+        if self.branch_chi_k is None:
+            return min(checkpoints, key=lambda c: abs(c - self.branch_at * rounds)), f"fraction {self.branch_at}"
+        missing = [c for c in checkpoints if c not in chi_k]
+        if missing:
+            raise ValueError(f"the parent's geometry table has no chi_k at checkpoint rounds {missing}")
+        run = 0
+        for c in checkpoints:
+            run = run + 1 if chi_k[c] >= self.branch_chi_k else 0
+            if run >= self.branch_consecutive:
+                return c, f"chi_k >= {self.branch_chi_k} at {self.branch_consecutive} checkpoints in a row"
+        return checkpoints[-1], (f"fallback: chi_k never >= {self.branch_chi_k} at {self.branch_consecutive} "
+                                 f"checkpoints in a row (max {max(chi_k[c] for c in checkpoints):.3f}); last checkpoint")
 
 
 @dataclass(frozen=True)
@@ -113,8 +143,8 @@ CONFIG_NAMES = {"restricted": {"gap_m": "m", "gap_window": "window"}}
 
 # The keys whose defaults the restricted path tag (a digest of restricted_params) has always covered.
 # A key added since (lanczos_dtype) enters it only when a config sets it, so existing outputs keep their paths.
-RESTRICTED_TAGGED = ("branch_at", "rounds", "modes", "refresh", "eval_every", "hessian_examples", "tol", "gap_m",
-                     "gap_window")
+RESTRICTED_TAGGED = ("branch_at", "branch_chi_k", "branch_consecutive", "rounds", "modes", "refresh", "eval_every",
+                     "hessian_examples", "tol", "gap_m", "gap_window")
 
 
 def spec_field(section: str, key: str) -> tuple[type, str]:

@@ -54,6 +54,11 @@ def checkpoint_path(ckpt_dir: str | Path, rnd: int) -> Path:
     return Path(ckpt_dir) / f"r{rnd:06d}.pt"
 
 
+def checkpoint_round(path: str | Path) -> int:
+    """The round of a checkpoint file named by checkpoint_path."""
+    return int(Path(path).stem[1:])
+
+
 def list_checkpoints(ckpt_dir: str | Path) -> list[Path]:
     """The checkpoint files of a checkpoint directory, in round order."""
     return sorted(Path(ckpt_dir).glob("r*.pt"))

@@ -156,19 +156,20 @@ def theory_table():
 
 
 def restricted_params(setting):
-    """The setting's `restricted` parameters (defaults: sharpgaps.specs) + the round it branches at."""
-    r = specs.restricted_params(config, setting)
-    parent = grid.main_run(config, setting)
-    rounds = parent["local_steps"] // parent["tau"]
-    ckpts = grid.checkpoint_rounds(rounds, parent["window"], parent["checkpoints"])
-    r["branch_round"] = min(ckpts, key=lambda c: abs(c - r["branch_at"] * rounds))
-    return r
+    """The setting's `restricted` parameters (defaults: sharpgaps.specs)."""
+    return specs.restricted_params(config, setting)
 
 
 def restricted_tag(setting):
     p = dict(restricted_params(setting))
     del p["modes"]  # one output per mode: adding a mode must not rename the others
-    return f"br{p['branch_round']}_" + grid.digest(json.dumps(p, sort_keys=True))
+    branch = specs.BranchSpec.from_config(p).label()
+    return f"br{branch}_{grid.digest(json.dumps(p, sort_keys=True))}"
+
+
+def parent_geometry(wildcards):
+    """The parent run's geometry table: its chi_k decides the branch point (specs.BranchSpec)."""
+    return f"results/runs/{wildcards.setting}/{wildcards.run}/geometry_{geometry_tag(wildcards.setting)}.parquet"
 
 
 def restricted_json(wildcards):
@@ -180,14 +181,15 @@ def restricted_json(wildcards):
 
 
 def restricted_outputs():
+    """Every mode of every seed of each setting's first `main` configuration."""
     if "main" not in config["experiments"]:
         return []
     out = []
     for setting in config["experiments"]["main"]["settings"]:
-        base = f"{run_dir(grid.main_run(config, setting))}/restricted_{restricted_tag(setting)}"
-        out += [
-            f"{base}/{mode}.parquet" for mode in restricted_params(setting)["modes"]
-        ]
+        modes = restricted_params(setting)["modes"]
+        for parent in grid.main_runs(config, setting):
+            base = f"{run_dir(parent)}/restricted_{restricted_tag(setting)}"
+            out += [f"{base}/{mode}.parquet" for mode in modes]
     return out
 
 

@@ -4,6 +4,7 @@
 rule restricted:
     input:
         ckpt="results/runs/{setting}/{run}/ckpt",
+        geometry=parent_geometry,
         subset=lambda wc: subset_path(dataset_of(wc.setting)),
     output:
         "results/runs/{setting}/{run}/restricted_{rtag}/{mode}.parquet",
@@ -28,7 +29,8 @@ rule restricted:
         resume_every=config["resume_every_s"],
     shell:
         "python -m sharpgaps.cli restricted --run {params.run:q} --restricted {params.restricted:q} "
-        "--mode {wildcards.mode} --subset {input.subset} --ckpt-dir {input.ckpt} --work-dir {params.work} "
+        "--mode {wildcards.mode} --subset {input.subset} --ckpt-dir {input.ckpt} --geometry {input.geometry} "
+        "--work-dir {params.work} "
         "--out {output} --name {wildcards.setting} --threads {threads} --device {params.device} "
         "--resume-every-s {params.resume_every} > {log} 2>&1"
 

@@ -1,0 +1,102 @@
+"""Numbers across seeds, and claim sentences that cannot be emitted without them.
+
+Every per-seed value is read at one checkpoint rule ("last": each seed's final checkpoint; "late": the mean
+over the last third of its checkpoints, i.e. over the trajectory rather than one noisy point), then summarised
+across seeds as mean, sample sd and n. A claim is a template filled with such numbers: a missing table or a
+NaN number raises MissingEvidence, so no sentence is ever printed without the measurement behind it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+# The per-run columns that identify one configuration of a setting (seeds are the replicates).
+CONFIG_KEYS = ("K", "tau", "b", "lr")
+
+
+class MissingEvidence(RuntimeError):
+    """A claim or table asked for a number the tables do not have."""
+
+
+def fmt(x: float) -> str:
+    if x is None or not np.isfinite(x):
+        return "n/a"
+    return f"{x:.3g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.1e}"
+
+
+@dataclass(frozen=True)
+class Stat:
+    """mean, sample standard deviation (ddof 1; NaN for one seed) and number of seeds."""
+
+    mean: float
+    sd: float
+    n: int
+
+    @classmethod
+    def of(cls, values) -> "Stat":
+        v = np.asarray(list(values), dtype=float)
+        v = v[np.isfinite(v)]
+        if len(v) == 0:
+            return cls(math.nan, math.nan, 0)
+        return cls(float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else math.nan, len(v))
+
+    def __str__(self) -> str:
+        if self.n == 0:
+            return "n/a"
+        if self.n == 1:
+            return f"{fmt(self.mean)} (n=1)"
+        return f"{fmt(self.mean)} ± {fmt(self.sd)} (n={self.n})"
+
+    def ok(self) -> bool:
+        return self.n > 0 and math.isfinite(self.mean)
+
+
+def late_rounds(rounds) -> list[int]:
+    """The last third of a run's checkpoint rounds (at least one): the 'late trajectory'."""
+    r = sorted(set(int(x) for x in rounds))
+    return r[len(r) - max(1, math.ceil(len(r) / 3)):]
+
+
+def per_seed(df: pd.DataFrame, metric: str, at: str = "last", m=None, i=None) -> pd.Series:
+    """One value per seed of ``metric`` (rows of one configuration), at the seed's last checkpoint or
+    averaged over its late checkpoints. ``m``/``i`` select a subspace dimension / eigen-index."""
+    sel = df[df["metric"] == metric]
+    if m is not None:
+        sel = sel[sel["m"] == m]
+    if i is not None:
+        sel = sel[sel["i"] == i]
+    out = {}
+    for seed, g in sel.groupby("seed"):
+        rounds = [max(g["round"])] if at == "last" else late_rounds(g["round"])
+        out[int(seed)] = float(g[g["round"].isin(rounds)]["value"].mean())
+    return pd.Series(out, dtype=float)
+
+
+def stat(df: pd.DataFrame, metric: str, at: str = "last", m=None, i=None) -> Stat:
+    return Stat.of(per_seed(df, metric, at=at, m=m, i=i))
+
+
+def configs(df: pd.DataFrame, setting: str) -> list[pd.DataFrame]:
+    """The rows of each run configuration of ``setting`` (seeds together), in the table's order."""
+    sel = df[df["setting"] == setting]
+    keys = [k for k in CONFIG_KEYS if k in sel]
+    return [g for _, g in sel.groupby(keys, sort=False)]
+
+
+def require(tables: dict, *names: str) -> None:
+    missing = [n for n in names if tables.get(n) is None]
+    if missing:
+        raise MissingEvidence(f"no table for {', '.join(missing)}: the claims that need it cannot be stated")
+
+
+def claim(template: str, **numbers) -> str:
+    """``template`` filled with ``numbers`` (Stats or floats); raises if any of them is missing."""
+    bad = [k for k, v in numbers.items()
+           if (isinstance(v, Stat) and not v.ok()) or (not isinstance(v, Stat) and not np.isfinite(v))]
+    if bad:
+        raise MissingEvidence(f"claim {template[:60]!r}... lacks its numbers: {', '.join(bad)}")
+    return template.format(**{k: (str(v) if isinstance(v, Stat) else fmt(v)) for k, v in numbers.items()})
