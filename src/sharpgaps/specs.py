@@ -80,10 +80,10 @@ class BranchSpec:
         missing = [c for c in checkpoints if c not in chi_k]
         if missing:
             raise ValueError(f"the parent's geometry table has no chi_k at checkpoint rounds {missing}")
-        run = 0
+        streak = 0  # checkpoints in a row at or above the threshold
         for c in checkpoints:
-            run = run + 1 if chi_k[c] >= self.branch_chi_k else 0
-            if run >= self.branch_consecutive:
+            streak = streak + 1 if chi_k[c] >= self.branch_chi_k else 0
+            if streak >= self.branch_consecutive:
                 return c, f"chi_k >= {self.branch_chi_k} at {self.branch_consecutive} checkpoints in a row"
         return checkpoints[-1], (f"fallback: chi_k never >= {self.branch_chi_k} at {self.branch_consecutive} "
                                  f"checkpoints in a row (max {max(chi_k[c] for c in checkpoints):.3f}); last checkpoint")
