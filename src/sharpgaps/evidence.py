@@ -87,10 +87,10 @@ def configs(df: pd.DataFrame, setting: str) -> list[pd.DataFrame]:
     return [g for _, g in sel.groupby(keys, sort=False)]
 
 
-def require(tables: dict, *names: str) -> None:
-    missing = [n for n in names if tables.get(n) is None]
-    if missing:
-        raise MissingEvidence(f"no table for {', '.join(missing)}: the claims that need it cannot be stated")
+def k_of(geometry: pd.DataFrame) -> dict:
+    """k (= classes) per setting: the number of Hessian-eigenvector columns j of the squared cosines."""
+    cos = geometry[geometry["metric"] == "sqcos"]
+    return {s: int(g["j"].max() + 1) for s, g in cos.groupby("setting")}
 
 
 def claim(template: str, **numbers) -> str:

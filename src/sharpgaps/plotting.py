@@ -149,8 +149,9 @@ def common_m(g: pd.DataFrame, by: str) -> tuple[int | None, str | None]:
     runs = [r["m"].dropna().astype(int) for _, r in g[g["metric"] == "removal"].groupby(by)]
     common = set.intersection(*map(set, runs)) if runs else set()
     ranks = {int(m.max()) for m in runs}
-    cos = g[g["metric"] == "sqcos"]
-    k = int(cos["j"].max()) + 1 if not cos.empty else None
+    from .evidence import k_of
+
+    k = next(iter(k_of(g).values()), None)  # g holds one setting
     if k in common:
         return k, f"m = k = {k}"
     cand = sorted(m for m in common if not (len(ranks) == 1 and m in ranks))

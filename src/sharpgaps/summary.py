@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import read_frame
-from .evidence import MissingEvidence, Stat, claim, configs, fmt, per_seed, stat
+from .evidence import Stat, claim, configs, fmt, k_of, per_seed, stat
 
 # How the restricted-training verdicts read the loss progress ratio r = (L_branch - L_mode) / (L_branch -
 # L_LocalSGD), per seed: "stalls" below STALLS, "tracks Local SGD" at or above TRACKS (docs/FIDELITY.md).
@@ -46,14 +46,14 @@ def trained_regime(geometry: pd.DataFrame) -> str:
     return "\n".join(rows)
 
 
-def headline(geometry: pd.DataFrame, k_of: dict) -> tuple[str, list[str]]:
+def headline(geometry: pd.DataFrame, ks: dict) -> tuple[str, list[str]]:
     rows = ["| setting | d | m | removal (gap), final | removal (gap), late third | Hessian oracle | random | "
             "random, exact expectation |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     claims = []
     for setting in geometry["setting"].unique():
         run = _main(geometry, setting)
         d = int(run["d"].iloc[0])
-        at_k, rank = _dims(run, k_of[setting])
+        at_k, rank = _dims(run, ks[setting])
         for m in dict.fromkeys((at_k, rank)):
             n = {"gap": stat(run, "removal", m=m), "late": stat(run, "removal", "late", m=m),
                  "oracle": stat(run, "oracle_removal", m=m), "rand": stat(run, "random_removal", m=m)}
@@ -83,14 +83,14 @@ def top_direction(geometry: pd.DataFrame) -> str | None:
     return "\n".join(rows)
 
 
-def sweep(geometry: pd.DataFrame, axis: str, k_of: dict) -> str:
+def sweep(geometry: pd.DataFrame, axis: str, ks: dict) -> str:
     """Removal at FIXED m (m = k and the smallest rank in the setting's grid), final and late-trajectory."""
     rows = [f"| setting | {axis} | m | removal, final | removal, late third | random, final | chi_k, final |",
             "|---|---:|---:|---:|---:|---:|---:|"]
     for setting in geometry["setting"].unique():
         sel = geometry[geometry["setting"] == setting]
         smallest_rank = int(sel.loc[sel["metric"] == "gap_rank", "value"].min())
-        ms = sorted({min(k_of[setting], smallest_rank), smallest_rank})
+        ms = sorted({min(ks[setting], smallest_rank), smallest_rank})
         for value, run in sel.groupby(axis):
             for m in ms:
                 rows.append(f"| {setting} | {value} | {m} | {stat(run, 'removal', m=m)} | "
@@ -169,12 +169,6 @@ def theory_check(theory: pd.DataFrame) -> str:
     return "\n".join(rows)
 
 
-def _k_of(geometry: pd.DataFrame) -> dict:
-    """k (= classes) per setting: the number of gap-vs-eigenvector columns j of the squared cosines."""
-    cos = geometry[geometry["metric"] == "sqcos"]
-    return {s: int(g["j"].max() + 1) for s, g in cos.groupby("setting")}
-
-
 def write_results(tables: dict[str, Path], out: Path, title: str) -> str:
     """``tables``: experiment name -> geometry parquet, plus optional 'restricted' and 'theory'. A table that is
     named but missing raises (read_frame); sections of tables not named are left out."""
@@ -185,8 +179,7 @@ def write_results(tables: dict[str, Path], out: Path, title: str) -> str:
              "mean ± sample sd over seeds (n = seeds), each seed read at its final checkpoint or averaged over "
              "the last third of its checkpoints (\"late third\").", ""]
     if main is not None:
-        k_of = _k_of(main)
-        table, claims = headline(main, k_of)
+        table, claims = headline(main, k_of(main))
         parts += ["## Trained regime (Figs 3-4): final checkpoint of each `main` run", "",
                   trained_regime(main), "",
                   "## Headline (Figs 1-9): the gap subspace vs a random subspace", "",
@@ -201,7 +194,7 @@ def write_results(tables: dict[str, Path], out: Path, title: str) -> str:
     for name, axis, figs in (("tau_ablation", "tau", "10-12"), ("k_sweep", "K", "13-15"), ("batch_sweep", "b", "16-18")):
         df = load(name)
         if df is not None:
-            parts += [f"## Figs {figs}: {name} (removal vs {axis}, at fixed m)", "", sweep(df, axis, _k_of(df)), ""]
+            parts += [f"## Figs {figs}: {name} (removal vs {axis}, at fixed m)", "", sweep(df, axis, k_of(df)), ""]
     if restricted is not None and not restricted.empty:
         parts += ["## Figs 5-8 and the gap-restricted variant: restricted training", "",
                   f"{SONG} Dom-restricted training stalls and Bulk-restricted training matches plain Local SGD.",
