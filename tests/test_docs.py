@@ -44,7 +44,9 @@ def test_scales_table_follows_the_configs(configs):
     tau = quick["train"]["tau"]
     train["local_steps"] = 37 * tau
     train["checkpoints"] = {"count": 2, "spacing": "linear"}
-    quick["experiments"]["k_sweep"]["per_setting"]["cifar_cnn"] = {"K": [3, 5]}
+    k_sweep = quick["experiments"]["k_sweep"]
+    k_sweep["settings"] = [*dict.fromkeys([*k_sweep["settings"], "cifar_cnn"])]
+    k_sweep.setdefault("per_setting", {})["cifar_cnn"] = {"K": [3, 5]}
     before, after = scales.render(configs), scales.render(changed)
     assert _cell(after, "cifar_cnn", "local steps (rounds)", "quick") == f"{37 * tau} (37)"
     assert _cell(after, "cifar_cnn", "checkpoints", "quick") == "2, linear, rounds 4-37"
