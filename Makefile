@@ -48,7 +48,9 @@ $(LOCK_VENV)/bin/uv:
 
 # SCALE=paper (config.yaml, default), quick (config.quick.yaml) or smoke (.test/config.yaml).
 # Jobs call `python -m sharpgaps.cli`: the venv's bin/ goes first on PATH.
+# check-config first: a YAML error in a --configfile gets Snakemake's generic message, with no file or line.
 all: setup
+	@$(VENV)/bin/python -m sharpgaps.cli check-config $(CONFIG_$(SCALE))
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake all --cores $(CORES) --workflow-profile profiles/default \
 		--configfile $(CONFIG_$(SCALE)) $(SNAKEMAKE_ARGS)
 

@@ -18,10 +18,20 @@ shell.prefix(
 )
 ENV = "../../envs/sharpgaps.yaml"
 
+# `--cores 0` (e.g. `make all CORES=0`) would wait at "Select jobs to execute" for ever.
+if workflow.resource_settings.cores == 0 and not workflow.remote_exec:
+    raise WorkflowError(
+        "--cores 0: no job can ever start with 0 cores, Snakemake would wait for ever. "
+        "Give at least 1 (e.g. --cores 2, or make all CORES=2)."
+    )
+
 try:
     config.update(
         sg_config.validate(
-            config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"
+            config,
+            Path(workflow.basedir) / "workflow/schemas/config.schema.yaml",
+            # --config values: nested ones arrive as strings, read here as the schema's types
+            overrides=workflow.config_settings.config,
         )
     )
 except sg_config.ConfigError as exc:
