@@ -1,7 +1,13 @@
 # Two entry points (README): `make all` sets up and runs the pipeline, `make test` sets up and runs the tests.
 PY ?= python3
 VENV := .venv
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
+# The full lock (README, "The environment"): ACCEL=cpu (committed) or cuda (`make lock ACCEL=cuda` makes it).
+ACCEL ?= cpu
+LOCK := envs/requirements-$(ACCEL).txt
+# uv resolves the lock (`make lock`); it lives in its own venv, not in the project's.
+UV_VERSION := 0.13.8
+LOCK_VENV := .venv-lock
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) 2>/dev/null | sha256sum | cut -c1-16)
 CORES ?= 8
 SCALE ?= paper
 SNAKEMAKE_ARGS ?=
@@ -11,19 +17,40 @@ CONFIG_smoke := .test/config.yaml
 # Where the committed quick-scale figures live: figures.dir of config.quick.yaml (a test checks they agree).
 QUICK_FIGURES := paper_figures/quick
 
-.PHONY: setup all test bench docs slurm-test release-quick fidelity clean-venv
+.PHONY: setup check-lock lock lock-upgrade all test bench docs slurm-test release-quick fidelity clean-venv
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Everything from the lock, every file checked against its hash; then the project itself, without deps.
+# The check (order-only: it runs every time but forces no reinstall) stops with "relock with `make lock`"
+# when pyproject.toml's pins changed since the lock was made.
+$(STAMP): pyproject.toml $(LOCK) | check-lock
 	@test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --require-hashes -r $(LOCK)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
+check-lock:
+	@$(PY) envs/lock.py check --accel $(ACCEL)
+
+# Relock after editing pyproject.toml: the other pins stay where they are. lock-upgrade moves every
+# transitive pin to its newest version that pyproject.toml allows. Both rewrite envs/sharpgaps.yaml too.
+lock: $(LOCK_VENV)/bin/uv
+	$(PY) envs/lock.py compile --accel $(ACCEL) --uv $(LOCK_VENV)/bin/uv
+
+lock-upgrade: $(LOCK_VENV)/bin/uv
+	$(PY) envs/lock.py compile --accel $(ACCEL) --uv $(LOCK_VENV)/bin/uv --upgrade
+
+$(LOCK_VENV)/bin/uv:
+	$(PY) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
 # SCALE=paper (config.yaml, default), quick (config.quick.yaml) or smoke (.test/config.yaml).
 # Jobs call `python -m sharpgaps.cli`: the venv's bin/ goes first on PATH.
+# check-config first: a YAML error in a --configfile gets Snakemake's generic message, with no file or line.
 all: setup
+	@$(VENV)/bin/python -m sharpgaps.cli check-config $(CONFIG_$(SCALE))
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake all --cores $(CORES) --workflow-profile profiles/default \
 		--configfile $(CONFIG_$(SCALE)) $(SNAKEMAKE_ARGS)
 
@@ -57,4 +84,4 @@ slurm-test: setup
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH tests/cluster/run_slurm_test.sh . .test/config.yaml all
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(LOCK_VENV)

@@ -5,6 +5,13 @@
 # --configfile replaces config.yaml instead of being deep-merged into it (a smoke config must not
 # inherit the paper grid's experiments); --config key=value still overrides either.
 if not workflow.overwrite_configfiles:
+    # Snakemake's own message for a YAML error names neither the file nor the line.
+    from sharpgaps.config import ConfigError, read_yaml
+
+    try:
+        read_yaml("config.yaml")
+    except ConfigError as exc:
+        raise WorkflowError(str(exc))
 
     configfile: "config.yaml"
 

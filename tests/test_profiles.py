@@ -62,6 +62,7 @@ def test_default_profile():
     assert "executor" not in p  # local
     assert isinstance(p["cores"], int) and p["cores"] >= 1
     assert p["printshellcmds"] is True
+    assert p["show-failed-logs"] is True
     assert p["rerun-incomplete"] is True
     assert p["keep-going"] is False
     assert {"mem_mb", "runtime"} <= set(p["default-resources"])
@@ -72,6 +73,7 @@ def test_slurm_profile():
     assert p["executor"] == "slurm"
     assert isinstance(p["jobs"], int) and p["jobs"] >= 1
     assert p["latency-wait"] >= 5
+    assert p["show-failed-logs"] is True
     res = p["default-resources"]
     assert {"mem_mb", "runtime"} <= set(res)
     # cluster-generic: no site's partition/account, no test-only polling tweaks

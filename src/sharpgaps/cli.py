@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True)
     q.set_defaults(func=cmd_manifest)
 
+    q = sub.add_parser("check-config", help="check that config files are valid YAML; name the file and line if not")
+    q.add_argument("configs", nargs="+")
+    q.set_defaults(func=lambda a: jobs.check_config(a.configs))
+
     q = sub.add_parser("collect", help="concatenate tidy tables")
     q.add_argument("--out", required=True)
     q.add_argument("tables", nargs="+")

@@ -6,6 +6,7 @@ Every error names the offending key and says how to fix it, and all of it runs b
 from __future__ import annotations
 
 import copy
+import re
 import sys
 from pathlib import Path
 
@@ -65,14 +66,123 @@ def _describe(schema: dict) -> str:
     return f"{schema.get('type', 'value')}" + (f" >= {schema['minimum']}" if "minimum" in schema else "")
 
 
-def validate(config: dict, schema_path: str | Path) -> dict:
-    """Return a validated copy of ``config`` with defaults filled in, or raise ConfigError."""
+# The top-level file `all` holds only this key: `snakemake --configfile X all` reads the target `all` as a
+# second config file (--configfile takes several values), and the key lets validate() say so.
+TARGET_READ_AS_CONFIG = "_target_read_as_configfile"
+NESTED_HINT = ("a nested --config value arrives as a string (Snakemake reads nested values with YAML's "
+               "BaseLoader) and this one cannot be read as {want}; put nested keys in a config file "
+               "(--configfile) instead")
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A YAML config file as a dict; a syntax error names the file, line and column (Snakemake's own
+    message names neither)."""
+    path = Path(path)
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        what = " ".join(x for x in (exc.context, exc.problem) if x)
+        mark = exc.problem_mark or exc.context_mark
+        if mark is None:
+            raise ConfigError(f"{path}: not valid YAML ({what})") from None
+        lines = text.splitlines()
+        shown = f"\n    {lines[mark.line]}\n    {' ' * mark.column}^" if mark.line < len(lines) else ""
+        raise ConfigError(f"{path}, line {mark.line + 1}, column {mark.column + 1}: not valid YAML "
+                          f"({what}){shown}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of keys at the top level, not "
+                          f"{type(data).__name__}")
+    return data
+
+
+def _string_leaves(overrides, path=()) -> set[tuple]:
+    """Paths of the string values nested inside --config overrides (top-level values Snakemake types itself)."""
+    out = set()
+    items = overrides.items() if hasattr(overrides, "items") else enumerate(overrides) if isinstance(overrides, list) else ()
+    for k, v in items:
+        if isinstance(v, str) and path:
+            out.add(path + (k,))
+        elif isinstance(v, (list, dict)) or hasattr(v, "items"):
+            out |= _string_leaves(v, path + (k,))
+    return out
+
+
+def _as_type(text: str, types) -> tuple[bool, object]:
+    """``text`` read as one of the JSON-schema ``types`` (integer, number, boolean, null)."""
+    for t in [types] if isinstance(types, str) else types:
+        s = text.strip()
+        if t in ("integer", "number") and re.fullmatch(r"[+-]?\d+", s):
+            return True, int(s)
+        if t == "number":
+            try:
+                return True, float(s)
+            except ValueError:
+                pass
+        if t == "boolean" and s.lower() in ("true", "false"):
+            return True, s.lower() == "true"
+        if t == "null" and s in ("null", "~", "None", ""):
+            return True, None
+    return False, None
+
+
+def _all_errors(errors):
+    for e in errors:
+        yield e
+        yield from _all_errors(e.context or [])
+
+
+def _set_path(node, path, value):
+    for k in path[:-1]:
+        node = node[k]
+    node[path[-1]] = value
+
+
+def coerce_overrides(config: dict, overrides, validator) -> dict:
+    """Nested --config values arrive as strings: where the schema wants a number, integer, boolean or null
+    and the string reads as one, use that (``geometry={"m_list": [1, 2]}`` works; ``train={"lr": -0.1}``
+    is then reported as a negative lr, not as a string)."""
+    paths = _string_leaves(overrides or {})
+    for _ in range(8):  # one pass per nesting level of oneOf/allOf at most
+        changed = False
+        for e in _all_errors(validator.iter_errors(copy.deepcopy(config))):
+            path = tuple(e.absolute_path)
+            if e.validator == "type" and path in paths and isinstance(e.instance, str):
+                ok, value = _as_type(e.instance, e.validator_value)
+                if ok:
+                    _set_path(config, path, value)
+                    changed = True
+        if not changed:
+            break
+    return config
+
+
+def validate(config: dict, schema_path: str | Path, overrides=None) -> dict:
+    """Return a validated copy of ``config`` with defaults filled in, or raise ConfigError.
+
+    ``overrides``: Snakemake's parsed --config values (``workflow.config_settings.config``); their nested
+    strings are read as the numbers/booleans the schema wants, or reported with how to pass them instead."""
+    if TARGET_READ_AS_CONFIG in config:
+        target = config[TARGET_READ_AS_CONFIG]
+        raise ConfigError(f"the target '{target}' was read as a config file: --configfile takes several values, "
+                          f"so a target written after it becomes one. Put targets before --configfile, e.g. "
+                          f"`snakemake --cores 2 {target} --configfile config.quick.yaml`")
     schema = yaml.safe_load(Path(schema_path).read_text())
     config = copy.deepcopy(config)
     validator = _with_defaults(jsonschema.Draft7Validator)(schema)
+    config = coerce_overrides(config, overrides, validator)
+    nested = _string_leaves(overrides or {})
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
-        lines = [f"  - {_key(e)}: {_message(e)}" for e in errors]
+        lines = []
+        for e in errors:
+            line = f"  - {_key(e)}: {_message(e)}"
+            if e.validator == "type" and tuple(e.absolute_path) in nested:
+                want = e.validator_value if isinstance(e.validator_value, str) else " or ".join(e.validator_value)
+                line += f" ({NESTED_HINT.format(want=want)})"
+            lines.append(line)
         raise ConfigError("Invalid config (fix these keys):\n" + "\n".join(lines))
     problems = cross_checks(config)
     if problems:

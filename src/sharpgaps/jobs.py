@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from .config import ConfigError, read_yaml
 from .atomic import CorruptFileError, OutputWriteError, load_torch, read_frame, save_frame, save_json, write_error
 from .grid import run_info
 from .localsgd import RunSpec
@@ -26,7 +27,7 @@ from .specs import BranchSpec, GeometrySpec, RestrictSpec, TheorySpec
 from .training import CKPT_DIR, DivergenceError, checkpoint_path, checkpoint_round, list_checkpoints
 
 # Failures whose message names the file/key/run and the fix: shown as one line, without a traceback.
-EXPECTED_ERRORS = (DataError, DivergenceError, CorruptFileError, OutputWriteError)
+EXPECTED_ERRORS = (DataError, DivergenceError, CorruptFileError, OutputWriteError, ConfigError)
 
 
 def set_threads(n: int) -> None:
@@ -116,6 +117,13 @@ def publish_run(work_dir, out_dir, ckpts: list[Path], record: dict) -> None:
             (out_dir / f".{name}.tmp").unlink(missing_ok=True)
         raise write_error(exc, out_dir) from exc
     save_json(record, out_dir / "run.json")
+
+
+def check_config(paths: list[str]) -> None:
+    """Each config file parses as a YAML mapping, else ConfigError naming the file and line. `make all` runs it
+    first: Snakemake reads --configfile files before the workflow starts, and its message names neither."""
+    for path in paths:
+        read_yaml(path)
 
 
 def run_step(step: Callable[[], None]) -> int:

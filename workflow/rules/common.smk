@@ -10,18 +10,32 @@ from sharpgaps import grid, specs
 
 min_version("9.0")
 
+# The repository root, whichever Snakefile was started: ./Snakefile, or workflow/Snakefile (the catalog's
+# entry point), whose workflow.basedir is workflow/.
+REPO = Path(workflow.current_basedir).parents[1]
+
 # Jobs run `python -m sharpgaps.cli`; putting src/ on PYTHONPATH makes that work in the project's
 # venv, in the conda env of envs/ (which does not install the package) and on cluster nodes.
 # (Braces doubled twice: once for the f-string, once for Snakemake's shell formatting.)
 shell.prefix(
-    f"set -euo pipefail; export PYTHONPATH={Path(workflow.basedir) / 'src'}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+    f"set -euo pipefail; export PYTHONPATH={REPO / 'src'}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
 )
 ENV = "../../envs/sharpgaps.yaml"
+
+# `--cores 0` (e.g. `make all CORES=0`) would wait at "Select jobs to execute" for ever.
+if workflow.resource_settings.cores == 0 and not workflow.remote_exec:
+    raise WorkflowError(
+        "--cores 0: no job can ever start with 0 cores, Snakemake would wait for ever. "
+        "Give at least 1 (e.g. --cores 2, or make all CORES=2)."
+    )
 
 try:
     config.update(
         sg_config.validate(
-            config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"
+            config,
+            REPO / "workflow/schemas/config.schema.yaml",
+            # --config values: nested ones arrive as strings, read here as the schema's types
+            overrides=workflow.config_settings.config,
         )
     )
 except sg_config.ConfigError as exc:

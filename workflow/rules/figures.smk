@@ -8,7 +8,7 @@ import re
 from sharpgaps import figures as sg_figures
 
 FIGURE_DIR = config["figures"]["dir"]
-REGISTRY = sg_figures.load_registry(Path(workflow.basedir) / "workflow/figures.yaml")
+REGISTRY = sg_figures.load_registry(REPO / "workflow/figures.yaml")
 # family -> {stem: {"table", "parameters", "labels"}}; FIGURE: the same by stem alone (stems are unique).
 FIGURES = sg_figures.expand(
     REGISTRY,
@@ -22,8 +22,8 @@ FIGURES = sg_figures.expand(
 FIGURE = {stem: fig for figs in FIGURES.values() for stem, fig in figs.items()}
 # Notebooks and captions are workflow sources: found next to the Snakefile, named relative to the workdir
 # (the repository root in normal use, so recorded input paths survive moving the checkout).
-NOTEBOOKS = os.path.relpath(f"{workflow.basedir}/notebooks")
-CAPTIONS = os.path.relpath(f"{workflow.basedir}/workflow/report")
+NOTEBOOKS = os.path.relpath(REPO / "notebooks")
+CAPTIONS = os.path.relpath(REPO / "workflow/report")
 
 # RESULTS.md: every table this config has (`sharpgaps summary` skips the sections of absent ones).
 SUMMARY_TABLES = {
