@@ -38,6 +38,8 @@ MODES = {
     "bulk": ("Bulk", "tab:blue", "-"),
     "gapdom": ("gap-Dom", "tab:orange", "--"),
     "gapbulk": ("gap-Bulk", "tab:cyan", "--"),
+    "randdom": ("random-Dom", "tab:brown", ":"),
+    "randbulk": ("random-Bulk", "tab:purple", ":"),
 }
 QUANTITIES = {"train_loss": "training loss", "train_acc": "training accuracy",
               "test_loss": "test loss", "test_acc": "test accuracy"}
