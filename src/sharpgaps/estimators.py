@@ -46,6 +46,7 @@ RUN_COLUMNS = ("setting", "K", "tau", "b", "lr", "seed", "loss", "window")
 # Rows that depend on wall-clock timing (rho): everything else is bitwise reproducible on CPU.
 TIMING_METRICS = ("extra_cost", "hvp_grad_ratio")
 NOISE_STREAM = 0x40153  # fresh minibatches of the noise estimator: their own seed stream
+GRAD_TIMINGS = 3  # timed full-batch gradients on the Hessian's examples (median) for rho
 BYTES = 4  # the model's float32: memory is counted in stored float32 vectors
 
 
@@ -288,7 +289,8 @@ def checkpoint_estimators(ckpt: dict, vectors: np.ndarray, model, loss_fn, x, y,
     b_noise = spec.noise_b or run.b
     noise = noise_gradients(model, loss_fn, x, y, theta_flat, n, b_noise, run.seed * 1_000_003 + base["round"])
     bases["noise"] = noise_estimate(noise)
-    rows += [_rows(base, "update", "n_used", len(hist["averages"]) - 1),
+    rows += [_rows(base, "oracle", "k", k),
+             _rows(base, "update", "n_used", len(hist["averages"]) - 1),
              _rows(base, "gradhist", "n_used", len(hist["grads"])),
              _rows(base, "gradhist", "replayed_rounds", hist["replayed_rounds"]),
              _rows(base, "gradhist", "replay_exact", float(hist["exact"])),
@@ -297,10 +299,13 @@ def checkpoint_estimators(ckpt: dict, vectors: np.ndarray, model, loss_fn, x, y,
 
     # Krylov: one HVP operator on the Hessian's examples; rho = HVP time / gradient time on them
     hvp = FullBatchHVP(model, loss_fn, x[:n_h], y[:n_h], params=theta, chunk_size=gspec.chunk_size)
-    t0 = time.perf_counter()
-    FullBatchHVP(model, loss_fn, x[:n_h], y[:n_h], params=theta, chunk_size=gspec.chunk_size,
-                 cache_graph=False).gradient()
-    t_grad = time.perf_counter() - t0
+    t_grad = []
+    for _ in range(1 + GRAD_TIMINGS):  # the first call warms up (allocations, kernels): not timed
+        t0 = time.perf_counter()
+        FullBatchHVP(model, loss_fn, x[:n_h], y[:n_h], params=theta, chunk_size=gspec.chunk_size,
+                     cache_graph=False).gradient()
+        t_grad.append(time.perf_counter() - t0)
+    t_grad = float(np.median(t_grad[1:]))
     hvp.gradient()  # builds the cached graph: the HVP timings below are the products alone
     times = []
 
@@ -318,7 +323,7 @@ def checkpoint_estimators(ckpt: dict, vectors: np.ndarray, model, loss_fn, x, y,
     kgap = block_krylov(timed_hvp, gap_start, budgets) if gap_start.shape[1] else {j: (gap_start, None)
                                                                                   for j in budgets}
     hvp.release()
-    rho = float(np.median(times)) / t_grad if times else float("nan")
+    rho = float(np.median(times[1:] or times)) / t_grad if times else float("nan")  # the first HVP: warm-up
     rows.append(_rows(base, "krylov", "hvp_grad_ratio", rho))
 
     def emit(name, U, extra_cost, memory_vectors, j=np.nan, vector_bytes=BYTES):
@@ -346,6 +351,12 @@ def checkpoint_estimators(ckpt: dict, vectors: np.ndarray, model, loss_fn, x, y,
     # the oracle's cost is the geometry job's Lanczos (not an estimator's budget): recorded as NaN
     rows += emit("oracle", V_all, float("nan"), V_all.shape[1], vector_bytes=8)
     return rows
+
+
+def k_of(table: pd.DataFrame) -> dict:
+    """k (the Hessian eigenvectors spanning V_k, = classes) per setting of an estimator table."""
+    rows = table[table["metric"] == "k"]
+    return {s: int(g["value"].max()) for s, g in rows.groupby("setting")}
 
 
 def _cache_key(ckpt: dict, vectors: np.ndarray, spec: EstimatorSpec, gspec: GeometrySpec) -> str:
