@@ -276,19 +276,29 @@ def checkpoint_estimators(ckpt: dict, vectors: np.ndarray, model, loss_fn, x, y,
     d = theta_flat.numel()
     k = gspec.k
     base = {"round": int(ckpt["round"]), "step": int(ckpt["step"])}
+    clock = {"start": time.perf_counter()}
+
+    def lap(name):  # wall seconds per part, for the job log (not the table: it stays bitwise reproducible)
+        now = time.perf_counter()
+        clock[name] = now - clock.pop("last", clock["start"])
+        clock["last"] = now
+
     g = FullBatchHVP(model, loss_fn, x, y, params=theta, chunk_size=gspec.grad_chunk_size,
                      cache_graph=False).gradient().to(torch.float64)
     V_all = torch.from_numpy(np.asarray(vectors, np.float64)).to(dev)
     Vk = V_all[:, :k]
+    lap("gradient")
 
     bases, rows = {}, []
     bases["gap"] = gap_estimate(ckpt["gaps"].to(dev))
     hist = history_inputs(model, loss_fn, x, y, run, ckpt, n, earlier=earlier)
+    lap(f"replay_{hist['replayed_rounds']}_rounds")
     bases["update"] = update_estimate(hist["averages"])
     bases["gradhist"] = gradient_estimate(hist["grads"])
     b_noise = spec.noise_b or run.b
     noise = noise_gradients(model, loss_fn, x, y, theta_flat, n, b_noise, run.seed * 1_000_003 + base["round"])
     bases["noise"] = noise_estimate(noise)
+    lap("noise")
     rows += [_rows(base, "oracle", "k", k),
              _rows(base, "update", "n_used", len(hist["averages"]) - 1),
              _rows(base, "gradhist", "n_used", len(hist["grads"])),
@@ -323,6 +333,7 @@ def checkpoint_estimators(ckpt: dict, vectors: np.ndarray, model, loss_fn, x, y,
     kgap = block_krylov(timed_hvp, gap_start, budgets) if gap_start.shape[1] else {j: (gap_start, None)
                                                                                   for j in budgets}
     hvp.release()
+    lap(f"krylov_{len(times)}_hvps")
     rho = float(np.median(times[1:] or times)) / t_grad if times else float("nan")  # the first HVP: warm-up
     rows.append(_rows(base, "krylov", "hvp_grad_ratio", rho))
 
@@ -350,6 +361,10 @@ def checkpoint_estimators(ckpt: dict, vectors: np.ndarray, model, loss_fn, x, y,
     rows += emit("random", random_basis(d, min(m_max, d), rgen).to(dev), 0.0, m_max, vector_bytes=8)
     # the oracle's cost is the geometry job's Lanczos (not an estimator's budget): recorded as NaN
     rows += emit("oracle", V_all, float("nan"), V_all.shape[1], vector_bytes=8)
+    lap("bases_and_metrics")
+    del clock["start"], clock["last"]
+    print(f"round {base['round']} seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in clock.items()),
+          file=sys.stderr, flush=True)
     return rows
 
 

@@ -155,6 +155,12 @@ def restricted_verdicts(restricted: pd.DataFrame) -> list[str]:
                 "{gbulk} of Local SGD's drop (Dom: {dom}, Bulk: {bulk}).",
                 gdom=_progress(restricted, setting, "gapdom"), gbulk=_progress(restricted, setting, "gapbulk"),
                 dom=dom, bulk=bulk))
+        if {"randdom", "randbulk"} <= modes:
+            out.append(claim(
+                f"- {setting}: the control with a random subspace of the same dimension k: random-Dom achieved "
+                "{rdom} and random-Bulk {rbulk} of Local SGD's drop (Dom: {dom}, Bulk: {bulk}).",
+                rdom=_progress(restricted, setting, "randdom"), rbulk=_progress(restricted, setting, "randbulk"),
+                dom=dom, bulk=bulk))
     return out
 
 
@@ -172,6 +178,8 @@ def _estimator_rows(est: pd.DataFrame, setting: str) -> tuple[int, list[dict]]:
     k = est_k(run)[setting]
     out = []
     for (name, j), g in run.groupby(["estimator", run["j"].fillna(0).astype(int)], sort=False):
+        if "rank" not in set(g["metric"]):  # per-checkpoint bookkeeping rows (k, rho), not an estimate
+            continue
         label = ESTIMATOR_NAMES.get(name, name) + (f", j = {j}" if j else "")
         row = {"estimator": name, "j": j, "label": label, "rank": stat(g, "rank"),
                "cost": stat(g, "extra_cost"), "memory": stat(g, "memory_bytes"),
