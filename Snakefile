@@ -22,6 +22,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/geometry.smk"
 include: "workflow/rules/restricted.smk"
 include: "workflow/rules/theory.smk"
+include: "workflow/rules/estimators.smk"
 include: "workflow/rules/figures.smk"
 
 
@@ -35,4 +36,5 @@ rule all:
         ),
         restricted_table(),
         theory_table(),
+        estimators_table(),
         FIGURE_TARGETS,

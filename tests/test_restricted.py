@@ -141,3 +141,41 @@ def test_restricted_resume_is_bitwise(parent, tmp_path):
     resumed = restricted_run(model, LOSS, parent_subset.s, ck, spec, rs, tmp_path / "cut", progress=False)
     cols = ["round", "train_loss", "test_loss", "train_acc", "n_hvp"]
     assert full[cols].equals(resumed[cols])
+
+
+def test_random_control_with_an_empty_basis_is_plain_local_sgd_bit_for_bit(parent, tmp_path):
+    """random-Bulk with a 0-dim random subspace (k = 0) runs the projection path and still equals `none`."""
+    _branch(parent, "none", tmp_path / "none")
+    model, spec, work = parent
+    ck = torch.load(checkpoint_path(work / CKPT_DIR, 6), weights_only=False)
+    rs = RestrictSpec(mode="randbulk", rounds=6, refresh=3, eval_every=3, k=0)
+    df = restricted_run(model, LOSS, parent_subset.s, ck, spec, rs, tmp_path / "rand", progress=False)
+    a = flatten(torch.load(tmp_path / "none" / "state.pt", weights_only=False)["theta"])
+    b = flatten(torch.load(tmp_path / "rand" / "state.pt", weights_only=False)["theta"])
+    assert df.iloc[-1].refreshes == 2 and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("mode", ["randdom", "randbulk"])
+def test_random_modes_are_seeded_random_subspaces_of_doms_dimension(parent, mnist_small, mode):
+    from sharpgaps.restricted import Restricted
+
+    model, spec, work = parent
+    theta = dict(model.named_parameters())
+    rs = RestrictSpec(mode=mode, rounds=6, refresh=3, k=10)
+    bases = []
+    for _ in range(2):
+        ctl = Restricted(rs, model, LOSS, mnist_small["x_train"], mnist_small["y_train"], spec)
+        ctl.refresh(theta)
+        first = ctl.basis.clone()
+        ctl.refresh(theta)
+        bases.append((first, ctl.basis.clone()))
+    (a1, a2), (b1, b2) = bases
+    d = sum(p.numel() for p in model.parameters())
+    assert a1.shape == (d, 10) and torch.allclose(a1.T @ a1, torch.eye(10), atol=1e-5)
+    assert torch.equal(a1, b1) and torch.equal(a2, b2)  # same seed, same subspaces
+    assert (a1.T @ a2).abs().max() < 0.2  # a fresh draw at each refresh
+    u = torch.randn(4, d, generator=torch.Generator().manual_seed(3))
+    out = ctl.transform(u)
+    inside = (out @ b2) @ b2.T
+    leak = (out - inside) if mode == "randdom" else inside
+    assert leak.abs().max() < 1e-4 * u.abs().max()

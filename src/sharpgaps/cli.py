@@ -29,6 +29,11 @@ def cmd_restricted(a) -> None:
                     a.work_dir, a.out, name=a.name, threads=a.threads, device=a.device, resume_every_s=a.resume_every_s)
 
 
+def cmd_estimators(a) -> None:
+    jobs.estimators(json.loads(a.run), json.loads(a.geometry), json.loads(a.estimators), a.subset, a.ckpt_dir,
+                    a.geometry_work, a.work_dir, a.out, threads=a.threads, device=a.device)
+
+
 def cmd_manifest(a) -> None:
     from .manifest import write_manifest
 
@@ -79,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--geometry", required=True, help="the parent run's geometry table (chi_k for the branch rule)")
     jobs.add_run_job_args(q, ckpt_dir=True, name="restricted", resume=True)
     q.set_defaults(func=cmd_restricted)
+
+    q = sub.add_parser("estimators", help="cheap estimators of the dominant subspace vs the Hessian (issue 14)")
+    q.add_argument("--geometry", required=True, help="JSON of the setting's `geometry` section")
+    q.add_argument("--estimators", required=True, help="JSON of the config's `estimators` section")
+    q.add_argument("--geometry-work", required=True, help="the geometry job's cache dir (its eigenvectors)")
+    jobs.add_run_job_args(q, ckpt_dir=True)
+    q.set_defaults(func=cmd_estimators)
 
     q = sub.add_parser("summary", help="RESULTS.md from the pipeline's tables")
     q.add_argument("--table", action="append", default=[], help="NAME=PATH (experiment, restricted, theory)")

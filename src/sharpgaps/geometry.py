@@ -100,6 +100,29 @@ def checkpoint_geometry(ckpt: dict, model, loss_fn, x, y, spec: GeometrySpec, v0
     return rows, eig.vectors
 
 
+def _cached(work_dir: Path, ckpt_path: Path, key: str) -> dict | None:
+    done = load_recomputable(Path(work_dir) / f"{Path(ckpt_path).stem}.geom.pt", "geometry cache")
+    return done if done is not None and done.get("key") == key else None
+
+
+def checkpoint_eigenvectors(ckpt_paths: list[Path], model, loss_fn, x, y, spec: GeometrySpec, work_dir: Path,
+                            log=sys.stderr) -> dict[int, np.ndarray]:
+    """Hessian eigenvectors (d, k + extra) per checkpoint round, for stages that follow the geometry job.
+
+    Read from the geometry job's per-checkpoint cache in ``work_dir`` (so no Hessian work is done twice);
+    where a checkpoint's entry is missing or stale, the geometry chain is rerun into the cache first. That
+    chain is deterministic, so cached and recomputed vectors are the same numbers."""
+    keys = {Path(p): object_digest(load_torch(p)["theta"])[:16] for p in sorted(ckpt_paths)}
+    if any(_cached(work_dir, p, k) is None for p, k in keys.items()):
+        print(f"geometry cache incomplete in {work_dir}: recomputing the eigenpairs", file=log, flush=True)
+        run_geometry(list(keys), model, loss_fn, x, y, spec, work_dir, log=log)
+    out = {}
+    for p, k in keys.items():
+        done = _cached(work_dir, p, k)
+        out[int(done["rows"][0]["round"])] = done["vectors"]
+    return out
+
+
 def run_geometry(ckpt_paths: list[Path], model, loss_fn, x, y, spec: GeometrySpec, work_dir: Path,
                  log=sys.stderr) -> pd.DataFrame:
     """Process checkpoints in round order with warm starts; cache each finished one in ``work_dir``."""
@@ -109,8 +132,8 @@ def run_geometry(ckpt_paths: list[Path], model, loss_fn, x, y, spec: GeometrySpe
         cache = work_dir / f"{Path(path).stem}.geom.pt"
         ckpt = load_torch(path)
         key = object_digest(ckpt["theta"])[:16]  # stale if training changed
-        done = load_recomputable(cache, "geometry cache")
-        if done is not None and done.get("key") == key:
+        done = _cached(work_dir, path, key)
+        if done is not None:
             rows, vecs, run = done["rows"], done["vectors"], done["run"]
         else:
             run = ckpt["run"]

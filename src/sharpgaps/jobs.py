@@ -213,6 +213,35 @@ def geometry(run: dict, params: dict, subset_path, ckpt_dir, work_dir, out, *, t
     save_frame(df, out)
 
 
+def estimators(run: dict, geometry_params: dict, params: dict, subset_path, ckpt_dir, geometry_work, work_dir, out,
+               *, threads=1, device="cpu") -> None:
+    """Cheap estimators of the dominant subspace against the Hessian's at every (selected) checkpoint of a run
+    (``params``: the `estimators` section; ``geometry_params``/``geometry_work``: the geometry job's, whose
+    cached eigenvectors are reused)."""
+    from .estimators import run_estimators, selected
+    from .geometry import checkpoint_eigenvectors
+    from .hessian import disable_tf32
+    from .specs import EstimatorSpec
+
+    set_threads(threads)
+    disable_tf32()
+    job = load_run(run, subset_path, job_device(device))
+    ckpts = list_checkpoints(ckpt_dir)
+    if not ckpts:
+        raise SystemExit(f"no checkpoints in {ckpt_dir}")
+    gspec, spec = GeometrySpec.from_config(geometry_params, job.k), EstimatorSpec.from_config(params)
+    x, y = job.subset["x_train"], job.subset["y_train"]
+    t0 = time.perf_counter()
+    vectors = checkpoint_eigenvectors(ckpts, job.model, job.loss_fn, x, y, gspec, Path(geometry_work))
+    print(f"eigenvectors of {len(vectors)} checkpoints from {geometry_work}: {time.perf_counter() - t0:.1f} s",
+          file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    df = run_estimators(ckpts, vectors, job.model, job.loss_fn, x, y, job.spec, gspec, spec, Path(work_dir))
+    n = len(selected(ckpts, spec))
+    print(f"estimators: {n} checkpoints in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+    save_frame(df, out)
+
+
 def branch_point(run: dict, params: dict, ckpt_dir, geometry) -> tuple[int, str, float]:
     """(round, why, chi_k there) where a restricted run leaves its parent, by the config's branch rule
     (specs.BranchSpec) applied to the parent's checkpoints and its geometry table's chi_k."""

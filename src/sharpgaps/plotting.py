@@ -38,6 +38,8 @@ MODES = {
     "bulk": ("Bulk", "tab:blue", "-"),
     "gapdom": ("gap-Dom", "tab:orange", "--"),
     "gapbulk": ("gap-Bulk", "tab:cyan", "--"),
+    "randdom": ("random-Dom", "tab:brown", ":"),
+    "randbulk": ("random-Bulk", "tab:purple", ":"),
 }
 QUANTITIES = {"train_loss": "training loss", "train_acc": "training accuracy",
               "test_loss": "test loss", "test_acc": "test accuracy"}
@@ -254,3 +256,23 @@ def save(fig, data: pd.DataFrame, out_pdf, out_png, out_csv, dpi: int) -> None:
     plt.close(fig)
     print(f"wrote {out_pdf}, {out_png}, {out_csv} ({len(data)} rows)")
     display(Image(filename=out_png))
+
+
+# Cheap estimators of V_k (Fig X3, issue 14): estimator -> (legend label, colour, marker, line style). The
+# Hessian-free ones are solid, the Hessian-based (Krylov, oracle) dashed, the floor dotted.
+ESTIMATOR_STYLES = {
+    "gap": ("gap subspace", "tab:orange", "o", "-"),
+    "update": ("update history", "tab:green", "s", "-"),
+    "gradhist": ("gradient history", "tab:blue", "^", "-"),
+    "noise": ("noise PCA", "tab:purple", "v", "-"),
+    "krylov": ("Krylov (random start)", "tab:red", "D", "--"),
+    "krylovgap": ("Krylov (gap start)", "tab:brown", "P", "--"),
+    "random": ("random", "0.55", "x", ":"),
+    "oracle": ("Hessian oracle", "0.1", "*", "--"),
+}
+
+
+def estimator_handles(estimators) -> list[Line2D]:
+    """Legend entries of subspace estimators."""
+    return [Line2D([], [], color=ESTIMATOR_STYLES[e][1], marker=ESTIMATOR_STYLES[e][2], ls=ESTIMATOR_STYLES[e][3],
+                   lw=1.8, markersize=5, label=ESTIMATOR_STYLES[e][0]) for e in estimators]

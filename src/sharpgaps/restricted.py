@@ -5,6 +5,8 @@ Branches from a Local SGD checkpoint and projects every local step's update:
   bulk     u <- u - V V^T u
   gapdom   u <- U U^T u          U = top-m worker-gap directions (no Hessian)
   gapbulk  u <- u - U U^T u
+  randdom  u <- R R^T u          R = a seeded Haar-random k-dim subspace (the control: what any subspace of
+  randbulk u <- u - R R^T u      Dom's dimension does), drawn afresh at every refresh
   none     plain Local SGD (the reference; continues the parent run bit for bit)
 The subspace is refreshed every ``refresh`` rounds at the current average: the Hessian modes by
 Lanczos warm-started from the previous eigenvectors, the gap modes by ``window`` probe rounds of
@@ -27,10 +29,11 @@ from .atomic import load_recomputable, save_frame, save_torch
 from .flat import unflatten
 from .hessian import FullBatchHVP, top_eigenpairs
 from .localsgd import RunSpec, SimulatedLocalSGD, evaluate
-from .specs import MODES, RestrictSpec  # noqa: F401  (MODES: the modes restricted_run takes)
+from .specs import ALL_MODES, MODES, RestrictSpec  # noqa: F401  (ALL_MODES: the modes restricted_run takes)
 from .training import check_finite
 
 PROBE_STREAM = 0x9B0BE  # probe rounds draw batches from their own seed stream
+RANDOM_STREAM = 0x5A4D0  # random-Dom/Bulk subspaces: their own seed stream
 
 
 def project(update: torch.Tensor, basis: torch.Tensor | None, keep_inside: bool) -> torch.Tensor:
@@ -58,7 +61,7 @@ class Restricted:
 
     @property
     def keep_inside(self) -> bool:
-        return self.spec.mode in ("dom", "gapdom")
+        return self.spec.mode in ("dom", "gapdom", "randdom")
 
     def transform(self, update: torch.Tensor) -> torch.Tensor:
         return project(update, self.basis, self.keep_inside)
@@ -76,6 +79,13 @@ class Restricted:
                                  seed=self.run.seed * 7919 + self.refreshes)
             self.n_hvp += eig.n_hvp
             self.basis = torch.from_numpy(eig.vectors).to(self.x.device, torch.float32)
+        elif self.spec.mode in ("randdom", "randbulk"):
+            from .localsgd import _seed_from
+
+            d = sum(t.numel() for t in theta.values())
+            gen = torch.Generator().manual_seed(_seed_from(self.run.seed, RANDOM_STREAM, self.refreshes))
+            Z = torch.randn(d, self.spec.k, generator=gen, dtype=torch.float64)
+            self.basis = torch.linalg.qr(Z)[0].to(self.x.device, torch.float32)
         else:
             if self._probe is None:  # built once: a vmapped engine's first step pays for tracing
                 self._probe = SimulatedLocalSGD(self.model, self.loss_fn, self.x, self.y, RunSpec(

@@ -18,7 +18,10 @@ from .grid import exact_float
 # ARPACK working precision of every top-k solve: 4x cheaper Lanczos bookkeeping than float64, eigenvalues
 # within ~1e-6 of it (hessian.top_eigenpairs, docs/BENCHMARKS.md)
 LANCZOS_DTYPE = "float32"
-MODES = ("none", "dom", "bulk", "gapdom", "gapbulk")
+MODES = ("none", "dom", "bulk", "gapdom", "gapbulk")  # the default mode list
+# random-Dom / random-Bulk: a seeded random subspace of Dom's dimension, refreshed like the others (issue 14)
+RANDOM_MODES = ("randdom", "randbulk")
+ALL_MODES = MODES + RANDOM_MODES
 
 
 @dataclass(frozen=True)
@@ -105,8 +108,8 @@ class RestrictSpec:
     lanczos_dtype: str = LANCZOS_DTYPE
 
     def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"unknown restriction mode '{self.mode}'; known: {MODES}")
+        if self.mode not in ALL_MODES:
+            raise ValueError(f"unknown restriction mode '{self.mode}'; known: {ALL_MODES}")
 
     @property
     def gap_dim(self) -> int:
@@ -117,6 +120,23 @@ class RestrictSpec:
     def from_config(cls, params: dict, mode: str, k: int) -> "RestrictSpec":
         """``params``: a setting's `restricted` section (restricted_params); keys of BranchSpec are skipped."""
         return _build(cls, "restricted", params, mode=mode, k=k)
+
+
+@dataclass(frozen=True)
+class EstimatorSpec:
+    """Cheap estimators of the dominant subspace against the Hessian's (sharpgaps.estimators); config section
+    `estimators`. The Hessian examples, k and the eigenvectors are the geometry job's."""
+
+    n: int | None = None  # vectors per estimator (None: K*W, the gap matrix's count)
+    m_list: tuple[int, ...] = (1, 2, 4, 8, 16)  # plus m = k always
+    krylov_hvps: tuple[int, ...] = (10, 20, 40)  # HVP budgets j of the block Krylov estimators
+    block: int | None = None  # Krylov block size (None: k); capped by the smallest budget
+    noise_b: int | None = None  # minibatch size of the noise-PCA gradients (None: the run's b)
+    last_checkpoints: int | None = None  # evaluate only the last this many checkpoints (None: all)
+
+    @classmethod
+    def from_config(cls, params: dict) -> "EstimatorSpec":
+        return _build(cls, "estimators", params)
 
 
 @dataclass(frozen=True)
@@ -138,7 +158,8 @@ class TheorySpec:
 
 
 # config section -> the specs its keys fill; config keys named unlike their field
-SECTIONS = {"geometry": (GeometrySpec,), "restricted": (BranchSpec, RestrictSpec), "theory": (TheorySpec,)}
+SECTIONS = {"geometry": (GeometrySpec,), "restricted": (BranchSpec, RestrictSpec), "theory": (TheorySpec,),
+            "estimators": (EstimatorSpec,)}
 CONFIG_NAMES = {"restricted": {"gap_m": "m", "gap_window": "window"}}
 
 # The keys whose defaults the restricted path tag (a digest of restricted_params) has always covered.
@@ -184,3 +205,8 @@ def restricted_params(config: dict, setting: str) -> dict:
     """The `restricted` section overridden by the setting's own, with the RESTRICTED_TAGGED defaults filled in."""
     defaults = {key: config_default("restricted", key) for key in RESTRICTED_TAGGED}
     return {**defaults, **config["restricted"], **config["settings"][setting].get("restricted", {})}
+
+
+def estimator_params(config: dict) -> dict:
+    """The `estimators` section as set (unset keys stay unset: defaults are EstimatorSpec's)."""
+    return dict(config.get("estimators") or {})

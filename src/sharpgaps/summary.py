@@ -155,7 +155,91 @@ def restricted_verdicts(restricted: pd.DataFrame) -> list[str]:
                 "{gbulk} of Local SGD's drop (Dom: {dom}, Bulk: {bulk}).",
                 gdom=_progress(restricted, setting, "gapdom"), gbulk=_progress(restricted, setting, "gapbulk"),
                 dom=dom, bulk=bulk))
+        if {"randdom", "randbulk"} <= modes:
+            out.append(claim(
+                f"- {setting}: the control with a random subspace of the same dimension k: random-Dom achieved "
+                "{rdom} and random-Bulk {rbulk} of Local SGD's drop (Dom: {dom}, Bulk: {bulk}).",
+                rdom=_progress(restricted, setting, "randdom"), rbulk=_progress(restricted, setting, "randbulk"),
+                dom=dom, bulk=bulk))
     return out
+
+
+ESTIMATOR_NAMES = {"gap": "gap subspace", "update": "update history", "gradhist": "gradient history",
+                   "noise": "noise PCA", "krylov": "Krylov (random start)", "krylovgap": "Krylov (gap start)",
+                   "random": "random", "oracle": "Hessian oracle"}
+
+
+def _estimator_rows(est: pd.DataFrame, setting: str) -> tuple[int, list[dict]]:
+    """(k, one dict per estimator variant of a setting: name, overlap/capture/removal/angle Stats at m = k and at
+    each seed's last checkpoint, the overlap over the late third, extra cost, memory, rank)."""
+    from .estimators import k_of as est_k
+
+    run = configs(est, setting)[0]
+    k = est_k(run)[setting]
+    out = []
+    for (name, j), g in run.groupby(["estimator", run["j"].fillna(0).astype(int)], sort=False):
+        if "rank" not in set(g["metric"]):  # per-checkpoint bookkeeping rows (k, rho), not an estimate
+            continue
+        label = ESTIMATOR_NAMES.get(name, name) + (f", j = {j}" if j else "")
+        row = {"estimator": name, "j": j, "label": label, "rank": stat(g, "rank"),
+               "cost": stat(g, "extra_cost"), "memory": stat(g, "memory_bytes"),
+               "late": stat(g, "overlap", "late", m=k)}
+        for metric in ("overlap", "capture", "removal", "max_angle_deg"):
+            row[metric] = stat(g, metric, m=k)
+        out.append(row)
+    return k, out
+
+
+def _by_overlap(rows: list[dict]) -> list[dict]:
+    return sorted(rows, key=lambda r: -r["overlap"].mean if r["overlap"].ok() else np.inf)
+
+
+def estimator_ranking(est: pd.DataFrame) -> tuple[str, list[str]]:
+    """Per setting: the estimators ranked by overlap with V_k at m = k (final checkpoint), with their extra cost;
+    then the best estimator within each cost budget; and one generated sentence on the paper's practical claim."""
+    parts, claims = [], []
+    for setting in est["setting"].unique():
+        k, rows = _estimator_rows(est, setting)
+        ranked = _by_overlap(rows)
+        parts += [f"**{setting}** (k = {k}; m = k):", "",
+                  "| rank | estimator | overlap | overlap, late third | capture | removal | largest angle (deg) | "
+                  "extra cost (full-batch gradients) | memory (MB) | estimator rank |",
+                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for i, r in enumerate(ranked, 1):
+            place = str(i) if r["overlap"].ok() else "-"
+            parts.append(f"| {place} | {r['label']} | {r['overlap']} | {r['late']} | {r['capture']} | {r['removal']} | "
+                         f"{r['max_angle_deg']} | {fmt(r['cost'].mean)} | {fmt(r['memory'].mean / 1e6)} | "
+                         f"{fmt(r['rank'].mean)} |")
+        # equal cost: the best estimator whose extra cost is within each budget (the Pareto frontier)
+        usable = [r for r in rows if r["overlap"].ok() and r["estimator"] not in ("oracle", "random")
+                  and np.isfinite(r["cost"].mean)]
+        budgets = sorted({r["cost"].mean for r in usable})
+        parts += ["", "| extra-cost budget | best estimator within it | overlap |", "|---:|---|---:|"]
+        for c in budgets:
+            best = _by_overlap([r for r in usable if r["cost"].mean <= c])[0]
+            parts.append(f"| {fmt(c)} | {best['label']} | {best['overlap']} |")
+        parts.append("")
+        gap = next((r for r in rows if r["estimator"] == "gap"), None)
+        free = _by_overlap([r for r in usable if r["cost"].mean == 0])
+        if gap is None or not gap["overlap"].ok() or not free:
+            continue
+        best_free = free[0]
+        paid = [r for r in usable if r["cost"].mean > 0]
+        cheapest_better = min((r for r in paid if r["overlap"].mean > gap["overlap"].mean),
+                              key=lambda r: r["cost"].mean, default=None)
+        verdict = ("the best" if best_free["estimator"] == "gap" else
+                   f"not the best: {best_free['label']} beats it")
+        text = (f"- {setting}: at m = k = {k} the gap subspace's overlap with V_k is {{gap}} (final checkpoint); among the "
+                f"estimators that cost no extra gradient it is {verdict} ({{free}})")
+        numbers = {"gap": gap["overlap"], "free": best_free["overlap"]}
+        if cheapest_better is not None:
+            text += (f", and {cheapest_better['label']} exceeds it at an extra cost of {{cost}} full-batch gradients "
+                     "({better}).")
+            numbers.update(cost=cheapest_better["cost"].mean, better=cheapest_better["overlap"])
+        else:
+            text += "; no paid estimator evaluated here exceeds it."
+        claims.append(claim(text, **numbers))
+    return "\n".join(parts), claims
 
 
 def theory_check(theory: pd.DataFrame) -> str:
@@ -193,6 +277,7 @@ def write_results(tables: dict[str, Path], out: Path, title: str) -> str:
     named but missing raises (read_frame); sections of tables not named are left out."""
     load = lambda key: read_frame(tables[key]) if key in tables else None  # noqa: E731
     main, restricted, theory = load("main"), load("restricted"), load("theory")
+    estimators = load("estimators")
     parts = [f"# Results ({title})", "",
              "Generated by `sharpgaps summary` from the pipeline's tables; regenerate, never edit. Numbers are "
              "mean ± sample sd over seeds (n = seeds), each seed read at its final checkpoint or averaged over "
@@ -220,6 +305,14 @@ def write_results(tables: dict[str, Path], out: Path, title: str) -> str:
                   f"{PAPER} Dominant-component updates \"retain useful optimization behaviour while suppressing "
                   "components lying in the bulk\".", "", "Measured:", "", *restricted_verdicts(restricted), "",
                   restricted_cost(restricted), ""]
+    if estimators is not None and not estimators.empty:
+        table, claims = estimator_ranking(estimators)
+        parts += ["## Fig X3: is the gap subspace the best cheap estimate of the sharp subspace? (issue 14)", "",
+                  f"{PAPER} The worker-average gaps are \"a cheap Hessian-free estimator of the dominant subspace\".", "",
+                  "Each estimator uses n = K*W input vectors; overlap = ||V_k^T U||_F^2 / min(k, m) at m = k, each "
+                  "seed's final checkpoint; extra cost in full-batch-gradient equivalents (gap, update and gradient "
+                  "history: by-products of Local SGD, 0; the oracle's Lanczos is not priced). An estimator whose rank "
+                  "is below k has no row value (n/a).", "", "Measured:", "", *claims, "", table, ""]
     if theory is not None:
         parts += ["## Theory check (quadratic model)", "",
                   "Measured gap variance along each eigendirection vs eta^2 (1-1/K) sum_s A^s (C/b) A^s; "

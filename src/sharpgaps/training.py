@@ -2,7 +2,10 @@
 
 Files (all written atomically):
   work_dir/state.pt            resume state at the last saved round boundary
-  work_dir/ckpt/r{round}.pt    checkpoint (checkpoint_path): average parameters, the gaps of the last W rounds, metrics
+  work_dir/ckpt/r{round}.pt    checkpoint (checkpoint_path): average parameters, the gaps of the last W rounds, metrics,
+                               and the averages of the HISTORY_ROUNDS(spec) = K*W rounds before it (history_rounds,
+                               theta_history): what the update- and gradient-history estimators replay
+                               (sharpgaps.estimators; docs/FIDELITY.md, "Estimator history")
   work_dir/metrics.csv         one row per checkpoint (written at the end)
   work_dir/rounds.csv          one row per round: mean minibatch loss, mean/max gap norm
 A run killed at any moment restarts from ``state.pt`` and ends bitwise identical (on CPU) to an
@@ -27,7 +30,12 @@ from .flat import flatten
 from .grid import digest
 from .localsgd import RunSpec, SimulatedLocalSGD, evaluate
 
-CKPT_FORMAT = 1
+CKPT_FORMAT = 2  # 2: + theta_history / history_rounds (format 1 checkpoints lack them)
+
+
+def history_rounds(spec: RunSpec) -> int:
+    """Round-start averages a checkpoint keeps before its own round: n = K*W, the gap matrix's vector count."""
+    return spec.K * spec.window
 
 
 class DivergenceError(RuntimeError):
@@ -73,6 +81,11 @@ def _needed_for_window(rnd: int, checkpoints: tuple[int, ...], window: int) -> b
     return any(c - window < rnd <= c for c in checkpoints)
 
 
+def _needed_for_history(rnd: int, checkpoints: tuple[int, ...], n: int) -> bool:
+    """Whether the average at the end of round ``rnd`` (0: the initial point) is in some checkpoint's history."""
+    return any(c - n <= rnd < c for c in checkpoints)
+
+
 def train_run(model, loss_fn, subset: dict, spec: RunSpec, work_dir: str | Path, *, run_name: str = "run",
               run_info: dict | None = None, engine_factory=SimulatedLocalSGD, resume: bool = True,
               resume_every_s: float = 120.0, stop_after_round: int | None = None, progress: bool = True) -> list[Path]:
@@ -97,17 +110,22 @@ def train_run(model, loss_fn, subset: dict, spec: RunSpec, work_dir: str | Path,
             state = None
     if state is None:
         theta = {n: p.detach().clone() for n, p in model.named_parameters()}
-        state = {"digest": digest, "round": 0, "theta": theta, "window": [], "rounds": [], "ckpts": []}
+        state = {"digest": digest, "round": 0, "theta": theta, "window": [], "rounds": [], "ckpts": [], "history": []}
     else:
         print(f"[{run_name}] resuming from round {state['round']}", file=sys.stderr)
 
     engine = engine_factory(model, loss_fn, x_tr, y_tr, spec, theta=state["theta"])
     window = deque(state["window"], maxlen=spec.window)
     checkpoints = tuple(sorted(set(spec.checkpoints)))
+    n_hist = history_rounds(spec)
+    history = deque(state.get("history", []), maxlen=n_hist)  # (round, flat average), oldest first
+    if state["round"] == 0 and not history and _needed_for_history(0, checkpoints, n_hist):
+        history.append((0, flatten(state["theta"]).clone()))
     last_save = time.monotonic()
 
     def save_state(rnd, theta):
-        save_torch({**state, "round": rnd, "theta": theta, "window": list(window)}, state_file)
+        save_torch({**state, "round": rnd, "theta": theta, "window": list(window), "history": list(history)},
+                   state_file)
 
     bar = tqdm(total=spec.rounds, initial=state["round"], desc=run_name, file=sys.stderr, mininterval=10,
                ascii=True, disable=not progress)
@@ -122,7 +140,10 @@ def train_run(model, loss_fn, subset: dict, spec: RunSpec, work_dir: str | Path,
             window.append((rnd, gaps.clone()))
         if rnd in checkpoints:
             state["ckpts"].append(_write_checkpoint(work_dir, rnd, spec, model, loss_fn, theta, window,
-                                                    names, shapes, norms, (x_tr, y_tr, x_te, y_te), run_info))
+                                                    names, shapes, norms, (x_tr, y_tr, x_te, y_te), run_info,
+                                                    history))
+        if _needed_for_history(rnd, checkpoints, n_hist):
+            history.append((rnd, flatten(theta).clone()))
         bar.update(1)
         if stop_after_round is not None and rnd >= stop_after_round:
             save_state(rnd, theta)
@@ -142,7 +163,8 @@ def engine_theta(engine) -> dict[str, torch.Tensor]:
     return {n: p[0].clone() for n, p in engine.params.items()}
 
 
-def _write_checkpoint(work_dir, rnd, spec, model, loss_fn, theta, window, names, shapes, norms, data, run_info):
+def _write_checkpoint(work_dir, rnd, spec, model, loss_fn, theta, window, names, shapes, norms, data, run_info,
+                      history=()):
     x_tr, y_tr, x_te, y_te = data
     train_loss, train_acc = evaluate(model, theta, loss_fn, x_tr, y_tr)
     test_loss, test_acc = evaluate(model, theta, loss_fn, x_te, y_te)
@@ -151,9 +173,12 @@ def _write_checkpoint(work_dir, rnd, spec, model, loss_fn, theta, window, names,
                "gap_norm_max": float(norms.max())}
     rounds = [r for r, _ in window if rnd - spec.window < r <= rnd]
     gaps = torch.stack([g for r, g in window if rnd - spec.window < r <= rnd])  # (W', K, d), oldest first
+    hist = [(r, t) for r, t in history if rnd - history_rounds(spec) <= r < rnd]  # averages before this round
     save_torch({
         "format": CKPT_FORMAT, "run": {**run_info, **spec.as_dict()}, "round": rnd, "step": rnd * spec.tau,
         "param_names": names, "param_shapes": shapes, "theta": flatten(theta).clone(),
         "gaps": gaps, "gap_rounds": rounds, "worker_gap_norms": norms.tolist(), "metrics": metrics,
+        "history_rounds": [r for r, _ in hist],
+        "theta_history": torch.stack([t for _, t in hist]) if hist else torch.zeros(0, len(flatten(theta))),
     }, checkpoint_path(work_dir / CKPT_DIR, rnd))
     return metrics

@@ -13,7 +13,7 @@ rule restricted:
     benchmark:
         "results/benchmarks/restricted/{setting}/{run}_{rtag}_{mode}.tsv"
     wildcard_constraints:
-        mode="none|dom|bulk|gapdom|gapbulk",
+        mode="none|dom|bulk|gapdom|gapbulk|randdom|randbulk",
     conda:
         ENV
     threads: config["threads"]

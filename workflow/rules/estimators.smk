@@ -1,0 +1,78 @@
+# Cheap estimators of the dominant Hessian subspace at equal vector count and by extra cost (issue 14):
+# one job per `main` run (every seed), after its geometry job, whose cached eigenvectors it reuses.
+
+
+def estimators_json():
+    return json.dumps(specs.estimator_params(config), sort_keys=True)
+
+
+def estimators_tag():
+    """Every `estimators` key (as set; defaults: sharpgaps.specs.EstimatorSpec) in the table's path."""
+    return grid.digest(estimators_json())
+
+
+def estimators_params(wildcards):
+    if wildcards.etag != estimators_tag():
+        raise WorkflowError(f"estimators '{wildcards.etag}' does not match the config ({estimators_tag()})")
+    return estimators_json()
+
+
+def estimators_outputs():
+    if "main" not in config["experiments"]:
+        return []
+    return [
+        f"{run_dir(r)}/estimators_{geometry_tag(s)}_{estimators_tag()}.parquet"
+        for s in config["experiments"]["main"]["settings"]
+        for r in grid.main_runs(config, s)
+    ]
+
+
+def estimators_table():
+    return ["results/tables/main_estimators.parquet"] if estimators_outputs() else []
+
+
+rule estimators:
+    input:
+        ckpt="results/runs/{setting}/{run}/ckpt",
+        geometry="results/runs/{setting}/{run}/geometry_{gtag}.parquet",  # after geometry: its eigenvector cache
+        subset=lambda wc: subset_path(dataset_of(wc.setting)),
+    output:
+        "results/runs/{setting}/{run}/estimators_{gtag}_{etag}.parquet",
+    wildcard_constraints:
+        etag="[0-9a-f]{12}",
+    log:
+        "results/logs/estimators/{setting}/{run}_{gtag}_{etag}.log",
+    benchmark:
+        "results/benchmarks/estimators/{setting}/{run}_{gtag}_{etag}.tsv"
+    conda:
+        ENV
+    threads: config["threads"]
+    resources:
+        mem_mb=lambda wc: 2 * MEM_MB[model_of(wc.setting)],
+        runtime=720,
+        gpu=GPU,
+    params:
+        run=run_description,
+        geometry=geometry_json,
+        estimators=estimators_params,
+        geometry_work=geometry_work,
+        work="results/work/estimators/{setting}/{run}/{gtag}_{etag}",
+        device=config["device"],
+    shell:
+        "python -m sharpgaps.cli estimators --run {params.run:q} --geometry {params.geometry:q} "
+        "--estimators {params.estimators:q} --geometry-work {params.geometry_work} --subset {input.subset} "
+        "--ckpt-dir {input.ckpt} --work-dir {params.work} --out {output} --threads {threads} "
+        "--device {params.device} > {log} 2>&1"
+
+
+rule collect_estimators:
+    input:
+        estimators_outputs(),
+    output:
+        "results/tables/main_estimators.parquet",
+    log:
+        "results/logs/collect/main_estimators.log",
+    conda:
+        ENV
+    shell:
+        "python -m sharpgaps.cli collect --out {output} {input} > {log} 2>&1"
