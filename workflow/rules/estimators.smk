@@ -60,7 +60,8 @@ rule estimators:
         device=config["device"],
     shell:
         "python -m sharpgaps.cli estimators --run {params.run:q} --geometry {params.geometry:q} "
-        "--estimators {params.estimators:q} --geometry-work {params.geometry_work} --subset {input.subset} "
+        "--estimators {params.estimators:q} --geometry-work {params.geometry_work} --geometry-table {input.geometry} "
+        "--subset {input.subset} "
         "--ckpt-dir {input.ckpt} --work-dir {params.work} --out {output} --threads {threads} "
         "--device {params.device} > {log} 2>&1"
 
