@@ -56,10 +56,10 @@ BYTES = 4  # the model's float32: memory is counted in stored float32 vectors
 def pca_basis(X: torch.Tensor, centred: bool) -> torch.Tensor:
     """Orthonormal top principal directions (d, r) float64 of the rows of X (n, d); r = numerical rank."""
     X = X.to(torch.float64)
+    if X.shape[0] == 0:
+        return torch.zeros(X.shape[1], 0, dtype=torch.float64, device=X.device)
     if centred:
         X = X - X.mean(dim=0, keepdim=True)
-    if X.shape[0] == 0:
-        return torch.zeros(X.shape[1], 0, dtype=torch.float64)
     U, _ = gap_mod.gap_subspace(X)
     return U
 
@@ -292,7 +292,15 @@ def checkpoint_estimators(ckpt: dict, vectors: np.ndarray, model, loss_fn, x, y,
 
     bases, rows = {}, []
     bases["gap"] = gap_estimate(ckpt["gaps"].to(dev))
-    hist = history_inputs(model, loss_fn, x, y, run, ckpt, n, earlier=earlier)
+    format1_replay = None if ckpt.get("history_rounds") or earlier is None else base["round"] - earlier[0]
+    if spec.max_replay_rounds is not None and format1_replay is not None and format1_replay > spec.max_replay_rounds:
+        print(f"round {base['round']}: no average history (format-1 checkpoint) and a {format1_replay}-round replay "
+              f"exceeds estimators.max_replay_rounds={spec.max_replay_rounds}: update and gradient history skipped",
+              file=sys.stderr, flush=True)
+        d0 = torch.zeros(0, d, dtype=torch.float32, device=dev)
+        hist = {"averages": torch.zeros(1, d, device=dev), "grads": d0, "replayed_rounds": 0, "exact": float("nan")}
+    else:
+        hist = history_inputs(model, loss_fn, x, y, run, ckpt, n, earlier=earlier)
     lap(f"replay_{hist['replayed_rounds']}_rounds")
     bases["update"] = update_estimate(hist["averages"])
     bases["gradhist"] = gradient_estimate(hist["grads"])
