@@ -13,7 +13,9 @@ def estimators_tag():
 
 def estimators_params(wildcards):
     if wildcards.etag != estimators_tag():
-        raise WorkflowError(f"estimators '{wildcards.etag}' does not match the config ({estimators_tag()})")
+        raise WorkflowError(
+            f"estimators '{wildcards.etag}' does not match the config ({estimators_tag()})"
+        )
     return estimators_json()
 
 
@@ -38,12 +40,12 @@ rule estimators:
         subset=lambda wc: subset_path(dataset_of(wc.setting)),
     output:
         "results/runs/{setting}/{run}/estimators_{gtag}_{etag}.parquet",
-    wildcard_constraints:
-        etag="[0-9a-f]{12}",
     log:
         "results/logs/estimators/{setting}/{run}_{gtag}_{etag}.log",
     benchmark:
         "results/benchmarks/estimators/{setting}/{run}_{gtag}_{etag}.tsv"
+    wildcard_constraints:
+        etag="[0-9a-f]{12}",
     conda:
         ENV
     threads: config["threads"]
