@@ -2,37 +2,6 @@
 # one job per `main` run (every seed), after its geometry job, whose cached eigenvectors it reuses.
 
 
-def estimators_json():
-    return json.dumps(specs.estimator_params(config), sort_keys=True)
-
-
-def estimators_tag():
-    """Every `estimators` key (as set; defaults: sharpgaps.specs.EstimatorSpec) in the table's path."""
-    return grid.digest(estimators_json())
-
-
-def estimators_params(wildcards):
-    if wildcards.etag != estimators_tag():
-        raise WorkflowError(
-            f"estimators '{wildcards.etag}' does not match the config ({estimators_tag()})"
-        )
-    return estimators_json()
-
-
-def estimators_outputs():
-    if "main" not in config["experiments"]:
-        return []
-    return [
-        f"{run_dir(r)}/estimators_{geometry_tag(s)}_{estimators_tag()}.parquet"
-        for s in config["experiments"]["main"]["settings"]
-        for r in grid.main_runs(config, s)
-    ]
-
-
-def estimators_table():
-    return ["results/tables/main_estimators.parquet"] if estimators_outputs() else []
-
-
 rule estimators:
     input:
         ckpt="results/runs/{setting}/{run}/ckpt",
