@@ -231,3 +231,38 @@ def test_smoke_dag_runs_the_stage_on_every_main_seed_and_draws_it(smoke):
         csv, params = figure_files(smoke, stem)
         assert set(csv["panel"]) == {"last", "late", "cost", "training"} and params["metric"] in stem
     assert "## Fig X3" in (smoke / FIGURE_DIR / "RESULTS.md").read_text()
+
+
+def test_format1_checkpoints_replay_from_the_previous_one_or_skip_the_histories(run, mnist_small, tmp_path):
+    """Checkpoints without the average history (format 1, e.g. the committed quick release's) give the same rows as
+    format 2 through the replay from the previous checkpoint; with max_replay_rounds below that replay the update
+    and gradient histories are skipped (rank 0, no quality rows) and every other estimator is unchanged."""
+    from sharpgaps.atomic import save_torch
+    from sharpgaps.geometry import checkpoint_eigenvectors
+
+    model, spec, work = run
+    x, y = mnist_small["x_train"], mnist_small["y_train"]
+    gspec = GeometrySpec(k=10, extra=0, hessian_examples=100, m_list=(1,), random_draws=2, cos_top=2)
+    new = list_checkpoints(work / CKPT_DIR)
+    old_dir = tmp_path / "old"
+    for p in new:
+        ck = torch.load(p, weights_only=False)
+        save_torch({k: v for k, v in ck.items() if k not in ("theta_history", "history_rounds", "_sha256")},
+                   old_dir / p.name)
+    old = list_checkpoints(old_dir)
+    vecs = checkpoint_eigenvectors(new, model, LOSS, x, y, gspec, tmp_path / "geom")
+    det = lambda df: df[~df["metric"].isin(E.TIMING_METRICS)].reset_index(drop=True)  # noqa: E731
+    one = EstimatorSpec(m_list=(1, 2), krylov_hvps=(10,), last_checkpoints=1)
+    ref = det(E.run_estimators(new, vecs, model, LOSS, x, y, spec, gspec, one, tmp_path / "new"))
+    replayed = det(E.run_estimators(old, vecs, model, LOSS, x, y, spec, gspec, one, tmp_path / "old_e"))
+    same = lambda df: df[df["metric"] != "replayed_rounds"].reset_index(drop=True)  # noqa: E731  (1 vs 9 rounds)
+    assert same(ref).equals(same(replayed))
+    assert set(replayed.loc[replayed["metric"] == "replayed_rounds", "value"]) == {9.0}  # from round 5 to 14
+    skip = EstimatorSpec(m_list=(1, 2), krylov_hvps=(10,), last_checkpoints=1, max_replay_rounds=0)
+    skipped = det(E.run_estimators(old, vecs, model, LOSS, x, y, spec, gspec, skip, tmp_path / "skip"))
+    hist = skipped["estimator"].isin(["update", "gradhist"])
+    assert (skipped.loc[hist & (skipped["metric"] == "rank"), "value"] == 0).all()
+    assert not (hist & skipped["metric"].isin(["overlap", "capture"])).any()
+    keep = lambda df: df[~df["estimator"].isin(["update", "gradhist"])].reset_index(drop=True)  # noqa: E731
+    assert len(keep(ref)) > 20
+    assert keep(skipped).equals(keep(ref))

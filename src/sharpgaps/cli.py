@@ -31,7 +31,7 @@ def cmd_restricted(a) -> None:
 
 def cmd_estimators(a) -> None:
     jobs.estimators(json.loads(a.run), json.loads(a.geometry), json.loads(a.estimators), a.subset, a.ckpt_dir,
-                    a.geometry_work, a.work_dir, a.out, threads=a.threads, device=a.device)
+                    a.geometry_table, a.geometry_work, a.work_dir, a.out, threads=a.threads, device=a.device)
 
 
 def cmd_manifest(a) -> None:
@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--geometry", required=True, help="JSON of the setting's `geometry` section")
     q.add_argument("--estimators", required=True, help="JSON of the config's `estimators` section")
     q.add_argument("--geometry-work", required=True, help="the geometry job's cache dir (its eigenvectors)")
+    q.add_argument("--geometry-table", required=True, help="the run's geometry table (Lanczos HVPs: the oracle's cost)")
     jobs.add_run_job_args(q, ckpt_dir=True)
     q.set_defaults(func=cmd_estimators)
 

@@ -56,10 +56,10 @@ BYTES = 4  # the model's float32: memory is counted in stored float32 vectors
 def pca_basis(X: torch.Tensor, centred: bool) -> torch.Tensor:
     """Orthonormal top principal directions (d, r) float64 of the rows of X (n, d); r = numerical rank."""
     X = X.to(torch.float64)
+    if X.shape[0] == 0:
+        return torch.zeros(X.shape[1], 0, dtype=torch.float64, device=X.device)
     if centred:
         X = X - X.mean(dim=0, keepdim=True)
-    if X.shape[0] == 0:
-        return torch.zeros(X.shape[1], 0, dtype=torch.float64)
     U, _ = gap_mod.gap_subspace(X)
     return U
 
@@ -262,8 +262,9 @@ def _rows(base, estimator, metric, value, m=np.nan, j=np.nan):
 
 
 def checkpoint_estimators(ckpt: dict, vectors: np.ndarray, model, loss_fn, x, y, run: RunSpec,
-                          gspec: GeometrySpec, spec: EstimatorSpec, earlier=None) -> list[dict]:
-    """Every estimator's basis at one checkpoint and its quality, rank, cost and memory rows."""
+                          gspec: GeometrySpec, spec: EstimatorSpec, earlier=None, oracle_hvps=None) -> list[dict]:
+    """Every estimator's basis at one checkpoint and its quality, rank, cost and memory rows. ``oracle_hvps``: the
+    HVPs the geometry job's Lanczos spent on these eigenvectors (its `n_hvp` row), to price the oracle alike."""
     from .hessian import FullBatchHVP
 
     dev = x.device
@@ -291,7 +292,15 @@ def checkpoint_estimators(ckpt: dict, vectors: np.ndarray, model, loss_fn, x, y,
 
     bases, rows = {}, []
     bases["gap"] = gap_estimate(ckpt["gaps"].to(dev))
-    hist = history_inputs(model, loss_fn, x, y, run, ckpt, n, earlier=earlier)
+    format1_replay = None if ckpt.get("history_rounds") or earlier is None else base["round"] - earlier[0]
+    if spec.max_replay_rounds is not None and format1_replay is not None and format1_replay > spec.max_replay_rounds:
+        print(f"round {base['round']}: no average history (format-1 checkpoint) and a {format1_replay}-round replay "
+              f"exceeds estimators.max_replay_rounds={spec.max_replay_rounds}: update and gradient history skipped",
+              file=sys.stderr, flush=True)
+        d0 = torch.zeros(0, d, dtype=torch.float32, device=dev)
+        hist = {"averages": torch.zeros(1, d, device=dev), "grads": d0, "replayed_rounds": 0, "exact": float("nan")}
+    else:
+        hist = history_inputs(model, loss_fn, x, y, run, ckpt, n, earlier=earlier)
     lap(f"replay_{hist['replayed_rounds']}_rounds")
     bases["update"] = update_estimate(hist["averages"])
     bases["gradhist"] = gradient_estimate(hist["grads"])
@@ -359,8 +368,10 @@ def checkpoint_estimators(ckpt: dict, vectors: np.ndarray, model, loss_fn, x, y,
     m_max = max({*spec.m_list, k})
     rgen = torch.Generator().manual_seed(_seed_from(run.seed, 0x9A4D, base["round"]))
     rows += emit("random", random_basis(d, min(m_max, d), rgen).to(dev), 0.0, m_max, vector_bytes=8)
-    # the oracle's cost is the geometry job's Lanczos (not an estimator's budget): recorded as NaN
-    rows += emit("oracle", V_all, float("nan"), V_all.shape[1], vector_bytes=8)
+    # the oracle's cost: the geometry job's Lanczos HVPs (k + extra pairs to tol; NaN if not given)
+    oracle_cost = (float("nan") if oracle_hvps is None else
+                   cost(n_hvp=oracle_hvps, n_hessian=n_h, n_train=N, hvp_grad_ratio=rho))
+    rows += emit("oracle", V_all, oracle_cost, V_all.shape[1], vector_bytes=8)
     lap("bases_and_metrics")
     del clock["start"], clock["last"]
     print(f"round {base['round']} seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in clock.items()),
@@ -374,9 +385,9 @@ def k_of(table: pd.DataFrame) -> dict:
     return {s: int(g["value"].max()) for s, g in rows.groupby("setting")}
 
 
-def _cache_key(ckpt: dict, vectors: np.ndarray, spec: EstimatorSpec, gspec: GeometrySpec) -> str:
+def _cache_key(ckpt: dict, vectors: np.ndarray, spec: EstimatorSpec, gspec: GeometrySpec, oracle_hvps=None) -> str:
     return object_digest({"theta": ckpt["theta"], "v": torch.from_numpy(np.ascontiguousarray(vectors)),
-                          "spec": repr(spec), "g": repr(gspec)})[:16]
+                          "spec": repr(spec), "g": repr(gspec), "oracle_hvps": repr(oracle_hvps)})[:16]
 
 
 def selected(ckpt_paths: list[Path], spec: EstimatorSpec) -> list[Path]:
@@ -386,7 +397,8 @@ def selected(ckpt_paths: list[Path], spec: EstimatorSpec) -> list[Path]:
 
 
 def run_estimators(ckpt_paths: list[Path], vectors: dict[int, np.ndarray], model, loss_fn, x, y, run: RunSpec,
-                   gspec: GeometrySpec, spec: EstimatorSpec, work_dir: Path, log=sys.stderr) -> pd.DataFrame:
+                   gspec: GeometrySpec, spec: EstimatorSpec, work_dir: Path, log=sys.stderr,
+                   oracle_hvps: dict[int, int] | None = None) -> pd.DataFrame:
     """Every selected checkpoint in round order; each finished one is cached in ``work_dir`` (resume)."""
     work_dir = Path(work_dir)
     all_rows, info = [], None
@@ -398,14 +410,15 @@ def run_estimators(ckpt_paths: list[Path], vectors: dict[int, np.ndarray], model
         if path in chosen:
             info = ckpt["run"]
             vecs = vectors[int(ckpt["round"])]
-            key = _cache_key(ckpt, vecs, spec, gspec)
+            key = _cache_key(ckpt, vecs, spec, gspec, (oracle_hvps or {}).get(int(ckpt["round"])))
             cache = work_dir / f"{Path(path).stem}.est.pt"
             done = load_recomputable(cache, "estimator cache")
             t0 = time.perf_counter()
             if done is not None and done.get("key") == key:
                 rows, how = done["rows"], "cached"
             else:
-                rows = checkpoint_estimators(ckpt, vecs, model, loss_fn, x, y, run, gspec, spec, earlier=earlier)
+                rows = checkpoint_estimators(ckpt, vecs, model, loss_fn, x, y, run, gspec, spec, earlier=earlier,
+                                             oracle_hvps=(oracle_hvps or {}).get(int(ckpt["round"])))
                 save_torch({"rows": rows, "key": key}, cache)
                 how = f"{time.perf_counter() - t0:.1f} s"
             ov = {r["estimator"]: r["value"] for r in rows if r["metric"] == "overlap" and r["m"] == gspec.k

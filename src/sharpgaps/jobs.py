@@ -213,11 +213,11 @@ def geometry(run: dict, params: dict, subset_path, ckpt_dir, work_dir, out, *, t
     save_frame(df, out)
 
 
-def estimators(run: dict, geometry_params: dict, params: dict, subset_path, ckpt_dir, geometry_work, work_dir, out,
-               *, threads=1, device="cpu") -> None:
+def estimators(run: dict, geometry_params: dict, params: dict, subset_path, ckpt_dir, geometry_table, geometry_work,
+               work_dir, out, *, threads=1, device="cpu") -> None:
     """Cheap estimators of the dominant subspace against the Hessian's at every (selected) checkpoint of a run
-    (``params``: the `estimators` section; ``geometry_params``/``geometry_work``: the geometry job's, whose
-    cached eigenvectors are reused)."""
+    (``params``: the `estimators` section; ``geometry_params``/``geometry_work``/``geometry_table``: the geometry
+    job's, whose cached eigenvectors are reused and whose Lanczos HVP counts price the oracle)."""
     from .estimators import run_estimators, selected
     from .geometry import checkpoint_eigenvectors
     from .hessian import disable_tf32
@@ -235,8 +235,11 @@ def estimators(run: dict, geometry_params: dict, params: dict, subset_path, ckpt
     vectors = checkpoint_eigenvectors(ckpts, job.model, job.loss_fn, x, y, gspec, Path(geometry_work))
     print(f"eigenvectors of {len(vectors)} checkpoints from {geometry_work}: {time.perf_counter() - t0:.1f} s",
           file=sys.stderr, flush=True)
+    geometry = read_frame(geometry_table)  # the oracle's price: its Lanczos HVPs per checkpoint
+    lanczos = {int(r): int(v) for r, v in geometry.loc[geometry["metric"] == "n_hvp", ["round", "value"]].to_numpy()}
     t0 = time.perf_counter()
-    df = run_estimators(ckpts, vectors, job.model, job.loss_fn, x, y, job.spec, gspec, spec, Path(work_dir))
+    df = run_estimators(ckpts, vectors, job.model, job.loss_fn, x, y, job.spec, gspec, spec, Path(work_dir),
+                        oracle_hvps=lanczos)
     n = len(selected(ckpts, spec))
     print(f"estimators: {n} checkpoints in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     save_frame(df, out)

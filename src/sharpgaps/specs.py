@@ -133,6 +133,9 @@ class EstimatorSpec:
     block: int | None = None  # Krylov block size (None: k); capped by the smallest budget
     noise_b: int | None = None  # minibatch size of the noise-PCA gradients (None: the run's b)
     last_checkpoints: int | None = None  # evaluate only the last this many checkpoints (None: all)
+    # Format-1 checkpoints (no average history) replay from the previous checkpoint: skip the update and gradient
+    # histories where that replay would exceed this many rounds (None: never skip)
+    max_replay_rounds: int | None = None
 
     @classmethod
     def from_config(cls, params: dict) -> "EstimatorSpec":

@@ -210,3 +210,35 @@ def restricted_outputs():
 def restricted_table():
     """The restricted runs branch from `main`: without that experiment there is nothing to collect."""
     return ["results/tables/restricted.parquet"] if restricted_outputs() else []
+
+
+# Cheap estimators of the sharp subspace (issue 14; workflow/rules/estimators.smk).
+def estimators_json():
+    return json.dumps(specs.estimator_params(config), sort_keys=True)
+
+
+def estimators_tag():
+    """Every `estimators` key (as set; defaults: sharpgaps.specs.EstimatorSpec) in the table's path."""
+    return grid.digest(estimators_json())
+
+
+def estimators_params(wildcards):
+    if wildcards.etag != estimators_tag():
+        raise WorkflowError(
+            f"estimators '{wildcards.etag}' does not match the config ({estimators_tag()})"
+        )
+    return estimators_json()
+
+
+def estimators_outputs():
+    if "main" not in config["experiments"]:
+        return []
+    return [
+        f"{run_dir(r)}/estimators_{geometry_tag(s)}_{estimators_tag()}.parquet"
+        for s in config["experiments"]["main"]["settings"]
+        for r in grid.main_runs(config, s)
+    ]
+
+
+def estimators_table():
+    return ["results/tables/main_estimators.parquet"] if estimators_outputs() else []

@@ -2,35 +2,6 @@
 # one job per `main` run (every seed), after its geometry job, whose cached eigenvectors it reuses.
 
 
-def estimators_json():
-    return json.dumps(specs.estimator_params(config), sort_keys=True)
-
-
-def estimators_tag():
-    """Every `estimators` key (as set; defaults: sharpgaps.specs.EstimatorSpec) in the table's path."""
-    return grid.digest(estimators_json())
-
-
-def estimators_params(wildcards):
-    if wildcards.etag != estimators_tag():
-        raise WorkflowError(f"estimators '{wildcards.etag}' does not match the config ({estimators_tag()})")
-    return estimators_json()
-
-
-def estimators_outputs():
-    if "main" not in config["experiments"]:
-        return []
-    return [
-        f"{run_dir(r)}/estimators_{geometry_tag(s)}_{estimators_tag()}.parquet"
-        for s in config["experiments"]["main"]["settings"]
-        for r in grid.main_runs(config, s)
-    ]
-
-
-def estimators_table():
-    return ["results/tables/main_estimators.parquet"] if estimators_outputs() else []
-
-
 rule estimators:
     input:
         ckpt="results/runs/{setting}/{run}/ckpt",
@@ -38,12 +9,12 @@ rule estimators:
         subset=lambda wc: subset_path(dataset_of(wc.setting)),
     output:
         "results/runs/{setting}/{run}/estimators_{gtag}_{etag}.parquet",
-    wildcard_constraints:
-        etag="[0-9a-f]{12}",
     log:
         "results/logs/estimators/{setting}/{run}_{gtag}_{etag}.log",
     benchmark:
         "results/benchmarks/estimators/{setting}/{run}_{gtag}_{etag}.tsv"
+    wildcard_constraints:
+        etag="[0-9a-f]{12}",
     conda:
         ENV
     threads: config["threads"]
@@ -60,7 +31,8 @@ rule estimators:
         device=config["device"],
     shell:
         "python -m sharpgaps.cli estimators --run {params.run:q} --geometry {params.geometry:q} "
-        "--estimators {params.estimators:q} --geometry-work {params.geometry_work} --subset {input.subset} "
+        "--estimators {params.estimators:q} --geometry-work {params.geometry_work} --geometry-table {input.geometry} "
+        "--subset {input.subset} "
         "--ckpt-dir {input.ckpt} --work-dir {params.work} --out {output} --threads {threads} "
         "--device {params.device} > {log} 2>&1"
 
