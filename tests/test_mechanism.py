@@ -1,0 +1,165 @@
+"""The per-direction mechanism (sharpgaps.mechanism) against the quadratic model run through the engine."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sharpgaps import mechanism as mech
+from sharpgaps.localsgd import RunSpec
+from sharpgaps.theory import NoisyQuadratic, _identity_loss, noise_pool, predicted_gap_covariance, quadratic_problem
+from sharpgaps.specs import TheorySpec
+from sharpgaps.training import checkpoint_path, train_run
+
+
+def _quadratic_checkpoint(tmp_path, H, C, *, pool, b, lr, tau, K, rounds, seed=0):
+    """Train NoisyQuadratic with the project's own train_run and return its one checkpoint (window = all rounds)."""
+    d = len(H)
+    z = noise_pool(C, pool, seed)
+    model = NoisyQuadratic(torch.from_numpy(np.asarray(H, np.float64)), torch.zeros(d, dtype=torch.float64))
+    spec = RunSpec(K=K, tau=tau, b=b, lr=lr, rounds=rounds, window=rounds, seed=seed, checkpoints=(rounds,))
+    subset = {"x_train": z, "y_train": torch.zeros(pool), "x_test": z[:10], "y_test": torch.zeros(10)}
+    train_run(model, _identity_loss, subset, spec, tmp_path, run_info={"setting": "quad", "loss": "identity"},
+              progress=False)
+    ckpt = torch.load(checkpoint_path(tmp_path / "ckpt", rounds), weights_only=False)
+    return model, z, ckpt
+
+
+def _mechanism(model, z, ckpt, H, n_random=0):
+    evals, U = np.linalg.eigh(H)
+    return mech.checkpoint_mechanism(ckpt, model, _identity_loss, z, torch.zeros(len(z)), U, evals,
+                                     n_random=n_random, examples=None, chunk_size=997, hessian_examples=None, seed=0)
+
+
+def test_per_direction_formula_is_the_closed_form_in_the_eigenbasis():
+    """Exact algebra, generic (non-commuting) C: the per-direction prediction with sampling with replacement
+    is the diagonal of the closed-form covariance in H's eigenbasis; a wrong power of a is not."""
+    H, C = quadratic_problem(TheorySpec())
+    lr, K, b, tau = 0.05, 8, 4, 16
+    evals, U = np.linalg.eigh(H)
+    closed = np.diag(U.T @ predicted_gap_covariance(H, C, b, lr, tau, K) @ U)
+    c = np.diag(U.T @ C @ U)
+    ours = mech.predicted_variance(evals, c, lr=lr, K=K, b=b, tau=tau, N=math.inf, rounds=[1])
+    np.testing.assert_allclose(ours, closed, rtol=1e-12)
+    a = 1 - lr * evals
+    wrong = lr**2 * (1 - 1 / K) * c / b * (1 - a**tau) / (1 - a)  # sum of a^s, not a^(2s)
+    assert np.abs(wrong / closed - 1).max() > 0.1
+
+
+def test_noise_weight_counts_same_epoch_pairs():
+    """F(a) against a brute-force sum of the minibatch-mean covariances of WorkerBatches' schedule."""
+    N, b, tau = 12, 3, 6  # 4 steps per epoch: rounds straddle epochs
+    a = np.array([1.0, 0.7, -0.3])
+    for first in (0, 2, 6):
+        t = np.arange(tau)
+        w = a[:, None] ** (tau - 1 - t)
+        ep = (first + t) // (N // b)
+        # Cov(mean batch t, mean batch t') in units of S/b: 1 - b/N on the diagonal, -b/N within an epoch
+        cov = np.where(ep[:, None] == ep[None, :], -b / N, 0.0) + np.eye(tau)
+        brute = np.einsum("jt,tu,ju->j", w, cov, w)
+        np.testing.assert_allclose(mech.noise_weight(a, tau, b, N, first), brute, rtol=1e-12)
+    # one round = one whole epoch: every worker sees each example once, the flat direction's noise cancels
+    assert mech.noise_weight(np.array([1.0]), 4, 3, 12, 0)[0] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_engine_reproduces_the_per_direction_prediction(tmp_path):
+    """NoisyQuadratic through train_run and the checkpoint path (c_j from per-example gradients, gaps from the
+    checkpoint's window): measured within 4 standard errors of the prediction along every eigendirection,
+    with a generic C that does not commute with H."""
+    spec = TheorySpec()
+    H, C = quadratic_problem(spec)
+    model, z, ckpt = _quadratic_checkpoint(tmp_path, H, C, pool=20_000, b=4, lr=0.05, tau=8, K=8, rounds=600)
+    df = _mechanism(model, z, ckpt, H, n_random=2)
+    eig = df[df["kind"] == "eigen"]
+    zscore = (eig["measured"] - eig["predicted"]) / eig["stderr"]
+    assert (zscore.abs() < 4).all(), eig
+    # the Gaussian error bar agrees with the empirical one (both estimate the same spread)
+    assert ((eig["stderr"] / eig["stderr_gauss"]).between(0.7, 1.4)).all()
+    # c_j is the pool's covariance along v_j (the per-example gradient is H theta + z_n)
+    evals, U = np.linalg.eigh(H)
+    zc = z.numpy() - z.numpy().mean(0)
+    np.testing.assert_allclose(eig["c"], np.diag(U.T @ (zc.T @ zc / (len(z) - 1)) @ U), rtol=1e-9)
+    # random directions: the Rayleigh quotient, orthogonal to the eigenvectors (here: none left, d = 6)
+    assert set(df["kind"]) == {"eigen", "random", "total"}
+    assert df.loc[df["kind"] == "total", "measured"].item() == pytest.approx(eig["measured"].sum(), rel=1e-9)
+
+
+def test_without_replacement_factor(tmp_path):
+    """A small pool (N = 64, b = 4, tau = 8: half an epoch per round): the engine matches F(a) with the
+    same-epoch correlations and rejects sampling with replacement and the (N-b)/(N-1)-only factor."""
+    H = np.diag([5.0, 1.0, 1e-9])
+    C = np.eye(3)
+    N, b, lr, tau, K, rounds = 64, 4, 0.1, 8, 8, 500
+    model, z, ckpt = _quadratic_checkpoint(tmp_path, H, C, pool=N, b=b, lr=lr, tau=tau, K=K, rounds=rounds)
+    df = _mechanism(model, z, ckpt, H)
+    eig = df[df["kind"] == "eigen"].set_index("direction")
+    assert ((eig["measured"] - eig["predicted"]).abs() < 4 * eig["stderr"]).all(), eig
+    flat = eig.loc[0]  # eigh: ascending, direction 0 is the flat one
+    assert mech.noise_weight(np.array([1.0]), tau, b, N, 0)[0] == pytest.approx(4.0)
+    with_replacement = lr**2 * (1 - 1 / K) * flat["c"] * (N - 1) / N / b * tau
+    fpc_only = with_replacement * (N - b) / (N - 1)
+    for wrong in (with_replacement, fpc_only):
+        assert abs(flat["measured"] - wrong) > 8 * flat["stderr"]
+
+
+def test_gradient_noise_is_unbiased_for_a_known_covariance():
+    """Per-example gradients z_n ~ N(0, Sigma) (NoisyQuadratic): the mean of c_j over many small data sets is
+    v_j^T Sigma v_j within 4 standard errors; the ddof-0 variance (biased by (n-1)/n) is rejected."""
+    d, n, reps = 4, 5, 3000
+    rng = np.random.default_rng(1)
+    A = rng.standard_normal((d, d))
+    Sigma = A @ A.T / d + 0.2 * np.eye(d)
+    V = np.linalg.qr(rng.standard_normal((d, 2)))[0]
+    truth = np.diag(V.T @ Sigma @ V)
+    model = NoisyQuadratic(torch.eye(d, dtype=torch.float64), torch.from_numpy(rng.standard_normal(d)))
+    theta = dict(model.named_parameters())
+    L = np.linalg.cholesky(Sigma)
+    # one vmapped pass over all reps * n examples; each data set's c_j from its own n rows
+    z = torch.from_numpy(rng.standard_normal((reps * n, d)) @ L.T)
+    P = mech.per_example_projections(model, _identity_loss, theta, z, torch.zeros(reps * n), torch.from_numpy(V), 512)
+    est = np.array([mech.gradient_noise(P[i * n : (i + 1) * n]) for i in range(reps)])
+    se = est.std(0, ddof=1) / reps**0.5
+    assert (np.abs(est.mean(0) - truth) < 4 * se).all()
+    assert (np.abs(est.mean(0) * (n - 1) / n - truth) > 4 * se).any()
+
+
+def test_subsampled_examples_are_unbiased_for_the_whole_set():
+    """c_j from n of N examples drawn without replacement averages to the whole set's c_j."""
+    rng = np.random.default_rng(2)
+    N, n, reps = 40, 6, 4000
+    P = torch.from_numpy(rng.standard_normal((N, 2)) * [1.0, 3.0] + 0.5)
+    full = mech.gradient_noise(P)
+    est = np.array([mech.gradient_noise(P[torch.from_numpy(rng.permutation(N)[:n])]) for _ in range(reps)])
+    se = est.std(0, ddof=1) / reps**0.5
+    assert (np.abs(est.mean(0) - full) < 4 * se).all()
+
+
+def test_random_bulk_directions_are_orthonormal_and_seeded():
+    V = np.linalg.qr(np.random.default_rng(0).standard_normal((50, 5)))[0]
+    U = mech.random_bulk_directions(V, 3, seed=7)
+    np.testing.assert_allclose(U.T @ U, np.eye(3), atol=1e-12)
+    assert np.abs(V.T @ U).max() < 1e-12
+    np.testing.assert_array_equal(U, mech.random_bulk_directions(V, 3, seed=7))
+    assert not np.array_equal(U, mech.random_bulk_directions(V, 3, seed=8))
+
+
+def test_fit_exponent_recovers_a_power_law():
+    rng = np.random.default_rng(0)
+    lam = 10 ** rng.uniform(-1, 2, 40)
+    c = 3 * lam**1.5 * 10 ** rng.normal(0, 0.05, 40)
+    fit = mech.fit_exponent(lam, c)
+    assert fit["lo"] < 1.5 < fit["hi"] and fit["hi"] - fit["lo"] < 0.2 and fit["n"] == 40
+    assert math.isnan(mech.fit_exponent([1.0, 2.0], [1.0, 2.0])["gamma"])
+
+
+def test_vk_share():
+    rows = []
+    for r in (1, 2):
+        for j, (m, p) in enumerate([(4.0, 2.0), (1.0, 1.0), (0.5, 0.5)]):
+            rows.append({"round": r, "step": r, "kind": "eigen", "direction": j, "k": 2, "measured": m, "predicted": p})
+        rows.append({"round": r, "step": r, "kind": "total", "direction": -1, "k": 2, "measured": 10.0,
+                     "predicted": 6.0})
+    share = mech.vk_share(pd.DataFrame(rows))
+    assert list(share["share_measured"]) == [0.5, 0.5] and list(share["share_predicted"]) == [0.5, 0.5]
