@@ -15,6 +15,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/geometry.smk"
 include: "workflow/rules/restricted.smk"
 include: "workflow/rules/theory.smk"
+include: "workflow/rules/mechanism.smk"
 include: "workflow/rules/figures.smk"
 
 
@@ -28,4 +29,5 @@ rule all:
         ),
         restricted_table(),
         theory_table(),
+        mechanism_table(),
         FIGURE_TARGETS,

@@ -19,6 +19,7 @@ SECTION_KEYS = {
     "geometry": SCHEMA["definitions"]["geometrykeys"]["properties"],
     "restricted": SCHEMA["definitions"]["restrictkeys"]["properties"],
     "theory": SCHEMA["properties"]["theory"]["properties"],
+    "mechanism": SCHEMA["definitions"]["mechanismkeys"]["properties"],
 }
 
 
