@@ -1,6 +1,8 @@
 """The per-direction mechanism (sharpgaps.mechanism) against the quadratic model run through the engine."""
 
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,6 +14,8 @@ from sharpgaps.localsgd import RunSpec
 from sharpgaps.theory import NoisyQuadratic, _identity_loss, noise_pool, predicted_gap_covariance, quadratic_problem
 from sharpgaps.specs import TheorySpec
 from sharpgaps.training import checkpoint_path, train_run
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _quadratic_checkpoint(tmp_path, H, C, *, pool, b, lr, tau, K, rounds, seed=0):
@@ -180,3 +184,60 @@ def test_per_example_loop_matches_vmap():
     b = mech.per_example_projections(model, mse_onehot, theta, x, y, D, vectorize=False)
     torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5 * float(a.abs().max()))  # float32 sums over d terms
     assert a.shape == (20, 3) and a.abs().max() > 0
+
+
+# ----------------------------------------------------------------------------- the stage in the smoke DAG
+
+def _smoke_mechanism_run(smoke):
+    """A smoke mnist_fc run with its mechanism table, and the command line that made it (from its log)."""
+    out = sorted((smoke / "results/runs/mnist_fc").glob("*_s0/mechanism_*.parquet"))
+    assert out, "the smoke DAG has no mechanism table for mnist_fc seed 0"
+    return out[0]
+
+
+def test_smoke_mechanism_table(smoke):
+    """Every main run of the smoke DAG is measured, in the collected table, with finite positive predictions."""
+    from sharpgaps.atomic import read_frame
+
+    table = read_frame(smoke / "results/tables/mechanism.parquet")
+    runs = {p.parent.name for p in (smoke / "results/runs").glob("*/*/run.json")}
+    assert {f"{s}" for s in table["setting"]} == {"mnist_fc", "cifar_cnn", "sst2_transformer"}
+    assert set(table["experiment"]) == {"main"}
+    assert table.groupby(["setting", "seed"]).ngroups == len(runs)
+    eig = table[table["kind"] == "eigen"]
+    assert (eig["predicted"] > 0).all() and (eig["measured"] > 0).all() and np.isfinite(eig["ratio"]).all()
+    # k + extra eigenvectors per checkpoint, as in the geometry table
+    assert (eig.groupby(["setting", "seed", "round"])["direction"].max() + 1 >= eig.groupby(
+        ["setting", "seed", "round"])["k"].first()).all()
+
+
+def test_mechanism_job_is_deterministic_and_resumes(smoke, tmp_path):
+    """Rerunning the job (fresh work dir) gives the same table bitwise; a work dir with one checkpoint's cache
+    deleted (a kill mid-run) recomputes it and again gives the same table."""
+    import shutil
+    import subprocess
+    import sys
+
+    from sharpgaps.atomic import read_frame
+
+    out = _smoke_mechanism_run(smoke)
+    setting, run = out.parent.parent.name, out.parent.name
+    log = next((smoke / "results/logs/mechanism" / setting).glob(f"{run}_*.log"))
+    assert "median |log10(measured/predicted)|" in log.read_text()  # progress per checkpoint
+    snake = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(smoke),
+                            "-n", "-p", "-f", str(out.relative_to(smoke)), "--configfile",
+                            str(REPO / ".test/config.yaml")], capture_output=True, text=True, check=True)
+    cmd = next(line.strip() for line in snake.stdout.splitlines() if "sharpgaps.cli mechanism" in line)
+    cmd = re.sub(r"--work-dir \S+", f"--work-dir {tmp_path}/work", cmd.split(" > ")[0])
+    cmd = re.sub(r"--out \S+", f"--out {tmp_path}/a.parquet", cmd)
+    env = {**__import__("os").environ, "PYTHONPATH": str(REPO / "src")}
+    subprocess.run(cmd, shell=True, cwd=smoke, check=True, env=env, capture_output=True)
+    a, ref = read_frame(tmp_path / "a.parquet"), read_frame(out)
+    pd.testing.assert_frame_equal(a, ref, check_exact=True)
+    caches = sorted((tmp_path / "work").glob("*.mech.pt"))
+    assert len(caches) == a["round"].nunique()
+    caches[-1].unlink()
+    subprocess.run(cmd.replace(f"{tmp_path}/a.parquet", f"{tmp_path}/b.parquet"), shell=True, cwd=smoke,
+                   check=True, env=env, capture_output=True)
+    pd.testing.assert_frame_equal(read_frame(tmp_path / "b.parquet"), ref, check_exact=True)
+    shutil.rmtree(tmp_path / "work")

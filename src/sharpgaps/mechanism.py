@@ -74,11 +74,12 @@ def per_example_projections(model, loss_fn, theta: dict[str, torch.Tensor], x, y
 
     torch.func vmap(grad) over a chunk of examples gives its (chunk, d) per-example gradients, which are
     projected at once and dropped: memory ~ chunk x d, never d x d. ``vectorize=False`` takes one autograd
-    call per example instead (same numbers to float rounding); None: vmap from VMAP_MIN_EXAMPLES examples on."""
+    call per example instead (same numbers to float rounding); None: vmap from VMAP_MIN_EXAMPLES examples on,
+    unless the model says otherwise (``vmap_examples``: the CNN, whose vmapped convolutions are slow on CPU)."""
     params = {n: t.detach() for n, t in theta.items()}
     Dm = D.to(device=x.device, dtype=next(iter(params.values())).dtype)
     if vectorize is None:
-        vectorize = len(x) >= VMAP_MIN_EXAMPLES
+        vectorize = len(x) >= VMAP_MIN_EXAMPLES and getattr(model, "vmap_examples", True)
     if not vectorize:
         leaves = {n: p.requires_grad_(True) for n, p in params.items()}
         rows = []

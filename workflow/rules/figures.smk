@@ -17,6 +17,7 @@ FIGURES = sg_figures.expand(
         "geometry": "results/tables/{experiment}_geometry.parquet",
         "restricted": next(iter(restricted_table()), None),
         "theory": theory_table(),
+        "mechanism": next(iter(mechanism_table()), None),
     },
 )
 FIGURE = {stem: fig for figs in FIGURES.values() for stem, fig in figs.items()}
@@ -34,6 +35,7 @@ SUMMARY_TABLES = {
     },
     **{"restricted": table for table in restricted_table()},
     "theory": theory_table(),
+    **{"mechanism": table for table in mechanism_table()},
 }
 # What `all` builds: every file of every figure of this config (Snakemake reruns a job for a missing file
 # only if it is asked for), and RESULTS.md.
