@@ -241,3 +241,36 @@ def test_mechanism_job_is_deterministic_and_resumes(smoke, tmp_path):
                    check=True, env=env, capture_output=True)
     pd.testing.assert_frame_equal(read_frame(tmp_path / "b.parquet"), ref, check_exact=True)
     shutil.rmtree(tmp_path / "work")
+
+
+def _synthetic_table(shift=0.1, gamma=1.5):
+    """A mechanism table with known answers: measured = predicted x 10^shift, c = lambda^gamma."""
+    rows = []
+    for exp, taus in (("main", (8,)), ("tau_ablation", (1, 8))):
+        for tau in taus:
+            for seed in (0, 1):
+                for r in range(1, 7):
+                    for j, lam in enumerate((40.0, 20.0, 10.0, 5.0, 2.0)):
+                        p = 1e-4 * lam ** -0.5
+                        rows.append({"experiment": exp, "setting": "s", "K": 8, "tau": tau, "b": 50, "lr": 0.05,
+                                     "seed": seed, "loss": "mse", "window": 4, "k": 3, "d": 1000, "round": r,
+                                     "step": r * tau, "kind": "eigen", "direction": j, "lambda": lam,
+                                     "c": lam**gamma, "predicted": p, "measured": p * 10**shift})
+                    rows.append({**rows[-1], "kind": "total", "direction": -1, "lambda": np.nan, "c": np.nan,
+                                 "predicted": 1e-3 * tau, "measured": 2e-3 * tau})
+    df = pd.DataFrame(rows)
+    df["ratio"] = df["measured"] / df["predicted"]
+    return df
+
+
+def test_results_section_reads_the_table():
+    from sharpgaps.summary import mechanism_section
+
+    text = "\n".join(mechanism_section(_synthetic_table()))
+    assert "median abs log10(measured/predicted) 0.1 ± 0 (n=2)" in text
+    assert "measured above predicted" in text
+    assert "gamma 1.5 ± 0 (n=2)" in text
+    assert "### The tau factor" in text and "| s | 1 |" in text
+    low = "\n".join(mechanism_section(_synthetic_table(shift=-0.3, gamma=1.0)))
+    assert "median abs log10(measured/predicted) 0.3 ± 0 (n=2)" in low and "measured below predicted" in low
+    assert "gamma 1 ± 0 (n=2)" in low
