@@ -267,12 +267,12 @@ def test_results_section_reads_the_table():
     from sharpgaps.summary import mechanism_section
 
     text = "\n".join(mechanism_section(_synthetic_table()))
-    assert "median abs log10(measured/predicted) 0.1 ± 0 (n=2)" in text
+    assert "median abs log10(measured/predicted) is 0.1 ± 0 (n=2)" in text
     assert "measured above predicted" in text
     assert "gamma 1.5 ± 0 (n=2)" in text
     assert "### The tau factor" in text and "| s | 1 |" in text
     low = "\n".join(mechanism_section(_synthetic_table(shift=-0.3, gamma=1.0)))
-    assert "median abs log10(measured/predicted) 0.3 ± 0 (n=2)" in low and "measured below predicted" in low
+    assert "median abs log10(measured/predicted) is 0.3 ± 0 (n=2)" in low and "measured below predicted" in low
     assert "gamma 1 ± 0 (n=2)" in low
 
 

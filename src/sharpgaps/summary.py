@@ -285,9 +285,9 @@ def mechanism_section(mech: pd.DataFrame) -> list[str]:
         fits = {int(s): fit_exponent(g["lambda"], g["c"]) for s, g in eig.groupby("seed")}
         gamma = Stat.of(f["gamma"] for f in fits.values())
         rows.append(f"| {setting} | {top['seed'].nunique()} | {med} | {iqr} | {signed} | {late} | {rnd_med} | {gamma} |")
-        claims.append(claim(f"- {setting}: along the top-k Hessian eigendirections (every checkpoint), the measured "
-                            "gap variance is within a median factor 10^{med} of the prediction "
-                            "(median abs log10(measured/predicted) {med}); signed median log10 {signed} "
+        claims.append(claim(f"- {setting}: along the top-k Hessian eigendirections (every checkpoint), the median "
+                            "abs log10(measured/predicted) is {med} (the measured gap variance is typically within "
+                            "that many decades of the prediction); signed median log10 {signed} "
                             f"({'measured above predicted' if signed.mean > 0 else 'measured below predicted'} "
                             "on average).", med=med, signed=signed))
         gammas.append(claim(f"- {setting}: c_j ~ lambda_j^gamma over the late third's eigendirections: gamma {{g}}; "
