@@ -70,7 +70,8 @@ fidelity: setup
 	$(VENV)/bin/python -m sharpgaps.cli summary --title "quick scale" --out $(QUICK_FIGURES)/RESULTS.md \
 		--splice docs/FIDELITY.md --readme README.md $(foreach e,main tau_ablation k_sweep batch_sweep,--table $(e)=results/tables/$(e)_geometry.parquet) \
 		--table restricted=results/tables/restricted.parquet \
-		--table theory=$$(ls -t results/tables/theory_*.parquet | head -1)
+		--table theory=$$(ls -t results/tables/theory_*.parquet | head -1) \
+		$$(test -f results/tables/mechanism.parquet && echo --table mechanism=results/tables/mechanism.parquet)
 
 bench: setup
 	$(VENV)/bin/python benchmarks/run.py

@@ -23,6 +23,7 @@ include: "workflow/rules/geometry.smk"
 include: "workflow/rules/restricted.smk"
 include: "workflow/rules/theory.smk"
 include: "workflow/rules/estimators.smk"
+include: "workflow/rules/mechanism.smk"
 include: "workflow/rules/figures.smk"
 
 
@@ -37,4 +38,5 @@ rule all:
         restricted_table(),
         theory_table(),
         estimators_table(),
+        mechanism_table(),
         FIGURE_TARGETS,

@@ -20,6 +20,7 @@ SECTION_KEYS = {
     "restricted": SCHEMA["definitions"]["restrictkeys"]["properties"],
     "theory": SCHEMA["properties"]["theory"]["properties"],
     "estimators": SCHEMA["properties"]["estimators"]["properties"],
+    "mechanism": SCHEMA["definitions"]["mechanismkeys"]["properties"],
 }
 
 

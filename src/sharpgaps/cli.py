@@ -116,6 +116,23 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("check-config", help="check that config files are valid YAML; name the file and line if not")
     q.add_argument("configs", nargs="+")
     q.set_defaults(func=lambda a: jobs.check_config(a.configs))
+    q = sub.add_parser("mechanism", help="per-direction gap variance vs the noise x curvature prediction, per checkpoint")
+    q.add_argument("--geometry", required=True, help="JSON of the setting's `geometry` section")
+    q.add_argument("--mechanism", required=True, help="JSON of the config's `mechanism` section")
+    q.add_argument("--geometry-table", required=True, help="the run's geometry table (eigenvalues)")
+    q.add_argument("--geometry-work", required=True, help="the geometry job's work dir (cached eigenvectors)")
+    jobs.add_run_job_args(q, ckpt_dir=True)
+    q.set_defaults(func=lambda a: jobs.mechanism(json.loads(a.run), json.loads(a.geometry), json.loads(a.mechanism),
+                                                 a.subset, a.ckpt_dir, a.geometry_table, a.geometry_work, a.work_dir,
+                                                 a.out, threads=a.threads, device=a.device))
+
+    q = sub.add_parser("collect-labelled", help="concatenate tidy tables, labelling each with its group's name")
+    q.add_argument("--column", required=True, help="the label column, e.g. experiment")
+    q.add_argument("--out", required=True)
+    q.add_argument("tables", nargs="+", help="NAME=PATH")
+    q.set_defaults(func=lambda a: jobs.collect_labelled(
+        {name: [p for n, p in (t.split("=", 1) for t in a.tables) if n == name]
+         for name in dict.fromkeys(t.split("=", 1)[0] for t in a.tables)}, a.column, a.out))
 
     q = sub.add_parser("collect", help="concatenate tidy tables")
     q.add_argument("--out", required=True)

@@ -286,6 +286,51 @@ def theory(params: dict, out, *, threads=1) -> None:
     save_frame(gap_covariance_table(TheorySpec.from_config(params)), out)
 
 
+def mechanism(run: dict, geometry_params: dict, params: dict, subset_path, ckpt_dir, geometry_table, geometry_work,
+              work_dir, out, *, threads=1, device="cpu") -> None:
+    """Per-direction gap variance against the noise x curvature prediction at every checkpoint of a run
+    (``params``: the config's `mechanism` section). The eigenvectors come from the geometry job's cache in
+    ``geometry_work`` (recomputed there, same numbers, if missing), their eigenvalues from its table."""
+    import numpy as np
+
+    from .geometry import checkpoint_eigenvectors
+    from .hessian import disable_tf32
+    from .mechanism import run_mechanism
+    from .specs import MechanismSpec
+
+    set_threads(threads)
+    disable_tf32()
+    job = load_run(run, subset_path, job_device(device))
+    ckpts = list_checkpoints(ckpt_dir)
+    if not ckpts:
+        raise SystemExit(f"no checkpoints in {ckpt_dir}")
+    gspec = GeometrySpec.from_config(geometry_params, job.k)
+    spec = MechanismSpec.from_config(params, job.k)
+    x, y = job.subset["x_train"], job.subset["y_train"]
+    vectors = checkpoint_eigenvectors(ckpts, job.model, job.loss_fn, x, y, gspec, Path(geometry_work))
+    table = read_frame(geometry_table)
+    lam = table[table["metric"] == "lambda"].sort_values(["round", "i"])
+    values = {int(r): g["value"].to_numpy(dtype=np.float64) for r, g in lam.groupby("round")}
+    missing = sorted(set(vectors) - set(values))
+    if missing:
+        raise SystemExit(f"{geometry_table}: no eigenvalues at checkpoint rounds {missing}; rerun its geometry job")
+    n = {r: min(len(values[r]), vectors[r].shape[1]) for r in vectors}
+    df = run_mechanism(ckpts, {r: v[:, : n[r]] for r, v in vectors.items()}, {r: values[r][: n[r]] for r in vectors},
+                       job.model, job.loss_fn, x, y, k=job.k, n_random=spec.random_directions, examples=spec.examples,
+                       chunk_size=spec.chunk_size, hessian_examples=gspec.hessian_examples, seed=spec.seed,
+                       work_dir=Path(work_dir))
+    save_frame(df, out)
+
+
+def collect_labelled(tables: dict[str, list], column: str, out) -> None:
+    """Concatenate tidy tables, each labelled in ``column`` with the name it is listed under (a table listed
+    under two names appears twice, once per label)."""
+    import pandas as pd
+
+    frames = [read_frame(p).assign(**{column: name}) for name, paths in tables.items() for p in paths]
+    save_frame(pd.concat(frames, ignore_index=True), out)
+
+
 def collect(tables: list, out) -> None:
     import pandas as pd
 

@@ -160,9 +160,25 @@ class TheorySpec:
         return _build(cls, "theory", params)
 
 
+@dataclass(frozen=True)
+class MechanismSpec:
+    """The per-direction noise x curvature check (sharpgaps.mechanism); config section `mechanism`."""
+
+    k: int  # Hessian eigenvectors of the dominant subspace (= classes); all k + geometry.extra are tested
+    experiments: tuple[str, ...] = ("main", "tau_ablation")  # whose runs it measures (those the config has)
+    random_directions: int = 4  # seeded random unit directions orthogonal to the k + extra eigenvectors
+    examples: int | None = None  # training examples in c_j (None: the whole subset; fewer: unbiased subsample)
+    chunk_size: int = 256  # examples per vmapped per-example-gradient chunk (memory ~ chunk x d)
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, params: dict, k: int) -> "MechanismSpec":
+        return _build(cls, "mechanism", params, k=k)
+
+
 # config section -> the specs its keys fill; config keys named unlike their field
 SECTIONS = {"geometry": (GeometrySpec,), "restricted": (BranchSpec, RestrictSpec), "theory": (TheorySpec,),
-            "estimators": (EstimatorSpec,)}
+            "estimators": (EstimatorSpec,), "mechanism": (MechanismSpec,)}
 CONFIG_NAMES = {"restricted": {"gap_m": "m", "gap_window": "window"}}
 
 # The keys whose defaults the restricted path tag (a digest of restricted_params) has always covered.
@@ -213,3 +229,9 @@ def restricted_params(config: dict, setting: str) -> dict:
 def estimator_params(config: dict) -> dict:
     """The `estimators` section as set (unset keys stay unset: defaults are EstimatorSpec's)."""
     return dict(config.get("estimators") or {})
+def mechanism_params(config: dict, setting: str) -> dict:
+    """The `mechanism` section overridden by the setting's own, without `experiments` (which runs are measured
+    is the workflow's business, not a run's numbers: changing it renames no output)."""
+    params = {**config.get("mechanism", {}), **config["settings"][setting].get("mechanism", {})}
+    params.pop("experiments", None)
+    return params

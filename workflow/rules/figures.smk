@@ -18,6 +18,7 @@ FIGURES = sg_figures.expand(
         "restricted": next(iter(restricted_table()), None),
         "theory": theory_table(),
         "estimators": next(iter(estimators_table()), None),
+        "mechanism": next(iter(mechanism_table()), None),
     },
 )
 FIGURE = {stem: fig for figs in FIGURES.values() for stem, fig in figs.items()}
@@ -36,6 +37,7 @@ SUMMARY_TABLES = {
     **{"restricted": table for table in restricted_table()},
     "theory": theory_table(),
     **{"estimators": table for table in estimators_table()},
+    **{"mechanism": table for table in mechanism_table()},
 }
 # What `all` builds: every file of every figure of this config (Snakemake reruns a job for a missing file
 # only if it is asked for), and RESULTS.md.

@@ -1,0 +1,263 @@
+"""The noise x curvature mechanism, direction by direction (docs/DEFINITIONS.md#per-direction-gap-variance).
+
+For a unit direction v at a checkpoint, the quadratic model of a Local SGD round predicts the gap variance
+
+    E[(1/K) sum_i (v^T delta_i)^2] = eta^2 (1 - 1/K) (c_v / b) F(a),   a = 1 - eta lambda_v,
+    F(a) = sum_t w_t^2 - (b/N) sum_epochs (sum_{t in epoch} w_t)^2,   w_t = a^(tau-1-t),
+
+with c_v = v^T S v, S the per-example gradient covariance over the N training examples (normalised by
+N - 1), and the second term of F the without-replacement correlation of one worker's minibatches within
+an epoch (sharpgaps.localsgd.WorkerBatches). It is exact for Hessian eigenvectors (lambda_v = lambda_j);
+for other directions lambda_v is their Rayleigh quotient and the formula is an approximation.
+
+Per checkpoint: c_v from per-example gradients (vmap(grad), chunked, projected on the directions; no d x d
+matrix), the measured variance from the checkpoint's window of gaps, the prediction and their ratio.
+Finished checkpoints are cached in a work dir, so a killed job resumes.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.func import functional_call, grad, vmap
+
+from .atomic import load_recomputable, object_digest, save_torch, load_torch
+from .flat import flatten, unflatten
+
+RUN_COLUMNS = ("setting", "K", "tau", "b", "lr", "seed", "loss", "window")
+KINDS = ("eigen", "random", "total")
+
+
+# ----------------------------------------------------------------------------- the prediction
+
+def noise_weight(a, tau: int, b: int, N: int, first_step: int) -> np.ndarray:
+    """F(a) of one round whose local steps are first_step .. first_step + tau - 1 (module docstring).
+
+    ``a`` (array) = 1 - eta lambda per direction. Worker i's batch at step t is slice t mod (N // b) of
+    its epoch's permutation: batches of one epoch are disjoint (covariance -S/N between their means),
+    batches of different epochs independent. N = inf gives sampling with replacement."""
+    a = np.asarray(a, dtype=np.float64)[..., None]
+    t = np.arange(tau)
+    w = a ** (tau - 1 - t)  # weight of step t in the gap: A^(tau-1-t)
+    F = (w**2).sum(-1)
+    if math.isfinite(N):
+        epochs = (first_step + t) // (N // b)
+        for e in np.unique(epochs):
+            F = F - (b / N) * w[..., epochs == e].sum(-1) ** 2
+    return F
+
+
+def predicted_variance(lam, c, *, lr: float, K: int, b: int, tau: int, N: int, rounds) -> np.ndarray:
+    """eta^2 (1 - 1/K) (c / b) F(1 - eta lam), F averaged over the window's ``rounds`` (1-based round numbers:
+    round r runs local steps (r-1) tau .. r tau - 1), the rounds the measured variance averages over."""
+    a = 1.0 - lr * np.asarray(lam, dtype=np.float64)
+    F = np.mean([noise_weight(a, tau, b, N, (r - 1) * tau) for r in rounds], axis=0)
+    return lr**2 * (1.0 - 1.0 / K) * np.asarray(c, dtype=np.float64) / b * F
+
+
+# ----------------------------------------------------------------------------- the measurements
+
+# Below this many examples the per-example gradients are taken one plain autograd call each: vmap's one-off
+# set-up (measured ~20 s for the transformer, ~4 s for the MLP, on a loaded CPU) costs more than the loop saves.
+VMAP_MIN_EXAMPLES = 256
+
+
+def per_example_projections(model, loss_fn, theta: dict[str, torch.Tensor], x, y, D: torch.Tensor,
+                            chunk_size: int = 256, vectorize: bool | None = None) -> torch.Tensor:
+    """P (n, m) float64: P[i, j] = D[:, j]^T grad l_i(theta), l_i the loss of example i alone.
+
+    torch.func vmap(grad) over a chunk of examples gives its (chunk, d) per-example gradients, which are
+    projected at once and dropped: memory ~ chunk x d, never d x d. ``vectorize=False`` takes one autograd
+    call per example instead (same numbers to float rounding); None: vmap from VMAP_MIN_EXAMPLES examples on,
+    unless the model says otherwise (``vmap_examples``: the CNN, whose vmapped convolutions are slow on CPU)."""
+    params = {n: t.detach() for n, t in theta.items()}
+    Dm = D.to(device=x.device, dtype=next(iter(params.values())).dtype)
+    if vectorize is None:
+        vectorize = len(x) >= VMAP_MIN_EXAMPLES and getattr(model, "vmap_examples", True)
+    if not vectorize:
+        leaves = {n: p.requires_grad_(True) for n, p in params.items()}
+        rows = []
+        with torch.enable_grad():
+            for i in range(len(x)):
+                loss = loss_fn(functional_call(model, leaves, (x[i : i + 1],)), y[i : i + 1])
+                rows.append(flatten(torch.autograd.grad(loss, list(leaves.values()))) @ Dm)
+        return torch.stack(rows).to(torch.float64)
+
+    def loss_one(p, xi, yi):
+        return loss_fn(functional_call(model, p, (xi.unsqueeze(0),)), yi.unsqueeze(0))
+
+    per_example = vmap(grad(loss_one), in_dims=(None, 0, 0))
+    out = []
+    for i in range(0, len(x), chunk_size):
+        G = flatten(per_example(params, x[i : i + chunk_size], y[i : i + chunk_size]), batch_dims=1)
+        out.append((G @ Dm).to(torch.float64))
+    return torch.cat(out)
+
+
+def gradient_noise(P: torch.Tensor) -> np.ndarray:
+    """c_j = v_j^T S v_j from per-example projections P (n, m): their sample variance (ddof 1).
+
+    With all N examples it is S exactly (S normalised by N - 1); with n < N examples drawn without
+    replacement it is unbiased for it (the sample variance is unbiased under simple random sampling)."""
+    if P.shape[0] < 2:
+        raise ValueError("need at least 2 examples for a gradient variance")
+    return P.var(0, unbiased=True).cpu().numpy()
+
+
+def gap_variance(gaps: torch.Tensor, D: torch.Tensor) -> dict[str, np.ndarray]:
+    """Measured gap variance along each column of D from a window of gaps (W, K, d).
+
+    q_r = (1/K) sum_i (v^T delta_(r,i))^2 per round; measured = mean_r q_r; stderr = std_r(q_r) / sqrt(W)
+    (rounds as replicates; NaN for W = 1); stderr_gauss = measured sqrt(2 / ((K-1) W)), the Gaussian
+    value (each round's K centred gaps carry K - 1 degrees of freedom). Also the total energy
+    (1/K) sum_i ||delta_i||^2, averaged over rounds. The gaps are re-centred in float64 per round."""
+    g = gaps.to(torch.float64)
+    g = g - g.mean(dim=1, keepdim=True)
+    W, K, _ = g.shape
+    q = ((g @ D.to(g)) ** 2).mean(1)  # (W, m)
+    measured = q.mean(0)
+    stderr = q.std(0, unbiased=True) / W**0.5 if W > 1 else torch.full_like(measured, math.nan)
+    return {"measured": measured.cpu().numpy(), "stderr": stderr.cpu().numpy(),
+            "stderr_gauss": (measured * (2.0 / ((K - 1) * W)) ** 0.5).cpu().numpy(),
+            "total": float((g**2).sum(-1).mean(1).mean())}
+
+
+def random_bulk_directions(V: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """n seeded random unit directions orthogonal to span(V) (d, r), float64 (d, n)."""
+    d = V.shape[0]
+    R = np.random.default_rng(seed).standard_normal((d, n))
+    Q, _ = np.linalg.qr(V)
+    R = R - Q @ (Q.T @ R)
+    Q2, Rr = np.linalg.qr(R)
+    return Q2 * np.sign(np.diagonal(Rr))
+
+
+# ----------------------------------------------------------------------------- one checkpoint
+
+def checkpoint_mechanism(ckpt: dict, model, loss_fn, x, y, V: np.ndarray, eigenvalues: np.ndarray, *,
+                         n_random: int, examples: int | None, chunk_size: int, hessian_examples: int | None,
+                         seed: int, N: int | None = None) -> pd.DataFrame:
+    """The per-direction table of one checkpoint: the columns of V (Hessian eigenvectors with their
+    ``eigenvalues``) and ``n_random`` random directions orthogonal to them (lambda = Rayleigh quotient on
+    the Hessian's examples), plus one 'total' row (the whole gap energy, measured and predicted).
+
+    c_j from the first ``examples`` training examples (None: all; the subset is stored in random order).
+    ``N``: the examples the minibatches are drawn from (default: len(x))."""
+    from .hessian import FullBatchHVP
+
+    run = ckpt["run"]
+    N = len(x) if N is None else N
+    like = dict(model.named_parameters())
+    theta = unflatten(ckpt["theta"].to(x.device), like)
+    d = ckpt["theta"].numel()
+    r = int(ckpt["round"])
+    U = random_bulk_directions(V, n_random, seed * 1_000_003 + r) if n_random else np.zeros((d, 0))
+    lam_r = np.zeros(n_random)
+    if n_random:
+        n_h = len(x) if hessian_examples is None else min(hessian_examples, len(x))
+        hvp = FullBatchHVP(model, loss_fn, x[:n_h], y[:n_h], params=theta)
+        for j in range(n_random):
+            u = torch.from_numpy(U[:, j])
+            lam_r[j] = float(u @ hvp.hvp(u).to(torch.float64).cpu())
+        hvp.release()
+    D = torch.from_numpy(np.concatenate([V, U], axis=1))
+    n_c = len(x) if examples is None else min(examples, len(x))
+    t0 = time.perf_counter()
+    c = gradient_noise(per_example_projections(model, loss_fn, theta, x[:n_c], y[:n_c], D, chunk_size))
+    seconds_c = time.perf_counter() - t0
+    meas = gap_variance(ckpt["gaps"], D.to(x.device))
+    lam = np.concatenate([np.asarray(eigenvalues, dtype=np.float64), lam_r])
+    pred = predicted_variance(lam, c, lr=run["lr"], K=run["K"], b=run["b"], tau=run["tau"], N=N,
+                              rounds=ckpt["gap_rounds"])
+    m = D.shape[1]
+    kind = ["eigen"] * V.shape[1] + ["random"] * n_random
+    df = pd.DataFrame({"round": r, "step": int(ckpt["step"]), "kind": kind,
+                       "direction": list(range(V.shape[1])) + list(range(n_random)),
+                       "lambda": lam, "c": c, "measured": meas["measured"], "stderr": meas["stderr"],
+                       "stderr_gauss": meas["stderr_gauss"], "predicted": pred})
+    # the whole gap energy: eigen rows + the rest of the space at the random directions' mean prediction
+    rest = (d - V.shape[1]) * (pred[V.shape[1]:].mean() if n_random else math.nan)
+    total = {"round": r, "step": int(ckpt["step"]), "kind": "total", "direction": -1, "lambda": math.nan,
+             "c": math.nan, "measured": meas["total"], "stderr": math.nan, "stderr_gauss": math.nan,
+             "predicted": float(pred[: V.shape[1]].sum() + rest)}
+    df = pd.concat([df, pd.DataFrame([total])], ignore_index=True)
+    df["ratio"] = df["measured"] / df["predicted"]
+    df["n_examples"] = n_c
+    df.attrs["seconds_c"] = seconds_c
+    assert len(df) == m + 1
+    return df
+
+
+def run_mechanism(ckpt_paths, vectors: dict[int, np.ndarray], eigenvalues: dict[int, np.ndarray], model, loss_fn,
+                  x, y, *, k: int, n_random: int, examples: int | None, chunk_size: int,
+                  hessian_examples: int | None, seed: int, work_dir: Path, log=sys.stderr) -> pd.DataFrame:
+    """checkpoint_mechanism for every checkpoint of a run, each cached in ``work_dir`` (resume after a kill);
+    ``vectors``/``eigenvalues``: round -> the geometry job's (d, k + extra) eigenvectors and their values."""
+    work_dir = Path(work_dir)
+    frames, run = [], None
+    settings = {"n_random": n_random, "examples": examples, "seed": seed, "hessian_examples": hessian_examples}
+    for path in sorted(ckpt_paths):
+        ckpt = load_torch(path)
+        r = int(ckpt["round"])
+        run = ckpt["run"]
+        key = object_digest({"theta": ckpt["theta"], "V": torch.from_numpy(vectors[r]), **settings})[:16]
+        cache = work_dir / f"{Path(path).stem}.mech.pt"
+        done = load_recomputable(cache, "mechanism cache")
+        if done is not None and done.get("key") == key:
+            df, how = done["frame"], "cached"
+        else:
+            t0 = time.perf_counter()
+            df = checkpoint_mechanism(ckpt, model, loss_fn, x, y, vectors[r], eigenvalues[r], n_random=n_random,
+                                      examples=examples, chunk_size=chunk_size, hessian_examples=hessian_examples,
+                                      seed=seed)
+            how = f"{time.perf_counter() - t0:.1f} s (c_j {df.attrs['seconds_c']:.1f} s)"
+            df.attrs = {}
+            save_torch({"frame": df, "key": key}, cache)
+        top = df[(df["kind"] == "eigen") & (df["direction"] < k)]
+        err = np.median(np.abs(np.log10(top["ratio"])))
+        print(f"round {r}: median |log10(measured/predicted)| over the top {k} = {err:.3f}, {how}", file=log,
+              flush=True)
+        frames.append(df)
+    out = pd.concat(frames, ignore_index=True)
+    for col in RUN_COLUMNS:
+        out[col] = run.get(col) if run else None
+    out["k"] = k
+    out["d"] = int(load_torch(sorted(ckpt_paths)[0])["theta"].numel())
+    return out[[*RUN_COLUMNS, "k", "d", "round", "step", "kind", "direction", "lambda", "c", "measured",
+                "stderr", "stderr_gauss", "predicted", "ratio", "n_examples"]]
+
+
+# ----------------------------------------------------------------------------- summaries of the table
+
+def vk_share(df: pd.DataFrame) -> pd.DataFrame:
+    """Share of the gap energy in V_k per run and checkpoint, measured and predicted: the top-k eigen rows'
+    sum over the 'total' row (predicted total: eigen rows + (d - k - extra) x the random directions' mean)."""
+    keys = [c for c in (*RUN_COLUMNS, "round", "step") if c in df]
+    top = df[(df["kind"] == "eigen") & (df["direction"] < df["k"])].groupby(keys)[["measured", "predicted"]].sum()
+    tot = df[df["kind"] == "total"].set_index(keys)[["measured", "predicted"]]
+    return (top / tot).rename(columns={"measured": "share_measured", "predicted": "share_predicted"}).reset_index()
+
+
+def fit_exponent(lam, c, n_boot: int = 1000, seed: int = 0) -> dict:
+    """gamma of log10 c = gamma log10 lambda + const by least squares over directions with lambda > 0, with a
+    95% bootstrap interval (directions resampled with replacement)."""
+    lam, c = np.asarray(lam, float), np.asarray(c, float)
+    ok = (lam > 0) & (c > 0) & np.isfinite(lam) & np.isfinite(c)
+    X, Y = np.log10(lam[ok]), np.log10(c[ok])
+    if len(X) < 3 or np.ptp(X) == 0:
+        return {"gamma": math.nan, "lo": math.nan, "hi": math.nan, "n": int(len(X))}
+    slope = np.polyfit(X, Y, 1)[0]
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(X), len(X))
+        if np.ptp(X[i]) > 0:
+            boots.append(np.polyfit(X[i], Y[i], 1)[0])
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return {"gamma": float(slope), "lo": float(lo), "hi": float(hi), "n": int(len(X))}

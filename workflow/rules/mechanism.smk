@@ -1,0 +1,95 @@
+# The noise x curvature mechanism direction by direction (docs/DEFINITIONS.md#per-direction-gap-variance):
+# per checkpoint of every run of the `mechanism.experiments`, after its geometry job.
+from types import SimpleNamespace
+
+
+def mechanism_params(setting):
+    return specs.mechanism_params(config, setting)
+
+
+def mechanism_experiments():
+    """The experiments measured: `mechanism.experiments` (default: sharpgaps.specs) that the config has."""
+    wanted = config["mechanism"].get("experiments", specs.config_default("mechanism", "experiments"))
+    return [exp for exp in wanted if exp in config["experiments"]]
+
+
+def mechanism_tag(setting):
+    """Every mechanism and geometry parameter of the setting in the path."""
+    blob = json.dumps({"mechanism": mechanism_params(setting), "geometry": specs.geometry_params(config, setting)},
+                      sort_keys=True)
+    return grid.digest(blob)
+
+
+def mechanism_path(run):
+    return f"{run_dir(run)}/mechanism_{mechanism_tag(run['setting'])}.parquet"
+
+
+def mechanism_check(wildcards):
+    if wildcards.mtag != mechanism_tag(wildcards.setting):
+        raise WorkflowError(
+            f"mechanism '{wildcards.mtag}' does not match the config ({mechanism_tag(wildcards.setting)})"
+        )
+    return json.dumps(mechanism_params(wildcards.setting), sort_keys=True)
+
+
+def mechanism_geometry_work(wildcards):
+    """The geometry job's cache dir (its eigenvectors), named as rule geometry names it."""
+    gtag = geometry_tag(wildcards.setting)
+    return geometry_work(SimpleNamespace(setting=wildcards.setting, run=wildcards.run, gtag=gtag))
+
+
+def mechanism_tables():
+    """experiment -> its runs' mechanism tables (a run shared by two experiments is listed under both)."""
+    return {exp: [mechanism_path(r) for r in grid.expand_runs(config, [exp])] for exp in mechanism_experiments()}
+
+
+def mechanism_table():
+    return ["results/tables/mechanism.parquet"] if mechanism_experiments() else []
+
+
+rule mechanism:
+    input:
+        ckpt="results/runs/{setting}/{run}/ckpt",
+        subset=lambda wc: subset_path(dataset_of(wc.setting)),
+        geometry=parent_geometry,
+    output:
+        "results/runs/{setting}/{run}/mechanism_{mtag}.parquet",
+    log:
+        "results/logs/mechanism/{setting}/{run}_{mtag}.log",
+    benchmark:
+        "results/benchmarks/mechanism/{setting}/{run}_{mtag}.tsv"
+    conda:
+        ENV
+    threads: config["threads"]
+    resources:
+        mem_mb=lambda wc: 2 * MEM_MB[model_of(wc.setting)],
+        runtime=720,
+        gpu=GPU,
+    params:
+        run=run_description,
+        geometry=lambda wc: json.dumps(specs.geometry_params(config, wc.setting), sort_keys=True),
+        mechanism=mechanism_check,
+        geometry_work=mechanism_geometry_work,
+        work="results/work/mechanism/{setting}/{run}/{mtag}",
+        device=config["device"],
+    shell:
+        "python -m sharpgaps.cli mechanism --run {params.run:q} --geometry {params.geometry:q} "
+        "--mechanism {params.mechanism:q} --geometry-table {input.geometry} --geometry-work {params.geometry_work} "
+        "--subset {input.subset} --ckpt-dir {input.ckpt} --work-dir {params.work} --out {output} "
+        "--threads {threads} --device {params.device} > {log} 2>&1"
+
+
+rule collect_mechanism:
+    """One table for every measured experiment, labelled by experiment (the figures' and RESULTS.md's input)."""
+    input:
+        lambda wc: [p for paths in mechanism_tables().values() for p in paths],
+    output:
+        "results/tables/mechanism.parquet",
+    log:
+        "results/logs/collect/mechanism.log",
+    conda:
+        ENV
+    params:
+        tables=lambda wc: " ".join(f"{exp}={p}" for exp, paths in mechanism_tables().items() for p in paths),
+    shell:
+        "python -m sharpgaps.cli collect-labelled --column experiment --out {output} {params.tables} > {log} 2>&1"
