@@ -41,7 +41,7 @@ release-quick: setup
 # Regenerate the quick scale's RESULTS.md and the measured block of docs/FIDELITY.md from the quick tables.
 fidelity: setup
 	$(VENV)/bin/python -m sharpgaps.cli summary --title "quick scale" --out $(QUICK_FIGURES)/RESULTS.md \
-		--splice docs/FIDELITY.md $(foreach e,main tau_ablation k_sweep batch_sweep,--table $(e)=results/tables/$(e)_geometry.parquet) \
+		--splice docs/FIDELITY.md --readme README.md $(foreach e,main tau_ablation k_sweep batch_sweep,--table $(e)=results/tables/$(e)_geometry.parquet) \
 		--table restricted=results/tables/restricted.parquet \
 		--table theory=$$(ls -t results/tables/theory_*.parquet | head -1)
 

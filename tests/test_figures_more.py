@@ -6,6 +6,9 @@ config lacks, so `sweeps` builds them from a small mnist_fc-only config without 
 a config without `main` gets neither restricted figures nor their RESULTS.md sections).
 """
 
+import re
+import subprocess
+import sys
 
 import nbformat
 import numpy as np
@@ -107,6 +110,28 @@ def test_results_md_of_the_smoke_config(smoke):
     assert "## Figs 10-12" not in text and "## Figs 13-15" not in text  # the smoke config has no sweeps
     for setting in SETTINGS:
         assert f"| {setting} |" in text
+
+
+@pytest.mark.workflow
+def test_readme_headline_block_is_generated_from_the_results_tables(smoke, tmp_path):
+    """`make fidelity`'s README block: regenerated between its markers, and every number in it is one of
+    RESULTS.md's (so a README number can always be traced to a committed table)."""
+    from sharpgaps.summary import README_BEGIN, README_END
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_BEGIN}\nstale 0.123\n{README_END}\nafter\n")
+    tables = smoke / "results/tables"
+    subprocess.run([sys.executable, "-m", "sharpgaps.cli", "summary", "--out", str(tmp_path / "RESULTS.md"),
+                    "--table", f"main={tables / 'main_geometry.parquet'}",
+                    "--table", f"restricted={tables / 'restricted.parquet'}", "--readme", str(readme)], check=True)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("after\n") and "stale" not in text
+    block = text.split(README_BEGIN, 1)[1].split(README_END, 1)[0]
+    results = (tmp_path / "RESULTS.md").read_text()
+    numbers = re.findall(r"(?<![\w.])\d+\.\d+(?:e-?\d+)?(?: ± \d+\.?\d*(?:e-?\d+)?)?", block)
+    assert len(numbers) > 10
+    assert [n for n in numbers if n not in results] == []
+    assert "](RESULTS.md)" in block
 
 
 @pytest.mark.workflow

@@ -85,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--title", default="")
     q.add_argument("--out", required=True)
     q.add_argument("--splice", default=None, help="also write the numbers into this document's generated block")
+    q.add_argument("--readme", default=None, help="also write the headline numbers into this README's block")
     q.set_defaults(func=lambda a: jobs.summary({k: Path(v) for k, v in (t.split("=", 1) for t in a.table)}, a.out,
-                                               a.title, splice_into=a.splice))
+                                               a.title, splice_into=a.splice, readme=a.readme))
 
     q = sub.add_parser("manifest", help="record config, commit, machine and wall time of a finished run")
     q.add_argument("--config", required=True)

@@ -252,11 +252,15 @@ def collect(tables: list, out) -> None:
     save_frame(pd.concat([read_frame(p) for p in tables], ignore_index=True), out)
 
 
-def summary(tables: dict[str, Path], out, title: str, splice_into=None) -> None:
+def summary(tables: dict[str, Path], out, title: str, splice_into=None, readme=None) -> None:
     """RESULTS.md from the pipeline's tables; also spliced, one heading level down, into ``splice_into``
-    (e.g. docs/FIDELITY.md: measured numbers next to the claims, never typed by hand)."""
-    from .summary import splice, write_results
+    (e.g. docs/FIDELITY.md: measured numbers next to the claims, never typed by hand), and the headline
+    block into ``readme``."""
+    from .summary import README_BEGIN, README_END, readme_block, splice, write_results
 
     text = write_results(tables, Path(out), title)
     if splice_into:
         splice(Path(splice_into), text.replace("# Results", "## Measured", 1).replace("\n## ", "\n### "))
+    if readme:
+        rel = os.path.relpath(Path(out), Path(readme).parent)
+        splice(Path(readme), readme_block(tables, rel), README_BEGIN, README_END)
