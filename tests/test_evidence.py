@@ -69,7 +69,12 @@ def test_restricted_verdicts_follow_the_measured_progress():
             rows += [{"setting": "s", "mode": mode, "seed": seed, "round": 0, "train_loss": 1.0},
                      {"setting": "s", "mode": mode, "seed": seed, "round": 5, "train_loss": final + 0.01 * seed}]
     text = " ".join(restricted_verdicts(pd.DataFrame(rows)))
-    assert "Dom stalls, Bulk tracks\" (stalls: < 0.5, tracks: >= 0.8) is supported" in text
+    assert "is supported here" in text and "(stalls: < 0.5, tracks: >= 0.8;" in text
     assert "useful optimization behaviour\" (>= 0.5) is not supported" in text
     flipped = pd.DataFrame(rows).replace({"mode": {"dom": "bulk", "bulk": "dom"}})
     assert "is contradicted" in " ".join(restricted_verdicts(flipped))
+    # seeds that straddle a threshold give no verdict either way (the band, not the mean, decides)
+    spread = pd.DataFrame(rows)
+    spread.loc[(spread["mode"] == "dom") & (spread["round"] == 5), "train_loss"] = [0.95, 0.2]
+    text = " ".join(restricted_verdicts(spread))
+    assert text.count("not settled by these seeds") == 2 and "supported" not in text.replace("not supported", "")

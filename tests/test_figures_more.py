@@ -26,7 +26,7 @@ SWEEPS = {"fig10_tau_ablation_mnist_fc": ("tau", [2, 4]), "fig13_k_sweep_mnist_f
           "fig16_batch_sweep_mnist_fc": ("b", [16, 50])}
 COLUMNS = {
     "restricted": ["setting", "mode", "K", "tau", "b", "lr", "seed", "branch_round", "round", "step", "since_branch",
-                   "quantity", "value"],
+                   "quantity", "value", "change"],
     "figX1_gap_restricted": ["panel", "setting", "mode", "K", "tau", "b", "lr", "seed", "branch_round", "round",
                              "step", "since_branch", "metric", "value"],
     "sweep": ["panel", "setting", "K", "tau", "b", "lr", "seed", "round", "step", "metric", "m", "m_kind", "value"],
@@ -72,6 +72,10 @@ def test_restricted_figures(smoke, name):
     both = data.merge(table, on=["setting", "mode", "seed", "round"])
     assert len(both) == len(data)
     assert np.allclose(both["value"], both[RESTRICTED[name]])
+    # drawn: each seed's change since its own branch (0 at the branch)
+    first = data.groupby(["setting", "mode", "seed"])["value"].transform("first")
+    assert np.allclose(data["change"], data["value"] - first)
+    assert np.allclose(data.loc[data["since_branch"] == 0, "change"], 0.0)
 
 
 @pytest.mark.workflow

@@ -177,7 +177,7 @@ def branch_title(label: str, g: pd.DataFrame) -> str:
     """Panel title of restricted runs: :func:`run_title` and the local step(s) its seeds branch at."""
     steps = sorted(int(s) for s in g["branch_round"].unique() * int(g["tau"].iloc[0]))
     where = f"step {steps[0]}" if len(steps) == 1 else f"steps {steps[0]}-{steps[-1]} (by seed)"
-    return f"{run_title(label, g)}; branch at {where}"
+    return f"{run_title(label, g)}\nbranch at {where}"
 
 
 def value_colors(values) -> dict:
