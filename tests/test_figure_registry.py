@@ -52,8 +52,8 @@ def test_the_paper_config_draws_the_papers_figures():
     assert stems == {"fig01_cosines", "fig02_removal", "fig03_spectrum", "fig04_alignment", "fig09_removal_raw",
                      "fig05_restricted_train_loss", "fig06_restricted_train_acc", "fig07_restricted_test_loss",
                      "fig08_restricted_test_acc", "figX1_gap_restricted", "figX2_theory",
-                     "figX3_estimators_overlap", "figX3_estimators_capture", "figX3_mechanism_scatter",
-                     "figX3_mechanism_ratio", "figX3_noise_curvature", "figX3_tau_share"} | sweeps
+                     "figX3_estimators_overlap", "figX3_estimators_capture", "figX4_mechanism_scatter",
+                     "figX4_mechanism_ratio", "figX4_noise_curvature", "figX4_tau_share"} | sweeps
     assert len(sweeps) == 9 and {"fig12_tau_ablation_sst2_transformer", "fig16_batch_sweep_mnist_fc"} <= sweeps
 
 

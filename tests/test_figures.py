@@ -139,9 +139,10 @@ def test_report_shows_every_figure_with_its_caption_and_labels(smoke, tmp_path):
     cfg = validate(yaml.safe_load(SMOKE_CONFIG.read_text()), REPO / "workflow/schemas/config.schema.yaml")
     registry = figures.load_registry(REPO / "workflow/figures.yaml")
     drawn = {stem: fig for figs in figures.expand(registry, cfg, {"geometry": "{experiment}", "restricted": "r",
-                                                                   "theory": "t", "estimators": "e"}).values()
+                                                                   "theory": "t", "estimators": "e",
+                                                                   "mechanism": "m"}).values()
              for stem, fig in figs.items()}
-    assert len(drawn) == 13  # 11 + Fig X3's two (issue 14)
+    assert len(drawn) == 17  # 11 + Fig X3's two (issue 14) + Fig X4's four (issue 15)
     assert set(results) == {f"{FIGURE_DIR}/{stem}.{ext}" for stem in drawn for ext in ("png", "csv")} | {
         f"{FIGURE_DIR}/RESULTS.md"}
     for stem, fig in drawn.items():

@@ -277,17 +277,17 @@ def test_results_section_reads_the_table():
 
 
 def test_smoke_mechanism_figures(smoke):
-    """The four Fig X3 outputs of the smoke DAG: drawn from the main runs of every setting (tau: main's tau)."""
+    """The four Fig X4 outputs of the smoke DAG: drawn from the main runs of every setting (tau: main's tau)."""
     from sharpgaps.atomic import read_frame
 
     fig_dir = smoke / "results/figures"
-    for stem in ("figX3_mechanism_scatter", "figX3_mechanism_ratio", "figX3_noise_curvature", "figX3_tau_share"):
+    for stem in ("figX4_mechanism_scatter", "figX4_mechanism_ratio", "figX4_noise_curvature", "figX4_tau_share"):
         assert (fig_dir / f"{stem}.pdf").stat().st_size > 0 and (fig_dir / f"{stem}.png").stat().st_size > 0
         data = read_frame(fig_dir / f"{stem}.csv")
         assert len(data) > 0, stem
-        if stem != "figX3_tau_share":
+        if stem != "figX4_tau_share":
             assert set(data["setting"]) == {"mnist_fc", "cifar_cnn", "sst2_transformer"}, stem
-    scatter = read_frame(fig_dir / "figX3_mechanism_scatter.csv")
+    scatter = read_frame(fig_dir / "figX4_mechanism_scatter.csv")
     assert np.allclose(scatter["ratio"], scatter["measured"] / scatter["predicted"])
     results = (fig_dir / "RESULTS.md").read_text()
-    assert "## The mechanism direction by direction (Fig X3)" in results
+    assert "## The mechanism direction by direction (Fig X4)" in results

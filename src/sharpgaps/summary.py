@@ -323,7 +323,7 @@ def write_results(tables: dict[str, Path], out: Path, title: str) -> str:
                   "z = (measured - predicted) / Monte-Carlo standard error.", "", theory_check(theory), ""]
     mech = load("mechanism")
     if mech is not None and not mech.empty:
-        parts += ["## The mechanism direction by direction (Fig X3)", "", *mechanism_section(mech)]
+        parts += ["## The mechanism direction by direction (Fig X4)", "", *mechanism_section(mech)]
     text = "\n".join(parts)
     from .atomic import save_text
 
