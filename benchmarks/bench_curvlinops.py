@@ -35,7 +35,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from sharpgaps import losses, models, subsets  # noqa: E402
+from sharpgaps import losses, models  # noqa: E402
 from sharpgaps.hessian import FullBatchHVP, top_eigenpairs  # noqa: E402
 
 # setting: (dataset, model, quick Hessian examples (config.quick.yaml), k + extra (quick), subset kwargs per size)
@@ -46,6 +46,7 @@ CASES = {
                          {"quick": {"max_len": 32, "min_freq": 1}, "paper": {"max_len": 50, "min_freq": 1}}),
 }
 PAPER_EXAMPLES = 5000
+TRANSPORT: Path | None = None  # --transport
 
 
 def rss_mb() -> float:
@@ -70,9 +71,15 @@ def problem(setting: str, size: str, data_dir: Path, cache: Path):
     n = quick_n if size == "quick" else PAPER_EXAMPLES
     kw = kws.get(size, {})
     path = cache / f"{dataset}_5000_{'_'.join(f'{k}{v}' for k, v in kw.items())}.pt"
-    if path.exists():
+    if TRANSPORT:  # subsets packed elsewhere (x in float16 for transport; the sst2 one at max_len 32)
+        subset = torch.load(TRANSPORT / f"{dataset}.pt", weights_only=False)
+        if subset["x_train"].is_floating_point():
+            subset["x_train"] = subset["x_train"].float()
+    elif path.exists():
         subset = torch.load(path, weights_only=False)
     else:
+        from sharpgaps import subsets
+
         subset = subsets.make_subset(dataset, data_dir, n_train=5000, seed=0, test_cap=10, **kw)
         cache.mkdir(parents=True, exist_ok=True)
         torch.save(subset, path)
@@ -122,7 +129,8 @@ def memory_probe(impl: str, setting: str, size: str, data_dir: Path, cache: Path
 
 
 def fresh_memory(impl: str, setting: str, size: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--memory-probe", impl, setting, size, "--threads", str(args.threads), "--data-dir", str(args.data_dir),
+    cmd = [sys.executable, __file__, "--memory-probe", impl, setting, size, "--threads", str(args.threads),
+           *(["--transport", str(args.transport)] if args.transport else []), "--data-dir", str(args.data_dir),
            "--cache", str(args.cache)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ})
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -163,23 +171,31 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("SHARPGAPS_DATA_DIR", REPO.parent / "shared/data")))
     p.add_argument("--cache", type=Path, default=Path("/tmp/sharpgaps-bench-subsets"))
     p.add_argument("--json", type=Path)
+    p.add_argument("--transport", type=Path, help="read the subsets packed as DIR/<dataset>.pt instead")
+    p.add_argument("--rows", type=Path, help="append each finished row here as it comes (JSON lines)")
     p.add_argument("--memory-probe", nargs=3, metavar=("IMPL", "SETTING", "SIZE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    global TRANSPORT
+    TRANSPORT = args.transport
     torch.set_num_threads(args.threads)
     if args.memory_probe:
         impl, setting, size = args.memory_probe
         print(json.dumps(memory_probe(impl, setting, size, args.data_dir, args.cache)))
         return 0
-    import curvlinops  # fail early, with the install hint of the docstring
+    import curvlinops  # noqa: F401  (fail early: the docstring says how to install it)
 
+    import importlib.metadata
+
+    measured = (f"measured {time.strftime('%Y-%m-%d %H:%M %Z')}, {args.threads} thread(s), load average "
+                f"{os.getloadavg()[0]:.1f} at start, curvlinops-for-pytorch "
+                f"{importlib.metadata.version('curvlinops-for-pytorch')}, torch {torch.__version__}")
     rows = []
-    for setting in args.settings:
-        for size in args.sizes:
+    for size in args.sizes:  # every quick case first: the cheap ones come back even if time runs out
+        for setting in args.settings:
             model, loss_fn, x, y = problem(setting, size, args.data_dir, args.cache)
             n = len(x)
             ours, theirs = operators(model, loss_fn, x, y)
-            row = {"setting": setting, "size": size, "n": n, "d": ours.dim, "threads": args.threads,
-                   "curvlinops": getattr(curvlinops, "__version__", "3.x"), "torch": torch.__version__}
+            row = {"setting": setting, "size": size, "n": n, "d": ours.dim, "threads": args.threads}
             row |= hvp_times(ours, theirs, args.repeats)
             if size in args.eigsh:
                 row |= eigsh_pair(ours, theirs, CASES[setting][3])
@@ -190,10 +206,61 @@ def main(argv=None) -> int:
             row["memory"] = mem
             rows.append(row)
             print(json.dumps(row, default=float), flush=True)
+            if args.rows:
+                with open(args.rows, "a") as f:
+                    f.write(json.dumps(row, default=float) + "\n")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1, default=float))
+        args.json.write_text(json.dumps({"measured": measured, "rows": rows}, indent=1, default=float))
+    print(section(rows, measured))
     return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ----------------------------------------------------------------------------- the docs/BENCHMARKS.md section
+
+TOLERANCE = 1.10  # adopt curvlinops only if within 10% of ours in HVP time and in memory, in every case
+
+
+def decision(rows: list[dict]) -> tuple[bool, list[str]]:
+    """(adopt?, the cases and measures where curvlinops is more than 10% worse)."""
+    worse = []
+    for r in rows:
+        case = f"{r['setting']} {r['size']}"
+        if r["curvlinops"][0] > TOLERANCE * r["ours"][0]:
+            worse.append(f"{case}: HVP {r['curvlinops'][0] / r['ours'][0]:.2f}x ours")
+        mem = r["memory"]
+        if mem["curvlinops"]["peak_rss_mb"] > TOLERANCE * mem["ours"]["peak_rss_mb"]:
+            worse.append(f"{case}: peak RSS {mem['curvlinops']['peak_rss_mb'] / mem['ours']['peak_rss_mb']:.2f}x ours")
+    return not worse, worse
+
+
+def section(rows: list[dict], measured: str) -> str:
+    """The BENCHMARKS.md table and decision for a recorded run of this script."""
+    if not rows:
+        return ("## curvlinops HessianLinearOperator vs the hand-written FullBatchHVP\n\nNot measured "
+                "(run benchmarks/bench_curvlinops.py with curvlinops installed; see its docstring).")
+    ms = lambda t: f"{1e3 * t[0]:.1f} ({1e3 * t[1]:.1f}-{1e3 * t[2]:.1f})"  # noqa: E731
+    lines = ["## curvlinops HessianLinearOperator vs the hand-written FullBatchHVP", "",
+             f"`benchmarks/bench_curvlinops.py`, {measured}. Seed-0 initial weights, real 5k subsets; quick = the "
+             "Hessian examples of config.quick.yaml, paper = all 5,000. HVP: median (min-max) ms of interleaved "
+             "repeats, ours with the cached graph as the pipeline runs it. Peak RSS: a fresh process per operator "
+             "(same model and data; growth = over its RSS before the operator was built). eigsh: both behind "
+             "the same ARPACK driver (top_eigenpairs, float32, tol 1e-3, same start).", "",
+             "| setting | size | n | d | HVP ms ours | HVP ms curvlinops | ratio | peak RSS MB ours / curvlinops "
+             "(growth) | eigsh s ours / curvlinops | HVPs ours / curvlinops | max rel. eigenvalue diff |",
+             "|---|---|---:|---:|---:|---:|---:|---|---|---|---:|"]
+    for r in rows:
+        m = r["memory"]
+        eig = (f"{r['eigsh_s']['ours']:.1f} / {r['eigsh_s']['curvlinops']:.1f}", f"{r['n_hvp']['ours']} / "
+               f"{r['n_hvp']['curvlinops']}", f"{r['eig_rel_diff']:.1e}") if "eigsh_s" in r else ("-", "-", "-")
+        lines.append(f"| {r['setting']} | {r['size']} | {r['n']} | {r['d']:,} | {ms(r['ours'])} | "
+                     f"{ms(r['curvlinops'])} | {r['curvlinops'][0] / r['ours'][0]:.2f} | "
+                     f"{m['ours']['peak_rss_mb']:.0f} / {m['curvlinops']['peak_rss_mb']:.0f} "
+                     f"({m['ours']['growth_mb']:.0f} / {m['curvlinops']['growth_mb']:.0f}) | {' | '.join(eig)} |")
+    adopt, worse = decision(rows)
+    lines += ["", "**Decision: " + ("adopt curvlinops** (within 10% everywhere)." if adopt else
+              "keep FullBatchHVP**: curvlinops is more than 10% worse in " + "; ".join(worse) + ".")]
+    return "\n".join(lines)
