@@ -50,7 +50,18 @@ TRANSPORT: Path | None = None  # --transport
 
 
 def rss_mb() -> float:
+    """Peak RSS (VmHWM) of this process since the last reset_peak(), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak() -> None:
+    """Start the peak RSS afresh (Linux: 5 > /proc/self/clear_refs), so loading the data and the imports do
+    not set the peak that the operator is measured by."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 class MeanLoss(torch.nn.Module):
@@ -112,6 +123,7 @@ def memory_probe(impl: str, setting: str, size: str, data_dir: Path, cache: Path
     v = torch.randn(sum(p.numel() for p in model.parameters()), generator=torch.Generator().manual_seed(0))
     import curvlinops  # noqa: F401  (both processes pay the import)
 
+    reset_peak()
     before = rss_mb()
     if impl == "ours":
         op = FullBatchHVP(model, loss_fn, x, y)
