@@ -428,6 +428,20 @@ def scale_section(subsets: dict, results: dict, workdir: Path, quick: bool) -> t
     return "\n".join(lines), rows + [{"rule": "summary", **summ}]
 
 
+CURVLINOPS_JSON = REPO / "docs/BENCHMARKS.curvlinops.json"
+
+
+def curvlinops_section() -> tuple[str, list[dict]]:
+    """curvlinops is no dependency: its table is rendered from the recorded run of benchmarks/bench_curvlinops.py
+    (rerun that script, with curvlinops installed, to refresh docs/BENCHMARKS.curvlinops.json)."""
+    from bench_curvlinops import section
+
+    if not CURVLINOPS_JSON.exists():
+        return section([], ""), []
+    record = json.loads(CURVLINOPS_JSON.read_text())
+    return section(record["rows"], record["measured"]), record["rows"]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="tiny sizes (the smoke test of this script)")
@@ -463,7 +477,8 @@ def main(argv=None) -> int:
                      ("dag", lambda: dag_section(workdir)),
                      ("scales", lambda: smoke_dag_section(a.quick, data_dir, workdir / "paper_figures/quick/MANIFEST.json")),
                      ("paper_scale", lambda: scale_section(subsets, results, workdir, a.quick)),
-                     ("snakemake", lambda: snakemake_section(a.quick))]:
+                     ("snakemake", lambda: snakemake_section(a.quick)),
+                     ("curvlinops", curvlinops_section)]:
         if name == "scales" and a.no_smoke_dag:
             continue
         t0 = time.perf_counter()

@@ -37,7 +37,8 @@ def test_benchmark_script_produces_every_table(tmp_path):
     text = out.read_text()
     for heading in ("Simulated Local SGD step", "Full-batch HVP vs full-batch gradient", "Top-k eigensolver",
                     "Cuts: before / after", "Restricted-update runs", "Whole DAG", "wall time and peak memory by scale",
-                    "Scale on paper", "ARPACK's own step", "estimate, not measured", "Snakemake overhead"):
+                    "Scale on paper", "ARPACK's own step", "estimate, not measured", "Snakemake overhead",
+                    "curvlinops HessianLinearOperator vs the hand-written FullBatchHVP"):
         assert heading in text
     rows = json.loads(out.with_suffix(".json").read_text())
     assert [r["K"] for r in rows["engine"]] == [2, 4]
@@ -77,3 +78,20 @@ def test_benchmark_script_produces_every_table(tmp_path):
     assert s["cpu_h"] > 0 and s["gpu_h_estimate"] > 0
     assert s["critical_path_h"] <= s["slurm100_lower_h"] <= s["slurm100_upper_h"] <= s["cpu_h"]
     assert rows["snakemake"][0]["median_s"] > 0
+
+
+def test_curvlinops_decision_keeps_ours_unless_within_10_percent_in_time_and_memory():
+    from bench_curvlinops import decision, section
+
+    def row(hvp_ours, hvp_theirs, rss_ours, rss_theirs):
+        mem = {"ours": {"peak_rss_mb": rss_ours, "growth_mb": 1.0}, "curvlinops": {"peak_rss_mb": rss_theirs,
+                                                                                   "growth_mb": 1.0}}
+        return {"setting": "mnist_fc", "size": "quick", "n": 10, "d": 100, "ours": (hvp_ours, hvp_ours, hvp_ours),
+                "curvlinops": (hvp_theirs, hvp_theirs, hvp_theirs), "memory": mem}
+
+    assert decision([row(1.0, 1.05, 100, 109)])[0]
+    adopt, worse = decision([row(1.0, 1.05, 100, 109), row(1.0, 1.2, 100, 100)])
+    assert not adopt and worse == ["mnist_fc quick: HVP 1.20x ours"]
+    assert not decision([row(1.0, 1.0, 100, 120)])[0]
+    text = section([row(1.0, 1.2, 100, 100)], "measured today")
+    assert "keep FullBatchHVP" in text and "| mnist_fc | quick |" in text

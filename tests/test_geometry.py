@@ -100,3 +100,40 @@ def test_stale_cache_is_not_reused(run, tmp_path):
     torch.save(blob, cache)
     df = _geometry(run, tmp_path)
     assert (df[df["round"] == 10].value != -1.0).any()
+
+
+def test_progress_lines_have_rate_and_eta_and_speak_inside_the_eigensolver():
+    import io
+
+    from sharpgaps.geometry import Progress
+
+    now = [0.0]
+    log = io.StringIO()
+    p = Progress(3, log, every_s=30, clock=lambda: now[0])
+    rows = lambda s: [{"metric": "lambda", "value": 2.0}, {"metric": "geometry_seconds", "value": s},  # noqa: E731
+                      {"metric": "eig_seconds", "value": s / 2}, {"metric": "n_hvp", "value": 40}]
+    p.done(1, 10, rows(999.0), cached=True)  # a cached checkpoint gives no rate
+    p.start(2, 20)
+    for n in range(1, 11):  # 10 HVPs, 10 s apart: lines only every 30 s
+        now[0] += 10
+        p.hvp(n, now[0])
+    p.done(2, 20, rows(100.0), cached=False)
+    lines = log.getvalue().splitlines()
+    assert lines[0] == "checkpoint 1/3 (round 10): lambda_1=2, cached; ETA after the first computed checkpoint"
+    assert lines[1].startswith("checkpoint 2/3 (round 20): gradient and Hessian top-k")
+    assert [ln.strip() for ln in lines[2:-1]] == [f"eigensolver: {n} HVPs in {t} (10.00 s/HVP)"
+                                                  for n, t in ((3, "30 s"), (6, "1 min 00 s"), (9, "1 min 30 s"))]
+    assert lines[-1] == ("checkpoint 2/3 (round 20): lambda_1=2, 1 min 40 s (eigensolver 50 s, 40 HVPs), "
+                         "1 min 40 s/checkpoint; ETA 1 min 40 s")
+
+
+def test_geometry_log_reports_each_checkpoint(run, tmp_path):
+    import io
+
+    model, ckpts, _ = run
+    x, y = run_inputs(model)
+    log = io.StringIO()
+    run_geometry(ckpts, model, losses.mse_onehot, x, y, GSPEC, tmp_path, log=log)
+    text = log.getvalue()
+    assert "checkpoint 1/2 (round 10): gradient" in text and "checkpoint 2/2 (round 30): lambda_1=" in text
+    assert "/checkpoint; ETA" in text and text.rstrip().endswith("; done")

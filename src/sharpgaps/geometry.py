@@ -35,8 +35,9 @@ def _rows(base: dict, metric: str, values, m=np.nan, index_name="i") -> list[dic
     return [{**base, "metric": metric, "m": m, index_name: i, "value": float(v)} for i, v in enumerate(values)]
 
 
-def checkpoint_geometry(ckpt: dict, model, loss_fn, x, y, spec: GeometrySpec, v0=None):
-    """All metrics of one checkpoint; returns (rows, eigenvectors (d, k + extra) float64 numpy)."""
+def checkpoint_geometry(ckpt: dict, model, loss_fn, x, y, spec: GeometrySpec, v0=None, progress=None):
+    """All metrics of one checkpoint; returns (rows, eigenvectors (d, k + extra) float64 numpy).
+    progress: passed to top_eigenpairs (called after every HVP)."""
     like = dict(model.named_parameters())
     theta = unflatten(ckpt["theta"].to(x.device), like)
     n_h = len(x) if spec.hessian_examples is None else min(spec.hessian_examples, len(x))
@@ -47,7 +48,7 @@ def checkpoint_geometry(ckpt: dict, model, loss_fn, x, y, spec: GeometrySpec, v0
     n_eig = spec.k + spec.extra
     # A cold start is a seeded random vector (ARPACK's own changes between calls in one process).
     eig = top_eigenpairs(hvp, k=n_eig, tol=spec.tol, v0=v0 if spec.warm_start else None,
-                         dtype=spec.lanczos_dtype, seed=spec.seed * 7919 + int(ckpt["round"]))
+                         dtype=spec.lanczos_dtype, seed=spec.seed * 7919 + int(ckpt["round"]), progress=progress)
     hvp.release()
     dev = g.device
     V = torch.from_numpy(eig.vectors[:, : spec.k]).to(dev)
@@ -123,28 +124,73 @@ def checkpoint_eigenvectors(ckpt_paths: list[Path], model, loss_fn, x, y, spec: 
     return out
 
 
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s" if m else f"{s} s"
+
+
+class Progress:
+    """A geometry job's log: a line when each checkpoint starts and ends (with the rate over the checkpoints
+    computed so far and the ETA of the rest), and one every ``every_s`` seconds inside the eigensolver."""
+
+    def __init__(self, total: int, log=sys.stderr, every_s: float = 30.0, clock=time.monotonic):
+        self.total, self.log, self.every_s, self.clock = total, log, every_s, clock
+        self.computed_s, self.computed, self.last = 0.0, 0, clock()
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.log, flush=True)
+        self.last = self.clock()
+
+    def start(self, i: int, round_: int) -> None:
+        self._print(f"checkpoint {i}/{self.total} (round {round_}): gradient and Hessian top-k ...")
+
+    def hvp(self, count: int, seconds: float) -> None:
+        if self.clock() - self.last >= self.every_s:
+            self._print(f"  eigensolver: {count} HVPs in {_duration(seconds)} ({seconds / count:.2f} s/HVP)")
+
+    def done(self, i: int, round_: int, rows: list[dict], cached: bool) -> None:
+        value = {r["metric"]: r["value"] for r in rows if r["metric"] in ("eig_seconds", "geometry_seconds", "n_hvp")}
+        lam = next(r["value"] for r in rows if r["metric"] == "lambda")
+        left = self.total - i
+        if cached:
+            what = "cached"
+        else:
+            self.computed += 1
+            self.computed_s += value.get("geometry_seconds", 0.0)
+            what = (f"{_duration(value.get('geometry_seconds', 0.0))} (eigensolver {_duration(value.get('eig_seconds', 0.0))}, "
+                    f"{int(value.get('n_hvp', 0))} HVPs)")
+        rate = self.computed_s / self.computed if self.computed else None
+        eta = "done" if not left else f"ETA {_duration(rate * left)}" if rate else "ETA after the first computed checkpoint"
+        per = f", {_duration(rate)}/checkpoint" if rate else ""
+        self._print(f"checkpoint {i}/{self.total} (round {round_}): lambda_1={lam:.4g}, {what}{per}; {eta}")
+
+
 def run_geometry(ckpt_paths: list[Path], model, loss_fn, x, y, spec: GeometrySpec, work_dir: Path,
                  log=sys.stderr) -> pd.DataFrame:
     """Process checkpoints in round order with warm starts; cache each finished one in ``work_dir``."""
     work_dir = Path(work_dir)
     all_rows, v0, run = [], None, None
-    for path in sorted(ckpt_paths):
+    paths = sorted(ckpt_paths)
+    progress = Progress(len(paths), log)
+    for i, path in enumerate(paths, 1):
         cache = work_dir / f"{Path(path).stem}.geom.pt"
         ckpt = load_torch(path)
         key = object_digest(ckpt["theta"])[:16]  # stale if training changed
         done = _cached(work_dir, path, key)
         if done is not None:
             rows, vecs, run = done["rows"], done["vectors"], done["run"]
+            progress.done(i, ckpt["round"], rows, cached=True)
         else:
             run = ckpt["run"]
+            progress.start(i, ckpt["round"])
             t0 = time.perf_counter()
-            rows, vecs = checkpoint_geometry(ckpt, model, loss_fn, x, y, spec, v0=v0)
+            rows, vecs = checkpoint_geometry(ckpt, model, loss_fn, x, y, spec, v0=v0, progress=progress.hvp)
             rows += _rows({"round": ckpt["round"], "step": ckpt["step"]}, "geometry_seconds",
                           time.perf_counter() - t0)
             save_torch({"rows": rows, "vectors": vecs, "run": run, "key": key}, cache)
-        lam = next(r["value"] for r in rows if r["metric"] == "lambda")
-        timing = {r["metric"]: r["value"] for r in rows if r["metric"] in TIMING_METRICS}
-        print(f"round {ckpt['round']}: lambda_1={lam:.4g}, {timing}", file=log, flush=True)
+            progress.done(i, ckpt["round"], rows, cached=False)
         all_rows += [r for r in rows if r["metric"] not in TIMING_METRICS]
         v0 = vecs
     df = pd.DataFrame(all_rows)

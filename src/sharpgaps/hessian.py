@@ -213,7 +213,8 @@ def start_vector(v0: np.ndarray | Tensor | None, dim: int) -> np.ndarray | None:
 def top_eigenpairs(hvp: FullBatchHVP | Callable[[Tensor], Tensor], dim: int | None = None,
                    k: int = 10, tol: float = 1e-3, v0=None, maxiter: int | None = None,
                    ncv: int | None = None, dtype=np.float64, limit_blas_threads: bool = True,
-                   compute_residuals: bool = True, seed: int = 0) -> Eigenpairs:
+                   compute_residuals: bool = True, seed: int = 0,
+                   progress: Callable[[int, float], None] | None = None) -> Eigenpairs:
     """Top-k (largest algebraic, 'LA') eigenpairs of the Hessian via scipy eigsh (ARPACK).
 
     dtype is ARPACK's working precision (its d x ncv Lanczos basis and reorthogonalisation), a numpy
@@ -226,6 +227,7 @@ def top_eigenpairs(hvp: FullBatchHVP | Callable[[Tensor], Tensor], dim: int | No
     v0: flat (d,) or (d, k) start (see start_vector); without it a seeded Gaussian start, so
     results do not depend on ARPACK's internal generator. If ARPACK does not converge, the
     converged pairs only (possibly fewer than k) come back with converged=False and a warning.
+    progress: called after every HVP with (HVPs so far, seconds since the solve began), e.g. to log.
     """
     if dim is None:
         dim = hvp.dim
@@ -236,11 +238,14 @@ def top_eigenpairs(hvp: FullBatchHVP | Callable[[Tensor], Tensor], dim: int | No
     tdtype = getattr(hvp, "dtype", torch.float64)
     tdev = getattr(hvp, "device", torch.device("cpu"))
     count = [0]
+    started = time.perf_counter()
 
     def matvec(x: np.ndarray) -> np.ndarray:
         count[0] += 1
         v = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64).reshape(-1))
         hv = hvp(v.to(device=tdev, dtype=tdtype))
+        if progress is not None:
+            progress(count[0], time.perf_counter() - started)
         return hv.detach().to("cpu", torch.float64).numpy().astype(dtype, copy=False)
 
     op = spla.LinearOperator((dim, dim), matvec=matvec, dtype=dtype)

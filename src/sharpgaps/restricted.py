@@ -57,6 +57,7 @@ class Restricted:
         self.probe_steps = 0
         self.refresh_seconds = 0.0
         self.refreshes = 0
+        self.on_hvp = None  # called after every HVP of a refresh's eigensolve (the job's log)
         self._probe: SimulatedLocalSGD | None = None
 
     @property
@@ -76,7 +77,7 @@ class Restricted:
             v0 = None if self.basis is None else self.basis.double()  # warm start from the last subspace
             eig = top_eigenpairs(hvp, k=self.spec.k, tol=self.spec.tol, v0=v0, compute_residuals=False,
                                  dtype=self.spec.lanczos_dtype,
-                                 seed=self.run.seed * 7919 + self.refreshes)
+                                 seed=self.run.seed * 7919 + self.refreshes, progress=self.on_hvp)
             self.n_hvp += eig.n_hvp
             self.basis = torch.from_numpy(eig.vectors).to(self.x.device, torch.float32)
         elif self.spec.mode in ("randdom", "randbulk"):
@@ -154,6 +155,10 @@ def restricted_run(model, loss_fn, subset: dict, branch: dict, run: RunSpec, spe
         record(0, theta)
     bar = tqdm(total=spec.rounds, initial=start, desc=name, file=sys.stderr, mininterval=10, ascii=True,
                disable=not progress)
+    if progress and spec.mode in ("dom", "bulk"):  # a refresh's eigensolve can outlast tqdm's updates
+        from .geometry import Progress
+
+        ctl.on_hvp = Progress(0, sys.stderr).hvp
     for r in range(start + 1, spec.rounds + 1):
         if (r - 1) % spec.refresh == 0:
             ctl.refresh(theta)
