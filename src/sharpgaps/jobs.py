@@ -197,9 +197,9 @@ def train(run: dict, subset_path, work_dir, out_dir, *, name="run", threads=1, d
     publish_run(work_dir, out_dir, ckpts, run_record(job, device, threads, time.time() - t0))
 
 
-def geometry(run: dict, params: dict, subset_path, ckpt_dir, work_dir, out, *, threads=1, device="cpu") -> None:
-    """Hessian top-k and gap-subspace metrics of every checkpoint of a run (``params``: its `geometry`)."""
-    from .geometry import run_geometry
+def checkpoint_job(run: dict, subset_path, ckpt_dir, threads: int, device: str):
+    """The start of a job over a run's checkpoints: thread caps, no TF32, the run's model and data, and its
+    checkpoints (at least one)."""
     from .hessian import disable_tf32
 
     set_threads(threads)
@@ -208,6 +208,14 @@ def geometry(run: dict, params: dict, subset_path, ckpt_dir, work_dir, out, *, t
     ckpts = list_checkpoints(ckpt_dir)
     if not ckpts:
         raise SystemExit(f"no checkpoints in {ckpt_dir}")
+    return job, ckpts
+
+
+def geometry(run: dict, params: dict, subset_path, ckpt_dir, work_dir, out, *, threads=1, device="cpu") -> None:
+    """Hessian top-k and gap-subspace metrics of every checkpoint of a run (``params``: its `geometry`)."""
+    from .geometry import run_geometry
+
+    job, ckpts = checkpoint_job(run, subset_path, ckpt_dir, threads, device)
     df = run_geometry(ckpts, job.model, job.loss_fn, job.subset["x_train"], job.subset["y_train"],
                       GeometrySpec.from_config(params, job.k), Path(work_dir))
     save_frame(df, out)
@@ -220,15 +228,9 @@ def estimators(run: dict, geometry_params: dict, params: dict, subset_path, ckpt
     job's, whose cached eigenvectors are reused and whose Lanczos HVP counts price the oracle)."""
     from .estimators import run_estimators, selected
     from .geometry import checkpoint_eigenvectors
-    from .hessian import disable_tf32
     from .specs import EstimatorSpec
 
-    set_threads(threads)
-    disable_tf32()
-    job = load_run(run, subset_path, job_device(device))
-    ckpts = list_checkpoints(ckpt_dir)
-    if not ckpts:
-        raise SystemExit(f"no checkpoints in {ckpt_dir}")
+    job, ckpts = checkpoint_job(run, subset_path, ckpt_dir, threads, device)
     gspec, spec = GeometrySpec.from_config(geometry_params, job.k), EstimatorSpec.from_config(params)
     x, y = job.subset["x_train"], job.subset["y_train"]
     t0 = time.perf_counter()
@@ -294,16 +296,10 @@ def mechanism(run: dict, geometry_params: dict, params: dict, subset_path, ckpt_
     import numpy as np
 
     from .geometry import checkpoint_eigenvectors
-    from .hessian import disable_tf32
     from .mechanism import run_mechanism
     from .specs import MechanismSpec
 
-    set_threads(threads)
-    disable_tf32()
-    job = load_run(run, subset_path, job_device(device))
-    ckpts = list_checkpoints(ckpt_dir)
-    if not ckpts:
-        raise SystemExit(f"no checkpoints in {ckpt_dir}")
+    job, ckpts = checkpoint_job(run, subset_path, ckpt_dir, threads, device)
     gspec = GeometrySpec.from_config(geometry_params, job.k)
     spec = MechanismSpec.from_config(params, job.k)
     x, y = job.subset["x_train"], job.subset["y_train"]

@@ -152,8 +152,9 @@ def restricted_verdicts(restricted: pd.DataFrame) -> list[str]:
         out.append(claim(
             f"- {setting}: Dom-restricted training achieved {{dom}} of plain Local SGD's train-loss drop since the "
             f"branch and Bulk-restricted {{bulk}}. Song et al.'s \"Dom stalls, Bulk tracks\" (stalls: < {STALLS}, "
-            f"tracks: >= {TRACKS}; the whole mean ± sd band must clear the threshold) is {song} here; the paper summary's \"dominant-component updates retain "
-            f"useful optimization behaviour\" (>= {STALLS}) is {paper}.", dom=dom, bulk=bulk))
+            f"tracks: >= {TRACKS}; the whole mean ± sd band must clear the threshold) is {song} here; the paper "
+            f"summary's \"dominant-component updates retain useful optimization behaviour\" (>= {STALLS}) is "
+            f"{paper}.", dom=dom, bulk=bulk))
         if {"gapdom", "gapbulk"} <= modes:
             out.append(claim(
                 f"- {setting}: with the Hessian-free gap subspace instead, gap-Dom achieved {{gdom}} and gap-Bulk "
