@@ -227,7 +227,8 @@ def test_mechanism_job_is_deterministic_and_resumes(smoke, tmp_path):
     snake = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(smoke),
                             "-n", "-p", "-f", str(out.relative_to(smoke)), "--configfile",
                             str(REPO / ".test/config.yaml")], capture_output=True, text=True, check=True)
-    cmd = next(line.strip() for line in snake.stdout.splitlines() if "sharpgaps.cli mechanism" in line)
+    cmd = next(line.strip().removeprefix("Shell command: ") for line in snake.stdout.splitlines()
+               if "sharpgaps.cli mechanism" in line)
     cmd = re.sub(r"--work-dir \S+", f"--work-dir {tmp_path}/work", cmd.split(" > ")[0])
     cmd = re.sub(r"--out \S+", f"--out {tmp_path}/a.parquet", cmd)
     env = {**__import__("os").environ, "PYTHONPATH": str(REPO / "src")}
@@ -283,11 +284,11 @@ def test_smoke_mechanism_figures(smoke):
     fig_dir = smoke / "results/figures"
     for stem in ("figX4_mechanism_scatter", "figX4_mechanism_ratio", "figX4_noise_curvature", "figX4_tau_share"):
         assert (fig_dir / f"{stem}.pdf").stat().st_size > 0 and (fig_dir / f"{stem}.png").stat().st_size > 0
-        data = read_frame(fig_dir / f"{stem}.csv")
+        data = pd.read_csv(fig_dir / f"{stem}.csv")
         assert len(data) > 0, stem
         if stem != "figX4_tau_share":
             assert set(data["setting"]) == {"mnist_fc", "cifar_cnn", "sst2_transformer"}, stem
-    scatter = read_frame(fig_dir / "figX4_mechanism_scatter.csv")
+    scatter = pd.read_csv(fig_dir / "figX4_mechanism_scatter.csv")
     assert np.allclose(scatter["ratio"], scatter["measured"] / scatter["predicted"])
     results = (fig_dir / "RESULTS.md").read_text()
     assert "## The mechanism direction by direction (Fig X4)" in results

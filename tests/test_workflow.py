@@ -86,7 +86,7 @@ def test_changing_one_run_parameter_reruns_only_that_run(smoke, tmp_path):
     # restricted branches (one per mode and seed), the tables ...
     compute = Counter(rule for rule, outputs in jobs if f"{FIGURE_DIR}/" not in outputs)
     assert compute == {"train": 2, "geometry": 2, "restricted": 10, "collect_geometry": 1, "collect_restricted": 1,
-                       "estimators": 2, "collect_estimators": 1}
+                       "estimators": 2, "collect_estimators": 1, "mechanism": 2, "collect_mechanism": 1}
     # ... and the figures drawn from those tables (the per-setting figures among them)
     figures = Counter(rule for rule, outputs in jobs if f"{FIGURE_DIR}/" in outputs)
     assert {"fig01_cosines", "fig02_removal", "fig03_spectrum", "fig04_alignment", "fig09_removal_raw"} <= set(figures)
@@ -103,7 +103,8 @@ def test_adding_a_seed_reruns_only_that_seeds_jobs(smoke, tmp_path):
     jobs = dry_run_jobs(snakemake(smoke, "all", "-n", config=path).stdout)
     compute = [(rule, outputs) for rule, outputs in jobs if f"{FIGURE_DIR}/" not in outputs]
     assert Counter(rule for rule, _ in compute) == {"train": 1, "geometry": 1, "restricted": 5, "collect_geometry": 1,
-                                                     "collect_restricted": 1, "estimators": 1, "collect_estimators": 1}
+                                                     "collect_restricted": 1, "estimators": 1, "collect_estimators": 1,
+                                                     "mechanism": 1, "collect_mechanism": 1}
     new = f"_s{max(seeds) + 1}"  # every run-level job belongs to the new seed's run
     assert all(new in outputs for rule, outputs in compute if not rule.startswith("collect"))
 

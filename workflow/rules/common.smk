@@ -1,4 +1,5 @@
 # Validation, paths and the experiment grid. Rules stay thin: all logic lives in the sharpgaps package.
+from types import SimpleNamespace
 import json
 from pathlib import Path
 
@@ -242,3 +243,60 @@ def estimators_outputs():
 
 def estimators_table():
     return ["results/tables/main_estimators.parquet"] if estimators_outputs() else []
+
+
+# Per-direction mechanism stage (workflow/rules/mechanism.smk)
+def mechanism_params(setting):
+    return specs.mechanism_params(config, setting)
+
+
+def mechanism_experiments():
+    """The experiments measured: `mechanism.experiments` (default: sharpgaps.specs) that the config has."""
+    wanted = config["mechanism"].get(
+        "experiments", specs.config_default("mechanism", "experiments")
+    )
+    return [exp for exp in wanted if exp in config["experiments"]]
+
+
+def mechanism_tag(setting):
+    """Every mechanism and geometry parameter of the setting in the path."""
+    blob = json.dumps(
+        {
+            "mechanism": mechanism_params(setting),
+            "geometry": specs.geometry_params(config, setting),
+        },
+        sort_keys=True,
+    )
+    return grid.digest(blob)
+
+
+def mechanism_path(run):
+    return f"{run_dir(run)}/mechanism_{mechanism_tag(run['setting'])}.parquet"
+
+
+def mechanism_check(wildcards):
+    if wildcards.mtag != mechanism_tag(wildcards.setting):
+        raise WorkflowError(
+            f"mechanism '{wildcards.mtag}' does not match the config ({mechanism_tag(wildcards.setting)})"
+        )
+    return json.dumps(mechanism_params(wildcards.setting), sort_keys=True)
+
+
+def mechanism_geometry_work(wildcards):
+    """The geometry job's cache dir (its eigenvectors), named as rule geometry names it."""
+    gtag = geometry_tag(wildcards.setting)
+    return geometry_work(
+        SimpleNamespace(setting=wildcards.setting, run=wildcards.run, gtag=gtag)
+    )
+
+
+def mechanism_tables():
+    """experiment -> its runs' mechanism tables (a run shared by two experiments is listed under both)."""
+    return {
+        exp: [mechanism_path(r) for r in grid.expand_runs(config, [exp])]
+        for exp in mechanism_experiments()
+    }
+
+
+def mechanism_table():
+    return ["results/tables/mechanism.parquet"] if mechanism_experiments() else []

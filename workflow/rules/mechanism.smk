@@ -1,50 +1,5 @@
 # The noise x curvature mechanism direction by direction (docs/DEFINITIONS.md#per-direction-gap-variance):
 # per checkpoint of every run of the `mechanism.experiments`, after its geometry job.
-from types import SimpleNamespace
-
-
-def mechanism_params(setting):
-    return specs.mechanism_params(config, setting)
-
-
-def mechanism_experiments():
-    """The experiments measured: `mechanism.experiments` (default: sharpgaps.specs) that the config has."""
-    wanted = config["mechanism"].get("experiments", specs.config_default("mechanism", "experiments"))
-    return [exp for exp in wanted if exp in config["experiments"]]
-
-
-def mechanism_tag(setting):
-    """Every mechanism and geometry parameter of the setting in the path."""
-    blob = json.dumps({"mechanism": mechanism_params(setting), "geometry": specs.geometry_params(config, setting)},
-                      sort_keys=True)
-    return grid.digest(blob)
-
-
-def mechanism_path(run):
-    return f"{run_dir(run)}/mechanism_{mechanism_tag(run['setting'])}.parquet"
-
-
-def mechanism_check(wildcards):
-    if wildcards.mtag != mechanism_tag(wildcards.setting):
-        raise WorkflowError(
-            f"mechanism '{wildcards.mtag}' does not match the config ({mechanism_tag(wildcards.setting)})"
-        )
-    return json.dumps(mechanism_params(wildcards.setting), sort_keys=True)
-
-
-def mechanism_geometry_work(wildcards):
-    """The geometry job's cache dir (its eigenvectors), named as rule geometry names it."""
-    gtag = geometry_tag(wildcards.setting)
-    return geometry_work(SimpleNamespace(setting=wildcards.setting, run=wildcards.run, gtag=gtag))
-
-
-def mechanism_tables():
-    """experiment -> its runs' mechanism tables (a run shared by two experiments is listed under both)."""
-    return {exp: [mechanism_path(r) for r in grid.expand_runs(config, [exp])] for exp in mechanism_experiments()}
-
-
-def mechanism_table():
-    return ["results/tables/mechanism.parquet"] if mechanism_experiments() else []
 
 
 rule mechanism:
@@ -67,7 +22,9 @@ rule mechanism:
         gpu=GPU,
     params:
         run=run_description,
-        geometry=lambda wc: json.dumps(specs.geometry_params(config, wc.setting), sort_keys=True),
+        geometry=lambda wc: json.dumps(
+            specs.geometry_params(config, wc.setting), sort_keys=True
+        ),
         mechanism=mechanism_check,
         geometry_work=mechanism_geometry_work,
         work="results/work/mechanism/{setting}/{run}/{mtag}",
@@ -90,6 +47,8 @@ rule collect_mechanism:
     conda:
         ENV
     params:
-        tables=lambda wc: " ".join(f"{exp}={p}" for exp, paths in mechanism_tables().items() for p in paths),
+        tables=lambda wc: " ".join(
+            f"{exp}={p}" for exp, paths in mechanism_tables().items() for p in paths
+        ),
     shell:
         "python -m sharpgaps.cli collect-labelled --column experiment --out {output} {params.tables} > {log} 2>&1"
