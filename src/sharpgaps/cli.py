@@ -41,6 +41,16 @@ def cmd_manifest(a) -> None:
                    commit=a.commit, cores=a.cores, note=a.note)
 
 
+def after_geometry_args(q, section: str, table_use: str) -> None:
+    """Arguments of a stage that follows a run's geometry job: its config section, the geometry section, table
+    and cache (eigenvectors), and the common run-job arguments."""
+    q.add_argument("--geometry", required=True, help="JSON of the setting's `geometry` section")
+    q.add_argument(f"--{section}", required=True, help=f"JSON of the config's `{section}` section")
+    q.add_argument("--geometry-table", required=True, help=f"the run's geometry table ({table_use})")
+    q.add_argument("--geometry-work", required=True, help="the geometry job's work dir (cached eigenvectors)")
+    jobs.add_run_job_args(q, ckpt_dir=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sharpgaps", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -86,11 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_restricted)
 
     q = sub.add_parser("estimators", help="cheap estimators of the dominant subspace vs the Hessian (issue 14)")
-    q.add_argument("--geometry", required=True, help="JSON of the setting's `geometry` section")
-    q.add_argument("--estimators", required=True, help="JSON of the config's `estimators` section")
-    q.add_argument("--geometry-work", required=True, help="the geometry job's cache dir (its eigenvectors)")
-    q.add_argument("--geometry-table", required=True, help="the run's geometry table (Lanczos HVPs: the oracle's cost)")
-    jobs.add_run_job_args(q, ckpt_dir=True)
+    after_geometry_args(q, "estimators", "Lanczos HVPs: the oracle's cost")
     q.set_defaults(func=cmd_estimators)
 
     q = sub.add_parser("summary", help="RESULTS.md from the pipeline's tables")
@@ -117,11 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("configs", nargs="+")
     q.set_defaults(func=lambda a: jobs.check_config(a.configs))
     q = sub.add_parser("mechanism", help="per-direction gap variance vs the noise x curvature prediction, per checkpoint")
-    q.add_argument("--geometry", required=True, help="JSON of the setting's `geometry` section")
-    q.add_argument("--mechanism", required=True, help="JSON of the config's `mechanism` section")
-    q.add_argument("--geometry-table", required=True, help="the run's geometry table (eigenvalues)")
-    q.add_argument("--geometry-work", required=True, help="the geometry job's work dir (cached eigenvectors)")
-    jobs.add_run_job_args(q, ckpt_dir=True)
+    after_geometry_args(q, "mechanism", "eigenvalues")
     q.set_defaults(func=lambda a: jobs.mechanism(json.loads(a.run), json.loads(a.geometry), json.loads(a.mechanism),
                                                  a.subset, a.ckpt_dir, a.geometry_table, a.geometry_work, a.work_dir,
                                                  a.out, threads=a.threads, device=a.device))

@@ -155,18 +155,14 @@ def restricted_verdicts(restricted: pd.DataFrame) -> list[str]:
             f"tracks: >= {TRACKS}; the whole mean ± sd band must clear the threshold) is {song} here; the paper "
             f"summary's \"dominant-component updates retain useful optimization behaviour\" (>= {STALLS}) is "
             f"{paper}.", dom=dom, bulk=bulk))
-        if {"gapdom", "gapbulk"} <= modes:
-            out.append(claim(
-                f"- {setting}: with the Hessian-free gap subspace instead, gap-Dom achieved {{gdom}} and gap-Bulk "
-                "{gbulk} of Local SGD's drop (Dom: {dom}, Bulk: {bulk}).",
-                gdom=_progress(restricted, setting, "gapdom"), gbulk=_progress(restricted, setting, "gapbulk"),
-                dom=dom, bulk=bulk))
-        if {"randdom", "randbulk"} <= modes:
-            out.append(claim(
-                f"- {setting}: the control with a random subspace of the same dimension k: random-Dom achieved "
-                "{rdom} and random-Bulk {rbulk} of Local SGD's drop (Dom: {dom}, Bulk: {bulk}).",
-                rdom=_progress(restricted, setting, "randdom"), rbulk=_progress(restricted, setting, "randbulk"),
-                dom=dom, bulk=bulk))
+        # the same Dom/Bulk split with another subspace: the Hessian-free gap subspace, and a random control
+        for prefix, intro, name in (("gap", "with the Hessian-free gap subspace instead, ", "gap"),
+                                    ("rand", "the control with a random subspace of the same dimension k: ", "random")):
+            if {f"{prefix}dom", f"{prefix}bulk"} <= modes:
+                out.append(claim(
+                    f"- {setting}: {intro}{name}-Dom achieved {{vdom}} and {name}-Bulk {{vbulk}} of Local SGD's drop "
+                    "(Dom: {dom}, Bulk: {bulk}).", vdom=_progress(restricted, setting, f"{prefix}dom"),
+                    vbulk=_progress(restricted, setting, f"{prefix}bulk"), dom=dom, bulk=bulk))
     return out
 
 
