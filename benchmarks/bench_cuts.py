@@ -3,8 +3,8 @@
 Every "before" is the previous code path, still callable through a flag or kept here:
   - training step: SimulatedLocalSGD(vectorize=True) (vmap over workers) vs the per-worker default;
   - geometry gradient g: FullBatchHVP(chunk_size=None) (one chunk) vs geometry.grad_chunk_size;
-  - random-subspace removal: random_removal_draws_qr below (an orthonormal basis per draw, the
-    superseded library path) vs metrics.random_removal_draws (Gram projection of the same draws);
+  - random-subspace removal: random_removal_draws_dense below (a (d, m) Gaussian per m and draw, the
+    superseded library path) vs metrics.random_removal_all (one Haar frame of span(V, g) per draw);
   - Lanczos working precision: top_eigenpairs(dtype=float64) vs float32 (geometry.lanczos_dtype);
   - and two measured negative results: forward-over-reverse HVP (torch.func.jvp of grad) vs the
     cached double-backward HVP the project uses, and channels_last memory format for the CNN.
@@ -14,6 +14,7 @@ peak-grad FILE CHUNK` is that child.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 import subprocess
@@ -28,7 +29,7 @@ from torch.func import functional_call, grad, jvp
 from sharpgaps import losses, models
 from sharpgaps.hessian import FullBatchHVP, top_eigenpairs
 from sharpgaps.localsgd import RunSpec, SimulatedLocalSGD, unflatten, vmap_pays
-from sharpgaps.metrics import random_removal_draws
+from sharpgaps.metrics import random_removal_all
 
 from bench_hessian import arpack_step_seconds, interleaved_times  # benchmarks/ is on sys.path (run.py, or run as a script)
 
@@ -59,44 +60,43 @@ def bench_train_step(subsets: dict, K: int = 8, b: dict | None = None, steps: in
     return rows
 
 
-def random_removal_draws_qr(g: torch.Tensor, V: torch.Tensor, m: int, generator: torch.Generator | None = None,
-                            n_draws: int = 20, max_batch_bytes: int = 256 * 2**20) -> torch.Tensor:
-    """The superseded path of metrics.random_removal_draws (m >= 1, g with a dominant part): each
-    draw's orthonormal basis by batched Householder QR of the same Gaussian Z, in the same batches,
-    so its numbers differ from the library's only by rounding (tests/test_benchmarks.py)."""
+def random_removal_draws_dense(g: torch.Tensor, V: torch.Tensor, m: int, generator: torch.Generator | None = None,
+                               n_draws: int = 20, max_batch_bytes: int = 256 * 2**20) -> torch.Tensor:
+    """The superseded path of metrics.random_removal_all, one m per call: each draw a (d, m) Gaussian Z
+    and the projection through its Gram matrix, P = Z (Z^T Z)^-1 Z^T (m >= 1, g with a dominant part).
+    Same law as the library's, different numbers (tests/test_benchmarks.py compares the two in law)."""
     d = g.shape[0]
     g, V = g.to(torch.float64), V.to(torch.float64)
     vg = V.T @ g
     den = float(vg @ vg)
-    per = max(1, max_batch_bytes // (8 * d * m))  # the library's batching: batch boundaries fix the draws
-    gdev = generator.device if generator is not None else "cpu"
+    per = max(1, max_batch_bytes // (8 * d * m))
     out = []
     for i in range(0, n_draws, per):
-        Z = torch.randn(min(per, n_draws - i), d, m, generator=generator, dtype=torch.float64, device=gdev)
-        U = torch.linalg.qr(Z)[0].to(g.device)  # (B, d, m)
-        r = g - (U @ (U.mT @ g).unsqueeze(-1)).squeeze(-1)  # (B, d)
-        out.append(1.0 - (r @ V).square().sum(-1) / den)
-    return torch.cat(out).cpu()
+        Z = torch.randn(min(per, n_draws - i), d, m, generator=generator, dtype=torch.float64)
+        Zt = Z.mT
+        c = torch.cholesky_solve((Zt @ g).unsqueeze(-1), torch.linalg.cholesky(Zt @ Z))  # (B, m, 1)
+        out.append(1.0 - (vg - (V.T @ Z @ c).squeeze(-1)).square().sum(-1) / den)
+    return torch.cat(out)
 
 
 def bench_removal(dims: dict[str, int], ms=(1, 2, 4, 8, 16, 28), k: int = 10, draws: int = 8,
                   repeats: int = 3) -> list[dict]:
-    """Random-subspace removal of one checkpoint (every m of the geometry job): QR vs Gram projection."""
+    """Random-subspace removal of one checkpoint (every m of the geometry job): a (d, m) Gaussian per m
+    and draw (before) vs one Haar frame of span(V, g) per draw for all m (after). Different draws of the
+    same law: the note is the largest |difference of the means| over m in standard errors (z)."""
     rows = []
     for name, d in dims.items():
         gen = torch.Generator().manual_seed(0)
         V = torch.linalg.qr(torch.randn(d, k, generator=gen, dtype=torch.float64))[0]
         g = torch.randn(d, generator=gen, dtype=torch.float64) + 30 * V[:, 0]
-
-        def run(method):
-            gg = torch.Generator().manual_seed(1)
-            fn = random_removal_draws_qr if method == "qr" else random_removal_draws
-            return [fn(g, V, m, gg, draws) for m in ms]
-
-        diff = max(float((a - b_).abs().max()) for a, b_ in zip(run("qr"), run("gram")))
-        ts = interleaved_times({"qr": lambda: run("qr"), "gram": lambda: run("gram")}, repeats)
-        rows += _pair("random removal: QR basis -> Gram projection", f"{name}, d={d}, m={list(ms)}, {draws} draws",
-                      ts["qr"], ts["gram"], max_abs_diff=diff)
+        before = lambda: [random_removal_draws_dense(g, V, m, torch.Generator().manual_seed(1), draws) for m in ms]
+        after = lambda: random_removal_all(g, V, ms, torch.Generator().manual_seed(1), draws)
+        a, b_ = before(), after()
+        z = max(abs(float(x.mean() - b_[m].mean())) / math.sqrt(float(x.var() + b_[m].var()) / draws + 1e-300)
+                for x, m in zip(a, ms))
+        ts = interleaved_times({"dense": before, "frame": after}, repeats)
+        rows += _pair("random removal: (d, m) Gaussian per m -> Haar frame of span(V, g)",
+                      f"{name}, d={d}, m={list(ms)}, {draws} draws", ts["dense"], ts["frame"], max_z=z)
     return rows
 
 

@@ -252,13 +252,15 @@ def cuts_section(subsets: dict, quick: bool) -> tuple[str, list[dict]]:
              "Each pair measured side by side in this process (interleaved repeats; peak RSS from one fresh "
              "process per variant). `before` is the previous code path, still selectable: "
              "`SimulatedLocalSGD(vectorize=True)`, `geometry.grad_chunk_size: null`, "
-             "`bench_cuts.random_removal_draws_qr` (kept in benchmarks/), `geometry.lanczos_dtype: float64`. Speedup = before / after (medians). Results change only "
-             "at float rounding (docs/FIDELITY.md); the per-worker engine is the loop reference bit for bit.", "",
+             "`bench_cuts.random_removal_draws_dense` (kept in benchmarks/), `geometry.lanczos_dtype: float64`. Speedup = before / after (medians). Results change only "
+             "at float rounding (docs/FIDELITY.md), except the random-subspace baseline, whose draws are new draws of the "
+             "same law (max_z: the largest difference of the means over m, in standard errors); the per-worker "
+             "engine is the loop reference bit for bit.", "",
              "| cut | case | before | after | speedup | note |", "|---|---|---:|---:|---:|---|"]
     for i in range(0, len(rows), 2):
         bef, aft = rows[i], rows[i + 1]
         note = ", ".join(f"{k} {v:.1e}" if isinstance(v, float) else f"{k} {v}" for k, v in bef.items()
-                         if k in ("max_abs_diff", "max_rel_diff", "rel_diff", "default", "baseline_mb", "hvps", "arpack_ms_per_step",
+                         if k in ("max_abs_diff", "max_z", "max_rel_diff", "rel_diff", "default", "baseline_mb", "hvps", "arpack_ms_per_step",
                                                    "f32_err_before", "f32_err_after"))
         lines.append(f"| {bef['cut']} | {bef['case']} | {_med(bef, bef['unit'])} | {_med(aft, aft['unit'])} | "
                      f"{bef['speedup']:.2f}x | {note} |")

@@ -6,7 +6,7 @@ import torch
 
 from sharpgaps.gaps import gap_covariance_spectrum, gap_subspace
 from sharpgaps.metrics import (capture_fraction, gradient_alignment, oracle_removal,
-                               random_removal, random_removal_draws, random_removal_expected,
+                               random_removal_all, random_removal_draws, random_removal_expected,
                                removal_fraction, removal_total, squared_cosines, subspace_overlap)
 
 D, K = 60, 4
@@ -107,13 +107,35 @@ def test_random_removal_general_case(basis):
     draws = random_removal_draws(g, V, m, torch.Generator().manual_seed(2), n)
     se = float(draws.std()) / math.sqrt(n)  # CLT: n is large
     assert abs(float(draws.mean()) - exp) < 5 * se
-    r1 = random_removal(g, V, m, torch.Generator().manual_seed(7), 30)
-    assert r1 == random_removal(g, V, m, torch.Generator().manual_seed(7), 30)  # seeded
+    r1 = float(random_removal_draws(g, V, m, torch.Generator().manual_seed(7), 30).mean())
+    assert r1 == float(random_removal_draws(g, V, m, torch.Generator().manual_seed(7), 30).mean())  # seeded
     assert abs(r1 - exp) < 5 * float(draws.std()) / math.sqrt(30)
     # leading order ~ 2m/d for m << d (removing x of g_dom's length removes ~2x of its energy)
     assert random_removal_expected(8, 200_000, 10, 0.5) == pytest.approx(16 / 200_000, rel=1e-3)
     assert random_removal_expected(0, d) == 0.0 and random_removal_expected(d, d) == 1.0
     assert torch.all(random_removal_draws(g, V, 0, None, 3) == 0)
+
+
+def test_random_removal_all_m_share_draws_and_match_a_dense_draw(basis):
+    """Every m from one call: the largest m < d fixes the draws (a single-m call with the same seed gives
+    the same numbers), m >= d removes everything, and the law matches explicit Haar subspaces (QR of a (d, m)
+    Gaussian, the definition) within Monte-Carlo error."""
+    d, k, n = D, K, 3000
+    V = basis[:, :k]
+    g = V @ torch.tensor([1.0, -2.0, 0.5, 1.0], dtype=torch.float64) + 0.3 * basis[:, k:].sum(1)
+    ms = [1, 5, 13, d]
+    allm = random_removal_all(g, V, ms, torch.Generator().manual_seed(3), n)
+    assert torch.all(allm[d] == 1.0) and set(allm) == set(ms)
+    one = random_removal_all(g, V, [13], torch.Generator().manual_seed(3), n)[13]
+    assert torch.equal(one, allm[13])  # the same draws: m >= d needs none, the largest m < d sets them
+    gen = torch.Generator().manual_seed(4)
+    for m in (1, 5, 13):
+        U = torch.linalg.qr(torch.randn(n, d, m, generator=gen, dtype=torch.float64))[0]
+        r = g - (U @ (U.mT @ g).unsqueeze(-1)).squeeze(-1)
+        dense = 1.0 - (r @ V).square().sum(-1) / (V.T @ g).square().sum()
+        se = math.sqrt(float(dense.var()) / n + float(allm[m].var()) / n)
+        assert abs(float(dense.mean() - allm[m].mean())) < 5 * se
+        assert abs(float(dense.std() / allm[m].std()) - 1) < 0.1
 
 
 # ------------------------------------------------------------------------------- gaps

@@ -79,6 +79,7 @@ def checkpoint_geometry(ckpt: dict, model, loss_fn, x, y, spec: GeometrySpec, v0
     # m = k always: the sweeps compare their runs at that fixed dimension (and at the grid's smallest rank)
     ms = sorted({m for m in (*spec.m_list, spec.k) if m <= rank} | ({rank} if spec.m_rank and rank else set()))
     chi2 = M.gradient_alignment(g, V) ** 2
+    rand = M.random_removal_all(g.cpu(), V.cpu(), ms, gen, spec.random_draws)
     for m in ms:
         U = U_all[:, :m]
         rows += _rows(base, "removal", M.removal_fraction(g, V, U), m=m)
@@ -86,7 +87,7 @@ def checkpoint_geometry(ckpt: dict, model, loss_fn, x, y, spec: GeometrySpec, v0
         rows += _rows(base, "capture", M.capture_fraction(g, V, U), m=m)
         rows += _rows(base, "overlap", M.subspace_overlap(V, U), m=m)
         rows += _rows(base, "oracle_removal", M.oracle_removal(g, V, m), m=m)
-        rows += _rows(base, "random_removal", M.random_removal(g.cpu(), V.cpu(), m, gen, spec.random_draws), m=m)
+        rows += _rows(base, "random_removal", float(rand[m].mean()), m=m)
         rows += _rows(base, "random_removal_expected", M.random_removal_expected(m, d, spec.k, chi2), m=m)
     # cos^2(u_i, g) of the top gap directions: a u_1 close to g itself removes g's dominant part at m = 1
     lead = min(GRAD_COS_TOP, rank)

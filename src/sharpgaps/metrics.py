@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -70,42 +71,62 @@ def removal_total(g: Tensor, V: Tensor, U: Tensor) -> float:
     return 0.0 if den <= _tiny(g) else (den - num) / gg
 
 
-def random_removal_draws(g: Tensor, V: Tensor, m: int, generator: torch.Generator | None = None,
-                         n_draws: int = 20, max_batch_bytes: int = 256 * 2**20) -> Tensor:
-    """removal_fraction for n_draws independent Haar-random m-dim subspaces (float64, (n_draws,)).
+def random_removal_all(g: Tensor, V: Tensor, ms, generator: torch.Generator | None = None,
+                       n_draws: int = 20) -> dict[int, Tensor]:
+    """removal_fraction of n_draws Haar-random m-dim subspaces, for every m in ``ms`` at once:
+    {m: float64 (n_draws,)}. Exact in law, at a cost independent of d per draw.
 
-    Each subspace is span(Z), Z a (d, m) Gaussian drawn from ``generator``, in batches of at most
-    max_batch_bytes (d=200k, m=28: 5 per batch). The projection goes through Z's m x m Gram matrix,
-    P = Z (Z^T Z)^-1 Z^T, never through an orthonormal basis: Householder QR of a tall Z was 2/3 of
-    this function's time (d=1M), a Cholesky solve of Z^T Z is O(m^3). Z^T Z of a Gaussian with
-    m << d has condition ~ (1 + sqrt(m/d))^2 / (1 - sqrt(m/d))^2 ~ 1, so the result agrees with a
-    QR basis of the same draws to float64 rounding (benchmarks/bench_cuts.py keeps that path)."""
+    removal sees a subspace U only through P = U U^T on span(V, g). With Q (d, r) an orthonormal basis
+    of that span (r = k + 1) and [V, g] = Q T, it needs Q^T P Q, which by rotation invariance has the
+    law of W[:m]^T W[:m] for W a Haar-random r-frame of R^d. W = Z L^-T with Z a (d, r) Gaussian and
+    L L^T = Z^T Z; only Z's first max(ms) rows are drawn, and the Gram of the other d - max(ms) rows
+    is an independent Wishart(d - max(ms), I_r), drawn by Bartlett's decomposition. A draw costs
+    O(max(ms) r^2) instead of a (d, m) Gaussian per m (1.8 s per MNIST checkpoint, 10 s for the
+    transformer's d = 1M; docs/BENCHMARKS.md, "Cuts"). One draw serves every m (nested subspaces):
+    each m's draws are exact, the m's are not independent of each other. Draws come from a numpy
+    generator seeded by ``generator`` (same generator state -> same numbers)."""
     _check(g, V)
-    d = g.shape[0]
+    d, k = V.shape
     g, V = _f64(g, V)
     vg = V.T @ g
     den = float(vg @ vg)
+    ms = sorted({int(m) for m in ms})
     if den <= _tiny(g):
-        return torch.full((n_draws,), _nan(_NO_DOM.format("random_removal")), dtype=torch.float64)
-    if m <= 0:
-        return torch.zeros(n_draws, dtype=torch.float64)
-    per = max(1, max_batch_bytes // (8 * d * m))
-    gdev = generator.device if generator is not None else "cpu"
-    out = []
-    for i in range(0, n_draws, per):
-        B = min(per, n_draws - i)
-        Z = torch.randn(B, d, m, generator=generator, dtype=torch.float64, device=gdev).to(g.device)
-        Zt = Z.mT
-        c = torch.cholesky_solve((Zt @ g).unsqueeze(-1), torch.linalg.cholesky(Zt @ Z))  # (B, m, 1)
-        vr = vg - (V.T @ Z @ c).squeeze(-1)  # V^T (I - P) g, (B, k)
-        out.append(1.0 - vr.square().sum(-1) / den)
-    return torch.cat(out).cpu()
+        nan = _nan(_NO_DOM.format("random_removal"))
+        return {m: torch.full((n_draws,), nan, dtype=torch.float64) for m in ms}
+    T = torch.linalg.qr(torch.cat([V, g[:, None]], 1))[1].cpu()  # (r, k + 1): [V, g] in the basis Q
+    r, Tv, tg, vg = k + 1, T[:, :k], T[:, k], vg.cpu()
+    top = min(max([m for m in ms if m < d], default=0), d)
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device if generator else "cpu"))
+    rng = np.random.default_rng(seed)
+    Z = torch.from_numpy(rng.standard_normal((n_draws, top, r)))  # the first `top` rows of each draw's Z
+    rest = d - top
+    if rest >= r:  # Bartlett: L_ii^2 ~ chi2(rest - i), L_ij ~ N(0, 1) below the diagonal
+        B = np.zeros((n_draws, r, r))
+        B[:, np.arange(r), np.arange(r)] = np.sqrt(rng.chisquare(rest - np.arange(r), size=(n_draws, r)))
+        low = np.tril_indices(r, -1)
+        B[:, low[0], low[1]] = rng.standard_normal((n_draws, len(low[0])))
+        B = torch.from_numpy(B)
+        gram_rest = B @ B.mT
+    else:  # tiny d: draw the remaining rows themselves
+        Zr = torch.from_numpy(rng.standard_normal((n_draws, rest, r)))
+        gram_rest = Zr.mT @ Zr
+    L = torch.linalg.cholesky(Z.mT @ Z + gram_rest)  # (n_draws, r, r)
+    out = {}
+    for m in ms:
+        if m <= 0 or m >= d:
+            out[m] = torch.full((n_draws,), 0.0 if m <= 0 else 1.0, dtype=torch.float64)
+            continue
+        Wm = torch.linalg.solve_triangular(L, Z[:, :m].mT, upper=False).mT  # W[:m] = Z[:m] L^-T, (n, m, r)
+        pg = (Wm.mT @ (Wm @ tg)[..., None])[..., 0]  # Q^T P g = W[:m]^T W[:m] t_g, (n, r)
+        out[m] = 1.0 - (vg - pg @ Tv).square().sum(-1) / den  # V^T (I - P) g = V^T g - Tv^T Q^T P g
+    return out
 
 
-def random_removal(g: Tensor, V: Tensor, m: int, generator: torch.Generator | None = None,
-                   n_draws: int = 20) -> float:
-    """Mean removal_fraction over n_draws random m-dim subspaces (the 'random' reference)."""
-    return float(random_removal_draws(g, V, m, generator, n_draws).mean())
+def random_removal_draws(g: Tensor, V: Tensor, m: int, generator: torch.Generator | None = None,
+                         n_draws: int = 20) -> Tensor:
+    """removal_fraction for n_draws Haar-random m-dim subspaces (float64, (n_draws,)); random_removal_all."""
+    return random_removal_all(g, V, [m], generator, n_draws)[m]
 
 
 def random_removal_expected(m: int, d: int, k: int = 1, chi2: float = 1.0) -> float:
