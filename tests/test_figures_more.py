@@ -28,7 +28,7 @@ COLUMNS = {
     "restricted": ["setting", "mode", "K", "tau", "b", "lr", "seed", "branch_round", "round", "step", "since_branch",
                    "quantity", "value", "change"],
     "figX1_gap_restricted": ["panel", "setting", "mode", "K", "tau", "b", "lr", "seed", "branch_round", "round",
-                             "step", "since_branch", "metric", "value"],
+                             "step", "since_branch", "metric", "value", "change"],
     "sweep": ["panel", "setting", "K", "tau", "b", "lr", "seed", "round", "step", "metric", "m", "m_kind", "value"],
     "figX2_theory": ["tau", "direction", "eigenvalue", "measured", "stderr", "predicted", "z", "K", "b", "lr",
                      "rounds"],
@@ -85,6 +85,12 @@ def test_gap_restricted_figure(smoke):
     assert set(data["panel"]) == {"train_loss", "test_acc", "compute"}
     assert set(data["mode"]) == {"none", "dom", "bulk", "gapdom", "gapbulk"}
     assert set(data["setting"]) == SETTINGS
+    # drawn as in Figs 5-8: each seed's change since its own branch (0 at the branch); none for the cost counters
+    curves = data[data["panel"] != "compute"]
+    first = curves.groupby(["panel", "setting", "mode", "seed"])["value"].transform("first")
+    assert np.allclose(curves["change"], curves["value"] - first)
+    assert np.allclose(curves.loc[curves["since_branch"] == 0, "change"], 0.0)
+    assert data.loc[data["panel"] == "compute", "change"].isna().all()
     cost = data[data["panel"] == "compute"].pivot_table(index=["setting", "mode"], columns="metric", values="value")
     assert set(cost.columns) >= {"n_hvp", "probe_steps", "refresh_seconds"}
     gap = cost.xs("gapbulk", level="mode")

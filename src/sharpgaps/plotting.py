@@ -173,6 +173,13 @@ def since_branch(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(since_branch=df["round"] * df["tau"])
 
 
+def change_since_branch(df: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """Each row's ``value`` minus its group's first (``keys``: one seed's curve of one mode and quantity, sorted
+    by step): seeds branch at different checkpoints, so the restricted figures draw each seed's change since
+    its own branch and the band shows how the modes' progress varies, not where the seeds started."""
+    return df["value"] - df.groupby(keys)["value"].transform("first")
+
+
 def branch_title(label: str, g: pd.DataFrame) -> str:
     """Panel title of restricted runs: :func:`run_title` and the local step(s) its seeds branch at."""
     steps = sorted(int(s) for s in g["branch_round"].unique() * int(g["tau"].iloc[0]))
@@ -209,10 +216,60 @@ def draw_line(ax, sub: pd.DataFrame, x: str, color, y="value", **kw) -> None:
         ax.fill_between(agg[x], agg["min"], agg["max"], color=color, alpha=0.15, lw=0)
 
 
-def fraction_axis(ax, values: pd.Series) -> None:
-    """y axis of a fraction: a zero line, and room from below the smallest value (at least -0.05) to 1.05."""
+# The removal fraction's axis label: what 1 means.
+REMOVAL_LABEL = "removal fraction\n(1 = all of $g_{\\mathrm{dom}}$ removed)"
+
+
+def baseline_far_below(values, baseline, factor: float = 100.0) -> bool:
+    """Whether a reference drawn with the data (``baseline``, e.g. a random subspace's removal fraction, ~2m/d)
+    is so far below the data (``values``: everything drawn) that a linear axis puts it on the zero line: its
+    largest magnitude under 1/``factor`` of the largest value drawn."""
+    base = np.abs(pd.Series(baseline, dtype=float).dropna())
+    top = pd.Series(values, dtype=float).dropna()
+    return bool(len(base) and len(top) and top.max() > 0 and base.max() < top.max() / factor)
+
+
+def fraction_axis(ax, values, baseline=None, log: bool = True) -> str:
+    """y axis of a fraction (``values``: everything drawn on it). Linear by default: a zero line and room from
+    below the smallest value (at least -0.05) to 1.05.
+
+    When ``baseline`` (a reference drawn on the same axis) sits far below the data (:func:`baseline_far_below`),
+    a linear axis would hide it on the zero line: then, if ``log`` and every value is positive, the axis is log
+    (a decade below the smallest value to 1.5) and the y label says so; otherwise (a value <= 0 has no place
+    on a log axis, or the caller keeps the panel linear) the x label gets a note with the baseline's range.
+    Call after setting the labels. Returns "log", "note" or "linear"."""
+    values = pd.Series(values, dtype=float).dropna()
+    if baseline is not None and baseline_far_below(values, baseline):
+        if log and len(values) and (values > 0).all():
+            ax.set_yscale("log")
+            ax.set_ylim(10 ** np.floor(np.log10(values.min())), 1.5)
+            ax.set_ylabel(f"{ax.get_ylabel()} (log scale)".lstrip())
+            return "log"
+        base = pd.Series(baseline, dtype=float).dropna()
+        note = f"baseline (random subspace): {base.min():.1e} to {base.max():.1e}, on the zero line"
+        ax.set_xlabel(f"{ax.get_xlabel()}\n{note}".lstrip("\n"))
+        mode = "note"
+    else:
+        mode = "linear"
     ax.axhline(0, color="0.8", lw=0.8, zorder=0)
-    ax.set_ylim(min(-0.05, values.min() - 0.05), 1.05)
+    ax.set_ylim(min(-0.05, values.min() - 0.05) if len(values) else -0.05, 1.05)
+    return mode
+
+
+def wrap(text: str, width: int) -> str:
+    """``text`` with every line wrapped at ``width`` characters (titles that must not run into their neighbours);
+    a line with mathtext ($...$) is left whole, since a break inside it would break the formula."""
+    import textwrap
+
+    return "\n".join(line if not line or "$" in line else textwrap.fill(line, width) for line in text.split("\n"))
+
+
+def title(ax, text: str, fontsize: float | None = None, **kw) -> None:
+    """Set ``ax``'s title, each line wrapped to about the panel's width so neighbouring titles do not overlap."""
+    size = fontsize or plt.rcParams["axes.titlesize"]
+    size = size if isinstance(size, (int, float)) else 11
+    inches = ax.get_position().width * ax.figure.get_figwidth()
+    ax.set_title(wrap(text, max(12, int(inches * 72 / (0.58 * size)))), fontsize=fontsize, **kw)
 
 
 def value_axis(ax, values, log=True) -> None:
@@ -243,13 +300,19 @@ def _rendered(fig, fmt: str, **kw) -> bytes:
     return buf.getvalue()
 
 
-def save(fig, data: pd.DataFrame, out_pdf, out_png, out_csv, dpi: int) -> None:
+def save(fig, data: pd.DataFrame, out_pdf, out_png, out_csv, dpi: int, note: str | None = "lines") -> None:
     """Write the tidy data drawn (CSV) and the figure (PDF, PNG) with the package's atomic writers, so a killed
-    job never leaves a file that looks finished; then show the PNG in the notebook."""
+    job never leaves a file that looks finished; then show the PNG in the notebook.
+
+    ``note``: the line written above the figure's top-left corner. "lines" (default, for figures of seed-averaged
+    lines with bands): "lines: <band_note(data)>", only if ``data`` has seeds; any other text: written as it is
+    (a scatter of every seed is not a mean with a band, and must not say so); None: no note."""
     from IPython.display import Image, display
 
-    if "seed" in data and len(data):  # every figure over seeds says how many, and what its bands are
-        fig.text(0.0, 1.0, f"lines: {band_note(data)}", ha="left", va="bottom", fontsize=8, color="0.35")
+    if note == "lines":  # every figure of lines over seeds says how many, and what its bands are
+        note = f"lines: {band_note(data)}" if "seed" in data and len(data) else None
+    if note:
+        fig.text(0.0, 1.0, note, ha="left", va="bottom", fontsize=8, color="0.35")
     atomic.save_frame(data, out_csv)
     atomic.write_bytes(_rendered(fig, "pdf", metadata={"CreationDate": None}), out_pdf)  # same bytes on a rerun
     atomic.write_bytes(_rendered(fig, "png", dpi=dpi), out_png)

@@ -1,0 +1,78 @@
+"""The shared figure helpers (sharpgaps.plotting) that decide how a figure reads: axis scales, wrapped titles,
+the note above a figure, restricted curves since the branch. Fast: no workflow, no notebook."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sharpgaps import plotting
+
+DATA = pd.Series([0.3, 0.6, 0.95])  # removal fractions ~0.1-1
+RANDOM = pd.Series([1e-5, 2e-4, 3e-4])  # a random subspace's removal, ~2m/d
+
+
+def axis():
+    fig, axes = plotting.panels(1)
+    ax = axes[0, 0]
+    ax.set(xlabel="local step", ylabel="removal fraction")
+    return ax
+
+
+def test_a_baseline_far_below_the_data_is_recognised():
+    assert plotting.baseline_far_below(pd.concat([DATA, RANDOM]), RANDOM)
+    assert not plotting.baseline_far_below(DATA, pd.Series([0.05, 0.2]))  # a visible baseline
+    assert not plotting.baseline_far_below(DATA, pd.Series([], dtype=float))  # none drawn
+
+
+def test_fraction_axis_goes_log_when_a_random_baseline_would_sit_on_the_zero_line():
+    ax = axis()
+    assert plotting.fraction_axis(ax, pd.concat([DATA, RANDOM]), baseline=RANDOM) == "log"
+    assert ax.get_yscale() == "log" and "log scale" in ax.get_ylabel()
+    lo, hi = ax.get_ylim()
+    assert lo <= RANDOM.min() and hi >= 1.0  # the baseline and the fraction's top (1) both inside
+
+
+def test_fraction_axis_stays_linear_without_a_hidden_baseline():
+    for baseline in (None, pd.Series([0.05, 0.2])):
+        ax = axis()
+        assert plotting.fraction_axis(ax, DATA, baseline=baseline) == "linear"
+        assert ax.get_yscale() == "linear" and ax.get_ylim() == (-0.05, 1.05)
+
+
+def test_fraction_axis_notes_the_baseline_where_a_log_axis_cannot_hold_the_data():
+    values = pd.concat([DATA, RANDOM, pd.Series([-0.02])])  # a removal fraction can be < 0: no log axis
+    ax = axis()
+    assert plotting.fraction_axis(ax, values, baseline=RANDOM) == "note"
+    assert ax.get_yscale() == "linear"
+    assert "random subspace" in ax.get_xlabel() and "1.0e-05 to 3.0e-04" in ax.get_xlabel()
+    ax = axis()  # the caller may keep a panel linear
+    assert plotting.fraction_axis(ax, pd.concat([DATA, RANDOM]), baseline=RANDOM, log=False) == "note"
+
+
+def test_titles_are_wrapped_to_their_panel():
+    fig, axes = plotting.panels(4, width=3.0)
+    long = "mean over the last third of checkpoints (mean of 2 seeds, band: min–max over seeds)"
+    plotting.title(axes[0, 0], long)
+    lines = axes[0, 0].get_title().split("\n")
+    assert len(lines) > 1 and " ".join(lines) == long
+    inches = axes[0, 0].get_position().width * fig.get_figwidth()  # the panel's width
+    assert max(map(len, lines)) * 0.58 * 11 / 72 <= inches  # an 11 pt character is about 0.58 x 11 pt wide
+
+
+@pytest.mark.parametrize("note, expected", [
+    ("lines", "lines: mean of 2 seeds, band: min–max over seeds"),
+    ("points: every checkpoint and seed", "points: every checkpoint and seed"),
+    (None, None),
+])
+def test_save_writes_the_note_it_is_given(tmp_path, note, expected):
+    pytest.importorskip("IPython")
+    fig, axes = plotting.panels(1)
+    data = pd.DataFrame({"setting": "s", "seed": [0, 1], "value": [0.1, 0.2]})
+    plotting.save(fig, data, tmp_path / "f.pdf", tmp_path / "f.png", tmp_path / "f.csv", dpi=50, note=note)
+    texts = [t.get_text() for t in fig.texts]
+    assert texts == ([expected] if expected else [])
+
+
+def test_change_since_branch_starts_each_seed_at_zero():
+    df = pd.DataFrame({"mode": ["dom"] * 4, "seed": [0, 0, 1, 1], "value": [2.0, 1.5, 3.0, 2.0]})
+    assert np.allclose(plotting.change_since_branch(df, ["mode", "seed"]), [0.0, -0.5, 0.0, -1.0])
