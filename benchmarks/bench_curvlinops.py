@@ -227,10 +227,6 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 # ----------------------------------------------------------------------------- the docs/BENCHMARKS.md section
 
 TOLERANCE = 1.10  # adopt curvlinops only if within 10% of ours in HVP time and in memory, in every case
@@ -276,3 +272,7 @@ def section(rows: list[dict], measured: str) -> str:
     lines += ["", "**Decision: " + ("adopt curvlinops** (within 10% everywhere)." if adopt else
               "keep FullBatchHVP**: curvlinops is more than 10% worse in " + "; ".join(worse) + ".")]
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

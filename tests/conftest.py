@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -51,3 +52,16 @@ def smoke(tmp_path_factory, data_dir):
     if proc.returncode != 0:
         pytest.fail(f"smoke run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return work
+
+
+@pytest.fixture(scope="session")
+def smoke_report(smoke, tmp_path_factory) -> Path:
+    """`snakemake all --report report.html` of the smoke run, made once per session in a hard-linked copy of
+    it (the report writes Snakemake metadata; the smoke run stays untouched). Read it, never modify it."""
+    from wf import snakemake
+
+    base = tmp_path_factory.mktemp("report")
+    work = base / "w"
+    shutil.copytree(smoke, work, symlinks=True, copy_function=os.link)
+    snakemake(work, "all", "--report", str(base / "report.html"))
+    return base / "report.html"
