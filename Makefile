@@ -48,9 +48,11 @@ $(LOCK_VENV)/bin/uv:
 
 # SCALE=paper (config.yaml, default), quick (config.quick.yaml) or smoke (.test/config.yaml).
 # Jobs call `python -m sharpgaps.cli`: the venv's bin/ goes first on PATH.
+# cost-note: on the paper config without a GPU, the projected cost and the quick command (never blocks).
 # check-config first: a YAML error in a --configfile gets Snakemake's generic message, with no file or line.
 all: setup
 	@$(VENV)/bin/python -m sharpgaps.cli check-config $(CONFIG_$(SCALE))
+	@$(VENV)/bin/python -m sharpgaps.cli cost-note $(CONFIG_$(SCALE))
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake all --cores $(CORES) --workflow-profile profiles/default \
 		--configfile $(CONFIG_$(SCALE)) $(SNAKEMAKE_ARGS)
 
