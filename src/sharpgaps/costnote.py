@@ -44,5 +44,5 @@ def note(config_file: Path, repo: Path) -> str | None:
     return (f"note: paper scale (config.yaml) on a machine without a GPU (device: {device}). Projected from unit "
             f"costs measured on a 2-core CPU machine (docs/BENCHMARKS.md, \"Scale on paper\"): {summ['jobs']} jobs, "
             f"{summ['cpu_h']:.0f} CPU job-hours, about {summ['cpu_h'] / 24:.0f} days one job at a time; "
-            f"{summ['gpu_h_estimate']:.1f} h on one GPU (an estimate). For a run of about half an hour to two hours "
-            f"on 2 cores: `{QUICK_COMMAND}`. Continuing.")
+            f"{summ['gpu_h_estimate']:.1f} h on one GPU (an estimate). The quick scale instead: `{QUICK_COMMAND}` "
+            "(its measured wall time: README, \"Cost on 2 CPU cores\"). Continuing.")
