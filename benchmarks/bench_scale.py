@@ -10,6 +10,14 @@ Model (every assumption is printed with the table):
                   ncv = 2k+1: measured at arpack_k and scaled by ncv), on the CPU also next to a GPU;
   restricted job  rounds x tau local steps, plus per refresh: Dom/Bulk the quick run's HVPs per refresh,
                   gap modes window x tau probe steps; evaluations excluded;
+  estimators job  modelled, not measured: per evaluated checkpoint, 2 x max(krylov_hvps) HVPs (a random-start and
+                  a gap-start block Krylov, nested budgets) on hessian_examples, one full-batch gradient on the
+                  subset, n = K*W minibatch gradients of b examples (noise PCA), and ceil(W/tau) replayed rounds
+                  (tau local steps of all K workers);
+  mechanism job   modelled, not measured: per checkpoint, per-example gradients on mechanism.examples (default
+                  the subset) priced at the full-batch gradient's per-example cost (a lower bound: per-example
+                  gradients are slower than one batched gradient, BENCHMARKS' mechanism section), for every run
+                  of mechanism.experiments (main, tau_ablation);
   other rules     the mean job time of the same rule in the finished (quick) run's benchmark files.
 GPU: an estimate from FLOP counts (torch.utils.flop_counter) at 30% of an H100's FP32 rate with a
 kernel-launch floor, not a measurement. SLURM: 100 concurrent jobs are bounded below by the longest
@@ -36,6 +44,8 @@ from sharpgaps import grid, losses, models
 from sharpgaps.hessian import FullBatchHVP
 from sharpgaps.jobcosts import read_job_costs
 
+MODELLED = ("train", "geometry", "restricted", "estimators", "mechanism")  # rules with a cost model (the rest:
+# their mean job time in a finished run)
 GPU_PEAK_FLOPS = 67e12  # H100 SXM FP32 (no TF32: the HVPs need full fp32)
 GPU_EFFICIENCY = 0.3  # sustained share of peak assumed for these small models
 GPU_LAUNCH_S = 10e-6  # eager PyTorch op dispatch + kernel launch, per aten op
@@ -175,6 +185,33 @@ def paper_scale(cfg: dict, counts: dict[str, int], unit: dict[str, dict], gpu: d
             gpu_s = ((steps + extra_steps) * gpu_seconds(gu["step_flops"], gu["step_ops"])
                      + hvps * gpu_seconds(gu["hvp_flops_per_ex"] * n_h, gu["hvp_ops"]) + lanczos)
             jobs.append(("restricted", s, rid, cpu, gpu_s))
+    est_cfg = cfg.get("estimators") or {}
+    for run in (grid.expand_runs(cfg, ["main"]) if "estimators" in counts else []):
+        s, rid = run["setting"], grid.run_id(run)
+        u, gu = unit[cfg["settings"][s]["model"]], gpu[cfg["settings"][s]["model"]]
+        n_h = geo(s).get("hessian_examples") or cfg["subset"]["n_train"]
+        n_vec = est_cfg.get("n") or run["K"] * run["window"]
+        hvps = 2 * max(est_cfg.get("krylov_hvps") or [10, 20, 40])
+        replay_steps = -(-n_vec // (run["K"] * run["tau"])) * run["tau"]
+        ckpts = min(run["checkpoints"]["count"], est_cfg.get("last_checkpoints") or run["checkpoints"]["count"])
+        grad_ex = cfg["subset"]["n_train"] + n_vec * run["b"]
+        scale = run["K"] * run["b"] / 400
+        cpu = ckpts * (hvps * u["hvp_s_per_ex"] * n_h + u["build_s_per_ex"] * n_h + grad_ex * u["grad_s_per_ex"]
+                       + replay_steps * u["step_s"] * scale)
+        gpu_s = ckpts * (hvps * gpu_seconds(gu["hvp_flops_per_ex"] * n_h, gu["hvp_ops"])
+                         + (1 + n_vec) * gpu_seconds(gu["grad_flops_per_ex"] * grad_ex / (1 + n_vec), gu["grad_ops"])
+                         + replay_steps * gpu_seconds(gu["step_flops"] * scale, gu["step_ops"]))
+        jobs.append(("estimators", s, rid, cpu, gpu_s))
+    mech_cfg = cfg.get("mechanism") or {}
+    mech_exps = [e for e in mech_cfg.get("experiments", ["main", "tau_ablation"]) if e in cfg["experiments"]]
+    for run in (grid.expand_runs(cfg, mech_exps) if "mechanism" in counts and mech_exps else []):
+        s, rid = run["setting"], grid.run_id(run)
+        u, gu = unit[cfg["settings"][s]["model"]], gpu[cfg["settings"][s]["model"]]
+        ex = ({**mech_cfg, **cfg["settings"][s].get("mechanism", {})}.get("examples")
+              or cfg["subset"]["n_train"])
+        ckpts, chunk = run["checkpoints"]["count"], mech_cfg.get("chunk_size", 256)  # vmapped chunks on a GPU
+        jobs.append(("mechanism", s, rid, ckpts * ex * u["grad_s_per_ex"],
+                     ckpts * -(-ex // chunk) * gpu_seconds(gu["grad_flops_per_ex"] * min(ex, chunk), gu["grad_ops"])))
     modelled = {j[0] for j in jobs}
     for rule, n in counts.items():
         if rule not in modelled:
@@ -182,7 +219,7 @@ def paper_scale(cfg: dict, counts: dict[str, int], unit: dict[str, dict], gpu: d
             jobs += [(rule, "-", "-", sec, sec)] * n  # CPU-side work: the same next to a GPU
     df = pd.DataFrame(jobs, columns=["rule", "setting", "run", "cpu_s", "gpu_s"])
     rows = []
-    group = df.rule.where(df.rule.isin(["train", "geometry", "restricted"]),
+    group = df.rule.where(df.rule.isin(list(MODELLED)),
                           "other (" + ", ".join(sorted({_rule_group(r) for r in counts if r not in modelled})) + ")")
     for rule, g in df.groupby(group, sort=False):
         rows.append({"rule": rule, "jobs": len(g), "cpu_h": g.cpu_s.sum() / 3600,
@@ -195,11 +232,13 @@ def paper_scale(cfg: dict, counts: dict[str, int], unit: dict[str, dict], gpu: d
 
     # longest chains: subset -> train -> geometry -> collect -> figure, and subset -> train(main) ->
     # restricted -> collect -> figure (per run, so a long train is paired with its own geometry)
-    per_run = df[df.rule.isin(["train", "geometry", "restricted"])].pivot_table(
+    per_run = df[df.rule.isin(list(MODELLED))].pivot_table(
         index="run", columns="rule", values="cpu_s", aggfunc="max").fillna(0.0)
+    after_geo = pd.concat([per_run.get(r, pd.Series(0.0, index=per_run.index)) for r in ("estimators", "mechanism")],
+                          axis=1).max(axis=1)  # both start once the run's geometry job is done
     head = longest(lambda r: r == "subset")
     fig = longest(lambda r: _rule_group(r) == "figures")
-    chain_geo = head + float((per_run.get("train", 0) + per_run.get("geometry", 0)).max()) + \
+    chain_geo = head + float((per_run.get("train", 0) + per_run.get("geometry", 0) + after_geo).max()) + \
         longest(lambda r: r == "collect_geometry") + fig
     chain_res = head + float((per_run.get("train", 0) + per_run.get("restricted", 0))[
         per_run.get("restricted", pd.Series(0.0, index=per_run.index)) > 0].max()) + \
@@ -212,6 +251,161 @@ def paper_scale(cfg: dict, counts: dict[str, int], unit: dict[str, dict], gpu: d
     gtotal = df.gpu_s.sum()
     summary = {"cpu_h": total / 3600, "gpu_h_estimate": gtotal / 3600, "critical_path_h": chain / 3600,
                "slurm100_lower_h": max(chain, total / 100) / 3600, "slurm100_upper_h": (chain + total / 100) / 3600,
-               "jobs": len(df), "assumptions": assumptions}
+               "jobs": len(df), "assumptions": assumptions,
+               "job_counts": {r: int(n) for r, n in df.rule.value_counts().items()}}
     return rows, summary
 
+
+
+# ----------------------------------------------------------------------------- rendering (also from the recorded JSON)
+
+REPO = Path(__file__).resolve().parents[1]
+README_ROW = "| paper | `make all` |"
+
+
+def units_from_record(results: dict, arpack_ms: dict[str, float], threads: int = 2) -> dict[str, dict]:
+    """The per-model CPU unit costs scale_section derives from the recorded rows (BENCHMARKS.json: `hvp`, `cuts`),
+    with ARPACK's step in ms as recorded; no measurement."""
+    classes = {"fc_tanh": 10, "cnn_relu": 10, "transformer": 2}
+    unit = {}
+    for name in classes:
+        hvp = {r["op"]: r for r in results["hvp"] if r["model"] == name}
+        step = next(r for r in results["cuts"] if r["cut"].startswith("training step") and r["case"].startswith(name)
+                    and r["threads"] == threads
+                    and r["variant"] == ("after" if r["default"] == "per-worker" else "before"))
+        removal = next(r for r in results["cuts"] if r["cut"].startswith("random removal")
+                       and r["case"].startswith(name) and r["variant"] == "after")
+        n = hvp["gradient"]["n"]
+        unit[name] = {"step_s": step["median"] * 400 / (8 * step["b"]),
+                      "hvp_s_per_ex": hvp["hvp_cached_graph"]["median_s"] / n,
+                      "grad_s_per_ex": hvp["gradient"]["median_s"] / n,
+                      "build_s_per_ex": hvp["cached_graph_build"]["median_s"] / n,
+                      "removal_s": removal["median"], "classes": classes[name], "n_measured": n,
+                      "arpack_k": 20, "arpack_step_s": arpack_ms[name] / 1e3}
+    return unit
+
+
+def section(rows: list[dict], summ: dict, unit: dict) -> str:
+    """The "Scale on paper" section of docs/BENCHMARKS.md."""
+    counts = summ.get("job_counts", {})
+    lines = ["## Scale on paper: the paper-scale run (config.yaml) projected from measured unit costs", "",
+             "CPU hours = job wall hours at this run's torch threads on this machine, from unit costs measured "
+             "above at paper sizes (one local step of K=8 workers at b=50; HVP, gradient and graph build per "
+             "example; random removal at the paper's d), times the counts config.yaml implies "
+             "(benchmarks/bench_scale.py states the model). HVP/gradient costs are scaled linearly from the "
+             "examples measured (" + ", ".join(f"{k} {v['n_measured']}" for k, v in unit.items()) +
+             ") to the 5,000 of the paper. Every HVP of a Lanczos solve also pays ARPACK's own step (measured "
+             "per model with a free operator at the paper's d and k + extra = 20, in config.yaml's lanczos_dtype: "
+             + ", ".join(f"{k} {v['arpack_step_s'] * 1e3:.1f} ms" for k, v in unit.items()) +
+             "), on the CPU also next to a GPU. The `estimators` and `mechanism` jobs are **modelled, not "
+             "measured**: estimators per checkpoint = 2 x max(krylov_hvps) HVPs + graph build + one full-batch "
+             "gradient + K*W minibatch gradients + ceil(W/tau) replayed rounds; mechanism per checkpoint = "
+             "per-example gradients on `mechanism.examples` priced at the batched gradient's per-example cost (a "
+             "lower bound). Rules without a model (subset, theory, collect, figures) take their mean job time in "
+             "the finished run's benchmark files.", "",
+             f"**GPU column: estimate, not measured** (no GPU was lent): FLOPs counted by "
+             f"torch.utils.flop_counter at paper sizes / ({GPU_EFFICIENCY:.0%} of {GPU_PEAK_FLOPS / 1e12:.0f} "
+             f"TFLOP/s, an H100's FP32 rate), at least {GPU_LAUNCH_S * 1e6:.0f} us per aten op (launch "
+             "latency), one batched step for all K workers; CPU-side rules unchanged.", "",
+             "| rule | jobs | CPU h | longest job h | GPU h (estimate) |", "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['rule']} | {r['jobs']} | {r['cpu_h']:.1f} | {r['longest_cpu_h']:.2f} | "
+                     f"{r['gpu_h_estimate']:.2f} |")
+    lines.append(f"| **total** | {summ['jobs']} | **{summ['cpu_h']:.0f}** | | **{summ['gpu_h_estimate']:.1f}** |")
+    lines += ["", f"- one machine like this one, jobs one after another: {summ['cpu_h']:.0f} h "
+              f"({summ['cpu_h'] / 24:.1f} days)",
+              f"- one GPU (estimate, not measured): {summ['gpu_h_estimate']:.1f} h",
+              f"- SLURM, 100 concurrent jobs: longest dependency chain (subset -> train -> geometry -> estimators "
+              f"or mechanism -> collect -> figure) {summ['critical_path_h']:.1f} h; makespan between max(chain, "
+              f"total/100) = {summ['slurm100_lower_h']:.1f} h and chain + total/100 = {summ['slurm100_upper_h']:.1f} h",
+              *[f"- {a}" for a in summ["assumptions"]],
+              "- jobs per rule of config.yaml's DAG (a dry run): " + ", ".join(f"{r} {n}" for r, n in counts.items()),
+              "- not modelled: memory. The paper's geometry keeps the second-order graph of all 5,000 examples "
+              "(`hessian_examples: null`, `chunk_size: null`); for the transformer the one-chunk gradient alone "
+              "peaked near 10 GB (Cuts table), so set `geometry.chunk_size` there or expect swapping. The chain "
+              "is one geometry job because its checkpoints run in sequence (each warm-starts the next)."]
+    return "\n".join(lines)
+
+
+def readme_row(rows: list[dict], summ: dict) -> str:
+    """The paper row of the README's cost table, from the same projection."""
+    parts = ", ".join(f"{r['rule']} {r['cpu_h']:.0f}" for r in sorted(rows, key=lambda r: -r["cpu_h"])
+                      if r["cpu_h"] >= 0.5)
+    return (f"{README_ROW} not run. Projected for config.yaml's DAG ({summ['jobs']} jobs, every seed and stage; "
+            f"estimators and mechanism modelled from the unit costs, not measured) from unit costs measured at paper "
+            f"sizes: {summ['cpu_h']:.0f} job-hours ({parts}), so {summ['cpu_h'] / 24:.0f} days on one such machine, "
+            f"or {summ['slurm100_lower_h']:.0f}-{summ['slurm100_upper_h']:.0f} h on a 100-job SLURM allocation (the "
+            f"longest chain is {summ['critical_path_h']:.1f} h) | not modelled; set `geometry.chunk_size` for the "
+            f"transformer | {summ['gpu_h_estimate']:.1f} h (FLOP count at {GPU_EFFICIENCY:.0%} of an H100's FP32 "
+            "rate, plus ARPACK's CPU steps: an estimate) |")
+
+
+def write_docs(rows: list[dict], summ: dict, unit: dict, bench_md: Path, readme: Path, bench_json: Path) -> None:
+    """Replace the Scale-on-paper section of BENCHMARKS.md, its JSON record and the README's paper row."""
+    import json
+
+    text = bench_md.read_text()
+    head = "## Scale on paper"
+    a = text.index(head)
+    b = text.index("\n## ", a + len(head))
+    bench_md.write_text(text[:a] + section(rows, summ, unit) + "\n" + text[b:])
+    record = json.loads(bench_json.read_text())
+    record["paper_scale"] = rows + [{"rule": "summary", **summ, "unit": unit}]
+    bench_json.write_text(json.dumps(record, indent=1, default=str))
+    lines = readme.read_text().splitlines(keepends=True)
+    i = next(i for i, line in enumerate(lines) if line.startswith(README_ROW))
+    lines[i] = readme_row(rows, summ) + "\n"
+    readme.write_text("".join(lines))
+
+
+def recorded_units(record: dict, bench_md: Path) -> dict[str, dict]:
+    """The CPU unit costs of the recorded run: from the JSON's own `unit` when it has one, else derived from its
+    `hvp`/`cuts` rows with ARPACK's step as printed in BENCHMARKS.md (older records; 0.1 ms resolution)."""
+    import re
+
+    summ = next((r for r in record.get("paper_scale", []) if r.get("rule") == "summary"), {})
+    if "unit" in summ:
+        return summ["unit"]
+    m = re.search(r"in config.yaml's lanczos_dtype: ([^)]*)\)", bench_md.read_text())
+    if not m:
+        raise SystemExit(f"{bench_md}: no recorded ARPACK step per model; rerun `make bench`")
+    arpack = {k: float(v) for k, v in re.findall(r"(\w+) ([0-9.]+) ms", m.group(1))}
+    return units_from_record(record, arpack)
+
+
+def render(workdir: Path, bench_md: Path = REPO / "docs/BENCHMARKS.md", readme: Path = REPO / "README.md") -> dict:
+    """Re-render the projection from the recorded unit costs (no timing): job counts from a dry run of config.yaml,
+    FLOP counts (deterministic) for the GPU estimate, the quick run's HVP counts and rule times from ``workdir``."""
+    import json
+
+    import yaml
+
+    from sharpgaps.config import validate
+    from sharpgaps.sources import resolve_data_dir
+    from sharpgaps.subsets import make_subset
+
+    bench_json = bench_md.with_suffix(".json")
+    record = json.loads(bench_json.read_text())
+    unit = recorded_units(record, bench_md)
+    cfg = validate(yaml.safe_load((REPO / "config.yaml").read_text()), REPO / "workflow/schemas/config.schema.yaml")
+    data_dir = resolve_data_dir(str(REPO.parent / "shared" / "data"))
+    subsets = {"fc_tanh": make_subset("mnist", data_dir, n_train=600, seed=0, test_cap=100),
+               "cnn_relu": make_subset("cifar10", data_dir, n_train=600, seed=0, test_cap=100),
+               "transformer": make_subset("sst2", data_dir, n_train=600, seed=0, test_cap=100, max_len=50)}
+    gpu = unit_gpu_costs(subsets, b=50, n_hvp=64)
+    counts = paper_job_counts(REPO / "config.yaml", REPO)
+    rows, summ = paper_scale(cfg, counts, unit, gpu, workdir)
+    write_docs(rows, summ, unit, bench_md, readme, bench_json)
+    return {"rows": rows, "summary": summ}
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Re-render docs/BENCHMARKS.md's Scale-on-paper section, its JSON record "
+                                 "and the README's paper row from the recorded unit costs (no timing).")
+    ap.add_argument("--workdir", default=str(REPO), help="a finished quick run (its tables and benchmark files)")
+    a = ap.parse_args()
+    out = render(Path(a.workdir))
+    print("\n".join(f"{r['rule']}: {r['jobs']} jobs, {r['cpu_h']:.1f} CPU h, {r['gpu_h_estimate']:.2f} GPU h (estimate)"
+                    for r in out["rows"]))

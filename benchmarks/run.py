@@ -365,8 +365,7 @@ def scale_section(subsets: dict, results: dict, workdir: Path, quick: bool) -> t
     import yaml
 
     from bench_hessian import arpack_step_seconds
-    from bench_scale import GPU_EFFICIENCY, GPU_LAUNCH_S, GPU_PEAK_FLOPS, paper_job_counts, paper_scale, \
-        unit_gpu_costs
+    from bench_scale import paper_job_counts, paper_scale, section, unit_gpu_costs
 
     from sharpgaps import models
 
@@ -395,39 +394,7 @@ def scale_section(subsets: dict, results: dict, workdir: Path, quick: bool) -> t
     gpu = unit_gpu_costs(subsets, b=4 if quick else 50, n_hvp=8 if quick else 64)
     counts = paper_job_counts(REPO / "config.yaml", REPO)
     rows, summ = paper_scale(cfg, counts, unit, gpu, workdir)
-    lines = ["## Scale on paper: the paper-scale run (config.yaml) projected from measured unit costs", "",
-             "CPU hours = job wall hours at this run's torch threads on this machine, from unit costs measured "
-             "above at paper sizes (one local step of K=8 workers at b=50; HVP, gradient and graph build per "
-             "example; random removal at the paper's d), times the counts config.yaml implies "
-             "(benchmarks/bench_scale.py states the model). HVP/gradient costs are scaled linearly from the "
-             "examples measured (" + ", ".join(f"{k} {v['n_measured']}" for k, v in unit.items()) +
-             ") to the 5,000 of the paper. Every HVP of a Lanczos solve also pays ARPACK's own step (measured "
-             "per model with a free operator at the paper's d and k + extra = 20, in config.yaml's lanczos_dtype: "
-             + ", ".join(f"{k} {v['arpack_step_s'] * 1e3:.1f} ms" for k, v in unit.items()) +
-             "), on the CPU also next to a GPU. Rules without a model (subset, theory, collect, figures) take "
-             "their mean job time in the finished run's benchmark files.",
-             "",
-             f"**GPU column: estimate, not measured** (no GPU was lent): FLOPs counted by "
-             f"torch.utils.flop_counter at paper sizes / ({GPU_EFFICIENCY:.0%} of {GPU_PEAK_FLOPS / 1e12:.0f} "
-             f"TFLOP/s, an H100's FP32 rate), at least {GPU_LAUNCH_S * 1e6:.0f} us per aten op (launch "
-             "latency), one batched step for all K workers; CPU-side rules unchanged.", "",
-             "| rule | jobs | CPU h | longest job h | GPU h (estimate) |", "|---|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['rule']} | {r['jobs']} | {r['cpu_h']:.1f} | {r['longest_cpu_h']:.2f} | "
-                     f"{r['gpu_h_estimate']:.2f} |")
-    lines.append(f"| **total** | {summ['jobs']} | **{summ['cpu_h']:.0f}** | | **{summ['gpu_h_estimate']:.1f}** |")
-    lines += ["", f"- one machine like this one, jobs one after another: {summ['cpu_h']:.0f} h "
-              f"({summ['cpu_h'] / 24:.1f} days)",
-              f"- one GPU (estimate, not measured): {summ['gpu_h_estimate']:.1f} h",
-              f"- SLURM, 100 concurrent jobs: longest dependency chain (subset -> train -> geometry -> collect -> "
-              f"figure) {summ['critical_path_h']:.1f} h; makespan between max(chain, total/100) = "
-              f"{summ['slurm100_lower_h']:.1f} h and chain + total/100 = {summ['slurm100_upper_h']:.1f} h",
-              *[f"- {a}" for a in summ["assumptions"]],
-              "- not modelled: memory. The paper's geometry keeps the second-order graph of all 5,000 examples "
-              "(`hessian_examples: null`, `chunk_size: null`); for the transformer the one-chunk gradient alone "
-              "peaked near 10 GB (Cuts table), so set `geometry.chunk_size` there or expect swapping. The chain "
-              "is one geometry job because its checkpoints run in sequence (each warm-starts the next)."]
-    return "\n".join(lines), rows + [{"rule": "summary", **summ}]
+    return section(rows, summ, unit), rows + [{"rule": "summary", **summ, "unit": unit}]
 
 
 CURVLINOPS_JSON = REPO / "docs/BENCHMARKS.curvlinops.json"

@@ -97,3 +97,34 @@ def test_curvlinops_decision_keeps_ours_unless_within_10_percent_in_time_and_mem
     assert not decision([row(1.0, 1.0, 100, 120)])[0]
     text = section([row(1.0, 1.2, 100, 100)], "measured today")
     assert "keep FullBatchHVP" in text and "| mnist_fc | quick |" in text
+
+
+def test_paper_projection_counts_every_stage_from_the_recorded_unit_costs(tmp_path):
+    """bench_scale's model, re-rendered from the committed record (no timing): every rule of config.yaml's DAG,
+    the estimators and mechanism stages modelled, the restricted runs for every seed and mode."""
+    import yaml
+    from bench_scale import paper_scale, readme_row, recorded_units, section
+
+    from sharpgaps import grid
+    from sharpgaps.config import validate
+
+    record = json.loads((REPO / "docs/BENCHMARKS.json").read_text())
+    unit = recorded_units(record, REPO / "docs/BENCHMARKS.md")
+    assert set(unit) == {"fc_tanh", "cnn_relu", "transformer"} and all(u["arpack_step_s"] > 0 for u in unit.values())
+    gpu = {m: {"step_flops": 1e9, "step_ops": 100, "hvp_flops_per_ex": 1e6, "hvp_ops": 100,
+               "grad_flops_per_ex": 5e5, "grad_ops": 50} for m in unit}
+    cfg = validate(yaml.safe_load((REPO / "config.yaml").read_text()), REPO / "workflow/schemas/config.schema.yaml")
+    counts = {"train": 1, "geometry": 1, "restricted": 1, "estimators": 1, "mechanism": 1, "subset": 3}
+    rows, summ = paper_scale(cfg, counts, unit, gpu, tmp_path)
+    jobs = summ["job_counts"]
+    main = grid.expand_runs(cfg, ["main"])
+    assert jobs["estimators"] == len(main) == 9
+    assert jobs["mechanism"] == len(grid.expand_runs(cfg, ["main", "tau_ablation"]))
+    assert jobs["restricted"] == len(main) * len(cfg["restricted"]["modes"])
+    assert jobs["train"] == jobs["geometry"] == len(grid.expand_runs(cfg))
+    assert {r["rule"] for r in rows} >= {"train", "geometry", "restricted", "estimators", "mechanism"}
+    assert all(r["cpu_h"] > 0 for r in rows if r["rule"] in ("estimators", "mechanism"))
+    assert summ["critical_path_h"] <= summ["slurm100_lower_h"] <= summ["slurm100_upper_h"] <= summ["cpu_h"]
+    text = section(rows, summ, unit)
+    assert "modelled, not measured" in text and "estimate, not measured" in text
+    assert readme_row(rows, summ).startswith("| paper | `make all` | not run. Projected")

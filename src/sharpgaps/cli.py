@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("check-config", help="check that config files are valid YAML; name the file and line if not")
     q.add_argument("configs", nargs="+")
     q.set_defaults(func=lambda a: jobs.check_config(a.configs))
+    q = sub.add_parser("cost-note", help="print what the paper-scale DAG costs on this machine if it has no GPU")
+    q.add_argument("config")
+    q.set_defaults(func=lambda a: _cost_note(a.config))
     q = sub.add_parser("mechanism", help="per-direction gap variance vs the noise x curvature prediction, per checkpoint")
     after_geometry_args(q, "mechanism", "eigenvalues")
     q.set_defaults(func=lambda a: jobs.mechanism(json.loads(a.run), json.loads(a.geometry), json.loads(a.mechanism),
@@ -141,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("tables", nargs="+")
     q.set_defaults(func=lambda a: jobs.collect(a.tables, a.out))
     return p
+
+
+def _cost_note(config: str) -> None:
+    from .costnote import note
+
+    text = note(Path(config), Path.cwd())
+    if text:
+        print(text, file=sys.stderr)
 
 
 def main(argv=None) -> int:

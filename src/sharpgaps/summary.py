@@ -14,13 +14,17 @@ import numpy as np
 import pandas as pd
 
 from .atomic import read_frame
-from .evidence import Stat, claim, configs, fmt, k_of, per_seed, stat
+from .evidence import MissingEvidence, Stat, claim, configs, fmt, k_of, per_seed, stat
 
 # How the restricted-training verdicts read the loss progress ratio r = (L_branch - L_mode) / (L_branch -
 # L_LocalSGD), per seed: "stalls" below STALLS, "tracks Local SGD" at or above TRACKS (docs/FIDELITY.md).
 STALLS, TRACKS = 0.5, 0.8
 PAPER = "(paper's wording)"
 SONG = "(Song et al.'s finding, not this paper's)"
+PARAPHRASE = "(our paraphrase of the paper's figures, not a quote)"
+# How the claim table reads the mechanism stage's median abs log10(measured / predicted) over the top-k directions,
+# per seed: the noise x curvature model "fits" within a factor 2, "fails" at a factor 10 or more.
+MECH_FITS, MECH_FAILS = float(np.log10(2.0)), 1.0
 
 
 def _main(geometry: pd.DataFrame, setting: str) -> pd.DataFrame:
@@ -46,25 +50,36 @@ def trained_regime(geometry: pd.DataFrame) -> str:
     return "\n".join(rows)
 
 
-def headline(geometry: pd.DataFrame, ks: dict) -> tuple[str, list[str]]:
-    rows = ["| setting | d | m | removal (gap), final | removal (gap), late third | Hessian oracle | random | "
-            "random, exact expectation |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    claims = []
+def headline_numbers(geometry: pd.DataFrame, ks: dict) -> list[dict]:
+    """Per setting and m (m = k, or the largest evaluated m <= k, then the gap rank): the removal Stats of the
+    gap subspace (final, late third), the Hessian oracle and a random subspace. Computed once, read by the
+    headline table, its sentences and the claim table."""
+    out = []
     for setting in geometry["setting"].unique():
         run = _main(geometry, setting)
         d = int(run["d"].iloc[0])
         at_k, rank = _dims(run, ks[setting])
         for m in dict.fromkeys((at_k, rank)):
-            n = {"gap": stat(run, "removal", m=m), "late": stat(run, "removal", "late", m=m),
-                 "oracle": stat(run, "oracle_removal", m=m), "rand": stat(run, "random_removal", m=m)}
-            rows.append(f"| {setting} | {d} | {m} | {n['gap']} | {n['late']} | {n['oracle']} | {n['rand']} | "
-                        f"{stat(run, 'random_removal_expected', m=m)} |")
-            if m == at_k:
-                claims.append(claim(
-                    f"- {setting}: projecting the m = {at_k} gap subspace out of the full-batch gradient removes "
-                    "{gap} of its dominant component at the final checkpoint ({late} over the late third of "
-                    "training), against {rand} for a random subspace of the same dimension and {oracle} for the "
-                    "top-m Hessian eigenvectors.", **n))
+            out.append({"setting": setting, "d": d, "m": m, "at_k": m == at_k,
+                        "gap": stat(run, "removal", m=m), "late": stat(run, "removal", "late", m=m),
+                        "oracle": stat(run, "oracle_removal", m=m), "rand": stat(run, "random_removal", m=m),
+                        "rand_exp": stat(run, "random_removal_expected", m=m)})
+    return out
+
+
+def headline(geometry: pd.DataFrame, ks: dict, numbers: list[dict] | None = None) -> tuple[str, list[str]]:
+    rows = ["| setting | d | m | removal (gap), final | removal (gap), late third | Hessian oracle | random | "
+            "random, exact expectation |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    claims = []
+    for r in numbers if numbers is not None else headline_numbers(geometry, ks):
+        rows.append(f"| {r['setting']} | {r['d']} | {r['m']} | {r['gap']} | {r['late']} | {r['oracle']} | "
+                    f"{r['rand']} | {r['rand_exp']} |")
+        if r["at_k"]:
+            claims.append(claim(
+                f"- {r['setting']}: projecting the m = {r['m']} gap subspace out of the full-batch gradient removes "
+                "{gap} of its dominant component at the final checkpoint ({late} over the late third of "
+                "training), against {rand} for a random subspace of the same dimension and {oracle} for the "
+                "top-m Hessian eigenvectors.", gap=r["gap"], late=r["late"], oracle=r["oracle"], rand=r["rand"]))
     return "\n".join(rows), claims
 
 
@@ -83,19 +98,29 @@ def top_direction(geometry: pd.DataFrame) -> str | None:
     return "\n".join(rows)
 
 
-def sweep(geometry: pd.DataFrame, axis: str, ks: dict) -> str:
-    """Removal at FIXED m (m = k and the smallest rank in the setting's grid), final and late-trajectory."""
-    rows = [f"| setting | {axis} | m | removal, final | removal, late third | random, final | chi_k, final |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+def sweep_numbers(geometry: pd.DataFrame, axis: str, ks: dict) -> list[dict]:
+    """Per setting, axis value and FIXED m (m = k and the smallest rank in the setting's grid): removal (final,
+    late third), random removal and chi_k."""
+    out = []
     for setting in geometry["setting"].unique():
         sel = geometry[geometry["setting"] == setting]
         smallest_rank = int(sel.loc[sel["metric"] == "gap_rank", "value"].min())
         ms = sorted({min(ks[setting], smallest_rank), smallest_rank})
         for value, run in sel.groupby(axis):
             for m in ms:
-                rows.append(f"| {setting} | {value} | {m} | {stat(run, 'removal', m=m)} | "
-                            f"{stat(run, 'removal', 'late', m=m)} | {stat(run, 'random_removal', m=m)} | "
-                            f"{stat(run, 'chi_k')} |")
+                out.append({"setting": setting, "value": value, "m": m, "removal": stat(run, "removal", m=m),
+                            "late": stat(run, "removal", "late", m=m), "rand": stat(run, "random_removal", m=m),
+                            "chi_k": stat(run, "chi_k")})
+    return out
+
+
+def sweep(geometry: pd.DataFrame, axis: str, ks: dict, numbers: list[dict] | None = None) -> str:
+    """Removal at FIXED m (m = k and the smallest rank in the setting's grid), final and late-trajectory."""
+    rows = [f"| setting | {axis} | m | removal, final | removal, late third | random, final | chi_k, final |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in numbers if numbers is not None else sweep_numbers(geometry, axis, ks):
+        rows.append(f"| {r['setting']} | {r['value']} | {r['m']} | {r['removal']} | {r['late']} | {r['rand']} | "
+                    f"{r['chi_k']} |")
     return "\n".join(rows)
 
 
@@ -133,8 +158,18 @@ def restricted_cost(restricted: pd.DataFrame) -> str:
     return "\n".join(rows)
 
 
-def restricted_verdicts(restricted: pd.DataFrame) -> list[str]:
-    """Per setting: what the runs say about Song et al.'s finding and about the paper summary's wording."""
+def _lo(s: Stat) -> float:
+    """The lower edge of a Stat's band (mean - sd; the mean alone for one seed)."""
+    return s.mean - (s.sd if np.isfinite(s.sd) else 0.0)
+
+
+def _hi(s: Stat) -> float:
+    return s.mean + (s.sd if np.isfinite(s.sd) else 0.0)
+
+
+def restricted_numbers(restricted: pd.DataFrame) -> list[dict]:
+    """Per setting with none, dom and bulk: the Dom/Bulk progress ratios and the two verdicts, plus the gap- and
+    random-subspace variants' ratios where run."""
     out = []
     for setting in restricted["setting"].unique():
         modes = set(restricted.loc[restricted["setting"] == setting, "mode"])
@@ -143,26 +178,35 @@ def restricted_verdicts(restricted: pd.DataFrame) -> list[str]:
         dom, bulk = _progress(restricted, setting, "dom"), _progress(restricted, setting, "bulk")
         # A verdict needs the whole band (mean ± sd across seeds) on one side of a threshold; a band that
         # straddles it is reported as unsettled rather than read from the mean alone.
-        lo = lambda s: s.mean - (s.sd if np.isfinite(s.sd) else 0.0)  # noqa: E731
-        hi = lambda s: s.mean + (s.sd if np.isfinite(s.sd) else 0.0)  # noqa: E731
-        song = ("supported" if hi(dom) < STALLS and lo(bulk) >= TRACKS else
-                "contradicted" if lo(dom) >= TRACKS or hi(bulk) < STALLS else "not settled by these seeds")
-        paper = ("supported" if lo(dom) >= STALLS else "not supported" if hi(dom) < STALLS else
+        song = ("supported" if _hi(dom) < STALLS and _lo(bulk) >= TRACKS else
+                "contradicted" if _lo(dom) >= TRACKS or _hi(bulk) < STALLS else "not settled by these seeds")
+        paper = ("supported" if _lo(dom) >= STALLS else "not supported" if _hi(dom) < STALLS else
                  "not settled by these seeds")
+        variants = {prefix: (_progress(restricted, setting, f"{prefix}dom"), _progress(restricted, setting, f"{prefix}bulk"))
+                    for prefix in ("gap", "rand") if {f"{prefix}dom", f"{prefix}bulk"} <= modes}
+        out.append({"setting": setting, "dom": dom, "bulk": bulk, "song": song, "paper": paper, "variants": variants})
+    return out
+
+
+def restricted_verdicts(restricted: pd.DataFrame, numbers: list[dict] | None = None) -> list[str]:
+    """Per setting: what the runs say about Song et al.'s finding and about the paper summary's wording."""
+    out = []
+    for r in numbers if numbers is not None else restricted_numbers(restricted):
+        setting, dom, bulk = r["setting"], r["dom"], r["bulk"]
         out.append(claim(
             f"- {setting}: Dom-restricted training achieved {{dom}} of plain Local SGD's train-loss drop since the "
             f"branch and Bulk-restricted {{bulk}}. Song et al.'s \"Dom stalls, Bulk tracks\" (stalls: < {STALLS}, "
-            f"tracks: >= {TRACKS}; the whole mean ± sd band must clear the threshold) is {song} here; the paper "
+            f"tracks: >= {TRACKS}; the whole mean ± sd band must clear the threshold) is {r['song']} here; the paper "
             f"summary's \"dominant-component updates retain useful optimization behaviour\" (>= {STALLS}) is "
-            f"{paper}.", dom=dom, bulk=bulk))
+            f"{r['paper']}.", dom=dom, bulk=bulk))
         # the same Dom/Bulk split with another subspace: the Hessian-free gap subspace, and a random control
         for prefix, intro, name in (("gap", "with the Hessian-free gap subspace instead, ", "gap"),
                                     ("rand", "the control with a random subspace of the same dimension k: ", "random")):
-            if {f"{prefix}dom", f"{prefix}bulk"} <= modes:
+            if prefix in r["variants"]:
+                vdom, vbulk = r["variants"][prefix]
                 out.append(claim(
                     f"- {setting}: {intro}{name}-Dom achieved {{vdom}} and {name}-Bulk {{vbulk}} of Local SGD's drop "
-                    "(Dom: {dom}, Bulk: {bulk}).", vdom=_progress(restricted, setting, f"{prefix}dom"),
-                    vbulk=_progress(restricted, setting, f"{prefix}bulk"), dom=dom, bulk=bulk))
+                    "(Dom: {dom}, Bulk: {bulk}).", vdom=vdom, vbulk=vbulk, dom=dom, bulk=bulk))
     return out
 
 
@@ -196,12 +240,22 @@ def _by_overlap(rows: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: -r["overlap"].mean if r["overlap"].ok() else np.inf)
 
 
-def estimator_ranking(est: pd.DataFrame) -> tuple[str, list[str]]:
+def estimator_numbers(est: pd.DataFrame) -> dict[str, tuple[int, list[dict]]]:
+    """setting -> (k, its estimator rows): computed once, read by the ranking and the claim table."""
+    return {setting: _estimator_rows(est, setting) for setting in est["setting"].unique()}
+
+
+def _free(rows: list[dict]) -> list[dict]:
+    """The estimators at no extra gradient (by-products of Local SGD; not the random control), by overlap."""
+    return _by_overlap([r for r in rows if r["overlap"].ok() and r["estimator"] != "random"
+                        and np.isfinite(r["cost"].mean) and r["cost"].mean == 0])
+
+
+def estimator_ranking(est: pd.DataFrame, numbers: dict | None = None) -> tuple[str, list[str]]:
     """Per setting: the estimators ranked by overlap with V_k at m = k (final checkpoint), with their extra cost;
     then the best estimator within each cost budget; and one generated sentence on the paper's practical claim."""
     parts, claims = [], []
-    for setting in est["setting"].unique():
-        k, rows = _estimator_rows(est, setting)
+    for setting, (k, rows) in (numbers if numbers is not None else estimator_numbers(est)).items():
         ranked = _by_overlap(rows)
         parts += [f"**{setting}** (k = {k}; m = k):", "",
                   "| rank | estimator | overlap | overlap, late third | capture | removal | largest angle (deg) | "
@@ -221,7 +275,7 @@ def estimator_ranking(est: pd.DataFrame) -> tuple[str, list[str]]:
             parts.append(f"| {fmt(c)} | {best['label']} | {best['overlap']} |")
         parts.append("")
         gap = next((r for r in rows if r["estimator"] == "gap"), None)
-        free = _by_overlap([r for r in usable if r["cost"].mean == 0])
+        free = _free(rows)
         if gap is None or not gap["overlap"].ok() or not free:
             continue
         best_free = free[0]
@@ -241,6 +295,154 @@ def estimator_ranking(est: pd.DataFrame) -> tuple[str, list[str]]:
             text += "; no paid estimator evaluated here exceeds it."
         claims.append(claim(text, **numbers))
     return "\n".join(parts), claims
+
+
+# ----------------------------------------------------------------------------- the abstract's claims, one row each
+
+def _band_verdict(above: Stat, below: Stat) -> str:
+    """'supported' when the whole band of ``above`` lies over the whole band of ``below``, 'contradicted' when it
+    lies at or under it, else 'not settled' (the bands overlap)."""
+    if _lo(above) > _hi(below):
+        return "supported"
+    if _hi(above) <= _lo(below):
+        return "contradicted"
+    return "not settled"
+
+
+def _verdicts(per_setting: list[tuple[str, str]]) -> str:
+    """One verdict per setting, grouped: 'supported (mnist_fc, cifar_cnn); not settled (sst2_transformer)'."""
+    groups: dict[str, list[str]] = {}
+    for setting, v in per_setting:
+        groups.setdefault(v, []).append(setting)
+    if len(groups) == 1:
+        v, settings = next(iter(groups.items()))
+        return f"**{v}** in all {len(settings)} settings" if len(settings) > 1 else f"**{v}** ({settings[0]})"
+    return "; ".join(f"**{v}** ({', '.join(ss)})" for v, ss in groups.items())
+
+
+def _not_run(table: str, stage: str) -> tuple[str, str]:
+    """The row of a claim whose table was not given: the workflow gives `summary` every table its config makes,
+    so this means the config has no such stage (a table that is given but missing fails instead)."""
+    return (f"not run: no `{table}` table given to `summary` (no {stage} stage in this run)", "**not run**")
+
+
+CLAIMS = (
+    ("a", f"{PAPER} The worker-average gaps concentrate along the sharp, top-Hessian directions.", "1, 2, 9"),
+    ("b", f"{PAPER} The gap subspace is \"a cheap Hessian-free estimator of the dominant subspace\".", "X3"),
+    ("c", f"{PAPER} The gap covariance \"is shaped by stochastic-gradient noise and Hessian curvature, causing "
+          "workers to disagree along sharp, curvature-sensitive directions\".", "X4"),
+    ("d", f"{PARAPHRASE} A longer communication period tau dilutes the gap subspace's concentration on the sharp "
+          "directions.", "10-12"),
+    ("e", f"{PAPER} Dominant-component updates \"retain useful optimization behaviour while suppressing components "
+          "lying in the bulk\".", "5-8"),
+)
+
+
+def claim_rows(numbers: dict) -> list[dict]:
+    """One row per claim of the abstract: its wording (marked), figures, the measured numbers (generated by
+    `claim`, so a missing number raises) and a verdict with its rule. ``numbers``: the stages' numbers as
+    write_results computes them once (headline, tau, estimators, mechanism, restricted); a stage that is absent
+    (None: its table was not given, i.e. the config has no such stage) gives a 'not run' row."""
+    rows = []
+    for key, wording, figs in CLAIMS:
+        rule, cells, verdicts = "", [], []
+        if key == "a":
+            rule = ("gap removal vs random removal at m = k, final checkpoint: supported when the whole gap band "
+                    "(mean ± sd over seeds) lies above the random band, contradicted when at or below it")
+            if numbers.get("headline") is None:
+                cells, verdict = _not_run("main", "main")
+            for r in numbers.get("headline") or []:
+                if r["at_k"]:
+                    cells.append(claim(f"{r['setting']} (m = {r['m']}): removal {{gap}} vs random {{rand}}, "
+                                       "Hessian oracle {oracle}", gap=r["gap"], rand=r["rand"], oracle=r["oracle"]))
+                    verdicts.append((r["setting"], _band_verdict(r["gap"], r["rand"])))
+        elif key == "b":
+            rule = ("overlap with V_k at m = k, final checkpoint, gap subspace vs a random subspace: supported when "
+                    "the whole gap band lies above the random band, contradicted when at or below it; the rank is "
+                    "among the estimators at no extra gradient (by-products of Local SGD)")
+            if numbers.get("estimators") is None:
+                cells, verdict = _not_run("estimators", "estimators")
+            for setting, (k, est) in (numbers.get("estimators") or {}).items():
+                gap = next((r for r in est if r["estimator"] == "gap"), None)
+                rand = next((r for r in est if r["estimator"] == "random"), None)
+                free = _free(est)
+                if gap is None or rand is None:
+                    raise MissingEvidence(f"claim (b), {setting}: the estimators table lacks the gap subspace or "
+                                          "the random subspace")
+                if not gap["overlap"].ok():  # rank below k at this scale (K*W vectors or a degenerate gap matrix)
+                    cells.append(claim(f"{setting} (k = {k}): gap subspace rank {{rank}} < k, no overlap at m = k",
+                                       rank=gap["rank"]))
+                    verdicts.append((setting, "not testable at this scale"))
+                    continue
+                cells.append(claim(f"{setting} (k = {k}): gap overlap {{gap}} vs random {{rand}}; rank "
+                                   f"{free.index(gap) + 1} of {len(free)} at no extra cost (best: "
+                                   f"{free[0]['label']}, {{best}})", gap=gap["overlap"], rand=rand["overlap"],
+                                   best=free[0]["overlap"]))
+                verdicts.append((setting, _band_verdict(gap["overlap"], rand["overlap"])))
+        elif key == "c":
+            rule = (f"median abs log10(measured / predicted gap variance) over the top-k eigendirections, per seed: "
+                    f"supported when the whole band is <= {fmt(MECH_FITS)} (within a factor 2), contradicted when it "
+                    f"is >= {fmt(MECH_FAILS)} (a factor 10 or more), else not settled; gamma (c_j ~ lambda_j^gamma, "
+                    "late third) is reported, not judged")
+            if numbers.get("mechanism") is None:
+                cells, verdict = _not_run("mechanism", "mechanism")
+            for setting, n in (numbers.get("mechanism") or {}).get("main", {}).items():
+                cells.append(claim(f"{setting}: median abs log10 {{med}}, signed {{signed}}, gamma {{g}}",
+                                   med=n["med"], signed=n["signed"], g=n["gamma"]))
+                verdicts.append((setting, "supported" if _hi(n["med"]) <= MECH_FITS else
+                                 "contradicted" if _lo(n["med"]) >= MECH_FAILS else "not settled"))
+            if numbers.get("mechanism") is not None and not verdicts:
+                raise MissingEvidence("claim (c): the mechanism table has no `main` rows")
+        elif key == "d":
+            rule = ("gap removal at a fixed m (k, or the smallest gap rank of the grid), final checkpoint, smallest vs "
+                    "largest tau: supported when the whole band at the largest tau lies below the band at the "
+                    "smallest, contradicted when above it, else not settled")
+            if numbers.get("tau") is None:
+                cells, verdict = _not_run("tau_ablation", "tau_ablation")
+            for setting in dict.fromkeys(r["setting"] for r in numbers.get("tau") or []):
+                sel = [r for r in numbers["tau"] if r["setting"] == setting]
+                m = min(r["m"] for r in sel)
+                at = {r["value"]: r["removal"] for r in sel if r["m"] == m}
+                lo, hi = min(at), max(at)
+                cells.append(claim(f"{setting} (m = {m}): removal {{r0}} at tau = {lo}, {{r1}} at tau = {hi}",
+                                   r0=at[lo], r1=at[hi]))
+                verdicts.append((setting, _band_verdict(at[lo], at[hi])))
+            share = (numbers.get("mechanism") or {}).get("share")
+            if share is not None and numbers.get("tau") is not None:
+                for setting, g in share.groupby("setting"):
+                    lo, hi = g["tau"].min(), g["tau"].max()
+                    cells.append(claim(f"{setting}: share of gap energy in V_k {{s0}} at tau = {lo}, {{s1}} at "
+                                       f"tau = {hi} (late third)", s0=Stat.of(g.loc[g["tau"] == lo, "share_measured"]),
+                                       s1=Stat.of(g.loc[g["tau"] == hi, "share_measured"])))
+        elif key == "e":
+            rule = (f"Dom-restricted training's share of plain Local SGD's train-loss drop since the branch, per seed: "
+                    f"supported when the whole band is >= {STALLS}, not supported when below it, else not settled "
+                    "by these seeds (the verdict of the restricted section)")
+            if numbers.get("restricted") is None:
+                cells, verdict = _not_run("restricted", "restricted")
+            for r in numbers.get("restricted") or []:
+                cells.append(claim(f"{r['setting']}: Dom {{dom}}, Bulk {{bulk}} of Local SGD's drop", dom=r["dom"],
+                                   bulk=r["bulk"]))
+                verdicts.append((r["setting"], r["paper"]))
+            if numbers.get("restricted") is not None and not verdicts:
+                raise MissingEvidence("claim (e): the restricted table has no setting with the none, dom and bulk modes")
+        if verdicts:
+            verdict = _verdicts(verdicts)
+        elif not cells:
+            raise MissingEvidence(f"claim ({key}): its table was given but yields no number")
+        rows.append({"claim": key, "wording": wording, "figures": figs, "measured": "<br>".join(cells)
+                     if isinstance(cells, list) else cells, "verdict": verdict, "rule": rule})
+    return rows
+
+
+def claim_table(numbers: dict) -> str:
+    """The claim table (markdown): claim, figures, measured numbers, verdict and the rule behind it."""
+    out = ["| claim | figures | measured: mean ± sample sd over seeds (n = seeds) | verdict (rule) |",
+           "|---|---|---|---|"]
+    for r in claim_rows(numbers):
+        out.append(f"| ({r['claim']}) {r['wording']} | {r['figures']} | {r['measured']} | {r['verdict']} "
+                   f"(rule: {r['rule']}) |")
+    return "\n".join(out)
 
 
 def theory_check(theory: pd.DataFrame) -> str:
@@ -273,18 +475,36 @@ README_BEGIN = "<!-- headline:begin (generated by `sharpgaps summary --readme`) 
 README_END = "<!-- headline:end -->"
 
 
+def stage_numbers(frames: dict[str, pd.DataFrame | None]) -> dict:
+    """Every number the sections and the claim table read, computed once from the loaded tables (None: the table
+    was not given)."""
+    main, tau, restricted = frames.get("main"), frames.get("tau_ablation"), frames.get("restricted")
+    est, mech = frames.get("estimators"), frames.get("mechanism")
+    return {"headline": None if main is None else headline_numbers(main, k_of(main)),
+            "tau": None if tau is None else sweep_numbers(tau, "tau", k_of(tau)),
+            "restricted": None if restricted is None else restricted_numbers(restricted),
+            "estimators": None if est is None or est.empty else estimator_numbers(est),
+            "mechanism": None if mech is None or mech.empty else mechanism_numbers(mech)}
+
+
 def write_results(tables: dict[str, Path], out: Path, title: str) -> str:
-    """``tables``: experiment name -> geometry parquet, plus optional 'restricted' and 'theory'. A table that is
-    named but missing raises (read_frame); sections of tables not named are left out."""
-    load = lambda key: read_frame(tables[key]) if key in tables else None  # noqa: E731
-    main, restricted, theory = load("main"), load("restricted"), load("theory")
-    estimators = load("estimators")
+    """``tables``: experiment name -> geometry parquet, plus optional 'restricted', 'theory', 'estimators' and
+    'mechanism'. A table that is named but missing raises (read_frame); sections of tables not named are left out,
+    and the claim table says 'not run' for them (the workflow names every table its config makes)."""
+    frames = {key: read_frame(path) for key, path in tables.items()}
+    main, restricted, theory = frames.get("main"), frames.get("restricted"), frames.get("theory")
+    estimators, mech = frames.get("estimators"), frames.get("mechanism")
+    numbers = stage_numbers(frames)
     parts = [f"# Results ({title})", "",
              "Generated by `sharpgaps summary` from the pipeline's tables; regenerate, never edit. Numbers are "
              "mean ± sample sd over seeds (n = seeds), each seed read at its final checkpoint or averaged over "
-             "the last third of its checkpoints (\"late third\").", ""]
+             "the last third of its checkpoints (\"late third\").", "",
+             "## The abstract's claims against these tables", "",
+             "One row per claim; each verdict states its rule. A band is mean ± sample sd over seeds (the mean "
+             "alone for one seed); the sections below hold the same numbers in full.", "",
+             claim_table(numbers), ""]
     if main is not None:
-        table, claims = headline(main, k_of(main))
+        table, claims = headline(main, k_of(main), numbers["headline"])
         parts += ["## Trained regime (Figs 3-4): final checkpoint of each `main` run", "",
                   trained_regime(main), "",
                   "## Headline (Figs 1-9): the gap subspace vs a random subspace", "",
@@ -297,17 +517,18 @@ def write_results(tables: dict[str, Path], out: Path, title: str) -> str:
                       "Removal at m = 1 exceeds the Hessian oracle's when u_1 is close to g itself "
                       "(cos^2(u_1, g) near 1 means one gap direction carries g's dominant part).", "", top, ""]
     for name, axis, figs in (("tau_ablation", "tau", "10-12"), ("k_sweep", "K", "13-15"), ("batch_sweep", "b", "16-18")):
-        df = load(name)
+        df = frames.get(name)
         if df is not None:
-            parts += [f"## Figs {figs}: {name} (removal vs {axis}, at fixed m)", "", sweep(df, axis, k_of(df)), ""]
+            parts += [f"## Figs {figs}: {name} (removal vs {axis}, at fixed m)", "",
+                      sweep(df, axis, k_of(df), numbers["tau"] if name == "tau_ablation" else None), ""]
     if restricted is not None and not restricted.empty:
         parts += ["## Figs 5-8 and the gap-restricted variant: restricted training", "",
                   f"{SONG} Dom-restricted training stalls and Bulk-restricted training matches plain Local SGD.",
                   f"{PAPER} Dominant-component updates \"retain useful optimization behaviour while suppressing "
-                  "components lying in the bulk\".", "", "Measured:", "", *restricted_verdicts(restricted), "",
-                  restricted_cost(restricted), ""]
+                  "components lying in the bulk\".", "", "Measured:", "",
+                  *restricted_verdicts(restricted, numbers["restricted"]), "", restricted_cost(restricted), ""]
     if estimators is not None and not estimators.empty:
-        table, claims = estimator_ranking(estimators)
+        table, claims = estimator_ranking(estimators, numbers["estimators"])
         parts += ["## Fig X3: is the gap subspace the best cheap estimate of the sharp subspace? (issue 14)", "",
                   f"{PAPER} The worker-average gaps are \"a cheap Hessian-free estimator of the dominant subspace\".", "",
                   "Each estimator uses n = K*W input vectors; overlap = ||V_k^T U||_F^2 / min(k, m) at m = k, each "
@@ -318,9 +539,8 @@ def write_results(tables: dict[str, Path], out: Path, title: str) -> str:
         parts += ["## Theory check (quadratic model)", "",
                   "Measured gap variance along each eigendirection vs eta^2 (1-1/K) sum_s A^s (C/b) A^s; "
                   "z = (measured - predicted) / Monte-Carlo standard error.", "", theory_check(theory), ""]
-    mech = load("mechanism")
     if mech is not None and not mech.empty:
-        parts += ["## The mechanism direction by direction (Fig X4)", "", *mechanism_section(mech)]
+        parts += ["## The mechanism direction by direction (Fig X4)", "", *mechanism_section(mech, numbers["mechanism"])]
     text = "\n".join(parts)
     from .atomic import save_text
 
@@ -376,28 +596,47 @@ def _per_seed(df: pd.DataFrame, fn) -> Stat:
     return Stat.of(fn(g) for _, g in df.groupby("seed"))
 
 
-def mechanism_section(mech: pd.DataFrame) -> list[str]:
-    """Per setting: how far the measured gap variance is from the noise x curvature prediction along the top-k
-    eigendirections, where it fails (eta lambda range, early/late, random directions), the noise-curvature
-    exponent gamma, and the tau_ablation's share of gap energy in V_k."""
+def mechanism_numbers(mech: pd.DataFrame) -> dict:
+    """The mechanism stage's numbers, computed once: per `main` setting the top-k median abs log10(measured /
+    predicted) (every checkpoint; its IQR, signed median, late third, random directions), the late third's gamma
+    fits; per tau_ablation setting the share of gap energy in V_k by tau (late third)."""
     from .mechanism import fit_exponent, vk_share
 
     main = mech[mech["experiment"] == "main"]
+    settings = {}
+    for setting, run in main.groupby("setting", sort=False):
+        top = _top_k(run)
+        rnd = run[(run["kind"] == "random") & (run["ratio"] > 0)]
+        eig = _late(run[(run["kind"] == "eigen") & (run["lambda"] > 0) & (run["c"] > 0)], True)
+        fits = {int(s): fit_exponent(g["lambda"], g["c"]) for s, g in eig.groupby("seed")}
+        settings[setting] = {
+            "run": run, "seeds": top["seed"].nunique(),
+            "med": _per_seed(top, lambda g: float(_mech_abs(g).median())),
+            "iqr": _per_seed(top, lambda g: float(_mech_abs(g).quantile(0.75) - _mech_abs(g).quantile(0.25))),
+            "signed": _per_seed(top, lambda g: float(np.log10(g["ratio"]).median())),
+            "late": _per_seed(_late(top, True), lambda g: float(_mech_abs(g).median())),
+            "rnd_med": _per_seed(rnd, lambda g: float(_mech_abs(g).median())) if len(rnd) else Stat.of([]),
+            "fits": fits, "gamma": Stat.of(f["gamma"] for f in fits.values())}
+    tau = mech[mech["experiment"] == "tau_ablation"]
+    share = None
+    if len(tau):
+        share = _late(vk_share(tau), True).groupby(["setting", "tau", "seed"], as_index=False)[
+            ["share_measured", "share_predicted"]].mean()
+    return {"main": settings, "share": share}
+
+
+def mechanism_section(mech: pd.DataFrame, numbers: dict | None = None) -> list[str]:
+    """Per setting: how far the measured gap variance is from the noise x curvature prediction along the top-k
+    eigendirections, where it fails (eta lambda range, early/late, random directions), the noise-curvature
+    exponent gamma, and the tau_ablation's share of gap energy in V_k."""
+    numbers = numbers if numbers is not None else mechanism_numbers(mech)
     rows = ["| setting | seeds | median abs log10(meas/pred), top-k | its IQR | signed median | late third | "
             "random directions | gamma (late third) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     claims, fails, gammas = [], [], []
-    for setting, run in main.groupby("setting", sort=False):
-        top = _top_k(run)
-        med = _per_seed(top, lambda g: float(_mech_abs(g).median()))
-        iqr = _per_seed(top, lambda g: float(_mech_abs(g).quantile(0.75) - _mech_abs(g).quantile(0.25)))
-        signed = _per_seed(top, lambda g: float(np.log10(g["ratio"]).median()))
-        late = _per_seed(_late(top, True), lambda g: float(_mech_abs(g).median()))
-        rnd = run[(run["kind"] == "random") & (run["ratio"] > 0)]
-        rnd_med = _per_seed(rnd, lambda g: float(_mech_abs(g).median())) if len(rnd) else Stat.of([])
-        eig = _late(run[(run["kind"] == "eigen") & (run["lambda"] > 0) & (run["c"] > 0)], True)
-        fits = {int(s): fit_exponent(g["lambda"], g["c"]) for s, g in eig.groupby("seed")}
-        gamma = Stat.of(f["gamma"] for f in fits.values())
-        rows.append(f"| {setting} | {top['seed'].nunique()} | {med} | {iqr} | {signed} | {late} | {rnd_med} | {gamma} |")
+    for setting, n in numbers["main"].items():
+        run, med, signed, gamma, fits = n["run"], n["med"], n["signed"], n["gamma"], n["fits"]
+        rows.append(f"| {setting} | {n['seeds']} | {med} | {n['iqr']} | {signed} | {n['late']} | {n['rnd_med']} | "
+                    f"{gamma} |")
         claims.append(claim(f"- {setting}: along the top-k Hessian eigendirections (every checkpoint), the median "
                             "abs log10(measured/predicted) is {med} (the measured gap variance is typically within "
                             "that many decades of the prediction); signed median log10 {signed} "
@@ -433,10 +672,8 @@ def mechanism_section(mech: pd.DataFrame) -> list[str]:
            "eta*lambda, early = first third of checkpoints):", "", *fails, "",
            "Noise-curvature exponent (an eigenbasis exponent; Zhang, Yang & Tu's 1 <= gamma <= 2 is entrywise, "
            "C_ii ~ H_ii^gamma):", "", *gammas, ""]
-    tau = mech[mech["experiment"] == "tau_ablation"]
-    if len(tau):
-        share = _late(vk_share(tau), True).groupby(["setting", "tau", "seed"], as_index=False)[
-            ["share_measured", "share_predicted"]].mean()
+    share = numbers["share"]
+    if share is not None:
         rows = ["| setting | tau | share of gap energy in V_k, measured | predicted |", "|---|---:|---:|---:|"]
         for (setting, t), g in share.groupby(["setting", "tau"]):
             rows.append(f"| {setting} | {t} | {Stat.of(g['share_measured'])} | {Stat.of(g['share_predicted'])} |")
