@@ -116,7 +116,7 @@ def _quick_hvp_counts(workdir: Path) -> tuple[dict, dict]:
         df = read_frame(main)
         for setting, g in df.groupby("setting"):
             n = g[g.metric == "n_hvp"].value.median()
-            pairs = g[g.metric == "lambda"].groupby("round").size().median()
+            pairs = g[g.metric == "lambda"].groupby(["seed", "round"]).size().median()  # eigenpairs per checkpoint
             per_pair[setting] = float(n / pairs)
     table = workdir / "results/tables/restricted.parquet"
     if table.exists():
