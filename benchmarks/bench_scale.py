@@ -333,7 +333,9 @@ def readme_row(rows: list[dict], summ: dict) -> str:
                       if r["cpu_h"] >= 0.5)
     return (f"{README_ROW} not run. Projected for config.yaml's DAG ({summ['jobs']} jobs, every seed and stage; "
             f"estimators and mechanism modelled from the unit costs, not measured) from unit costs measured at paper "
-            f"sizes: {summ['cpu_h']:.0f} job-hours ({parts}), so {summ['cpu_h'] / 24:.0f} days on one such machine, "
+            f"sizes: {summ['cpu_h']:.0f} job-hours ({parts}; mechanism is a lower bound: it prices per-example "
+            f"gradients at the batched gradient's per-example rate, where quick-scale mechanism jobs took 0.4-0.6x "
+            f"their geometry job), so {summ['cpu_h'] / 24:.0f} days on one such machine, "
             f"or {summ['slurm100_lower_h']:.0f}-{summ['slurm100_upper_h']:.0f} h on a 100-job SLURM allocation (the "
             f"longest chain is {summ['critical_path_h']:.1f} h) | not modelled; set `geometry.chunk_size` for the "
             f"transformer | {summ['gpu_h_estimate']:.1f} h (FLOP count at {GPU_EFFICIENCY:.0%} of an H100's FP32 "
