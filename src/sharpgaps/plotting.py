@@ -246,7 +246,7 @@ def fraction_axis(ax, values, baseline=None, log: bool = True) -> str:
             ax.set_ylabel(f"{ax.get_ylabel()} (log scale)".lstrip())
             return "log"
         base = pd.Series(baseline, dtype=float).dropna()
-        note = f"baseline (random subspace): {base.min():.1e} to {base.max():.1e}, on the zero line"
+        note = f"random subspace: {base.min():.1e} to {base.max():.1e}\n(on the zero line)"  # short lines: no overlap
         ax.set_xlabel(f"{ax.get_xlabel()}\n{note}".lstrip("\n"))
         mode = "note"
     else:
