@@ -96,7 +96,7 @@ def random_removal_all(g: Tensor, V: Tensor, ms, generator: torch.Generator | No
         return {m: torch.full((n_draws,), nan, dtype=torch.float64) for m in ms}
     T = torch.linalg.qr(torch.cat([V, g[:, None]], 1))[1].cpu()  # (r, k + 1): [V, g] in the basis Q
     r, Tv, tg, vg = k + 1, T[:, :k], T[:, k], vg.cpu()
-    top = min(max([m for m in ms if m < d], default=0), d)
+    top = max([m for m in ms if m < d], default=0)  # draws cover the largest m < d; m >= d removes all
     seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device if generator else "cpu"))
     rng = np.random.default_rng(seed)
     Z = torch.from_numpy(rng.standard_normal((n_draws, top, r)))  # the first `top` rows of each draw's Z
