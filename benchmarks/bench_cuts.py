@@ -207,6 +207,50 @@ def bench_channels_last(sub: dict, n: int, b: int = 50, repeats: int = 3) -> lis
     return rows
 
 
+class _Untrimmed(torch.nn.Module):
+    """A model seen without its padding hooks (models.length_order / trim_padding): the path before the cut."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+def bench_evaluation(subsets: dict, repeats: int = 3) -> list[dict]:
+    """Training-set loss and accuracy (localsgd.evaluate; restricted runs call it at every evaluation): chunks of
+    1,000 examples in data order (before) vs chunks of 256, length-sorted and trimmed of all-padding columns for
+    text (after); and the transformer's full training-set gradient (chunks of 256) without / with the sorting."""
+    from sharpgaps.localsgd import evaluate
+
+    rows = []
+    for name, sub in subsets.items():
+        x, y = sub["x_train"], sub["y_train"]
+        model = models.build_model(name, sub["meta"], seed=0)
+        plain = _Untrimmed(model)
+        theta = dict(model.named_parameters())
+        wrapped = {f"inner.{n}": p for n, p in theta.items()}
+        runs = {"before": lambda: evaluate(plain, wrapped, losses.mse_onehot, x, y, chunk=1000),
+                "after": lambda: evaluate(model, theta, losses.mse_onehot, x, y)}
+        with torch.no_grad():
+            diff = abs(runs["before"]()[0] - runs["after"]()[0]) / abs(runs["before"]()[0])
+            ts = interleaved_times(runs, repeats)
+        rows += _pair("evaluation: chunks of 1000 -> 256, length-sorted and trimmed (text)",
+                      f"{name}, {len(x)} examples", ts["before"], ts["after"], rel_diff=diff)
+        if models.length_order(model, x) is not None:
+            grads = {"before": lambda: FullBatchHVP(plain, losses.mse_onehot, x, y, params=wrapped, chunk_size=256,
+                                                    cache_graph=False).gradient(),
+                     "after": lambda: FullBatchHVP(model, losses.mse_onehot, x, y, params=theta, chunk_size=256,
+                                                   cache_graph=False).gradient()}
+            a, b = grads["before"](), grads["after"]()
+            ts = interleaved_times(grads, repeats)
+            rows += _pair("training-set gradient: chunks length-sorted and trimmed", f"{name}, {len(x)} examples, "
+                          f"chunk 256, max_len {x.shape[1]}", ts["before"], ts["after"],
+                          rel_diff=float((a - b).norm() / a.norm()))
+    return rows
+
+
 def _hwm_mb() -> float:
     """This process's peak RSS (VmHWM; unlike ru_maxrss it starts afresh at exec, not at the parent's peak)."""
     line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))

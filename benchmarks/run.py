@@ -223,7 +223,7 @@ def _med(r: dict, unit: str) -> str:
 
 def cuts_section(subsets: dict, quick: bool) -> tuple[str, list[dict]]:
     """Before/after pairs of every performance cut (benchmarks/bench_cuts.py), side by side."""
-    from bench_cuts import (bench_channels_last, bench_grad_chunk, bench_hvp_forward_over_reverse,
+    from bench_cuts import (bench_channels_last, bench_evaluation, bench_grad_chunk, bench_hvp_forward_over_reverse,
                             bench_lanczos_dtype, bench_removal, bench_train_step)
 
     from sharpgaps import models
@@ -248,6 +248,7 @@ def cuts_section(subsets: dict, quick: bool) -> tuple[str, list[dict]]:
     rows += bench_hvp_forward_over_reverse(big, n={"cnn_relu": 8 if quick else 256,
                                                    "transformer": 4 if quick else 128}, repeats=reps)
     rows += bench_channels_last(subsets["cnn_relu"], n=16 if quick else 1000, b=4 if quick else 50, repeats=reps)
+    rows += bench_evaluation(subsets, repeats=reps)
     lines = ["## Cuts: before / after (issue #6)", "",
              "Each pair measured side by side in this process (interleaved repeats; peak RSS from one fresh "
              "process per variant). `before` is the previous code path, still selectable: "

@@ -208,6 +208,42 @@ def test_stage_rows_determinism_and_resume(run, mnist_small, tmp_path):
     assert math.isnan(cost[("oracle", np.nan)])
 
 
+def test_stage_reuses_the_geometry_jobs_gradient(run, mnist_small, tmp_path):
+    """The geometry cache keeps g per checkpoint; the estimators given it agree with computing it themselves
+    (to float rounding: the geometry job's g is chunked differently), and a cache entry written before g was
+    kept is treated as stale and recomputed, not read without it."""
+    from sharpgaps.geometry import checkpoint_cache
+    from sharpgaps.hessian import FullBatchHVP
+    from sharpgaps.atomic import load_torch, save_torch
+    from sharpgaps.flat import unflatten
+
+    model, spec, work = run
+    x, y = mnist_small["x_train"], mnist_small["y_train"]
+    gspec = GeometrySpec(k=10, extra=2, hessian_examples=200, m_list=(1, 2), random_draws=2, cos_top=2)
+    espec = EstimatorSpec(m_list=(1, 2, 12), krylov_hvps=(10,))
+    ckpts = list_checkpoints(work / CKPT_DIR)
+    cache = checkpoint_cache(ckpts, model, LOSS, x, y, gspec, tmp_path / "geom")
+    for path in ckpts:
+        ckpt = load_torch(path)
+        theta = unflatten(ckpt["theta"], dict(model.named_parameters()))
+        g = FullBatchHVP(model, LOSS, x, y, params=theta, cache_graph=False).gradient()
+        cached = cache[int(ckpt["round"])]["gradient"]
+        assert cached.shape == g.shape and torch.allclose(cached, g, rtol=1e-5, atol=1e-7)
+    vecs = {r: c["vectors"] for r, c in cache.items()}
+    grads = {r: c["gradient"] for r, c in cache.items()}
+    given = E.run_estimators(ckpts, vecs, model, LOSS, x, y, spec, gspec, espec, tmp_path / "a", gradients=grads)
+    own = E.run_estimators(ckpts, vecs, model, LOSS, x, y, spec, gspec, espec, tmp_path / "b")
+    q = lambda df: df[df["metric"].isin(["overlap", "capture", "removal"])].reset_index(drop=True)  # noqa: E731
+    assert np.allclose(q(given)["value"], q(own)["value"], rtol=1e-4, atol=1e-6)
+    entry = tmp_path / "geom" / f"{ckpts[0].stem}.geom.pt"
+    old = load_torch(entry)
+    del old["gradient"]
+    save_torch(old, entry)
+    again = checkpoint_cache(ckpts, model, LOSS, x, y, gspec, tmp_path / "geom")
+    assert torch.equal(again[int(load_torch(ckpts[0])["round"])]["gradient"], grads[int(load_torch(ckpts[0])["round"])])
+    assert "gradient" in load_torch(entry)
+
+
 # ----------------------------------------------------------------------------- in the smoke DAG (shared fixture)
 
 def test_smoke_dag_runs_the_stage_on_every_main_seed_and_draws_it(smoke):

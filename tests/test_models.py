@@ -45,6 +45,59 @@ def test_transformer_ignores_padding():
     assert torch.allclose(m(x), m(short), atol=1e-6)
 
 
+def _ragged(n=40, seed=1):
+    """Token rows of random real lengths 1..12 (trailing padding), in random order."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(2, 50, (n, 12), generator=g)
+    lengths = torch.randint(1, 13, (n,), generator=g)  # >= 1: an all-padding row has no key to attend to
+    x[torch.arange(12)[None, :] >= lengths[:, None]] = 0
+    return x, lengths, torch.randint(0, 2, (n,), generator=g)
+
+
+def test_length_sorted_trimmed_chunks_keep_full_set_means():
+    """evaluate and FullBatchHVP sort padded text by length and trim each chunk's all-padding columns: the loss,
+    accuracy, gradient and HVP equal the untrimmed ones (float rounding aside); models without padding are
+    untouched."""
+    from sharpgaps.hessian import FullBatchHVP
+    from sharpgaps.localsgd import evaluate
+
+    m = models.build_model("transformer", META["transformer"], 0)
+    x, lengths, y = _ragged()
+    assert torch.equal(m.real_lengths(x), lengths)
+    order = models.length_order(m, x)
+    assert torch.equal(lengths[order], lengths.sort(stable=True).values)
+    assert models.trim_padding(m, x[order][:10]).shape[1] == max(1, int(lengths[order][:10].max()))
+    assert models.trim_padding(m, torch.zeros(3, 12, dtype=torch.long)).shape == (3, 1)  # all padding: keep one
+    fc = models.build_model("fc_tanh", META["fc_tanh"], 0)
+    img = _inputs("fc_tanh")
+    assert models.length_order(fc, img) is None and models.trim_padding(fc, img) is img
+    loss_fn = losses.get_loss("mse")
+    theta = dict(m.named_parameters())
+    with torch.no_grad():
+        logits = m(x)
+    ref_loss, ref_acc = float(loss_fn(logits, y)), float((logits.argmax(-1) == y).sum()) / len(y)
+    got_loss, got_acc = evaluate(m, theta, loss_fn, x, y, chunk=7)
+    assert got_loss == pytest.approx(ref_loss, rel=1e-5) and got_acc == ref_acc
+
+    class Untrimmed(torch.nn.Module):  # the same transformer, seen without the trimming hooks
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, t):
+            return self.inner(t)
+
+    plain = Untrimmed(m)
+    pp = {f"inner.{n}": p for n, p in theta.items()}
+    for cache in (True, False):
+        a = FullBatchHVP(m, loss_fn, x, y, params=theta, chunk_size=8, cache_graph=cache)
+        b = FullBatchHVP(plain, loss_fn, x, y, params=pp, chunk_size=8, cache_graph=cache)
+        assert a.x.shape == x.shape and not torch.equal(a.x, x)  # sorted inside
+        assert torch.allclose(a.gradient(), b.gradient(), rtol=1e-4, atol=1e-6)
+        v = torch.randn(a.dim, generator=torch.Generator().manual_seed(2))
+        assert torch.allclose(a.hvp(v), b.hvp(v), rtol=1e-3, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", list(META))
 def test_double_backward(name):
     """Hessian-vector products need double backward (the transformer's attention is hand-written)."""

@@ -120,7 +120,7 @@ def test_none_mode_continues_the_parent_run_bit_for_bit(parent, tmp_path):
     assert torch.equal(theta, torch.load(checkpoint_path(parent[2] / CKPT_DIR, 12), weights_only=False)["theta"])
 
 
-@pytest.mark.parametrize("mode", ["dom", "bulk", "gapdom", "gapbulk"])
+@pytest.mark.parametrize("mode", ["dom", "bulk", "gapdom", "gapbulk", "graddom", "gradbulk"])
 def test_modes_run_and_account_their_cost(parent, tmp_path, mode):
     df = _branch(parent, mode, tmp_path)
     assert list(df["round"]) == [0, 3, 6]
@@ -179,3 +179,32 @@ def test_random_modes_are_seeded_random_subspaces_of_doms_dimension(parent, mnis
     inside = (out @ b2) @ b2.T
     leak = (out - inside) if mode == "randdom" else inside
     assert leak.abs().max() < 1e-4 * u.abs().max()
+
+
+def test_gradient_history_modes_use_gap_doms_probe_gradients(parent, mnist_small):
+    """graddom/gradbulk: S = the gradient-history estimator of the probe rounds' last K*W minibatch gradients,
+    from the very probe gap-Dom runs (same batches, so the gap and gradient subspaces are paired); the probe's
+    recording leaves its trajectory (the gaps) unchanged bit for bit."""
+    from sharpgaps.estimators import gradient_estimate, replay
+    from sharpgaps.restricted import PROBE_STREAM, Restricted
+    from sharpgaps.localsgd import RunSpec
+
+    model, spec, work = parent
+    x, y = mnist_small["x_train"], mnist_small["y_train"]
+    theta = {n: p.detach() for n, p in model.named_parameters()}
+    rs = dict(rounds=6, refresh=3, k=10, m=4, window=2)
+    grad = Restricted(RestrictSpec(mode="graddom", **rs), model, LOSS, x, y, spec)
+    gap = Restricted(RestrictSpec(mode="gapdom", **rs), model, LOSS, x, y, spec)
+    grad.refresh(theta)
+    gap.refresh(theta)
+    assert grad.basis.shape == (flatten(theta).numel(), 4) and grad.probe_steps == gap.probe_steps == 2 * spec.tau
+    # the same probe replayed by hand: the workers' gradients of its last window=2 local steps (K*W = 2K rows)
+    probe = RunSpec(K=spec.K, tau=spec.tau, b=spec.b, lr=spec.lr, rounds=1, window=1, seed=spec.seed + PROBE_STREAM,
+                    checkpoints=())
+    out = replay(model, LOSS, x, y, probe, flatten(theta), 0, 2, grad_steps=2)
+    assert out["grads"].shape[0] == 2 * spec.K
+    S = gradient_estimate(out["grads"])[:, :4].to(torch.float32)
+    assert torch.allclose((grad.basis.T @ S).abs(), torch.eye(4), atol=1e-4)
+    assert (gap.basis.T @ grad.basis).norm() ** 2 < 4 - 1e-3  # a different subspace from the gaps'
+    u = torch.randn(3, grad.basis.shape[0], generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(grad.transform(u), (u @ grad.basis) @ grad.basis.T)

@@ -285,4 +285,8 @@ def _rank_problems(config: dict) -> list[str]:
             problems.append(f"restricted.gap_m: gap-Dom/Bulk of {setting} need m={spec.gap_dim} directions but "
                             f"K={r['K']} workers x gap_window={spec.window} probe rounds span only {rank}; "
                             f"allowed: gap_m <= (K-1)*gap_window (raise gap_window or lower gap_m)")
+        if set(specs.GRADHIST_MODES) & set(params["modes"]) and spec.gap_dim > r["K"] * spec.window:
+            problems.append(f"restricted.gap_m: gradient-history Dom/Bulk of {setting} need m={spec.gap_dim} "
+                            f"directions but K={r['K']} workers x gap_window={spec.window} probe steps give only "
+                            f"{r['K'] * spec.window} gradients; allowed: gap_m <= K*gap_window")
     return problems

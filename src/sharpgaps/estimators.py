@@ -188,7 +188,7 @@ def noise_gradients(model, loss_fn, x, y, theta: torch.Tensor, n: int, b: int, s
                                                                    for _ in range(n))])
 
 
-class _Recorder:
+class GradientRecorder:
     """An identity update transform that keeps the last ``keep`` steps' (K, d) gradients (training's arithmetic:
     the engine's identity transform reproduces the plain update bit for bit)."""
 
@@ -207,7 +207,7 @@ def replay(model, loss_fn, x, y, spec: RunSpec, theta0: torch.Tensor, start_roun
     the averages after every replayed round (rows, oldest first), the workers' minibatch gradients of the last
     ``grad_steps`` local steps (rows step-major, worker-minor), and the last round's gaps (K, d)."""
     like = dict(model.named_parameters())
-    rec = _Recorder(grad_steps)
+    rec = GradientRecorder(grad_steps)
     eng = SimulatedLocalSGD(model, loss_fn, x, y, spec, theta=unflatten(theta0, like), update_transform=rec)
     averages, gaps = [], None
     with torch.no_grad():
@@ -262,9 +262,11 @@ def _rows(base, estimator, metric, value, m=np.nan, j=np.nan):
 
 
 def checkpoint_estimators(ckpt: dict, vectors: np.ndarray, model, loss_fn, x, y, run: RunSpec,
-                          gspec: GeometrySpec, spec: EstimatorSpec, earlier=None, oracle_hvps=None) -> list[dict]:
+                          gspec: GeometrySpec, spec: EstimatorSpec, earlier=None, oracle_hvps=None,
+                          gradient: torch.Tensor | None = None) -> list[dict]:
     """Every estimator's basis at one checkpoint and its quality, rank, cost and memory rows. ``oracle_hvps``: the
-    HVPs the geometry job's Lanczos spent on these eigenvectors (its `n_hvp` row), to price the oracle alike."""
+    HVPs the geometry job's Lanczos spent on these eigenvectors (its `n_hvp` row), to price the oracle alike.
+    ``gradient``: the full-batch gradient at the checkpoint if the geometry job cached it (else computed here)."""
     from .hessian import FullBatchHVP
 
     dev = x.device
@@ -284,8 +286,10 @@ def checkpoint_estimators(ckpt: dict, vectors: np.ndarray, model, loss_fn, x, y,
         clock[name] = now - clock.pop("last", clock["start"])
         clock["last"] = now
 
-    g = FullBatchHVP(model, loss_fn, x, y, params=theta, chunk_size=gspec.grad_chunk_size,
-                     cache_graph=False).gradient().to(torch.float64)
+    if gradient is None:
+        gradient = FullBatchHVP(model, loss_fn, x, y, params=theta, chunk_size=gspec.grad_chunk_size,
+                                cache_graph=False).gradient()
+    g = gradient.to(dev, torch.float64)
     V_all = torch.from_numpy(np.asarray(vectors, np.float64)).to(dev)
     Vk = V_all[:, :k]
     lap("gradient")
@@ -398,8 +402,10 @@ def selected(ckpt_paths: list[Path], spec: EstimatorSpec) -> list[Path]:
 
 def run_estimators(ckpt_paths: list[Path], vectors: dict[int, np.ndarray], model, loss_fn, x, y, run: RunSpec,
                    gspec: GeometrySpec, spec: EstimatorSpec, work_dir: Path, log=sys.stderr,
-                   oracle_hvps: dict[int, int] | None = None) -> pd.DataFrame:
-    """Every selected checkpoint in round order; each finished one is cached in ``work_dir`` (resume)."""
+                   oracle_hvps: dict[int, int] | None = None,
+                   gradients: dict[int, torch.Tensor] | None = None) -> pd.DataFrame:
+    """Every selected checkpoint in round order; each finished one is cached in ``work_dir`` (resume).
+    ``gradients``: full-batch gradients per round from the geometry job's cache (computed here where absent)."""
     work_dir = Path(work_dir)
     all_rows, info = [], None
     paths = sorted(ckpt_paths)
@@ -418,7 +424,8 @@ def run_estimators(ckpt_paths: list[Path], vectors: dict[int, np.ndarray], model
                 rows, how = done["rows"], "cached"
             else:
                 rows = checkpoint_estimators(ckpt, vecs, model, loss_fn, x, y, run, gspec, spec, earlier=earlier,
-                                             oracle_hvps=(oracle_hvps or {}).get(int(ckpt["round"])))
+                                             oracle_hvps=(oracle_hvps or {}).get(int(ckpt["round"])),
+                                             gradient=(gradients or {}).get(int(ckpt["round"])))
                 save_torch({"rows": rows, "key": key}, cache)
                 how = f"{time.perf_counter() - t0:.1f} s"
             ov = {r["estimator"]: r["value"] for r in rows if r["metric"] == "overlap" and r["m"] == gspec.k

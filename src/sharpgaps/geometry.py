@@ -36,8 +36,8 @@ def _rows(base: dict, metric: str, values, m=np.nan, index_name="i") -> list[dic
 
 
 def checkpoint_geometry(ckpt: dict, model, loss_fn, x, y, spec: GeometrySpec, v0=None, progress=None):
-    """All metrics of one checkpoint; returns (rows, eigenvectors (d, k + extra) float64 numpy).
-    progress: passed to top_eigenpairs (called after every HVP)."""
+    """All metrics of one checkpoint; returns (rows, eigenvectors (d, k + extra) float64 numpy, the full-batch
+    gradient g (d,) on the job's device). progress: passed to top_eigenpairs (called after every HVP)."""
     like = dict(model.named_parameters())
     theta = unflatten(ckpt["theta"].to(x.device), like)
     n_h = len(x) if spec.hessian_examples is None else min(spec.hessian_examples, len(x))
@@ -99,21 +99,23 @@ def checkpoint_geometry(ckpt: dict, model, loss_fn, x, y, spec: GeometrySpec, v0
         cos = M.squared_cosines(U_all[:, :top], V).cpu().numpy()
         rows += [{**base, "metric": "sqcos", "m": np.nan, "i": i, "j": j, "value": float(cos[i, j])}
                  for i in range(top) for j in range(spec.k)]
-    return rows, eig.vectors
+    return rows, eig.vectors, g
 
 
 def _cached(work_dir: Path, ckpt_path: Path, key: str) -> dict | None:
     done = load_recomputable(Path(work_dir) / f"{Path(ckpt_path).stem}.geom.pt", "geometry cache")
-    return done if done is not None and done.get("key") == key else None
+    # an entry without the gradient was written before it was cached: stale like a changed checkpoint
+    return done if done is not None and done.get("key") == key and "gradient" in done else None
 
 
-def checkpoint_eigenvectors(ckpt_paths: list[Path], model, loss_fn, x, y, spec: GeometrySpec, work_dir: Path,
-                            log=sys.stderr) -> dict[int, np.ndarray]:
-    """Hessian eigenvectors (d, k + extra) per checkpoint round, for stages that follow the geometry job.
+def checkpoint_cache(ckpt_paths: list[Path], model, loss_fn, x, y, spec: GeometrySpec, work_dir: Path,
+                     log=sys.stderr) -> dict[int, dict]:
+    """Per checkpoint round, the geometry job's Hessian eigenvectors ("vectors", (d, k + extra) float64 numpy)
+    and full-batch gradient ("gradient", (d,) CPU tensor), for stages that follow the geometry job.
 
-    Read from the geometry job's per-checkpoint cache in ``work_dir`` (so no Hessian work is done twice);
-    where a checkpoint's entry is missing or stale, the geometry chain is rerun into the cache first. That
-    chain is deterministic, so cached and recomputed vectors are the same numbers."""
+    Read from the geometry job's per-checkpoint cache in ``work_dir`` (so no Hessian or gradient work is done
+    twice); where a checkpoint's entry is missing or stale, the geometry chain is rerun into the cache first.
+    That chain is deterministic, so cached and recomputed values are the same numbers."""
     keys = {Path(p): object_digest(load_torch(p)["theta"])[:16] for p in sorted(ckpt_paths)}
     if any(_cached(work_dir, p, k) is None for p, k in keys.items()):
         print(f"geometry cache incomplete in {work_dir}: recomputing the eigenpairs", file=log, flush=True)
@@ -121,8 +123,15 @@ def checkpoint_eigenvectors(ckpt_paths: list[Path], model, loss_fn, x, y, spec: 
     out = {}
     for p, k in keys.items():
         done = _cached(work_dir, p, k)
-        out[int(done["rows"][0]["round"])] = done["vectors"]
+        out[int(done["rows"][0]["round"])] = {"vectors": done["vectors"], "gradient": done["gradient"]}
     return out
+
+
+def checkpoint_eigenvectors(ckpt_paths: list[Path], model, loss_fn, x, y, spec: GeometrySpec, work_dir: Path,
+                            log=sys.stderr) -> dict[int, np.ndarray]:
+    """The eigenvectors of :func:`checkpoint_cache` alone."""
+    cache = checkpoint_cache(ckpt_paths, model, loss_fn, x, y, spec, work_dir, log=log)
+    return {r: c["vectors"] for r, c in cache.items()}
 
 
 def _duration(seconds: float) -> str:
@@ -187,10 +196,11 @@ def run_geometry(ckpt_paths: list[Path], model, loss_fn, x, y, spec: GeometrySpe
             run = ckpt["run"]
             progress.start(i, ckpt["round"])
             t0 = time.perf_counter()
-            rows, vecs = checkpoint_geometry(ckpt, model, loss_fn, x, y, spec, v0=v0, progress=progress.hvp)
+            rows, vecs, g = checkpoint_geometry(ckpt, model, loss_fn, x, y, spec, v0=v0, progress=progress.hvp)
             rows += _rows({"round": ckpt["round"], "step": ckpt["step"]}, "geometry_seconds",
                           time.perf_counter() - t0)
-            save_torch({"rows": rows, "vectors": vecs, "run": run, "key": key}, cache)
+            # g is kept for the estimator stage (d floats per checkpoint: its full-batch gradient is not redone)
+            save_torch({"rows": rows, "vectors": vecs, "gradient": g.detach().cpu(), "run": run, "key": key}, cache)
             progress.done(i, ckpt["round"], rows, cached=False)
         all_rows += [r for r in rows if r["metric"] not in TIMING_METRICS]
         v0 = vecs

@@ -19,6 +19,7 @@ from threadpoolctl import ThreadpoolController
 from torch.func import functional_call
 
 from .flat import flatten
+from .models import length_order, trim_padding
 
 
 # ----------------------------------------------------------------------------- devices
@@ -75,6 +76,9 @@ class FullBatchHVP:
     def __init__(self, model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
                  x: Tensor, y: Tensor, params: dict[str, Tensor] | None = None,
                  chunk_size: int | None = None, cache_graph: bool = True):
+        order = length_order(model, x)  # the mean is order-free: length-sorted chunks skip padding (text)
+        if order is not None:
+            x, y = x[order], y[order]
         self.model, self.loss_fn, self.x, self.y = model, loss_fn, x, y
         self.device = x.device
         names = [n for n, _ in model.named_parameters()]
@@ -98,7 +102,7 @@ class FullBatchHVP:
         self._gflat: Tensor | None = None
 
     def _chunk_loss(self, a: int, b: int) -> Tensor:
-        out = functional_call(self.model, self.params, (self.x[a:b],))
+        out = functional_call(self.model, self.params, (trim_padding(self.model, self.x[a:b]),))
         return self.loss_fn(out, self.y[a:b]) * ((b - a) / self.N)
 
     def _grad(self, loss: Tensor, create_graph: bool) -> list[Tensor]:

@@ -227,21 +227,22 @@ def estimators(run: dict, geometry_params: dict, params: dict, subset_path, ckpt
     (``params``: the `estimators` section; ``geometry_params``/``geometry_work``/``geometry_table``: the geometry
     job's, whose cached eigenvectors are reused and whose Lanczos HVP counts price the oracle)."""
     from .estimators import run_estimators, selected
-    from .geometry import checkpoint_eigenvectors
+    from .geometry import checkpoint_cache
     from .specs import EstimatorSpec
 
     job, ckpts = checkpoint_job(run, subset_path, ckpt_dir, threads, device)
     gspec, spec = GeometrySpec.from_config(geometry_params, job.k), EstimatorSpec.from_config(params)
     x, y = job.subset["x_train"], job.subset["y_train"]
     t0 = time.perf_counter()
-    vectors = checkpoint_eigenvectors(ckpts, job.model, job.loss_fn, x, y, gspec, Path(geometry_work))
-    print(f"eigenvectors of {len(vectors)} checkpoints from {geometry_work}: {time.perf_counter() - t0:.1f} s",
-          file=sys.stderr, flush=True)
+    cache = checkpoint_cache(ckpts, job.model, job.loss_fn, x, y, gspec, Path(geometry_work))
+    print(f"eigenvectors and gradients of {len(cache)} checkpoints from {geometry_work}: "
+          f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     geometry = read_frame(geometry_table)  # the oracle's price: its Lanczos HVPs per checkpoint
     lanczos = {int(r): int(v) for r, v in geometry.loc[geometry["metric"] == "n_hvp", ["round", "value"]].to_numpy()}
     t0 = time.perf_counter()
-    df = run_estimators(ckpts, vectors, job.model, job.loss_fn, x, y, job.spec, gspec, spec, Path(work_dir),
-                        oracle_hvps=lanczos)
+    df = run_estimators(ckpts, {r: c["vectors"] for r, c in cache.items()}, job.model, job.loss_fn, x, y, job.spec,
+                        gspec, spec, Path(work_dir), oracle_hvps=lanczos,
+                        gradients={r: c["gradient"] for r, c in cache.items()})
     n = len(selected(ckpts, spec))
     print(f"estimators: {n} checkpoints in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     save_frame(df, out)

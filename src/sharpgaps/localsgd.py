@@ -20,6 +20,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from .flat import flatten, unflatten
+from .models import length_order, trim_padding
 
 
 @dataclass(frozen=True)
@@ -227,11 +228,15 @@ class LoopLocalSGD:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, theta: dict[str, torch.Tensor], loss_fn, x, y, chunk: int = 1000) -> tuple[float, float]:
-    """Mean loss and accuracy of the parameters ``theta`` over (x, y), in chunks."""
+def evaluate(model: nn.Module, theta: dict[str, torch.Tensor], loss_fn, x, y, chunk: int = 256) -> tuple[float, float]:
+    """Mean loss and accuracy of the parameters ``theta`` over (x, y), in chunks (length-sorted for padded text;
+    256 examples per chunk: faster than 1,000 for all three models on one CPU thread)."""
+    order = length_order(model, x)
+    if order is not None:
+        x, y = x[order], y[order]
     total_loss, correct = 0.0, 0.0
     for i in range(0, len(x), chunk):
-        logits = functional_call(model, theta, (x[i : i + chunk],))
+        logits = functional_call(model, theta, (trim_padding(model, x[i : i + chunk]),))
         yy = y[i : i + chunk]
         total_loss += float(loss_fn(logits, yy)) * len(yy)
         correct += float((logits.argmax(-1) == yy).sum())

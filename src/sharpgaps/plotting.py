@@ -40,6 +40,8 @@ MODES = {
     "gapbulk": ("gap-Bulk", "tab:cyan", "--"),
     "randdom": ("random-Dom", "tab:brown", ":"),
     "randbulk": ("random-Bulk", "tab:purple", ":"),
+    "graddom": ("gradhist-Dom", "tab:pink", "-."),
+    "gradbulk": ("gradhist-Bulk", "tab:olive", "-."),
 }
 QUANTITIES = {"train_loss": "training loss", "train_acc": "training accuracy",
               "test_loss": "test loss", "test_acc": "test accuracy"}

@@ -7,11 +7,14 @@ Branches from a Local SGD checkpoint and projects every local step's update:
   gapbulk  u <- u - U U^T u
   randdom  u <- R R^T u          R = a seeded Haar-random k-dim subspace (the control: what any subspace of
   randbulk u <- u - R R^T u      Dom's dimension does), drawn afresh at every refresh
+  graddom  u <- S S^T u          S = top-m left singular vectors (uncentred) of the probe rounds' last K*W
+  gradbulk u <- u - S S^T u      minibatch gradients: the gradient-history estimator (sharpgaps.estimators)
   none     plain Local SGD (the reference; continues the parent run bit for bit)
 The subspace is refreshed every ``refresh`` rounds at the current average: the Hessian modes by
-Lanczos warm-started from the previous eigenvectors, the gap modes by ``window`` probe rounds of
-plain Local SGD from the current average that are discarded afterwards (their gaps give U; the
-restricted run's own gaps cannot, since they already live inside or outside U).
+Lanczos warm-started from the previous eigenvectors, the gap and gradient-history modes by ``window``
+probe rounds of plain Local SGD from the current average that are discarded afterwards (their gaps give U,
+their workers' last minibatch gradients S, from the same batches; the restricted run's own gaps cannot,
+since they already live inside or outside U).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from .atomic import load_recomputable, save_frame, save_torch
 from .flat import unflatten
 from .hessian import FullBatchHVP, top_eigenpairs
 from .localsgd import RunSpec, SimulatedLocalSGD, evaluate
-from .specs import ALL_MODES, MODES, RestrictSpec  # noqa: F401  (ALL_MODES: the modes restricted_run takes)
+from .specs import ALL_MODES, GRADHIST_MODES, MODES, RestrictSpec  # noqa: F401  (ALL_MODES: restricted_run's modes)
 from .training import check_finite
 
 PROBE_STREAM = 0x9B0BE  # probe rounds draw batches from their own seed stream
@@ -62,7 +65,7 @@ class Restricted:
 
     @property
     def keep_inside(self) -> bool:
-        return self.spec.mode in ("dom", "gapdom", "randdom")
+        return self.spec.mode in ("dom", "gapdom", "randdom", "graddom")
 
     def transform(self, update: torch.Tensor) -> torch.Tensor:
         return project(update, self.basis, self.keep_inside)
@@ -88,10 +91,16 @@ class Restricted:
             Z = torch.randn(d, self.spec.k, generator=gen, dtype=torch.float64)
             self.basis = torch.linalg.qr(Z)[0].to(self.x.device, torch.float32)
         else:
+            grad_modes = self.spec.mode in GRADHIST_MODES
             if self._probe is None:  # built once: a vmapped engine's first step pays for tracing
+                from .estimators import GradientRecorder
+
+                # gradient history: the last `window` local steps' K gradients (K*W, the gap matrix's count)
+                self._recorder = GradientRecorder(self.spec.window) if grad_modes else None
                 self._probe = SimulatedLocalSGD(self.model, self.loss_fn, self.x, self.y, RunSpec(
                     K=self.run.K, tau=self.run.tau, b=self.run.b, lr=self.run.lr, rounds=1, window=1,
-                    seed=self.run.seed + PROBE_STREAM, checkpoints=()), theta=theta)
+                    seed=self.run.seed + PROBE_STREAM, checkpoints=()), theta=theta,
+                    update_transform=self._recorder)
             self._probe.set_average(theta)
             first = self.refreshes * self.spec.window * self.run.tau  # fresh probe batches each refresh
             gaps = []
@@ -100,9 +109,14 @@ class Restricted:
                     self._probe.local_step(first + r * self.run.tau + s)
                 gaps.append(self._probe.end_round()[1].double())
                 self.probe_steps += self.run.tau
-            G = torch.cat(gaps)
-            G = G - G.view(self.spec.window, self.run.K, -1).mean(1).repeat_interleave(self.run.K, 0)
-            U, _ = gap_mod.gap_subspace(G, m_max=self.spec.gap_dim)
+            if grad_modes:
+                from .estimators import gradient_estimate
+
+                U = gradient_estimate(torch.cat(self._recorder.steps))[:, : self.spec.gap_dim]
+            else:
+                G = torch.cat(gaps)
+                G = G - G.view(self.spec.window, self.run.K, -1).mean(1).repeat_interleave(self.run.K, 0)
+                U, _ = gap_mod.gap_subspace(G, m_max=self.spec.gap_dim)
             self.basis = U.to(torch.float32)
         self.refreshes += 1
         self.refresh_seconds += time.perf_counter() - t0

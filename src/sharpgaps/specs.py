@@ -21,7 +21,11 @@ LANCZOS_DTYPE = "float32"
 MODES = ("none", "dom", "bulk", "gapdom", "gapbulk")  # the default mode list
 # random-Dom / random-Bulk: a seeded random subspace of Dom's dimension, refreshed like the others (issue 14)
 RANDOM_MODES = ("randdom", "randbulk")
-ALL_MODES = MODES + RANDOM_MODES
+# Dom/Bulk on the best free estimator of the estimator comparison (gradient history, docs/FIDELITY.md): the top
+# directions of the probe rounds' last K*W minibatch gradients, beside gap-Dom/Bulk on the same probe (issue 14)
+GRADHIST_MODES = ("graddom", "gradbulk")
+ALL_MODES = MODES + RANDOM_MODES + GRADHIST_MODES
+PROBE_MODES = ("gapdom", "gapbulk") + GRADHIST_MODES  # modes whose subspace comes from probe rounds
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,7 @@ class RestrictSpec:
     refresh: int = 10
     eval_every: int = 10
     k: int = 10  # Hessian eigenvectors (classes)
-    m: int | None = None  # gap directions (None: k)
+    m: int | None = None  # gap (or gradient-history) directions (None: k)
     window: int = 4  # probe rounds per gap-subspace refresh
     tol: float = 1e-3
     hessian_examples: int | None = None

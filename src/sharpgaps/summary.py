@@ -183,7 +183,7 @@ def restricted_numbers(restricted: pd.DataFrame) -> list[dict]:
         paper = ("supported" if _lo(dom) >= STALLS else "not supported" if _hi(dom) < STALLS else
                  "not settled by these seeds")
         variants = {prefix: (_progress(restricted, setting, f"{prefix}dom"), _progress(restricted, setting, f"{prefix}bulk"))
-                    for prefix in ("gap", "rand") if {f"{prefix}dom", f"{prefix}bulk"} <= modes}
+                    for prefix in ("gap", "grad", "rand") if {f"{prefix}dom", f"{prefix}bulk"} <= modes}
         out.append({"setting": setting, "dom": dom, "bulk": bulk, "song": song, "paper": paper, "variants": variants})
     return out
 
@@ -201,6 +201,8 @@ def restricted_verdicts(restricted: pd.DataFrame, numbers: list[dict] | None = N
             f"{r['paper']}.", dom=dom, bulk=bulk))
         # the same Dom/Bulk split with another subspace: the Hessian-free gap subspace, and a random control
         for prefix, intro, name in (("gap", "with the Hessian-free gap subspace instead, ", "gap"),
+                                    ("grad", "with the gradient-history subspace (a free estimator: its rank among the "
+                                     "estimators is in the estimator table) on gap-Dom's probe rounds, ", "gradhist"),
                                     ("rand", "the control with a random subspace of the same dimension k: ", "random")):
             if prefix in r["variants"]:
                 vdom, vbulk = r["variants"][prefix]

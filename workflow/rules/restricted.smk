@@ -13,7 +13,7 @@ rule restricted:
     benchmark:
         "results/benchmarks/restricted/{setting}/{run}_{rtag}_{mode}.tsv"
     wildcard_constraints:
-        mode="none|dom|bulk|gapdom|gapbulk|randdom|randbulk",
+        mode="none|dom|bulk|gapdom|gapbulk|randdom|randbulk|graddom|gradbulk",
     conda:
         ENV
     threads: config["threads"]
