@@ -245,8 +245,9 @@ def decision(rows: list[dict]) -> tuple[bool, list[str]]:
     return not worse, worse
 
 
-def section(rows: list[dict], measured: str) -> str:
-    """The BENCHMARKS.md table and decision for a recorded run of this script."""
+def section(rows: list[dict], measured: str, notes: str = "") -> str:
+    """The BENCHMARKS.md table and decision for a recorded run of this script (``notes``: what the record's
+    author added by hand, e.g. a case that could not be measured)."""
     if not rows:
         return ("## curvlinops HessianLinearOperator vs the hand-written FullBatchHVP\n\nNot measured "
                 "(run benchmarks/bench_curvlinops.py with curvlinops installed; see its docstring).")
@@ -271,6 +272,8 @@ def section(rows: list[dict], measured: str) -> str:
     adopt, worse = decision(rows)
     lines += ["", "**Decision: " + ("adopt curvlinops** (within 10% everywhere)." if adopt else
               "keep FullBatchHVP**: curvlinops is more than 10% worse in " + "; ".join(worse) + ".")]
+    if notes:
+        lines += ["", notes]
     return "\n".join(lines)
 
 

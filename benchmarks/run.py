@@ -409,7 +409,7 @@ def curvlinops_section() -> tuple[str, list[dict]]:
     if not CURVLINOPS_JSON.exists():
         return section([], ""), []
     record = json.loads(CURVLINOPS_JSON.read_text())
-    return section(record["rows"], record["measured"]), record["rows"]
+    return section(record["rows"], record["measured"], record.get("notes", "")), record["rows"]
 
 
 def main(argv=None) -> int:

@@ -97,6 +97,17 @@ def test_curvlinops_decision_keeps_ours_unless_within_10_percent_in_time_and_mem
     assert not decision([row(1.0, 1.0, 100, 120)])[0]
     text = section([row(1.0, 1.2, 100, 100)], "measured today")
     assert "keep FullBatchHVP" in text and "| mnist_fc | quick |" in text
+    assert section([row(1.0, 1.2, 100, 100)], "today", notes="One case ran out of memory.").endswith(
+        "\n\nOne case ran out of memory.")
+
+
+def test_committed_curvlinops_record_renders_the_committed_section():
+    """docs/BENCHMARKS.md's curvlinops section is the rendering of the committed record (`make bench` redoes it)."""
+    from bench_curvlinops import section
+
+    record = json.loads((REPO / "docs/BENCHMARKS.curvlinops.json").read_text())
+    assert record["rows"] and section(record["rows"], record["measured"], record.get("notes", "")) in \
+        (REPO / "docs/BENCHMARKS.md").read_text()
 
 
 def test_paper_projection_counts_every_stage_from_the_recorded_unit_costs(tmp_path):
