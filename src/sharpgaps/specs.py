@@ -25,7 +25,6 @@ RANDOM_MODES = ("randdom", "randbulk")
 # directions of the probe rounds' last K*W minibatch gradients, beside gap-Dom/Bulk on the same probe (issue 14)
 GRADHIST_MODES = ("graddom", "gradbulk")
 ALL_MODES = MODES + RANDOM_MODES + GRADHIST_MODES
-PROBE_MODES = ("gapdom", "gapbulk") + GRADHIST_MODES  # modes whose subspace comes from probe rounds
 
 
 @dataclass(frozen=True)
