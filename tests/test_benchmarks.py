@@ -59,7 +59,10 @@ def test_benchmark_script_produces_every_table(tmp_path):
     # every cut: a before and an after row, positive medians
     cuts = rows["cuts"]
     assert {r["cut"].split(":")[0] for r in cuts} == {"training step", "geometry gradient", "random removal", "HVP",
-                                                         "CNN memory format", "Lanczos working precision"}
+                                                         "CNN memory format", "Lanczos working precision",
+                                                         "evaluation", "training-set gradient"}
+    # padded text only: the gradient cut has a transformer row and nothing else
+    assert {r["case"].split(",")[0] for r in cuts if r["cut"].startswith("training-set gradient")} == {"transformer"}
     assert [r["variant"] for r in cuts] == ["before", "after"] * (len(cuts) // 2)
     assert all(r["median"] > 0 and r["speedup"] > 0 for r in cuts)
     assert {r["case"].split(",")[0] for r in cuts if r["cut"].startswith("training step")} == {
