@@ -65,7 +65,7 @@ class Restricted:
 
     @property
     def keep_inside(self) -> bool:
-        return self.spec.mode in ("dom", "gapdom", "randdom", "graddom")
+        return self.spec.mode.endswith("dom")  # dom, gapdom, graddom, randdom; the *bulk modes keep the complement
 
     def transform(self, update: torch.Tensor) -> torch.Tensor:
         return project(update, self.basis, self.keep_inside)
