@@ -19,7 +19,7 @@ SECTION_KEYS = {
     "geometry": SCHEMA["definitions"]["geometrykeys"]["properties"],
     "restricted": SCHEMA["definitions"]["restrictkeys"]["properties"],
     "theory": SCHEMA["properties"]["theory"]["properties"],
-    "estimators": SCHEMA["properties"]["estimators"]["properties"],
+    "estimators": SCHEMA["definitions"]["estimatorkeys"]["properties"],
     "mechanism": SCHEMA["definitions"]["mechanismkeys"]["properties"],
 }
 

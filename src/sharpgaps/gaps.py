@@ -52,9 +52,29 @@ def gap_subspace(G: Tensor, m_max: int | None = None, rtol: float | None = None
     # One thin QR re-orthonormalises what squaring in the Gram matrix lost (error ~ eps*(s_1/s_j)^2);
     # it keeps span(u_1..u_j) for each j, so the order and the top directions are unchanged.
     if r:
-        Q, R = torch.linalg.qr(U)
-        U = Q * torch.where(torch.diagonal(R) < 0, -1.0, 1.0).to(R)  # undo QR's sign flips
+        U = orthonormalise(U)
     return U.to(G.dtype), s
+
+
+def orthonormalise(U: Tensor) -> Tensor:
+    """Q of U's thin QR with R's diagonal positive (so span(q_1..q_j) = span(u_1..u_j) and no column flips).
+
+    CholeskyQR2 (two passes of Q <- Q L^-T, L L^T = Q^T Q): matrix products only, ~7x faster than Householder
+    QR for d >> r (2.1 s -> 0.3 s at d = 1.06M, r = 32; docs/BENCHMARKS.md), and the same Q when U is well
+    conditioned, as it is here (U^T U = I up to ~eps*(s_1/s_j)^2 <= 3e-4 above the rtol floor). Householder
+    takes over if a Cholesky factor fails or the result is not orthonormal to 1e-12."""
+    Q = U
+    for _ in range(2):
+        L, info = torch.linalg.cholesky_ex(Q.T @ Q)
+        if int(info) != 0:
+            break
+        Q = torch.linalg.solve_triangular(L, Q.T, upper=False).T
+    else:
+        eye = torch.eye(Q.shape[1], dtype=Q.dtype, device=Q.device)
+        if float((Q.T @ Q - eye).abs().max()) <= 1e-12:
+            return Q.contiguous()
+    Q, R = torch.linalg.qr(U)
+    return Q * torch.where(torch.diagonal(R) < 0, -1.0, 1.0).to(R)  # undo QR's sign flips
 
 
 def gap_covariance_spectrum(G: Tensor, k: int | None = None) -> Tensor:

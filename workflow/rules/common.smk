@@ -214,28 +214,28 @@ def restricted_table():
 
 
 # Cheap estimators of the sharp subspace (issue 14; workflow/rules/estimators.smk).
-def estimators_json():
-    return json.dumps(specs.estimator_params(config), sort_keys=True)
+def estimators_json(setting):
+    return json.dumps(specs.estimator_params(config, setting), sort_keys=True)
 
 
-def estimators_tag():
-    """Every `estimators` key (as set; defaults: sharpgaps.specs.EstimatorSpec) in the table's path."""
-    return grid.digest(estimators_json())
+def estimators_tag(setting):
+    """Every `estimators` key of the setting (as set; defaults: sharpgaps.specs.EstimatorSpec) in the table's path."""
+    return grid.digest(estimators_json(setting))
 
 
 def estimators_params(wildcards):
-    if wildcards.etag != estimators_tag():
+    if wildcards.etag != estimators_tag(wildcards.setting):
         raise WorkflowError(
-            f"estimators '{wildcards.etag}' does not match the config ({estimators_tag()})"
+            f"estimators '{wildcards.etag}' does not match the config ({estimators_tag(wildcards.setting)})"
         )
-    return estimators_json()
+    return estimators_json(wildcards.setting)
 
 
 def estimators_outputs():
     if "main" not in config["experiments"]:
         return []
     return [
-        f"{run_dir(r)}/estimators_{geometry_tag(s)}_{estimators_tag()}.parquet"
+        f"{run_dir(r)}/estimators_{geometry_tag(s)}_{estimators_tag(s)}.parquet"
         for s in config["experiments"]["main"]["settings"]
         for r in grid.main_runs(config, s)
     ]
