@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from sharpgaps.gaps import gap_covariance_spectrum, gap_subspace
+from sharpgaps.gaps import gap_covariance_spectrum, gap_subspace, orthonormalise
 from sharpgaps.metrics import (capture_fraction, gradient_alignment, oracle_removal,
                                random_removal_all, random_removal_draws, random_removal_expected,
                                removal_fraction, removal_total, squared_cosines, subspace_overlap)
@@ -182,6 +182,23 @@ def test_gap_subspace_large_d_never_forms_dxd():
     assert float(cos.min()) > 1 - 1e-5
     ev = gap_covariance_spectrum(G, k=5)
     torch.testing.assert_close(ev, ss[:5] ** 2 / n, rtol=1e-6, atol=0)
+
+
+def test_orthonormalise_is_householder_qr_with_a_positive_diagonal():
+    """CholeskyQR2 gives QR's Q (R's diagonal positive) on a well-conditioned block, and falls back to Householder
+    where Cholesky fails (a repeated column): orthonormal either way, spans kept column by column."""
+    torch.manual_seed(7)
+    U = torch.randn(2000, 12, dtype=torch.float64) @ torch.triu(torch.randn(12, 12, dtype=torch.float64) + 8 * torch.eye(12))
+    Q, R = torch.linalg.qr(U)
+    want = Q * torch.where(torch.diagonal(R) < 0, -1.0, 1.0)
+    torch.testing.assert_close(orthonormalise(U), want, atol=1e-12, rtol=0)
+    bad = U.clone()
+    bad[:, 5] = bad[:, 4]  # singular Gram matrix: the Cholesky route cannot take it
+    Qb = orthonormalise(bad)
+    torch.testing.assert_close(Qb.T @ Qb, torch.eye(12, dtype=torch.float64), atol=1e-12, rtol=0)
+    for j in range(1, 13):  # span(q_1..q_j) contains u_1..u_j
+        P = Qb[:, :j] @ (Qb[:, :j].T @ bad[:, :j])
+        assert float((P - bad[:, :j]).norm() / bad[:, :j].norm()) < 1e-12
 
 
 def test_gap_covariance_spectrum_small():

@@ -112,6 +112,29 @@ def test_double_backward(name):
     assert sum(float(h.abs().sum()) for h in hv) > 0
 
 
+def test_cnn_channels_last_matches_the_nchw_reference():
+    """The CNN runs channels-last with the pool before the ReLU; the NCHW conv -> ReLU -> pool it replaces gives
+    the same outputs and gradients to float32 rounding (both orders are exact: max and ReLU are monotone)."""
+    import torch.nn.functional as F
+
+    m = models.build_model("cnn_relu", META["cnn_relu"], 0)
+    x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(16) % 10
+
+    def nchw(x):
+        h = F.max_pool2d(F.relu(m.conv1(x)), 2)
+        h = F.max_pool2d(F.relu(m.conv2(h)), 2)
+        return m.out(h.flatten(start_dim=1))
+
+    params = list(m.parameters())
+    out, ref = m(x), nchw(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    ga = torch.autograd.grad(losses.mse_onehot(out, y), params)
+    gb = torch.autograd.grad(losses.mse_onehot(ref, y), params)
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_losses():
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
     y = torch.tensor([0, 1])

@@ -104,6 +104,21 @@ def test_validation_takes_unset_keys_from_the_specs():
         validate(cfg, SCHEMA_PATH)
 
 
+def test_estimators_take_per_setting_overrides():
+    """settings.<name>.estimators overrides the section for that setting only (its own table tag), and the
+    schema names an unknown key there."""
+    cfg = yaml.safe_load((REPO / "config.quick.yaml").read_text())
+    cfg["estimators"] = {"krylov_hvps": [10, 20], "m_list": [1, 2]}
+    cfg["settings"]["sst2_transformer"]["estimators"] = {"krylov_hvps": [4, 10]}
+    cfg["settings"]["mnist_fc"].pop("estimators", None)
+    assert specs.estimator_params(cfg, "sst2_transformer") == {"krylov_hvps": [4, 10], "m_list": [1, 2]}
+    assert specs.estimator_params(cfg, "mnist_fc") == {"krylov_hvps": [10, 20], "m_list": [1, 2]}
+    validate(cfg, SCHEMA_PATH)
+    cfg["settings"]["sst2_transformer"]["estimators"]["krylov_budget"] = [4]
+    with pytest.raises(Exception, match="krylov_budget"):
+        validate(cfg, SCHEMA_PATH)
+
+
 def test_branch_rule_waits_for_alignment_at_consecutive_checkpoints():
     from sharpgaps.specs import BranchSpec
 
