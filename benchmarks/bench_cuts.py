@@ -6,8 +6,10 @@ Every "before" is the previous code path, still callable through a flag or kept 
   - random-subspace removal: random_removal_draws_dense below (a (d, m) Gaussian per m and draw, the
     superseded library path) vs metrics.random_removal_all (one Haar frame of span(V, g) per draw);
   - Lanczos working precision: top_eigenpairs(dtype=float64) vs float32 (geometry.lanczos_dtype);
-  - and two measured negative results: forward-over-reverse HVP (torch.func.jvp of grad) vs the
-    cached double-backward HVP the project uses, and channels_last memory format for the CNN.
+  - the CNN's forward: _NCHWCNN below (NCHW, conv -> ReLU -> pool) vs channels-last with the pool first;
+  - the gap subspace's re-orthonormalisation: Householder QR vs CholeskyQR2 (gaps.orthonormalise);
+  - and a measured negative result: forward-over-reverse HVP (torch.func.jvp of grad) vs the cached
+    double-backward HVP the project uses.
 Peak memory needs a fresh process per variant (ru_maxrss only grows): `python bench_cuts.py
 peak-grad FILE CHUNK` is that child.
 """
@@ -169,41 +171,80 @@ def bench_hvp_forward_over_reverse(subsets: dict, n: dict, repeats: int = 3) -> 
     return rows
 
 
-def bench_channels_last(sub: dict, n: int, b: int = 50, repeats: int = 3) -> list[dict]:
-    """Measured negative result: the CNN in channels_last memory format (default contiguous NCHW) for a
-    minibatch gradient (one worker's local step), the full-batch gradient and a cached-graph HVP. The
-    float32 gradient's relative error against float64 is reported for both formats."""
+class _NCHWCNN(torch.nn.Module):
+    """The CNN's previous forward: contiguous NCHW, conv -> ReLU -> max-pool (same parameters)."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        import torch.nn.functional as F
+
+        m = self.inner
+        x = F.max_pool2d(F.relu(m.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(m.conv2(x)), 2)
+        return m.out(x.flatten(start_dim=1))
+
+
+def bench_channels_last(sub: dict, n: int, b: int = 50, K: int = 8, repeats: int = 3) -> list[dict]:
+    """The CNN's channels-last forward (models.CNNReLU, pool before ReLU) against the NCHW one it replaced, for a
+    local step of K workers (one autograd call each, the engine's CNN path), the full-batch gradient, a
+    cached-graph HVP and the evaluation of n examples. f32_err: relative error of the float32 full-batch
+    gradient against float64 (NCHW / channels-last)."""
     x, y = sub["x_train"][:n], sub["y_train"][:n]
-    cl = torch.channels_last
+    variants = {"nchw": lambda m: _NCHWCNN(m), "cl": lambda m: m}
 
-    def setup(fmt, dtype=torch.float32):
-        m = models.build_model("cnn_relu", sub["meta"], seed=0).to(dtype=dtype, memory_format=fmt)
-        return m, x.to(dtype).contiguous(memory_format=fmt)
+    def build(name, dtype=torch.float32):
+        return variants[name](models.build_model("cnn_relu", sub["meta"], seed=0).to(dtype))
 
-    def full_grad(fmt, dtype=torch.float32):
-        m, xx = setup(fmt, dtype)
-        return FullBatchHVP(m, losses.mse_onehot, xx, y, cache_graph=False).gradient().double()
+    def full_grad(name, dtype=torch.float32):
+        return FullBatchHVP(build(name, dtype), losses.mse_onehot, x.to(dtype), y, chunk_size=256,
+                            cache_graph=False).gradient().double()
 
-    exact = full_grad(torch.contiguous_format, torch.float64)
-    err = {f: float((full_grad(f) - exact).norm() / exact.norm()) for f in (torch.contiguous_format, cl)}
+    exact = full_grad("nchw", torch.float64)
+    err = {v: float((full_grad(v) - exact).norm() / exact.norm()) for v in variants}
     ops, v = {}, None
-    for f in (torch.contiguous_format, cl):
-        m, xx = setup(f)
-        H = FullBatchHVP(m, losses.mse_onehot, xx, y)
+    for name in variants:
+        m = build(name)
+        H = FullBatchHVP(m, losses.mse_onehot, x[:256], y[:256])
         v = torch.randn(H.dim, generator=torch.Generator().manual_seed(0)) if v is None else v
         H.gradient()  # build the cached graph outside the timing
         params = list(m.parameters())
-        ops[f, "step"] = lambda m=m, xx=xx, p=params: torch.autograd.grad(
-            losses.mse_onehot(m(xx[:b]), y[:b]), p)
-        ops[f, "grad"] = lambda m=m, xx=xx: FullBatchHVP(m, losses.mse_onehot, xx, y, cache_graph=False).gradient()
-        ops[f, "hvp"] = lambda H=H: H.hvp(v)
+        ops[name, "step"] = lambda m=m, p=params: [torch.autograd.grad(
+            losses.mse_onehot(m(x[w * b:(w + 1) * b]), y[w * b:(w + 1) * b]), p) for w in range(K)]
+        ops[name, "grad"] = lambda m=m: FullBatchHVP(m, losses.mse_onehot, x, y, chunk_size=256,
+                                                     cache_graph=False).gradient()
+        ops[name, "hvp"] = lambda H=H: H.hvp(v)
+        ops[name, "eval"] = lambda m=m: torch.no_grad()(lambda: [m(x[i:i + 256]) for i in range(0, n, 256)])()
     ts = interleaved_times(ops, repeats)
     rows = []
-    for op, case in (("step", f"minibatch gradient, b={b}"), ("grad", f"full-batch gradient, {n} examples"),
-                     ("hvp", f"cached-graph HVP, {n} examples")):
-        rows += _pair("CNN memory format: NCHW -> channels_last (not adopted)", f"cnn_relu, {case}",
-                      ts[torch.contiguous_format, op], ts[cl, op],
-                      f32_err_before=err[torch.contiguous_format], f32_err_after=err[cl])
+    for op, case in (("step", f"local step, K={K} workers, b={b}"), ("grad", f"full-batch gradient, {n} examples"),
+                     ("hvp", "cached-graph HVP, 256 examples"), ("eval", f"evaluation, {n} examples")):
+        rows += _pair("CNN forward: NCHW -> channels-last, pool before ReLU", f"cnn_relu, {case}",
+                      ts["nchw", op], ts["cl", op], f32_err_before=err["nchw"], f32_err_after=err["cl"])
+    return rows
+
+
+def bench_orthonormalise(dims: dict[str, int], r: int = 32, repeats: int = 3) -> list[dict]:
+    """The gap subspace's re-orthonormalisation of a (d, r) block: Householder QR (sign-fixed) against
+    CholeskyQR2 (gaps.orthonormalise), on a block as gap_subspace makes it (nearly orthonormal)."""
+    from sharpgaps.gaps import orthonormalise
+
+    rows = []
+    for name, d in dims.items():
+        gen = torch.Generator().manual_seed(0)
+        U = torch.linalg.qr(torch.randn(d, r, generator=gen, dtype=torch.float64))[0]
+        U = U + 1e-6 * torch.randn(d, r, generator=gen, dtype=torch.float64)  # the Gram route's loss of orthogonality
+
+        def householder(U=U):
+            Q, R = torch.linalg.qr(U)
+            return Q * torch.where(torch.diagonal(R) < 0, -1.0, 1.0)
+
+        ts = interleaved_times({"qr": householder, "chol": lambda U=U: orthonormalise(U)}, repeats)
+        diff = float((householder() - orthonormalise(U)).abs().max())
+        rows += _pair("gap-subspace orthonormalisation: Householder QR -> CholeskyQR2", f"{name}, d={d}, r={r}",
+                      ts["qr"], ts["chol"], max_abs_diff=diff)
     return rows
 
 

@@ -59,8 +59,10 @@ def test_benchmark_script_produces_every_table(tmp_path):
     # every cut: a before and an after row, positive medians
     cuts = rows["cuts"]
     assert {r["cut"].split(":")[0] for r in cuts} == {"training step", "geometry gradient", "random removal", "HVP",
-                                                         "CNN memory format", "Lanczos working precision",
-                                                         "evaluation", "training-set gradient"}
+                                                         "CNN forward", "Lanczos working precision",
+                                                         "evaluation", "training-set gradient",
+                                                         "gap-subspace orthonormalisation"}
+    assert all(r["max_abs_diff"] < 1e-12 for r in cuts if r["cut"].startswith("gap-subspace"))
     # padded text only: the gradient cut has a transformer row and nothing else
     assert {r["case"].split(",")[0] for r in cuts if r["cut"].startswith("training-set gradient")} == {"transformer"}
     assert [r["variant"] for r in cuts] == ["before", "after"] * (len(cuts) // 2)
