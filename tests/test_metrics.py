@@ -188,7 +188,8 @@ def test_orthonormalise_is_householder_qr_with_a_positive_diagonal():
     """CholeskyQR2 gives QR's Q (R's diagonal positive) on a well-conditioned block, and falls back to Householder
     where Cholesky fails (a repeated column): orthonormal either way, spans kept column by column."""
     torch.manual_seed(7)
-    U = torch.randn(2000, 12, dtype=torch.float64) @ torch.triu(torch.randn(12, 12, dtype=torch.float64) + 8 * torch.eye(12))
+    R0 = torch.triu(torch.randn(12, 12, dtype=torch.float64) + 8 * torch.eye(12))  # well conditioned
+    U = torch.randn(2000, 12, dtype=torch.float64) @ R0
     Q, R = torch.linalg.qr(U)
     want = Q * torch.where(torch.diagonal(R) < 0, -1.0, 1.0)
     torch.testing.assert_close(orthonormalise(U), want, atol=1e-12, rtol=0)

@@ -17,7 +17,8 @@ import yaml
 
 from . import grid
 from .config import N_CLASSES, validate
-from .specs import BranchSpec, GeometrySpec, RestrictSpec, geometry_params, restricted_params
+from .specs import (BranchSpec, EstimatorSpec, GeometrySpec, RestrictSpec, estimator_params, geometry_params,
+                    restricted_params)
 from .summary import splice
 
 SCALES = {"paper": "config.yaml", "quick": "config.quick.yaml", "smoke": ".test/config.yaml"}
@@ -97,6 +98,8 @@ def setting_rows(cfg: dict, setting: str) -> dict[str, str]:
         "restricted modes": _list(params["modes"]),
         "restricted Hessian examples": _examples(res.hessian_examples, cfg),
         "gap-Dom/Bulk probes": f"{res.window} rounds, m = {res.gap_dim}",
+        "estimator Krylov budgets (HVPs per start)": _list(sorted(EstimatorSpec.from_config(
+            estimator_params(cfg, setting)).krylov_hvps)),
     }
     rows |= {f"`{name}`": _sweep(cfg, setting, name) for name in SWEEPS}
     return rows
