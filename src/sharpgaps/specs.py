@@ -233,6 +233,8 @@ def estimator_params(config: dict, setting: str) -> dict:
     """The `estimators` section overridden by the setting's own, as set (unset keys stay unset: defaults are
     EstimatorSpec's)."""
     return {**(config.get("estimators") or {}), **config["settings"][setting].get("estimators", {})}
+
+
 def mechanism_params(config: dict, setting: str) -> dict:
     """The `mechanism` section overridden by the setting's own, without `experiments` (which runs are measured
     is the workflow's business, not a run's numbers: changing it renames no output)."""
