@@ -59,8 +59,8 @@ def gap_subspace(G: Tensor, m_max: int | None = None, rtol: float | None = None
 def orthonormalise(U: Tensor) -> Tensor:
     """Q of U's thin QR with R's diagonal positive (so span(q_1..q_j) = span(u_1..u_j) and no column flips).
 
-    CholeskyQR2 (two passes of Q <- Q L^-T, L L^T = Q^T Q): matrix products only, ~7x faster than Householder
-    QR for d >> r (2.1 s -> 0.3 s at d = 1.06M, r = 32; docs/BENCHMARKS.md), and the same Q when U is well
+    CholeskyQR2 (two passes of Q <- Q L^-T, L L^T = Q^T Q): matrix products only, 2.1-2.7x faster than
+    Householder QR for d >> r (1.50 s -> 0.56 s at d = 1.06M, r = 32; docs/BENCHMARKS.md), and the same Q when U is well
     conditioned, as it is here (U^T U = I up to ~eps*(s_1/s_j)^2 <= 3e-4 above the rtol floor). Householder
     takes over if a Cholesky factor fails or the result is not orthonormal to 1e-12."""
     Q = U
