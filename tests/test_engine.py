@@ -194,7 +194,7 @@ def test_other_models_vmapped_match_loop(name, meta):
     y = torch.randint(0, meta["n_classes"], (64,), generator=g)
     m = models.build_model(name, meta, 0, **({"ff": 32} if name == "transformer" else {}))
     spec = RunSpec(K=3, tau=2, b=8, lr=0.05, rounds=2, window=1, seed=0, checkpoints=(2,))
-    fast = SimulatedLocalSGD(m, LOSS, x, y, spec)
+    fast = SimulatedLocalSGD(m, LOSS, x, y, spec, vectorize=True)  # vmap even where the default loops
     ref = LoopLocalSGD(m, LOSS, x, y, spec)
     for (af, gf), (ar, gr) in zip(_rounds(fast, spec, 2), _rounds(ref, spec, 2)):
         torch.testing.assert_close(flatten(af), flatten(ar), atol=1e-6, rtol=0)

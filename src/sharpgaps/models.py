@@ -48,7 +48,10 @@ class CNNReLU(nn.Module):
         # (docs/BENCHMARKS.md, "Cuts"). Pooling before the ReLU gives the same values and gradients (both are
         # monotone; a tie goes to the same first index) with the ReLU on a 4x smaller tensor.
         if x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+            try:
+                x = x.contiguous(memory_format=torch.channels_last)
+            except RuntimeError:  # inside vmap (the opt-in vmapped engine): functorch has no channels-last copy
+                pass
         x = F.relu(F.max_pool2d(self.conv1(x), 2))
         x = F.relu(F.max_pool2d(self.conv2(x), 2))
         return self.out(x.flatten(start_dim=1))
