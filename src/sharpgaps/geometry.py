@@ -117,14 +117,13 @@ def checkpoint_cache(ckpt_paths: list[Path], model, loss_fn, x, y, spec: Geometr
     twice); where a checkpoint's entry is missing or stale, the geometry chain is rerun into the cache first.
     That chain is deterministic, so cached and recomputed values are the same numbers."""
     keys = {Path(p): object_digest(load_torch(p)["theta"])[:16] for p in sorted(ckpt_paths)}
-    if any(_cached(work_dir, p, k) is None for p, k in keys.items()):
+    entries = {p: _cached(work_dir, p, k) for p, k in keys.items()}  # each entry read once (tens of MB each)
+    if any(done is None for done in entries.values()):
         print(f"geometry cache incomplete in {work_dir}: recomputing the eigenpairs", file=log, flush=True)
         run_geometry(list(keys), model, loss_fn, x, y, spec, work_dir, log=log)
-    out = {}
-    for p, k in keys.items():
-        done = _cached(work_dir, p, k)
-        out[int(done["rows"][0]["round"])] = {"vectors": done["vectors"], "gradient": done["gradient"]}
-    return out
+        entries = {p: _cached(work_dir, p, k) for p, k in keys.items()}
+    return {int(done["rows"][0]["round"]): {"vectors": done["vectors"], "gradient": done["gradient"]}
+            for done in entries.values()}
 
 
 def checkpoint_eigenvectors(ckpt_paths: list[Path], model, loss_fn, x, y, spec: GeometrySpec, work_dir: Path,
