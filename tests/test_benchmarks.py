@@ -144,3 +144,18 @@ def test_paper_projection_counts_every_stage_from_the_recorded_unit_costs(tmp_pa
     text = section(rows, summ, unit)
     assert "modelled, not measured" in text and "estimate, not measured" in text
     assert readme_row(rows, summ).startswith("| paper | `make all` | not run. Projected")
+
+
+def test_stage_costs_reads_every_estimator_job_of_a_real_run(smoke):
+    """benchmarks/stage_costs.py parses the smoke run's own benchmark files and job logs: one row per estimators
+    job, with the per-checkpoint seconds both jobs print (a changed log format would leave them empty)."""
+    import stage_costs
+
+    jobs = sorted((smoke / "results/benchmarks/estimators").glob("*/*.tsv"))
+    table = stage_costs.rows(smoke / "results")
+    assert jobs and len(table) == len(jobs)
+    for row in table:
+        assert row["geometry_s"] > 0 and row["estimators_s"] > 0
+        assert row["estimators_ckpt_s"] and len(row["geometry_ckpt_s"]) >= len(row["estimators_ckpt_s"])
+        assert len(row["lanczos_hvps"]) == len(row["geometry_ckpt_s"]) and min(row["lanczos_hvps"]) > 0
+    assert "estimators / geometry summed over" in stage_costs.markdown(table)
