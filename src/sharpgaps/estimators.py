@@ -364,7 +364,7 @@ def checkpoint_estimators(ckpt: dict, vectors: np.ndarray, model, loss_fn, x, y,
         times.append(time.perf_counter() - t)
         return out
 
-    p = min(spec.block or k, min(spec.krylov_hvps))
+    p = spec.krylov_block(k)
     gen = torch.Generator().manual_seed(_seed_from(run.seed, 0x4B1, base["round"]))
     budgets = sorted(set(spec.krylov_hvps))
     kry = block_krylov(timed_hvp, torch.randn(d, p, generator=gen, dtype=torch.float64).to(dev), budgets)

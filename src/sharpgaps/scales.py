@@ -98,11 +98,15 @@ def setting_rows(cfg: dict, setting: str) -> dict[str, str]:
         "restricted modes": _list(params["modes"]),
         "restricted Hessian examples": _examples(res.hessian_examples, cfg),
         "gap-Dom/Bulk probes": f"{res.window} rounds, m = {res.gap_dim}",
-        "estimator Krylov budgets (HVPs per start)": _list(sorted(EstimatorSpec.from_config(
-            estimator_params(cfg, setting)).krylov_hvps)),
+        "estimator Krylov budgets (HVPs per start; block)": _krylov(EstimatorSpec.from_config(
+            estimator_params(cfg, setting)), k),
     }
     rows |= {f"`{name}`": _sweep(cfg, setting, name) for name in SWEEPS}
     return rows
+
+
+def _krylov(spec: EstimatorSpec, k: int) -> str:
+    return f"{_list(sorted(spec.krylov_hvps))} (block {spec.krylov_block(k)})"
 
 
 def theory_rows(cfg: dict) -> dict[str, str]:

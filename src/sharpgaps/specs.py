@@ -144,6 +144,10 @@ class EstimatorSpec:
     def from_config(cls, params: dict) -> "EstimatorSpec":
         return _build(cls, "estimators", params)
 
+    def krylov_block(self, k: int) -> int:
+        """Vectors per Krylov block: `block` (default k), at most the smallest budget."""
+        return min(self.block or k, min(self.krylov_hvps))
+
 
 @dataclass(frozen=True)
 class TheorySpec:
