@@ -166,12 +166,11 @@ def quality_by_m(g: torch.Tensor, Vk: torch.Tensor, U: torch.Tensor, ms) -> dict
     g, Vk, U = (t.to(torch.float64) for t in (g, Vk, U))
     A, c, vg = Vk.T @ U, U.T @ g, Vk.T @ g
     den = float(vg @ vg)  # = ||P_dom g||^2 for orthonormal V_k
-    no_dom = den <= M._tiny(g)
-    out = {}
+    no_dom, k, out = den <= M._tiny(g), Vk.shape[1], {}
     for m in sorted(int(m) for m in ms):
         if m > U.shape[1]:
             continue
-        Am, k = A[:, :m], Vk.shape[1]
+        Am = A[:, :m]
         if no_dom:
             capture = removal = M._nan(M._NO_DOM.format("quality_by_m"))
         else:
