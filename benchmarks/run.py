@@ -2,7 +2,8 @@
 
 Each table is measured side by side in this one process (interleaved repeats), so its ratios hold on
 a noisy machine; figures are medians with min-max. The DAG tables read Snakemake's `benchmark:` files
-of a finished run (default: this checkout's results/ from `make all SCALE=quick`).
+of a finished run (default: this checkout's results/ from `make all SCALE=quick`). Sections of the previous
+file that this script does not write (by-hand measurements) are kept in place (keep_by_hand).
 """
 
 from __future__ import annotations
@@ -417,6 +418,42 @@ def curvlinops_section() -> tuple[str, list[dict]]:
     return section(record["rows"], record["measured"], record.get("notes", "")), record["rows"]
 
 
+HEADING = re.compile(r"^#{2,3} ", re.M)
+
+
+def _blocks(text: str) -> list[tuple[str | None, str]]:
+    """(heading line or None for the preamble, block text) for each `##`/`###` section, in order."""
+    starts = [0, *(m.start() for m in HEADING.finditer(text) if m.start())]
+    out = []
+    for a, b in zip(starts, [*starts[1:], len(text)]):
+        block = text[a:b]
+        head = block.splitlines()[0] if HEADING.match(block) else None
+        out.append((head, block))
+    return out
+
+
+def keep_by_hand(generated: str, previous: str | None) -> tuple[str, list[str]]:
+    """The regenerated file plus every section of the previous one that this script does not write (by-hand
+    measurements, e.g. "Mechanism stage vs geometry"), each placed after the generated section it followed there.
+    A section this script no longer writes counts as by-hand: kept, and named in what is returned (text, the kept
+    headings)."""
+    gen = _blocks(generated)
+    names = {head for head, _ in gen}
+    attached: dict[str | None, list[str]] = {}
+    kept, anchor = [], None
+    for head, block in _blocks(previous or ""):
+        if head is None or head in names:
+            anchor = head
+        else:
+            attached.setdefault(anchor, []).append(block if block.endswith("\n") else block + "\n")
+            kept.append(head)
+    out = []
+    for head, block in gen:
+        extra = attached.get(head, [])
+        out += [block + ("\n" if extra and not block.endswith("\n") else ""), *extra]
+    return "".join(out), kept
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="tiny sizes (the smoke test of this script)")
@@ -462,7 +499,11 @@ def main(argv=None) -> int:
         results[name] = rows
         sections += [text, ""]
         print(text, flush=True)
-    save_text("\n".join(sections), a.out)
+    previous = Path(a.out).read_text() if Path(a.out).exists() else None
+    text, kept = keep_by_hand("\n".join(sections), previous)
+    if kept:
+        print(f"kept {len(kept)} by-hand sections of {a.out}: {'; '.join(h.lstrip('# ') for h in kept)}", file=sys.stderr)
+    save_text(text, a.out)
     save_text(json.dumps(results, indent=1, default=str), Path(a.out).with_suffix(".json"))
     return 0
 

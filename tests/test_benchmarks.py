@@ -159,3 +159,20 @@ def test_stage_costs_reads_every_estimator_job_of_a_real_run(smoke):
         assert row["estimators_ckpt_s"] and len(row["geometry_ckpt_s"]) >= len(row["estimators_ckpt_s"])
         assert len(row["lanczos_hvps"]) == len(row["geometry_ckpt_s"]) and min(row["lanczos_hvps"]) > 0
     assert "estimators / geometry summed over" in stage_costs.markdown(table)
+
+
+def test_regenerating_keeps_the_by_hand_sections_in_place():
+    """`make bench` rewrites its own sections and keeps every other `##`/`###` section of the previous file after
+    the generated section it followed (by-hand measurements used to be dropped)."""
+    from run import keep_by_hand
+
+    previous = ("# Benchmarks\n\nold preamble\n\n## Engine\n\nold engine table\n\n## By hand: mechanism\n\nkept 1\n\n"
+                "## Curvlinops\n\nold curvlinops\n\n### Other hand-written code\n\nkept 2\n")
+    generated = "# Benchmarks\n\nnew preamble\n\n## Engine\n\nnew engine table\n\n## Curvlinops\n\nnew curvlinops\n"
+    text, kept = keep_by_hand(generated, previous)
+    assert kept == ["## By hand: mechanism", "### Other hand-written code"]
+    assert "old" not in text and "new preamble" in text and "new curvlinops" in text
+    order = [text.index(s) for s in ("new engine table", "## By hand: mechanism", "kept 1", "## Curvlinops",
+                                     "new curvlinops", "### Other hand-written code", "kept 2")]
+    assert order == sorted(order)
+    assert keep_by_hand(generated, None) == (generated, [])
