@@ -45,11 +45,24 @@ def test_transformer_ignores_padding():
     assert torch.allclose(m(x), m(short), atol=1e-6)
 
 
+def test_transformer_gives_finite_outputs_and_gradients_for_an_empty_text():
+    """An all-padding row gets the output bias (nothing pooled) with finite gradients, and the other rows' outputs are
+    what they are without it (an empty row used to make the whole loss NaN)."""
+    m = models.build_model("transformer", META["transformer"], 0)
+    x = _inputs("transformer")
+    with_empty = torch.cat([x, torch.zeros_like(x[:1])])
+    out = m(with_empty)
+    assert torch.isfinite(out).all() and torch.allclose(out[-1], m.out.bias)
+    assert torch.equal(out[:-1], m(x)) or torch.allclose(out[:-1], m(x), atol=1e-6)
+    grads = torch.autograd.grad(out.square().sum(), list(m.parameters()), allow_unused=True)
+    assert all(g is None or torch.isfinite(g).all() for g in grads)
+
+
 def _ragged(n=40, seed=1):
     """Token rows of random real lengths 1..12 (trailing padding), in random order."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(2, 50, (n, 12), generator=g)
-    lengths = torch.randint(1, 13, (n,), generator=g)  # >= 1: an all-padding row has no key to attend to
+    lengths = torch.randint(1, 13, (n,), generator=g)  # >= 1 (an empty row has its own test above)
     x[torch.arange(12)[None, :] >= lengths[:, None]] = 0
     return x, lengths, torch.randint(0, 2, (n,), generator=g)
 

@@ -117,9 +117,14 @@ class Transformer(nn.Module):
 
     def forward(self, tokens):
         key_pad = tokens == self.pad_id
+        # An all-padding row (an empty text) would softmax over no key at all (NaN, then a "diverged" run): it attends
+        # to its first position instead and still pools nothing (its logits are the output bias). Rows with a real
+        # token are untouched, bit for bit.
+        first = torch.arange(tokens.shape[-1], device=tokens.device) == 0
+        attend_pad = key_pad & ~(key_pad.all(-1, keepdim=True) & first)
         x = self.embed(tokens) + self.positions[: tokens.shape[-1]]
         for layer in self.layers:
-            x = layer(x, key_pad)
+            x = layer(x, attend_pad)
         keep = (~key_pad).unsqueeze(-1).to(x.dtype)
         return self.out((x * keep).sum(1) / keep.sum(1).clamp_min(1.0))
 
