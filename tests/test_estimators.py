@@ -9,6 +9,7 @@ import torch
 
 from sharpgaps import estimators as E
 from sharpgaps import gaps, losses, models
+from sharpgaps import metrics as M
 from sharpgaps.localsgd import RunSpec
 from sharpgaps.specs import EstimatorSpec, GeometrySpec
 from sharpgaps.training import CKPT_DIR, checkpoint_path, history_rounds, list_checkpoints, train_run
@@ -127,12 +128,12 @@ def test_quality_metrics(dominant):
     assert q["overlap"] == pytest.approx(0.0, abs=1e-12) and q["max_angle_deg"] == pytest.approx(90.0)
 
 
-def test_quality_by_m_equals_quality_of_each_prefix(dominant):
+def test_prefix_metrics_equal_quality_of_each_prefix(dominant):
     """The one-pass metrics of every prefix U[:, :m] agree with quality() of that prefix; m > rank is skipped."""
     g = dominant @ torch.tensor([3.0, -1.0, 0.5, 0.2], dtype=torch.float64) + _orthonormal(D, 1, seed=3)[:, 0]
     U = _orthonormal(D, 6, seed=5)
     U = gaps.orthonormalise(torch.cat([dominant[:, 1:3] + 0.3 * U[:, :2], U[:, 2:]], 1))
-    got = E.quality_by_m(g, dominant, U, [1, 2, 4, 6, 9])
+    got = M.prefix_metrics(g, dominant, U, [1, 2, 4, 6, 9])
     assert sorted(got) == [1, 2, 4, 6]
     for m, q in got.items():
         ref = E.quality(g, dominant, U[:, :m])

@@ -156,33 +156,6 @@ def quality(g: torch.Tensor, Vk: torch.Tensor, U: torch.Tensor) -> dict[str, flo
             "removal": M.removal_fraction(g, Vk, U), "max_angle_deg": max_principal_angle(Vk, U)}
 
 
-def quality_by_m(g: torch.Tensor, Vk: torch.Tensor, U: torch.Tensor, ms) -> dict[int, dict[str, float]]:
-    """:func:`quality` of every prefix U[:, :m] (m in ``ms``, m <= rank) from two products over d.
-
-    Each metric sees U only through A = V_k^T U and c = U^T g: overlap = ||A_m||_F^2 / min(k, m),
-    capture = ||A_m^T V_k^T g||^2 / ||V_k^T g||^2, removal = 1 - ||V_k^T g - A_m c_m||^2 / ||V_k^T g||^2, the
-    angles from A_m's singular values. So one pass per estimator serves every m (the per-m calls cost
-    ~0.06 s each at d = 1.06M). Equal to :func:`quality` to rounding (tests/test_estimators.py)."""
-    g, Vk, U = (t.to(torch.float64) for t in (g, Vk, U))
-    A, c, vg = Vk.T @ U, U.T @ g, Vk.T @ g
-    den = float(vg @ vg)  # = ||P_dom g||^2 for orthonormal V_k
-    no_dom, k, out = den <= M._tiny(g), Vk.shape[1], {}
-    for m in sorted(int(m) for m in ms):
-        if m > U.shape[1]:
-            continue
-        Am = A[:, :m]
-        if no_dom:
-            capture = removal = M._nan(M._NO_DOM.format("quality_by_m"))
-        else:
-            capture = float((Am.T @ vg).square().sum()) / den
-            removal = 1.0 - float((vg - Am @ c[:m]).square().sum()) / den
-        s = torch.linalg.svdvals(Am)[: min(k, m)]
-        out[m] = {"overlap": float(Am.square().sum()) / min(k, m) if min(k, m) else math.nan,
-                  "capture": capture, "removal": removal,
-                  "max_angle_deg": float(torch.rad2deg(torch.arccos(s.min().clamp(-1.0, 1.0)))) if len(s) else math.nan}
-    return out
-
-
 def cost(minibatch_grads: int = 0, b: int = 0, n_hvp: int = 0, n_hessian: int = 0, n_train: int = 1,
          hvp_grad_ratio: float = 0.0) -> float:
     """Extra cost in full-batch-gradient equivalents on ``n_train`` examples: each minibatch gradient is
@@ -378,7 +351,7 @@ def checkpoint_estimators(ckpt: dict, vectors: np.ndarray, model, loss_fn, x, y,
     def emit(name, U, extra_cost, memory_vectors, j=np.nan, vector_bytes=BYTES):
         out = [_rows(base, name, "rank", U.shape[1], j=j), _rows(base, name, "extra_cost", extra_cost, j=j),
                _rows(base, name, "memory_bytes", memory_vectors * d * vector_bytes, j=j)]
-        for m, q in quality_by_m(g, Vk, U, {*spec.m_list, k}).items():
+        for m, q in M.prefix_metrics(g, Vk, U, {*spec.m_list, k}).items():
             out += [_rows(base, name, metric, v, m=m, j=j) for metric, v in q.items()]
         return out
 

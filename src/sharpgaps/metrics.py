@@ -173,6 +173,35 @@ def subspace_overlap(V: Tensor, U: Tensor) -> float:
     return float((V.T @ U).square().sum()) / min(k, m)
 
 
+def prefix_metrics(g: Tensor, V: Tensor, U: Tensor, ms) -> dict[int, dict[str, float]]:
+    """overlap, capture, removal and the largest principal angle (degrees) of every prefix U[:, :m] against V
+    (m in ``ms``, m <= U's columns), from two products over d.
+
+    Each metric sees U only through A = V^T U and c = U^T g: overlap = ||A_m||_F^2 / min(k, m) (as
+    :func:`subspace_overlap`), capture = ||A_m^T V^T g||^2 / ||V^T g||^2 (:func:`capture_fraction`), removal =
+    1 - ||V^T g - A_m c_m||^2 / ||V^T g||^2 (:func:`removal_fraction`), the angle from A_m's singular values. One
+    pass serves every m (per-m calls cost ~0.06 s each at d = 1.06M); equal to the per-m functions to rounding
+    (tests/test_estimators.py)."""
+    g, V, U = _f64(g, V, U)
+    A, c, vg = V.T @ U, U.T @ g, V.T @ g
+    den = float(vg @ vg)  # = ||P_dom g||^2 for orthonormal V
+    no_dom, k, out = den <= _tiny(g), V.shape[1], {}
+    for m in sorted(int(m) for m in ms):
+        if m > U.shape[1]:
+            continue
+        Am = A[:, :m]
+        if no_dom:
+            capture = removal = _nan(_NO_DOM.format("prefix_metrics"))
+        else:
+            capture = float((Am.T @ vg).square().sum()) / den
+            removal = 1.0 - float((vg - Am @ c[:m]).square().sum()) / den
+        s = torch.linalg.svdvals(Am)[: min(k, m)]
+        out[m] = {"overlap": float(Am.square().sum()) / min(k, m) if min(k, m) else math.nan,
+                  "capture": capture, "removal": removal,
+                  "max_angle_deg": float(torch.rad2deg(torch.arccos(s.min().clamp(-1.0, 1.0)))) if len(s) else math.nan}
+    return out
+
+
 def squared_cosines(U: Tensor, V: Tensor) -> Tensor:
     """(m, k) float64 matrix (U^T V)^2: squared cosines between gap and Hessian directions."""
     U, V = _f64(U, V)
