@@ -47,12 +47,12 @@ $(LOCK_VENV)/bin/uv:
 	$(LOCK_VENV)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 # SCALE=paper (config.yaml, default), quick (config.quick.yaml) or smoke (.test/config.yaml).
-# Jobs call `python -m sharpgaps.cli`: the venv's bin/ goes first on PATH.
+# Jobs call `python -m sharpgaps`: the venv's bin/ goes first on PATH.
 # cost-note: on the paper config without a GPU, the projected cost and the quick command (never blocks).
 # check-config first: a YAML error in a --configfile gets Snakemake's generic message, with no file or line.
 all: setup
-	@$(VENV)/bin/python -m sharpgaps.cli check-config $(CONFIG_$(SCALE))
-	@$(VENV)/bin/python -m sharpgaps.cli cost-note $(CONFIG_$(SCALE))
+	@$(VENV)/bin/python -m sharpgaps check-config $(CONFIG_$(SCALE))
+	@$(VENV)/bin/python -m sharpgaps cost-note $(CONFIG_$(SCALE))
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake all --cores $(CORES) --workflow-profile profiles/default \
 		--configfile $(CONFIG_$(SCALE)) $(SNAKEMAKE_ARGS)
 
@@ -64,14 +64,14 @@ release-quick: setup
 	git clean -fdqX results/ && rm -f $(QUICK_FIGURES)/*
 	commit=$$(git rev-parse HEAD); start=$$(date +%s); PATH=$(CURDIR)/$(VENV)/bin:$$PATH \
 		$(VENV)/bin/snakemake all --cores $(CORES) --configfile config.quick.yaml && end=$$(date +%s) && \
-	$(VENV)/bin/python -m sharpgaps.cli manifest --config config.quick.yaml --wall-s $$((end - start)) \
+	$(VENV)/bin/python -m sharpgaps manifest --config config.quick.yaml --wall-s $$((end - start)) \
 		--cores $(CORES) --commit $$commit --benchmarks results/benchmarks --out $(QUICK_FIGURES)/MANIFEST.json
 
 # Regenerate the quick scale's RESULTS.md and the measured block of docs/FIDELITY.md from the quick tables.
 # config.quick.yaml runs every stage, so every table is required: a missing one stops `summary` (no claim row
 # without its number); the claim table says "not run" only for a table not named here.
 fidelity: setup
-	$(VENV)/bin/python -m sharpgaps.cli summary --title "quick scale" --out $(QUICK_FIGURES)/RESULTS.md \
+	$(VENV)/bin/python -m sharpgaps summary --title "quick scale" --out $(QUICK_FIGURES)/RESULTS.md \
 		--splice docs/FIDELITY.md --readme README.md $(foreach e,main tau_ablation k_sweep batch_sweep,--table $(e)=results/tables/$(e)_geometry.parquet) \
 		--table restricted=results/tables/restricted.parquet \
 		--table theory=$$(ls -t results/tables/theory_*.parquet | head -1) \
@@ -82,7 +82,7 @@ bench: setup
 
 # Regenerate the Scales tables of docs/FIDELITY.md from the three configs (tests/test_docs.py checks them).
 docs: setup
-	$(VENV)/bin/python -m sharpgaps.scales --splice docs/FIDELITY.md
+	$(VENV)/bin/python -m sharpgaps.pipeline.scales --splice docs/FIDELITY.md
 
 # A real single-node SLURM (installed with apt-get if missing) runs the smoke DAG through sbatch.
 slurm-test: setup

@@ -6,7 +6,7 @@
 # inherit the paper grid's experiments); --config key=value still overrides either.
 if not workflow.overwrite_configfiles:
     # Snakemake's own message for a YAML error names neither the file nor the line.
-    from sharpgaps.config import ConfigError, read_yaml
+    from sharpgaps.pipeline.config import ConfigError, read_yaml
 
     try:
         read_yaml("config.yaml")

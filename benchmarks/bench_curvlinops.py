@@ -1,4 +1,4 @@
-"""sharpgaps.hessian.FullBatchHVP (hand-written) against curvlinops' HessianLinearOperator, side by side.
+"""sharpgaps.curvature.hessian.FullBatchHVP (hand-written) against curvlinops' HessianLinearOperator, side by side.
 
     python benchmarks/bench_curvlinops.py [--sizes quick paper] [--repeats 5] [--eigsh quick] [--json out.json]
 
@@ -35,8 +35,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from sharpgaps import losses, models  # noqa: E402
-from sharpgaps.hessian import FullBatchHVP, top_eigenpairs  # noqa: E402
+from sharpgaps.curvature.hessian import FullBatchHVP, top_eigenpairs  # noqa: E402
+from sharpgaps.engine import losses, models  # noqa: E402
 
 # setting: (dataset, model, quick Hessian examples (config.quick.yaml), k + extra (quick), subset kwargs per size)
 CASES = {
@@ -89,7 +89,7 @@ def problem(setting: str, size: str, data_dir: Path, cache: Path):
     elif path.exists():
         subset = torch.load(path, weights_only=False)
     else:
-        from sharpgaps import subsets
+        from sharpgaps.data import subsets
 
         subset = subsets.make_subset(dataset, data_dir, n_train=5000, seed=0, test_cap=10, **kw)
         cache.mkdir(parents=True, exist_ok=True)
@@ -194,9 +194,9 @@ def main(argv=None) -> int:
         impl, setting, size = args.memory_probe
         print(json.dumps(memory_probe(impl, setting, size, args.data_dir, args.cache)))
         return 0
-    import curvlinops  # noqa: F401  (fail early: the docstring says how to install it)
-
     import importlib.metadata
+
+    import curvlinops  # noqa: F401  (fail early: the docstring says how to install it)
 
     measured = (f"measured {time.strftime('%Y-%m-%d %H:%M %Z')}, {args.threads} thread(s), load average "
                 f"{os.getloadavg()[0]:.1f} at start, curvlinops-for-pytorch "

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 import subprocess
 import sys
 import tempfile
@@ -26,14 +25,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_hessian import (  # benchmarks/ is on sys.path (run.py, or run as a script)
+    arpack_step_seconds,
+    interleaved_times,
+)
 from torch.func import functional_call, grad, jvp
 
-from sharpgaps import losses, models
-from sharpgaps.hessian import FullBatchHVP, top_eigenpairs
-from sharpgaps.localsgd import RunSpec, SimulatedLocalSGD, unflatten, vmap_pays
-from sharpgaps.metrics import random_removal_all
-
-from bench_hessian import arpack_step_seconds, interleaved_times  # benchmarks/ is on sys.path (run.py, or run as a script)
+from sharpgaps.core.specs import RunSpec
+from sharpgaps.curvature.hessian import FullBatchHVP, top_eigenpairs
+from sharpgaps.curvature.metrics import random_removal_all
+from sharpgaps.engine import losses, models
+from sharpgaps.engine.localsgd import SimulatedLocalSGD, unflatten, vmap_pays
 
 
 def _pair(cut: str, case: str, before: list[float], after: list[float], unit: str = "s", **extra) -> list[dict]:
@@ -229,7 +231,7 @@ def bench_channels_last(sub: dict, n: int, b: int = 50, K: int = 8, repeats: int
 def bench_orthonormalise(dims: dict[str, int], r: int = 32, repeats: int = 3) -> list[dict]:
     """The gap subspace's re-orthonormalisation of a (d, r) block: Householder QR (sign-fixed) against
     CholeskyQR2 (gaps.orthonormalise), on a block as gap_subspace makes it (nearly orthonormal)."""
-    from sharpgaps.gaps import orthonormalise
+    from sharpgaps.curvature.gaps import orthonormalise
 
     rows = []
     for name, d in dims.items():
@@ -263,7 +265,7 @@ def bench_evaluation(subsets: dict, repeats: int = 3) -> list[dict]:
     """Training-set loss and accuracy (localsgd.evaluate; restricted runs call it at every evaluation): chunks of
     1,000 examples in data order (before) vs chunks of 256, length-sorted and trimmed of all-padding columns for
     text (after); and the transformer's full training-set gradient (chunks of 256) without / with the sorting."""
-    from sharpgaps.localsgd import evaluate
+    from sharpgaps.engine.localsgd import evaluate
 
     rows = []
     for name, sub in subsets.items():

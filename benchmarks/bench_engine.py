@@ -10,8 +10,9 @@ import time
 
 import torch
 
-from sharpgaps import losses, models
-from sharpgaps.localsgd import LoopLocalSGD, RunSpec, SimulatedLocalSGD
+from sharpgaps.core.specs import RunSpec
+from sharpgaps.engine import losses, models
+from sharpgaps.engine.localsgd import LoopLocalSGD, SimulatedLocalSGD
 
 
 def _floor_step(model, x, y, lr):

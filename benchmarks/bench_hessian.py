@@ -17,8 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from sharpgaps.hessian import FullBatchHVP, top_eigenpairs
-
+from sharpgaps.curvature.hessian import FullBatchHVP, top_eigenpairs
 
 # ----------------------------------------------------------------------------- problem
 

@@ -10,10 +10,10 @@ import statistics
 import tempfile
 from pathlib import Path
 
-
-from sharpgaps import losses, models
-from sharpgaps.localsgd import RunSpec, SimulatedLocalSGD, flatten
-from sharpgaps.restricted import MODES, RestrictSpec, restricted_run
+from sharpgaps.core.specs import RunSpec
+from sharpgaps.engine import losses, models
+from sharpgaps.engine.localsgd import SimulatedLocalSGD, flatten
+from sharpgaps.studies.restricted import MODES, RestrictSpec, restricted_run
 
 
 def _branch(model, subset, run: RunSpec, rounds: int) -> dict:
@@ -56,7 +56,7 @@ def bench_restricted(subset: dict, rounds: int = 20, refresh: int = 10, branch_r
 def restricted_table_costs(table: Path, source: str) -> list[dict]:
     """Per setting and mode of a finished run's restricted table: its last row's cumulative counts;
     ``source`` names the table in the rows (a path relative to the run, not this machine's)."""
-    from sharpgaps.atomic import read_frame
+    from sharpgaps.core.atomic import read_frame
 
     df = read_frame(table)
     rows = []

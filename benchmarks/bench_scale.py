@@ -33,6 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+
 # The benchmarks' one private import: no public torch API counts the aten ops that reach the kernels
 # (below autograd's decompositions, each op once). FlopCounterMode keeps only ops with a FLOP formula;
 # torch.profiler events include composite ops and their nested calls, so their counts differ (more in
@@ -40,9 +41,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from sharpgaps import grid, losses, models
-from sharpgaps.hessian import FullBatchHVP
-from sharpgaps.jobcosts import read_job_costs
+from sharpgaps.core import grid
+from sharpgaps.curvature.hessian import FullBatchHVP
+from sharpgaps.engine import losses, models
+from sharpgaps.pipeline.jobcosts import read_job_costs
 
 MODELLED = ("train", "geometry", "restricted", "estimators", "mechanism")  # rules with a cost model (the rest:
 # their mean job time in a finished run)
@@ -108,7 +110,7 @@ def unit_gpu_costs(subsets: dict, b: int = 50, K: int = 8, n_hvp: int = 64) -> d
 
 def _quick_hvp_counts(workdir: Path) -> tuple[dict, dict]:
     """(HVPs per eigenpair per checkpoint, HVPs per Dom/Bulk refresh) by setting, from the quick tables."""
-    from sharpgaps.atomic import read_frame
+    from sharpgaps.core.atomic import read_frame
 
     per_pair, per_refresh = {}, {}
     main = workdir / "results/tables/main_geometry.parquet"
@@ -382,9 +384,9 @@ def render(workdir: Path, bench_md: Path = REPO / "docs/BENCHMARKS.md", readme: 
 
     import yaml
 
-    from sharpgaps.config import validate
-    from sharpgaps.sources import resolve_data_dir
-    from sharpgaps.subsets import make_subset
+    from sharpgaps.data.sources import resolve_data_dir
+    from sharpgaps.data.subsets import make_subset
+    from sharpgaps.pipeline.config import validate
 
     bench_json = bench_md.with_suffix(".json")
     record = json.loads(bench_json.read_text())

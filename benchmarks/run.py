@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +63,7 @@ def engine_section(subset, quick: bool) -> tuple[str, list[dict]]:
 def hvp_section(subsets: dict, quick: bool) -> tuple[str, list[dict]]:
     from bench_hessian import bench_hvp_cost
 
-    from sharpgaps import losses, models
+    from sharpgaps.engine import losses, models
 
     sizes = {"fc_tanh": 300 if quick else 5000, "cnn_relu": 100 if quick else 1000,
              "transformer": 32 if quick else 256}
@@ -86,8 +85,9 @@ def hvp_section(subsets: dict, quick: bool) -> tuple[str, list[dict]]:
 def eig_section(subset, quick: bool) -> tuple[str, list[dict]]:
     from bench_hessian import bench_eigensolvers
 
-    from sharpgaps import losses, models
-    from sharpgaps.localsgd import RunSpec, SimulatedLocalSGD
+    from sharpgaps.core.specs import RunSpec
+    from sharpgaps.engine import losses, models
+    from sharpgaps.engine.localsgd import SimulatedLocalSGD
 
     n, rounds = (100, 3) if quick else (1000, 30)
     x, y = subset["x_train"][:n], subset["y_train"][:n]
@@ -146,7 +146,7 @@ def eig_section(subset, quick: bool) -> tuple[str, list[dict]]:
 
 def dag_section(workdir: Path) -> tuple[str, list[dict]]:
     """Per-rule cost of a finished run, aggregated from Snakemake's benchmark files."""
-    from sharpgaps.jobcosts import read_job_costs
+    from sharpgaps.pipeline.jobcosts import read_job_costs
 
     jobs = read_job_costs(workdir / RESULTS / "benchmarks")
     if jobs.empty:
@@ -173,7 +173,7 @@ def dag_section(workdir: Path) -> tuple[str, list[dict]]:
 
 
 def _venv_env(**extra) -> dict:
-    """The environment jobs need: they call `python -m sharpgaps.cli`, so this interpreter's bin/ goes first
+    """The environment jobs need: they call `python -m sharpgaps`, so this interpreter's bin/ goes first
     on PATH (as `make all` does)."""
     return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
 
@@ -224,10 +224,18 @@ def _med(r: dict, unit: str) -> str:
 
 def cuts_section(subsets: dict, quick: bool) -> tuple[str, list[dict]]:
     """Before/after pairs of every performance cut (benchmarks/bench_cuts.py), side by side."""
-    from bench_cuts import (bench_channels_last, bench_evaluation, bench_grad_chunk, bench_hvp_forward_over_reverse,
-                            bench_lanczos_dtype, bench_orthonormalise, bench_removal, bench_train_step)
+    from bench_cuts import (
+        bench_channels_last,
+        bench_evaluation,
+        bench_grad_chunk,
+        bench_hvp_forward_over_reverse,
+        bench_lanczos_dtype,
+        bench_orthonormalise,
+        bench_removal,
+        bench_train_step,
+    )
 
-    from sharpgaps import models
+    from sharpgaps.engine import models
 
     reps = 1 if quick else 3
     b = {name: 4 if quick else 50 for name in subsets}  # paper: b=50 per worker, K=8
@@ -370,13 +378,11 @@ def smoke_dag_section(quick: bool, data_dir: Path, manifest: Path) -> tuple[str,
 def scale_section(subsets: dict, results: dict, workdir: Path, quick: bool) -> tuple[str, list[dict]]:
     """Paper-scale cost projected from this run's unit costs (benchmarks/bench_scale.py)."""
     import yaml
-
     from bench_hessian import arpack_step_seconds
     from bench_scale import paper_job_counts, paper_scale, section, unit_gpu_costs
 
-    from sharpgaps import models
-
-    from sharpgaps.config import validate
+    from sharpgaps.engine import models
+    from sharpgaps.pipeline.config import validate
 
     cfg = validate(yaml.safe_load((REPO / "config.yaml").read_text()), REPO / "workflow/schemas/config.schema.yaml")
     arpack_k = 4 if quick else 20  # the paper's k + extra (10 classes + 10); paper_scale rescales by ncv
@@ -464,9 +470,9 @@ def main(argv=None) -> int:
                     help="skip running the whole smoke DAG (minutes; --quick runs one cheap target of it)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from sharpgaps.atomic import save_text
-    from sharpgaps.sources import resolve_data_dir
-    from sharpgaps.subsets import make_subset
+    from sharpgaps.core.atomic import save_text
+    from sharpgaps.data.sources import resolve_data_dir
+    from sharpgaps.data.subsets import make_subset
 
     data_dir = resolve_data_dir(str(REPO.parent / "shared" / "data"))
     n = 600 if a.quick else 5000

@@ -17,7 +17,7 @@ def _data_dir() -> Path:
 DATA_DIR = _data_dir()
 # Workflow tests run Snakemake in temp dirs, where the config's relative data_dir would not resolve.
 os.environ["SHARPGAPS_DATA_DIR"] = str(DATA_DIR)
-# Jobs call `python -m sharpgaps.cli`: the interpreter running the tests must be the one they find.
+# Jobs call `python -m sharpgaps`: the interpreter running the tests must be the one they find.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
@@ -31,7 +31,7 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def mnist_small(data_dir):
     """A 600-example MNIST subset used by the engine tests (real data, small for speed)."""
-    from sharpgaps.subsets import make_subset
+    from sharpgaps.data.subsets import make_subset
 
     return make_subset("mnist", data_dir, n_train=600, seed=0, test_cap=200)
 

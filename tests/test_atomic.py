@@ -1,4 +1,4 @@
-"""Unit-level fault injection for every file the pipeline writes and reads back (sharpgaps.atomic).
+"""Unit-level fault injection for every file the pipeline writes and reads back (sharpgaps.core.atomic).
 
 Corrupt bytes must raise CorruptFileError naming the file; a failed write (full disk, read-only or
 unwritable directory) must raise OutputWriteError naming the path and leave no file behind.
@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 import torch
 
-from sharpgaps import atomic
-from sharpgaps.atomic import CorruptFileError, OutputWriteError, load_torch, read_frame, save_frame, save_torch
+from sharpgaps.core import atomic
+from sharpgaps.core.atomic import CorruptFileError, OutputWriteError, load_torch, read_frame, save_frame, save_torch
 
 
 def _payload():
@@ -149,7 +149,7 @@ def test_read_only_output_dir_names_path(tiny_mount):
 def test_cli_job_on_read_only_output_fails_cleanly(tiny_mount, data_dir):
     """A whole pipeline step: exit code 2, one line naming the path, no traceback, no file."""
     disk = tiny_mount("ro")
-    proc = subprocess.run([sys.executable, "-m", "sharpgaps.cli", "subset", "--dataset", "mnist", "--data-dir",
+    proc = subprocess.run([sys.executable, "-m", "sharpgaps", "subset", "--dataset", "mnist", "--data-dir",
                            str(data_dir), "--n-train", "100", "--seed", "0", "--out", str(disk / "subset.pt")],
                           capture_output=True, text=True)
     assert proc.returncode == 2, proc.stderr
@@ -160,7 +160,7 @@ def test_cli_job_on_read_only_output_fails_cleanly(tiny_mount, data_dir):
 def test_publishing_checkpoints_onto_a_full_disk_fails_cleanly(tiny_mount, tmp_path):
     """The train step's last move (work dir -> declared outputs) on a full disk: one error naming
     the output dir, and no half-published checkpoint directory or temp file."""
-    from sharpgaps.jobs import publish_run
+    from sharpgaps.pipeline.jobs import publish_run
 
     work = tmp_path / "work"
     save_torch(_payload(), work / "ckpt" / "r000001.pt")  # ~200 KB: cannot fit in 64 KiB
@@ -176,7 +176,7 @@ def test_recomputable_files_fall_back_to_recomputing(tmp_path):
     """Resume states and caches only save work: absent or corrupt -> None (recompute), with a warning."""
     import io
 
-    from sharpgaps.atomic import load_recomputable
+    from sharpgaps.core.atomic import load_recomputable
 
     path, log = tmp_path / "state.pt", io.StringIO()
     assert load_recomputable(path, "resume state", log) is None

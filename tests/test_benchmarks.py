@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from sharpgaps.metrics import random_removal_all
+from sharpgaps.curvature.metrics import random_removal_all
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -121,8 +121,8 @@ def test_paper_projection_counts_every_stage_from_the_recorded_unit_costs(tmp_pa
     import yaml
     from bench_scale import paper_scale, readme_row, recorded_units, section
 
-    from sharpgaps import grid
-    from sharpgaps.config import validate
+    from sharpgaps.core import grid
+    from sharpgaps.pipeline.config import validate
 
     record = json.loads((REPO / "docs/BENCHMARKS.json").read_text())
     unit = recorded_units(record, REPO / "docs/BENCHMARKS.md")

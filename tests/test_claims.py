@@ -1,13 +1,13 @@
-"""The abstract's claims, one row each, generated from the tables (sharpgaps.summary.claim_rows / write_results)."""
+"""The abstract's claims, one row each, generated from the tables (sharpgaps.report.summary.claim_rows / write_results)."""
 
 import re
 from pathlib import Path
 
 import pytest
 
-from sharpgaps.atomic import read_frame
-from sharpgaps.evidence import MissingEvidence, Stat
-from sharpgaps.summary import CLAIMS, _band_verdict, claim_rows, stage_numbers, write_results
+from sharpgaps.core.atomic import read_frame
+from sharpgaps.report.evidence import MissingEvidence, Stat
+from sharpgaps.report.summary import CLAIMS, band_verdict, claim_rows, stage_numbers, write_results
 
 VERDICT = re.compile(r"\*\*(supported|contradicted|not settled(?: by these seeds)?|not supported|"
                      r"not testable at this scale)\*\*")
@@ -60,7 +60,7 @@ def test_a_stage_the_run_lacks_is_not_run_and_an_empty_one_fails(smoke, tmp_path
         claim_rows(stage_numbers(frames))
 
 
-def test_band_verdicts_need_the_whole_band_on_one_side():
-    assert _band_verdict(Stat(0.9, 0.05, 3), Stat(0.1, 0.05, 3)) == "supported"
-    assert _band_verdict(Stat(0.1, 0.05, 3), Stat(0.9, 0.05, 3)) == "contradicted"
-    assert _band_verdict(Stat(0.5, 0.3, 3), Stat(0.4, 0.05, 3)) == "not settled"
+def testband_verdicts_need_the_whole_band_on_one_side():
+    assert band_verdict(Stat(0.9, 0.05, 3), Stat(0.1, 0.05, 3)) == "supported"
+    assert band_verdict(Stat(0.1, 0.05, 3), Stat(0.9, 0.05, 3)) == "contradicted"
+    assert band_verdict(Stat(0.5, 0.3, 3), Stat(0.4, 0.05, 3)) == "not settled"

@@ -8,8 +8,8 @@ import pytest
 import torch
 import yaml
 
-from sharpgaps import grid
-from sharpgaps.config import ConfigError, validate
+from sharpgaps.core import grid
+from sharpgaps.pipeline.config import ConfigError, validate
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
@@ -189,10 +189,10 @@ if __name__ == "__main__":  # the table in docs/RELIABILITY.md
 
 def test_validation_does_not_load_the_iri_grammars():
     """jsonschema's optional rfc3987_syntax (only for the iri/uri formats the schema never uses) compiles grammars
-    for ~2 s at import; sharpgaps.config keeps it out, which halves a Snakemake dry run."""
+    for ~2 s at import; sharpgaps.pipeline.config keeps it out, which halves a Snakemake dry run."""
     import subprocess
     import sys
 
-    code = "import sys, sharpgaps.config; print(sys.modules.get('rfc3987_syntax') is None)"
+    code = "import sys, sharpgaps.pipeline.config; print(sys.modules.get('rfc3987_syntax') is None)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "True"

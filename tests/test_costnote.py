@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sharpgaps import costnote
+from sharpgaps.pipeline import costnote
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ def test_quiet_for_other_scales_and_where_a_gpu_is(monkeypatch, tmp_path):
 
 
 def test_the_cli_never_blocks_and_make_all_calls_it_first():
-    proc = subprocess.run([sys.executable, "-m", "sharpgaps.cli", "cost-note", "config.quick.yaml"], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "sharpgaps", "cost-note", "config.quick.yaml"], cwd=REPO,
                           capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)
     assert proc.returncode == 0 and proc.stderr == ""
     make = (REPO / "Makefile").read_text()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from sharpgaps import readers, sources, subsets
+from sharpgaps.data import readers, sources, subsets
 
 
 @pytest.mark.parametrize("dataset,layout", [("mnist", "idx"), ("cifar10", "npz"), ("sst2", "glue_tsv")])

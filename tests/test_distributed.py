@@ -16,10 +16,11 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from sharpgaps import losses, models
-from sharpgaps.distributed import DistributedLocalSGD, worker_assignment
-from sharpgaps.flat import flatten
-from sharpgaps.localsgd import LoopLocalSGD, RunSpec
+from sharpgaps.core.flat import flatten
+from sharpgaps.core.specs import RunSpec
+from sharpgaps.engine import losses, models
+from sharpgaps.engine.localsgd import LoopLocalSGD
+from sharpgaps.pipeline.distributed import DistributedLocalSGD, worker_assignment
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 RUN = {"K": 4, "tau": 2, "b": 20, "lr": 0.1, "local_steps": 200, "window": 2, "seed": 3, "loss": "mse",
@@ -32,8 +33,8 @@ def _args(run, subset_file, out, resume_every_s=120):
 
 
 def _simulated(run, subset_file, out):
-    """`sharpgaps.cli train` in this process (saves a Python + torch start-up per run)."""
-    from sharpgaps import cli
+    """`sharpgaps train` in this process (saves a Python + torch start-up per run)."""
+    from sharpgaps.pipeline import cli
 
     threads = torch.get_num_threads()
     try:
@@ -45,7 +46,7 @@ def _simulated(run, subset_file, out):
 def _torchrun_cmd(n, run, subset_file, out, resume_every_s=120):
     # "--": torchrun's parser would take "--run" for an abbreviation of its own "--run-path"
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
-            "-m", "sharpgaps.distributed", "--", *_args(run, subset_file, out, resume_every_s)]
+            "-m", "sharpgaps.pipeline.distributed", "--", *_args(run, subset_file, out, resume_every_s)]
 
 
 def _distributed(n, run, subset_file, out, env=None):
@@ -63,7 +64,7 @@ def _ckpts(out):
 
 @pytest.fixture(scope="module")
 def subset_file(tmp_path_factory, mnist_small):
-    from sharpgaps.atomic import save_torch
+    from sharpgaps.core.atomic import save_torch
 
     path = tmp_path_factory.mktemp("dist") / "subset.pt"
     save_torch(mnist_small, path)
@@ -186,7 +187,7 @@ def test_worker_assignment():
 
 
 def test_outside_torchrun_is_a_clear_error(tmp_path, subset_file):
-    proc = subprocess.run([sys.executable, "-m", "sharpgaps.distributed", *_args(RUN, subset_file, tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "sharpgaps.pipeline.distributed", *_args(RUN, subset_file, tmp_path)],
                           env={k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR")},
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "must run under torchrun" in proc.stderr

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sharpgaps import scales
-from sharpgaps.summary import splice_text
+from sharpgaps.pipeline import scales
+from sharpgaps.report.summary import splice_text
 
 REPO = Path(__file__).resolve().parents[1]
 # An absolute path under one of these roots (or this checkout's own root, wherever it lives) names one
@@ -25,7 +25,7 @@ def test_fidelity_scales_block_is_current(configs):
     doc = (REPO / "docs/FIDELITY.md").read_text()
     assert doc.count(scales.BEGIN) == 1 and doc.count(scales.END) == 1
     assert splice_text(doc, scales.render(configs), scales.BEGIN, scales.END) == doc, \
-        "docs/FIDELITY.md: the Scales block is stale; run `make docs` (python -m sharpgaps.scales --splice ...)"
+        "docs/FIDELITY.md: the Scales block is stale; run `make docs` (python -m sharpgaps.pipeline.scales --splice ...)"
 
 
 def _cell(text: str, setting: str, label: str, scale: str) -> str:

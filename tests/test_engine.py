@@ -1,10 +1,11 @@
 import pytest
 import torch
 
-from sharpgaps import losses, models
-from sharpgaps.flat import flatten
-from sharpgaps.localsgd import LoopLocalSGD, RunSpec, SimulatedLocalSGD, WorkerBatches, vmap_pays
-from sharpgaps.training import CKPT_DIR, DivergenceError, checkpoint_path, train_run
+from sharpgaps.core.flat import flatten
+from sharpgaps.core.specs import RunSpec
+from sharpgaps.engine import losses, models
+from sharpgaps.engine.localsgd import LoopLocalSGD, SimulatedLocalSGD, WorkerBatches, vmap_pays
+from sharpgaps.engine.training import CKPT_DIR, DivergenceError, checkpoint_path, train_run
 
 LOSS = losses.mse_onehot
 
@@ -138,7 +139,7 @@ def _cli_train(subset_file, out, run, **popen):
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "sharpgaps.cli", "train", "--run", json.dumps(run), "--subset", str(subset_file),
+    cmd = [sys.executable, "-m", "sharpgaps", "train", "--run", json.dumps(run), "--subset", str(subset_file),
            "--out-dir", str(out / "out"), "--work-dir", str(out / "work"), "--threads", "1", "--resume-every-s", "0"]
     return subprocess.Popen(cmd, stderr=subprocess.DEVNULL, **popen)
 
@@ -147,7 +148,7 @@ def test_resume_survives_a_real_kill(tmp_path, mnist_small):
     """SIGKILL the training CLI mid-run; restarting it must end with the uninterrupted run's numbers."""
     import time
 
-    from sharpgaps.atomic import save_torch
+    from sharpgaps.core.atomic import save_torch
 
     subset_file = tmp_path / "subset.pt"
     save_torch(mnist_small, subset_file)

@@ -1,4 +1,4 @@
-"""Cheap estimators of the dominant subspace (sharpgaps.estimators): synthetic recovery, rank, cost accounting,
+"""Cheap estimators of the dominant subspace (sharpgaps.studies.estimators): synthetic recovery, rank, cost accounting,
 exact replay of the update and gradient histories, determinism and resume of the per-run stage."""
 
 import math
@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from sharpgaps import estimators as E
-from sharpgaps import gaps, losses, models
-from sharpgaps import metrics as M
-from sharpgaps.localsgd import RunSpec
-from sharpgaps.specs import EstimatorSpec, GeometrySpec
-from sharpgaps.training import CKPT_DIR, checkpoint_path, history_rounds, list_checkpoints, train_run
+from sharpgaps.core.specs import EstimatorSpec, GeometrySpec, RunSpec
+from sharpgaps.curvature import gaps
+from sharpgaps.curvature import metrics as M
+from sharpgaps.engine import losses, models
+from sharpgaps.engine.training import CKPT_DIR, checkpoint_path, history_rounds, list_checkpoints, train_run
+from sharpgaps.studies import estimators as E
 
 LOSS = losses.mse_onehot
 
@@ -192,7 +192,7 @@ def test_replay_reproduces_training_bit_for_bit(run, mnist_small):
 
 
 def test_stage_rows_determinism_and_resume(run, mnist_small, tmp_path):
-    from sharpgaps.geometry import checkpoint_eigenvectors
+    from sharpgaps.curvature.geometry import checkpoint_eigenvectors
 
     model, spec, work = run
     x, y = mnist_small["x_train"], mnist_small["y_train"]  # the run's own data: the replay must match it
@@ -226,10 +226,10 @@ def test_stage_reuses_the_geometry_jobs_gradient(run, mnist_small, tmp_path):
     """The geometry cache keeps g per checkpoint; the estimators given it agree with computing it themselves
     (to float rounding: the geometry job's g is chunked differently), and a cache entry written before g was
     kept is treated as stale and recomputed, not read without it."""
-    from sharpgaps.geometry import checkpoint_cache
-    from sharpgaps.hessian import FullBatchHVP
-    from sharpgaps.atomic import load_torch, save_torch
-    from sharpgaps.flat import unflatten
+    from sharpgaps.core.atomic import load_torch, save_torch
+    from sharpgaps.core.flat import unflatten
+    from sharpgaps.curvature.geometry import checkpoint_cache
+    from sharpgaps.curvature.hessian import FullBatchHVP
 
     model, spec, work = run
     x, y = mnist_small["x_train"], mnist_small["y_train"]
@@ -267,8 +267,8 @@ def test_smoke_dag_runs_the_stage_on_every_main_seed_and_draws_it(smoke):
     import yaml
     from wf import FIGURE_DIR, SMOKE_CONFIG, figure_files
 
-    from sharpgaps import config as C
-    from sharpgaps import grid
+    from sharpgaps.core import grid
+    from sharpgaps.pipeline import config as C
 
     cfg = C.validate(yaml.safe_load(SMOKE_CONFIG.read_text()), SMOKE_CONFIG.parents[1] / "workflow/schemas/config.schema.yaml")
     table = pd.read_parquet(smoke / "results/tables/main_estimators.parquet")
@@ -287,8 +287,8 @@ def test_format1_checkpoints_replay_from_the_previous_one_or_skip_the_histories(
     """Checkpoints without the average history (format 1, e.g. the committed quick release's) give the same rows as
     format 2 through the replay from the previous checkpoint; with max_replay_rounds below that replay the update
     and gradient histories are skipped (rank 0, no quality rows) and every other estimator is unchanged."""
-    from sharpgaps.atomic import save_torch
-    from sharpgaps.geometry import checkpoint_eigenvectors
+    from sharpgaps.core.atomic import save_torch
+    from sharpgaps.curvature.geometry import checkpoint_eigenvectors
 
     model, spec, work = run
     x, y = mnist_small["x_train"], mnist_small["y_train"]

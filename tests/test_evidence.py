@@ -1,4 +1,4 @@
-"""Numbers across seeds and claims generated beside them (sharpgaps.evidence, sharpgaps.summary)."""
+"""Numbers across seeds and claims generated beside them (sharpgaps.report.evidence, sharpgaps.report.summary)."""
 
 import math
 
@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sharpgaps.evidence import MissingEvidence, Stat, claim, late_rounds, per_seed, stat
-from sharpgaps.summary import restricted_verdicts, write_results
+from sharpgaps.report.evidence import MissingEvidence, Stat, claim, late_rounds, per_seed, stat
+from sharpgaps.report.summary import restricted_verdicts, write_results
 
 
 def _geometry(seeds=(0, 1, 2), rounds=(2, 4, 8, 16, 32, 64)):

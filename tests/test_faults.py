@@ -19,14 +19,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from wf import FIGURE_DIR, REPO, SMOKE_CONFIG, snakemake
 
-from sharpgaps.estimators import TIMING_METRICS
+from sharpgaps.studies.estimators import TIMING_METRICS
 
 MNIST_RUN = "results/runs/mnist_fc/K8_tau4_b50_lr0.05_mse_T96_W2_s0"
 # wall-clock columns: the restricted tables', and the estimator figures' extra cost (it prices an HVP by the
-# HVP/gradient time ratio measured in the job, sharpgaps.estimators.TIMING_METRICS)
+# HVP/gradient time ratio measured in the job, sharpgaps.studies.estimators.TIMING_METRICS)
 TIMING = ("seconds", "refresh_seconds", "extra_cost")
 MNIST_WORK = "results/work/mnist_fc/K8_tau4_b50_lr0.05_mse_T96_W2_s0"
 

@@ -11,8 +11,8 @@ import yaml
 from test_figures_more import sweep_config
 from wf import REPO, SMOKE_CONFIG, check_notebook, snakemake
 
-from sharpgaps import figures, plotting
-from sharpgaps.config import validate
+from sharpgaps.pipeline.config import validate
+from sharpgaps.report import figures, plotting
 
 REGISTRY = figures.load_registry(REPO / "workflow/figures.yaml")
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
@@ -82,7 +82,7 @@ def test_every_figure_gets_exactly_what_its_notebook_declares_and_its_caption_re
 
 
 def test_captions_give_the_random_subspace_removal_as_2m_over_d():
-    """A random m-dim subspace removes ~2m/d of the dominant gradient (sharpgaps.metrics.random_removal_expected);
+    """A random m-dim subspace removes ~2m/d of the dominant gradient (sharpgaps.curvature.metrics.random_removal_expected);
     m/d is what it captures."""
     said = [(path.name, m.group(0)) for path in (REPO / "workflow/report").glob("*.rst")
             for m in re.finditer(r"\S* ?m/d", path.read_text())]

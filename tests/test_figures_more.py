@@ -126,12 +126,12 @@ def test_results_md_of_the_smoke_config(smoke):
 def test_readme_headline_block_is_generated_from_the_results_tables(smoke, tmp_path):
     """`make fidelity`'s README block: regenerated between its markers, and every number in it is one of
     RESULTS.md's (so a README number can always be traced to a committed table)."""
-    from sharpgaps.summary import README_BEGIN, README_END
+    from sharpgaps.report.summary import README_BEGIN, README_END
 
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{README_BEGIN}\nstale 0.123\n{README_END}\nafter\n")
     tables = smoke / "results/tables"
-    subprocess.run([sys.executable, "-m", "sharpgaps.cli", "summary", "--out", str(tmp_path / "RESULTS.md"),
+    subprocess.run([sys.executable, "-m", "sharpgaps", "summary", "--out", str(tmp_path / "RESULTS.md"),
                     "--table", f"main={tables / 'main_geometry.parquet'}",
                     "--table", f"restricted={tables / 'restricted.parquet'}", "--readme", str(readme)], check=True)
     text = readme.read_text()

@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 import torch
 
-from sharpgaps import losses, models
-from sharpgaps.geometry import TIMING_METRICS, GeometrySpec, run_geometry
-from sharpgaps.localsgd import RunSpec
-from sharpgaps.training import train_run
+from sharpgaps.core.specs import RunSpec
+from sharpgaps.curvature.geometry import TIMING_METRICS, GeometrySpec, run_geometry
+from sharpgaps.engine import losses, models
+from sharpgaps.engine.training import train_run
 
 K, W = 4, 2
 
@@ -84,7 +84,7 @@ def test_deterministic_and_resumable(run, tmp_path):
     pd.testing.assert_frame_equal(a, _science(_geometry(run, tmp_path / "a")), check_exact=True)  # from cache
     (tmp_path / "a" / "r000030.geom.pt").unlink()  # 'killed' before the last checkpoint
     pd.testing.assert_frame_equal(a, _science(_geometry(run, tmp_path / "a")), check_exact=True)
-    from sharpgaps.atomic import save_frame
+    from sharpgaps.core.atomic import save_frame
 
     save_frame(a, tmp_path / "a.parquet")
     save_frame(b, tmp_path / "b.parquet")
@@ -105,7 +105,7 @@ def test_stale_cache_is_not_reused(run, tmp_path):
 def test_progress_lines_have_rate_and_eta_and_speak_inside_the_eigensolver():
     import io
 
-    from sharpgaps.geometry import Progress
+    from sharpgaps.curvature.geometry import Progress
 
     now = [0.0]
     log = io.StringIO()

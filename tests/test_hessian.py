@@ -8,8 +8,14 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from sharpgaps.hessian import (FullBatchHVP, no_tf32, resolve_device, scipy_blas_single_thread,
-                               start_vector, top_eigenpairs)
+from sharpgaps.curvature.hessian import (
+    FullBatchHVP,
+    no_tf32,
+    resolve_device,
+    scipy_blas_single_thread,
+    start_vector,
+    top_eigenpairs,
+)
 
 N, K_EIG = 40, 4
 
@@ -175,7 +181,7 @@ def test_scipy_blas_limited_torch_untouched():
 def test_job_thread_setting_reaches_numpy_blas():
     """jobs.set_threads(n) (every heavy job's first call) caps numpy/scipy's BLAS pools too, so `--cores N`
     with `threads: 1` jobs does not oversubscribe through a numpy call."""
-    code = ("import threadpoolctl, numpy, scipy.linalg, torch; from sharpgaps.jobs import set_threads; "
+    code = ("import threadpoolctl, numpy, scipy.linalg, torch; from sharpgaps.pipeline.jobs import set_threads; "
             "before = max(i['num_threads'] for i in threadpoolctl.threadpool_info()); set_threads(1); "
             "print(before, max(i['num_threads'] for i in threadpoolctl.threadpool_info()), torch.get_num_threads())")
     # without the thread variables that earlier in-process jobs of this session set (jobs.set_threads)

@@ -1,4 +1,4 @@
-"""The per-direction mechanism (sharpgaps.mechanism) against the quadratic model run through the engine."""
+"""The per-direction mechanism (sharpgaps.studies.mechanism) against the quadratic model run through the engine."""
 
 import math
 import re
@@ -9,11 +9,16 @@ import pandas as pd
 import pytest
 import torch
 
-from sharpgaps import mechanism as mech
-from sharpgaps.localsgd import RunSpec
-from sharpgaps.theory import NoisyQuadratic, _identity_loss, noise_pool, predicted_gap_covariance, quadratic_problem
-from sharpgaps.specs import TheorySpec
-from sharpgaps.training import checkpoint_path, train_run
+from sharpgaps.core.specs import RunSpec, TheorySpec
+from sharpgaps.engine.training import checkpoint_path, train_run
+from sharpgaps.studies import mechanism as mech
+from sharpgaps.studies.theory import (
+    NoisyQuadratic,
+    _identity_loss,
+    noise_pool,
+    predicted_gap_covariance,
+    quadratic_problem,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -171,8 +176,8 @@ def test_vk_share():
 
 def test_per_example_loop_matches_vmap():
     """The two per-example paths give the same projections (the small-n loop and the vmapped chunks)."""
-    from sharpgaps.models import build_model
-    from sharpgaps.losses import mse_onehot
+    from sharpgaps.engine.losses import mse_onehot
+    from sharpgaps.engine.models import build_model
 
     torch.manual_seed(0)
     meta = {"input_shape": [1, 28, 28], "n_classes": 10}
@@ -197,7 +202,7 @@ def _smoke_mechanism_run(smoke):
 
 def test_smoke_mechanism_table(smoke):
     """Every main run of the smoke DAG is measured, in the collected table, with finite positive predictions."""
-    from sharpgaps.atomic import read_frame
+    from sharpgaps.core.atomic import read_frame
 
     table = read_frame(smoke / "results/tables/mechanism.parquet")
     runs = {p.parent.name for p in (smoke / "results/runs").glob("*/*/run.json")}
@@ -218,7 +223,7 @@ def test_mechanism_job_is_deterministic_and_resumes(smoke, tmp_path):
     import subprocess
     import sys
 
-    from sharpgaps.atomic import read_frame
+    from sharpgaps.core.atomic import read_frame
 
     out = _smoke_mechanism_run(smoke)
     setting, run = out.parent.parent.name, out.parent.name
@@ -228,7 +233,7 @@ def test_mechanism_job_is_deterministic_and_resumes(smoke, tmp_path):
                             "-n", "-p", "-f", str(out.relative_to(smoke)), "--configfile",
                             str(REPO / ".test/config.yaml")], capture_output=True, text=True, check=True)
     cmd = next(line.strip().removeprefix("Shell command: ") for line in snake.stdout.splitlines()
-               if "sharpgaps.cli mechanism" in line)
+               if "sharpgaps mechanism" in line)
     cmd = re.sub(r"--work-dir \S+", f"--work-dir {tmp_path}/work", cmd.split(" > ")[0])
     cmd = re.sub(r"--out \S+", f"--out {tmp_path}/a.parquet", cmd)
     env = {**__import__("os").environ, "PYTHONPATH": str(REPO / "src")}
@@ -265,7 +270,7 @@ def _synthetic_table(shift=0.1, gamma=1.5):
 
 
 def test_results_section_reads_the_table():
-    from sharpgaps.summary import mechanism_section
+    from sharpgaps.report.summary import mechanism_section
 
     text = "\n".join(mechanism_section(_synthetic_table()))
     assert "median abs log10(measured/predicted) is 0.1 ± 0 (n=2)" in text
@@ -279,7 +284,6 @@ def test_results_section_reads_the_table():
 
 def test_smoke_mechanism_figures(smoke):
     """The four Fig X4 outputs of the smoke DAG: drawn from the main runs of every setting (tau: main's tau)."""
-    from sharpgaps.atomic import read_frame
 
     fig_dir = smoke / "results/figures"
     for stem in ("figX4_mechanism_scatter", "figX4_mechanism_ratio", "figX4_noise_curvature", "figX4_tau_share"):

@@ -4,10 +4,19 @@ import numpy as np
 import pytest
 import torch
 
-from sharpgaps.gaps import gap_covariance_spectrum, gap_subspace, orthonormalise
-from sharpgaps.metrics import (capture_fraction, gradient_alignment, oracle_removal,
-                               random_removal_all, random_removal_draws, random_removal_expected,
-                               removal_fraction, removal_total, squared_cosines, subspace_overlap)
+from sharpgaps.curvature.gaps import gap_covariance_spectrum, gap_subspace, orthonormalise
+from sharpgaps.curvature.metrics import (
+    capture_fraction,
+    gradient_alignment,
+    oracle_removal,
+    random_removal_all,
+    random_removal_draws,
+    random_removal_expected,
+    removal_fraction,
+    removal_total,
+    squared_cosines,
+    subspace_overlap,
+)
 
 D, K = 60, 4
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sharpgaps import losses, models
+from sharpgaps.engine import losses, models
 
 META = {
     "fc_tanh": {"n_classes": 10, "input_shape": [1, 28, 28]},
@@ -71,8 +71,8 @@ def test_length_sorted_trimmed_chunks_keep_full_set_means():
     """evaluate and FullBatchHVP sort padded text by length and trim each chunk's all-padding columns: the loss,
     accuracy, gradient and HVP equal the untrimmed ones (float rounding aside); models without padding are
     untouched."""
-    from sharpgaps.hessian import FullBatchHVP
-    from sharpgaps.localsgd import evaluate
+    from sharpgaps.curvature.hessian import FullBatchHVP
+    from sharpgaps.engine.localsgd import evaluate
 
     m = models.build_model("transformer", META["transformer"], 0)
     x, lengths, y = _ragged()

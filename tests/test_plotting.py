@@ -1,11 +1,11 @@
-"""The shared figure helpers (sharpgaps.plotting) that decide how a figure reads: axis scales, wrapped titles,
+"""The shared figure helpers (sharpgaps.report.plotting) that decide how a figure reads: axis scales, wrapped titles,
 the note above a figure, restricted curves since the branch. Fast: no workflow, no notebook."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from sharpgaps import plotting
+from sharpgaps.report import plotting
 
 DATA = pd.Series([0.3, 0.6, 0.95])  # removal fractions ~0.1-1
 RANDOM = pd.Series([1e-5, 2e-4, 3e-4])  # a random subspace's removal, ~2m/d

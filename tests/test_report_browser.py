@@ -21,8 +21,8 @@ import yaml
 from docutils.core import publish_parts
 from wf import FIGURE_DIR, REPO, SMOKE_CONFIG
 
-from sharpgaps import figures, plotting
-from sharpgaps.config import validate
+from sharpgaps.pipeline.config import validate
+from sharpgaps.report import figures, plotting
 
 ENSURE = REPO / "tests/browser/ensure_chromium.sh"
 WINDOW = (1280, 900)

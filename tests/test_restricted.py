@@ -3,11 +3,12 @@
 import pytest
 import torch
 
-from sharpgaps import losses, models
-from sharpgaps.flat import flatten
-from sharpgaps.localsgd import LoopLocalSGD, RunSpec, SimulatedLocalSGD
-from sharpgaps.restricted import RestrictSpec, project, restricted_run
-from sharpgaps.training import CKPT_DIR, checkpoint_path, train_run
+from sharpgaps.core.flat import flatten
+from sharpgaps.core.specs import RunSpec
+from sharpgaps.engine import losses, models
+from sharpgaps.engine.localsgd import LoopLocalSGD, SimulatedLocalSGD
+from sharpgaps.engine.training import CKPT_DIR, checkpoint_path, train_run
+from sharpgaps.studies.restricted import RestrictSpec, project, restricted_run
 
 LOSS = losses.mse_onehot
 
@@ -157,7 +158,7 @@ def test_random_control_with_an_empty_basis_is_plain_local_sgd_bit_for_bit(paren
 
 @pytest.mark.parametrize("mode", ["randdom", "randbulk"])
 def test_random_modes_are_seeded_random_subspaces_of_doms_dimension(parent, mnist_small, mode):
-    from sharpgaps.restricted import Restricted
+    from sharpgaps.studies.restricted import Restricted
 
     model, spec, work = parent
     theta = dict(model.named_parameters())
@@ -185,9 +186,10 @@ def test_gradient_history_modes_use_gap_doms_probe_gradients(parent, mnist_small
     """graddom/gradbulk: S = the gradient-history estimator of the probe rounds' last K*W minibatch gradients,
     from the very probe gap-Dom runs (same batches, so the gap and gradient subspaces are paired); the probe's
     recording leaves its trajectory (the gaps) unchanged bit for bit."""
-    from sharpgaps.estimators import gradient_estimate, replay
-    from sharpgaps.restricted import PROBE_STREAM, Restricted
-    from sharpgaps.localsgd import RunSpec
+    from sharpgaps.core import seeds
+    from sharpgaps.core.specs import RunSpec
+    from sharpgaps.studies.estimators import gradient_estimate, replay
+    from sharpgaps.studies.restricted import Restricted
 
     model, spec, work = parent
     x, y = mnist_small["x_train"], mnist_small["y_train"]
@@ -199,7 +201,7 @@ def test_gradient_history_modes_use_gap_doms_probe_gradients(parent, mnist_small
     gap.refresh(theta)
     assert grad.basis.shape == (flatten(theta).numel(), 4) and grad.probe_steps == gap.probe_steps == 2 * spec.tau
     # the same probe replayed by hand: the workers' gradients of its last window=2 local steps (K*W = 2K rows)
-    probe = RunSpec(K=spec.K, tau=spec.tau, b=spec.b, lr=spec.lr, rounds=1, window=1, seed=spec.seed + PROBE_STREAM,
+    probe = RunSpec(K=spec.K, tau=spec.tau, b=spec.b, lr=spec.lr, rounds=1, window=1, seed=seeds.offset(spec.seed, seeds.PROBE),
                     checkpoints=())
     out = replay(model, LOSS, x, y, probe, flatten(theta), 0, 2, grad_steps=2)
     assert out["grads"].shape[0] == 2 * spec.K

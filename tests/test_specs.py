@@ -1,6 +1,5 @@
 """The specs own the defaults: the schema states the same ones, and every config key fills one spec field."""
 
-import json
 import re
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -8,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sharpgaps import grid, specs
-from sharpgaps.config import validate
+from sharpgaps.core import specs
+from sharpgaps.pipeline.config import validate
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = REPO / "workflow/schemas/config.schema.yaml"
@@ -94,7 +93,7 @@ def test_restricted_tag_params_are_the_tagged_keys():
 def test_validation_takes_unset_keys_from_the_specs():
     """config._rank_problems checks what the jobs will run: an unset gap_window is RestrictSpec's 4 (the smoke
     cifar_cnn run, K=4, then spans (K-1)*4 = 12 >= k = 10 gap directions), an unset m_list GeometrySpec's."""
-    from sharpgaps.config import ConfigError
+    from sharpgaps.pipeline.config import ConfigError
 
     cfg = yaml.safe_load((REPO / ".test/config.yaml").read_text())
     del cfg["restricted"]["gap_window"], cfg["settings"]["cifar_cnn"]["restricted"]
@@ -120,7 +119,7 @@ def test_estimators_take_per_setting_overrides():
 
 
 def test_branch_rule_waits_for_alignment_at_consecutive_checkpoints():
-    from sharpgaps.specs import BranchSpec
+    from sharpgaps.core.specs import BranchSpec
 
     ckpts = [4, 8, 16, 32, 64]
     chi = {4: 0.5, 8: 0.93, 16: 0.85, 32: 0.91, 64: 0.95}

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from sharpgaps.theory import predicted_gap_covariance
+from sharpgaps.studies.theory import predicted_gap_covariance
 
 
 def _spd(d, rng, scale=1.0):

@@ -4,8 +4,8 @@
 import numpy as np
 import pytest
 
-from sharpgaps.specs import TheorySpec
-from sharpgaps.theory import quadratic_problem, simulate_gap_covariance
+from sharpgaps.core.specs import TheorySpec
+from sharpgaps.studies.theory import quadratic_problem, simulate_gap_covariance
 
 H, C = quadratic_problem(TheorySpec(eigenvalues=(10.0, 5.0, 2.0, 1.0, 0.5, 0.1), seed=1))
 K, B, ETA, ROUNDS = 8, 4, 0.05, 800

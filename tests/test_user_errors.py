@@ -9,9 +9,9 @@ import sys
 
 import pytest
 import yaml
-
-from sharpgaps.config import ConfigError, read_yaml, validate
 from wf import REPO, SMOKE_CONFIG, snakemake, workflow_copy
+
+from sharpgaps.pipeline.config import ConfigError, read_yaml, validate
 
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
 SUBSET = "results/data/mnist/subset_n1000_s0_test500.pt"
@@ -91,7 +91,7 @@ def test_yaml_error_names_file_and_line(tmp_path):
     with pytest.raises(ConfigError, match=r"bad\.yaml, line 3, column 7: not valid YAML"):
         read_yaml(bad)
     # what `make all` runs before Snakemake (which reads --configfile files itself, naming no line)
-    proc = subprocess.run([sys.executable, "-m", "sharpgaps.cli", "check-config", str(SMOKE_CONFIG), str(bad)],
+    proc = subprocess.run([sys.executable, "-m", "sharpgaps", "check-config", str(SMOKE_CONFIG), str(bad)],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and f"{bad}, line 3" in proc.stderr and "Traceback" not in proc.stderr
     assert "check-config $(CONFIG_$(SCALE))" in (REPO / "Makefile").read_text()

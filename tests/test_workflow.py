@@ -123,7 +123,7 @@ def test_jobs_receive_exact_floats(tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     out = snakemake(tmp_path, "-n", "-p", "all", config=path).stdout
     steps = [dict(zip(c[4::2], c[5::2])) | {"step": c[3]} for c in (shlex.split(line.split(":", 1)[1])
-             for line in out.splitlines() if line.startswith("Shell command: python -m sharpgaps.cli "))]
+             for line in out.splitlines() if line.startswith("Shell command: python -m sharpgaps "))]
     train = [s for s in steps if s["step"] == "train" and "/mnist_fc/" in s["--out-dir"]]
     assert len(train) == len(cfg["settings"]["mnist_fc"]["train"]["seeds"])
     assert all("_lr0.0123456789_" in t["--out-dir"] for t in train)
@@ -152,7 +152,7 @@ def test_manifest_records_start_commit_and_peak_memory(tmp_path):
     for i, rss in enumerate((812.5, 2048.25)):
         (bench / f"job{i}.tsv").write_text(f"s\th:m:s\tmax_rss\n1.0\t0:00:01\t{rss}\n")
     out, config = tmp_path / "MANIFEST.json", REPO / ".test/config.yaml"
-    subprocess.run([sys.executable, "-m", "sharpgaps.cli", "manifest", "--config", str(config),
+    subprocess.run([sys.executable, "-m", "sharpgaps", "manifest", "--config", str(config),
                     "--wall-s", "12", "--cores", "2", "--commit", "abc123", "--benchmarks", str(tmp_path / "benchmarks"),
                     "--out", str(out)], cwd=REPO, check=True)
     m = json.loads(out.read_text())

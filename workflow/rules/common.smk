@@ -6,8 +6,8 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
-from sharpgaps import config as sg_config
-from sharpgaps import grid, specs
+from sharpgaps.pipeline import config as sg_config
+from sharpgaps.core import grid, specs
 
 min_version("9.0")
 
@@ -15,7 +15,7 @@ min_version("9.0")
 # entry point), whose workflow.basedir is workflow/.
 REPO = Path(workflow.current_basedir).parents[1]
 
-# Jobs run `python -m sharpgaps.cli`; putting src/ on PYTHONPATH makes that work in the project's
+# Jobs run `python -m sharpgaps`; putting src/ on PYTHONPATH makes that work in the project's
 # venv, in the conda env of envs/ (which does not install the package) and on cluster nodes.
 # (Braces doubled twice: once for the f-string, once for Snakemake's shell formatting.)
 shell.prefix(
@@ -112,8 +112,8 @@ def train_launcher(wildcards=None):
     if config["engine"] == "distributed":
         # "--": without it torchrun's parser takes --run for an abbreviation of its --run-path
         nproc = config["nproc"]
-        return f"python -m torch.distributed.run --standalone --nproc-per-node {nproc} -m sharpgaps.distributed --"
-    return "python -m sharpgaps.cli"
+        return f"python -m torch.distributed.run --standalone --nproc-per-node {nproc} -m sharpgaps.pipeline.distributed --"
+    return "python -m sharpgaps"
 
 
 def train_threads():
@@ -171,7 +171,7 @@ def theory_table():
 
 
 def restricted_params(setting):
-    """The setting's `restricted` parameters (defaults: sharpgaps.specs)."""
+    """The setting's `restricted` parameters (defaults: sharpgaps.core.specs)."""
     return specs.restricted_params(config, setting)
 
 
@@ -219,7 +219,7 @@ def estimators_json(setting):
 
 
 def estimators_tag(setting):
-    """Every `estimators` key of the setting (as set; defaults: sharpgaps.specs.EstimatorSpec) in the table's path."""
+    """Every `estimators` key of the setting (as set; defaults: sharpgaps.core.specs.EstimatorSpec) in the table's path."""
     return grid.digest(estimators_json(setting))
 
 
@@ -251,7 +251,7 @@ def mechanism_params(setting):
 
 
 def mechanism_experiments():
-    """The experiments measured: `mechanism.experiments` (default: sharpgaps.specs) that the config has."""
+    """The experiments measured: `mechanism.experiments` (default: sharpgaps.core.specs) that the config has."""
     wanted = config["mechanism"].get(
         "experiments", specs.config_default("mechanism", "experiments")
     )

@@ -12,7 +12,7 @@ rule acquire:
         data_dir=config["data_dir"],
         download="" if config["download"] else "--no-download",
     shell:
-        "python -m sharpgaps.cli acquire --dataset {wildcards.dataset} --data-dir {params.data_dir:q} "
+        "python -m sharpgaps acquire --dataset {wildcards.dataset} --data-dir {params.data_dir:q} "
         "{params.download} --out {output} > {log} 2>&1"
 
 
@@ -33,5 +33,5 @@ rule subset:
         data_dir=config["data_dir"],
         args=subset_args,
     shell:
-        "python -m sharpgaps.cli subset --dataset {wildcards.dataset} --data-dir {params.data_dir:q} "
+        "python -m sharpgaps subset --dataset {wildcards.dataset} --data-dir {params.data_dir:q} "
         "{params.args} --out {output} > {log} 2>&1"

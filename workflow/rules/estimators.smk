@@ -30,7 +30,7 @@ rule estimators:
         work="results/work/estimators/{setting}/{run}/{gtag}_{etag}",
         device=config["device"],
     shell:
-        "python -m sharpgaps.cli estimators --run {params.run:q} --geometry {params.geometry:q} "
+        "python -m sharpgaps estimators --run {params.run:q} --geometry {params.geometry:q} "
         "--estimators {params.estimators:q} --geometry-work {params.geometry_work} --geometry-table {input.geometry} "
         "--subset {input.subset} "
         "--ckpt-dir {input.ckpt} --work-dir {params.work} --out {output} --threads {threads} "
@@ -47,4 +47,4 @@ rule collect_estimators:
     conda:
         ENV
     shell:
-        "python -m sharpgaps.cli collect --out {output} {input} > {log} 2>&1"
+        "python -m sharpgaps collect --out {output} {input} > {log} 2>&1"

@@ -1,11 +1,11 @@
 # Paper figures: one rule per family of the figure registry (workflow/figures.yaml), each running its notebook
 # with papermill once per figure (wildcard `fig`, the output stem), and RESULTS.md. Everything lands in
 # figures.dir, one directory per scale. Which figures a config draws, from which table and with which
-# parameters, is sharpgaps.figures' business; this file only wires it to Snakemake.
+# parameters, is sharpgaps.report.figures' business; this file only wires it to Snakemake.
 import os
 import re
 
-from sharpgaps import figures as sg_figures
+from sharpgaps.report import figures as sg_figures
 
 FIGURE_DIR = config["figures"]["dir"]
 REGISTRY = sg_figures.load_registry(REPO / "workflow/figures.yaml")
@@ -92,7 +92,7 @@ for family, row in REGISTRY.items():
         conda:
             ENV
         params:
-            # a dict for the caption templates, JSON when formatted (sharpgaps.figures.Parameters)
+            # a dict for the caption templates, JSON when formatted (sharpgaps.report.figures.Parameters)
             parameters=lambda wildcards: FIGURE[wildcards.fig]["parameters"],
         shell:
             PAPERMILL
@@ -120,4 +120,4 @@ rule results_summary:
             f"--table {name}={path}" for name, path in input.items()
         ),
     shell:
-        "python -m sharpgaps.cli summary --title {params.title:q} {params.tables} --out {output:q} > {log} 2>&1"
+        "python -m sharpgaps summary --title {params.title:q} {params.tables} --out {output:q} > {log} 2>&1"

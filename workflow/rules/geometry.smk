@@ -24,7 +24,7 @@ rule geometry:
         work=geometry_work,
         device=config["device"],
     shell:
-        "python -m sharpgaps.cli geometry --run {params.run:q} --geometry {params.geometry:q} "
+        "python -m sharpgaps geometry --run {params.run:q} --geometry {params.geometry:q} "
         "--subset {input.subset} --ckpt-dir {input.ckpt} --work-dir {params.work} --out {output} "
         "--threads {threads} --device {params.device} > {log} 2>&1"
 
@@ -40,4 +40,4 @@ rule collect_geometry:
     conda:
         ENV
     shell:
-        "python -m sharpgaps.cli collect --out {output} {input} > {log} 2>&1"
+        "python -m sharpgaps collect --out {output} {input} > {log} 2>&1"

@@ -30,7 +30,7 @@ rule mechanism:
         work="results/work/mechanism/{setting}/{run}/{mtag}",
         device=config["device"],
     shell:
-        "python -m sharpgaps.cli mechanism --run {params.run:q} --geometry {params.geometry:q} "
+        "python -m sharpgaps mechanism --run {params.run:q} --geometry {params.geometry:q} "
         "--mechanism {params.mechanism:q} --geometry-table {input.geometry} --geometry-work {params.geometry_work} "
         "--subset {input.subset} --ckpt-dir {input.ckpt} --work-dir {params.work} --out {output} "
         "--threads {threads} --device {params.device} > {log} 2>&1"
@@ -51,4 +51,4 @@ rule collect_mechanism:
             f"{exp}={p}" for exp, paths in mechanism_tables().items() for p in paths
         ),
     shell:
-        "python -m sharpgaps.cli collect-labelled --column experiment --out {output} {params.tables} > {log} 2>&1"
+        "python -m sharpgaps collect-labelled --column experiment --out {output} {params.tables} > {log} 2>&1"

@@ -28,7 +28,7 @@ rule restricted:
         device=config["device"],
         resume_every=config["resume_every_s"],
     shell:
-        "python -m sharpgaps.cli restricted --run {params.run:q} --restricted {params.restricted:q} "
+        "python -m sharpgaps restricted --run {params.run:q} --restricted {params.restricted:q} "
         "--mode {wildcards.mode} --subset {input.subset} --ckpt-dir {input.ckpt} --geometry {input.geometry} "
         "--work-dir {params.work} "
         "--out {output} --name {wildcards.setting} --threads {threads} --device {params.device} "
@@ -45,4 +45,4 @@ rule collect_restricted:
     conda:
         ENV
     shell:
-        "python -m sharpgaps.cli collect --out {output} {input} > {log} 2>&1"
+        "python -m sharpgaps collect --out {output} {input} > {log} 2>&1"

@@ -14,4 +14,4 @@ rule theory:
     params:
         theory=lambda wc: theory_json(wc.tag),
     shell:
-        "python -m sharpgaps.cli theory --theory {params.theory:q} --out {output} > {log} 2>&1"
+        "python -m sharpgaps theory --theory {params.theory:q} --out {output} > {log} 2>&1"

@@ -12,6 +12,8 @@ import os
 import shutil
 from pathlib import Path
 
+import yaml
+
 QUICK_COMMAND = "make all SCALE=quick"
 
 
@@ -28,8 +30,6 @@ def runs_on_cpu(device: str) -> bool:
 
 def note(config_file: Path, repo: Path) -> str | None:
     """The note for ``config_file``, or None (not the paper config, or a GPU is there or asked for)."""
-    import yaml
-
     if Path(config_file).resolve() != (repo / "config.yaml").resolve():
         return None
     device = (yaml.safe_load(Path(config_file).read_text()) or {}).get("device", "auto")

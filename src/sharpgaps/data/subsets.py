@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core import seeds
+from ..core.atomic import CorruptFileError, load_torch, save_torch
 from . import readers, sources
-from .atomic import CorruptFileError, load_torch, save_torch
 
 PAD, UNK = 0, 1  # token ids reserved in every SST-2 vocabulary
 
@@ -64,7 +65,7 @@ def make_subset(dataset: str, data_dir: Path, n_train: int, seed: int, test_cap:
     train_idx = stratified_indices(raw["y_train"], n_train, seed)
     n_test = len(raw["y_test"]) if test_cap is None else min(test_cap, len(raw["y_test"]))
     # The test draw gets its own stream so capping it never changes the training subset.
-    test_idx = stratified_indices(raw["y_test"], n_test, seed + 1_000_003)
+    test_idx = stratified_indices(raw["y_test"], n_test, seeds.offset(seed, seeds.ROUND))
     if n_test == len(raw["y_test"]):
         test_idx = np.arange(n_test)  # full split: keep the official order
     meta = {

@@ -12,7 +12,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .specs import TheorySpec
+from ..core import seeds
+from ..core.specs import RunSpec, TheorySpec
+from ..engine.localsgd import SimulatedLocalSGD
 
 
 def predicted_gap_covariance(H: np.ndarray, C: np.ndarray, b: int, eta: float, tau: int,
@@ -74,8 +76,6 @@ def simulate_gap_covariance(H: np.ndarray, C: np.ndarray, b: int, eta: float, ta
     The prediction uses the pool's own covariance with the without-replacement factor
     (N-b)/(N-1); correlations between batches of one epoch are O(tau b / N) and neglected.
     """
-    from .localsgd import RunSpec, SimulatedLocalSGD
-
     d = H.shape[0]
     evals, U = np.linalg.eigh(H)
     z = noise_pool(C, pool, seed)
@@ -115,7 +115,7 @@ def gap_covariance_table(spec: TheorySpec) -> pd.DataFrame:
     frames = []
     for tau in spec.taus:
         r = simulate_gap_covariance(H, C, spec.b, spec.lr, tau, spec.K, rounds=spec.rounds, pool=spec.pool,
-                                    seed=spec.seed + tau)
+                                    seed=seeds.offset(spec.seed, tau))
         frames.append(pd.DataFrame({"tau": tau, "direction": np.arange(len(H)), **r, "K": spec.K, "b": spec.b,
                                     "lr": spec.lr, "rounds": spec.rounds}))
     return pd.concat(frames, ignore_index=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import pandas as pd
 import torch
 
 DIGEST_KEY = "_sha256"
@@ -169,8 +170,6 @@ def save_frame(df, path: str | os.PathLike) -> None:
 
 def read_frame(path: str | os.PathLike):
     """Read a Parquet table written by :func:`save_frame`, verifying its page checksums."""
-    import pandas as pd
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such table (was the step that writes it run?)")

@@ -32,20 +32,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch.func import functional_call
 
-from . import gaps as gap_mod
-from . import metrics as M
-from .atomic import load_recomputable, load_torch, object_digest, save_torch
-from .flat import flatten, unflatten
-from .localsgd import RunSpec, SimulatedLocalSGD, _seed_from
-from .specs import EstimatorSpec, GeometrySpec
+from ..core import seeds
+from ..core.atomic import load_recomputable, load_torch, object_digest, save_torch
+from ..core.flat import flatten, unflatten
+from ..core.specs import EstimatorSpec, GeometrySpec, RunSpec
+from ..curvature import gaps as gap_mod
+from ..curvature import metrics as M
+from ..curvature.hessian import FullBatchHVP
+from ..engine.localsgd import SimulatedLocalSGD
 
 ESTIMATORS = ("gap", "update", "gradhist", "noise", "krylov", "krylovgap", "random", "oracle")
 FREE = ("gap", "update", "gradhist")  # by-products of Local SGD: no extra gradient or HVP
 RUN_COLUMNS = ("setting", "K", "tau", "b", "lr", "seed", "loss", "window")
 # Rows that depend on wall-clock timing (rho): everything else is bitwise reproducible on CPU.
 TIMING_METRICS = ("extra_cost", "hvp_grad_ratio")
-NOISE_STREAM = 0x40153  # fresh minibatches of the noise estimator: their own seed stream
 GRAD_TIMINGS = 3  # timed full-batch gradients on the Hessian's examples (median) for rho
 BYTES = 4  # the model's float32: memory is counted in stored float32 vectors
 
@@ -151,7 +153,7 @@ def max_principal_angle(V: torch.Tensor, U: torch.Tensor) -> float:
 
 
 def quality(g: torch.Tensor, Vk: torch.Tensor, U: torch.Tensor) -> dict[str, float]:
-    """overlap, capture, removal (sharpgaps.metrics) and the largest principal angle of U against V_k."""
+    """overlap, capture, removal (sharpgaps.curvature.metrics) and the largest principal angle of U against V_k."""
     return {"overlap": M.subspace_overlap(Vk, U), "capture": M.capture_fraction(g, Vk, U),
             "removal": M.removal_fraction(g, Vk, U), "max_angle_deg": max_principal_angle(Vk, U)}
 
@@ -167,8 +169,6 @@ def cost(minibatch_grads: int = 0, b: int = 0, n_hvp: int = 0, n_hessian: int = 
 
 
 def _grad_fn(model, loss_fn, like):
-    from torch.func import functional_call
-
     @torch.enable_grad()
     def grad(theta_flat, xb, yb):
         params = {n: t.detach().requires_grad_(True) for n, t in unflatten(theta_flat, like).items()}
@@ -179,9 +179,9 @@ def _grad_fn(model, loss_fn, like):
 
 def noise_gradients(model, loss_fn, x, y, theta: torch.Tensor, n: int, b: int, seed: int) -> torch.Tensor:
     """n minibatch gradients (n, d) at ``theta``, each on b examples drawn without replacement by a seeded
-    generator (stream NOISE_STREAM)."""
+    generator (stream seeds.NOISE)."""
     grad = _grad_fn(model, loss_fn, dict(model.named_parameters()))
-    gen = torch.Generator().manual_seed(_seed_from(seed, NOISE_STREAM))
+    gen = torch.Generator().manual_seed(seeds.mixed(seed, seeds.NOISE))
     return torch.stack([grad(theta, x[idx], y[idx]) for idx in (torch.randperm(len(x), generator=gen)[:b]
                                                                    for _ in range(n))])
 
@@ -265,8 +265,6 @@ def checkpoint_estimators(ckpt: dict, vectors: np.ndarray, model, loss_fn, x, y,
     """Every estimator's basis at one checkpoint and its quality, rank, cost and memory rows. ``oracle_hvps``: the
     HVPs the geometry job's Lanczos spent on these eigenvectors (its `n_hvp` row), to price the oracle alike.
     ``gradient``: the full-batch gradient at the checkpoint if the geometry job cached it (else computed here)."""
-    from .hessian import FullBatchHVP
-
     dev = x.device
     like = dict(model.named_parameters())
     theta_flat = ckpt["theta"].to(dev)
@@ -307,7 +305,7 @@ def checkpoint_estimators(ckpt: dict, vectors: np.ndarray, model, loss_fn, x, y,
     bases["update"] = update_estimate(hist["averages"])
     bases["gradhist"] = gradient_estimate(hist["grads"])
     b_noise = spec.noise_b or run.b
-    noise = noise_gradients(model, loss_fn, x, y, theta_flat, n, b_noise, run.seed * 1_000_003 + base["round"])
+    noise = noise_gradients(model, loss_fn, x, y, theta_flat, n, b_noise, seeds.linear(run.seed, seeds.ROUND, base["round"]))
     bases["noise"] = noise_estimate(noise)
     lap("noise")
     rows += [_rows(base, "oracle", "k", k),
@@ -337,7 +335,7 @@ def checkpoint_estimators(ckpt: dict, vectors: np.ndarray, model, loss_fn, x, y,
         return out
 
     p = spec.krylov_block(k)
-    gen = torch.Generator().manual_seed(_seed_from(run.seed, 0x4B1, base["round"]))
+    gen = torch.Generator().manual_seed(seeds.mixed(run.seed, seeds.KRYLOV_START, base["round"]))
     budgets = sorted(set(spec.krylov_hvps))
     kry = block_krylov(timed_hvp, torch.randn(d, p, generator=gen, dtype=torch.float64).to(dev), budgets)
     gap_start = bases["gap"][:, :p]
@@ -367,7 +365,7 @@ def checkpoint_estimators(ckpt: dict, vectors: np.ndarray, model, loss_fn, x, y,
             rows += emit(name, U, cost(n_hvp=spent, n_hessian=n_h, n_train=N, hvp_grad_ratio=rho), 2 * spent, j=j,
                          vector_bytes=8)
     m_max = max({*spec.m_list, k})
-    rgen = torch.Generator().manual_seed(_seed_from(run.seed, 0x9A4D, base["round"]))
+    rgen = torch.Generator().manual_seed(seeds.mixed(run.seed, seeds.HAAR_BASIS, base["round"]))
     rows += emit("random", random_basis(d, min(m_max, d), rgen).to(dev), 0.0, m_max, vector_bytes=8)
     # the oracle's cost: the geometry job's Lanczos HVPs (k + extra pairs to tol; NaN if not given)
     oracle_cost = (float("nan") if oracle_hvps is None else

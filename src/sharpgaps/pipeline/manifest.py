@@ -9,7 +9,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from .atomic import save_json
+import torch
+
+from ..core.atomic import save_json
+from .jobcosts import read_job_costs
 
 
 def git(*args: str) -> str:
@@ -25,16 +28,12 @@ def cpu_model() -> str:
 
 def peak_rss_mb(benchmarks) -> float | None:
     """The largest job's peak memory, from Snakemake's benchmark: files under ``benchmarks``."""
-    from .jobcosts import read_job_costs
-
     jobs = read_job_costs(benchmarks)
     return float(jobs.max_rss_mb.max()) if len(jobs) else None
 
 
 def write_manifest(config, out, *, wall_s: float, max_rss_mb: float | None = None, benchmarks=None,
                    commit: str = "", cores: int | None = None, note: str = "") -> None:
-    import torch
-
     cfg = Path(config).read_text()
     if max_rss_mb is None and benchmarks:
         max_rss_mb = peak_rss_mb(benchmarks)

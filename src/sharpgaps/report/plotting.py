@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import io
 import sys
+import textwrap
 from pathlib import Path
 
+import jinja2
 import matplotlib
 
 matplotlib.use("Agg")
@@ -17,9 +19,11 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from IPython.display import Image, Markdown, display  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from . import atomic  # noqa: E402
+from ..core import atomic  # noqa: E402
+from .evidence import k_of, late_rounds  # noqa: E402
 
 sns.set_theme(context="paper", style="whitegrid", font_scale=1.15)
 plt.rcParams.update({"axes.titlesize": 11, "legend.fontsize": 9, "legend.title_fontsize": 9})
@@ -51,8 +55,6 @@ def caption_text(path, namespace: dict) -> str:
     """The figure's report caption (a Jinja template, workflow/report/*.rst) rendered as the report renders it:
     ``snakemake.params.parameters.<name>`` is the notebook's parameter <name> (from ``namespace``, its globals)
     and ``snakemake.wildcards.fig`` the figure's stem. A name the notebook lacks is an error, not a blank."""
-    import jinja2
-
     snakemake = {"params": {"parameters": namespace}, "wildcards": {"fig": Path(namespace["out_png"]).stem}}
     template = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(Path(path).read_text())
     return template.render(snakemake=snakemake)
@@ -60,8 +62,6 @@ def caption_text(path, namespace: dict) -> str:
 
 def show_caption(path, namespace: dict) -> None:
     """Show :func:`caption_text` in the notebook, and which interpreter runs its kernel."""
-    from IPython.display import Markdown, display
-
     display(Markdown(caption_text(path, namespace)))
     print("kernel python:", sys.executable)
 
@@ -105,8 +105,6 @@ def last_rounds(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 def late_means(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Each group of ``keys`` (one run and quantity) averaged over the last third of its checkpoints (one row per
     group, at its last round): the trajectory, where one checkpoint is noisy."""
-    from .evidence import late_rounds
-
     late = df[df["round"] >= df.groupby(keys)["round"].transform(lambda r: late_rounds(r)[0])]
     out = last_rounds(late, keys).copy()
     out["value"] = out.set_index(keys).index.map(late.groupby(keys)["value"].mean()).to_numpy()
@@ -153,7 +151,6 @@ def common_m(g: pd.DataFrame, by: str) -> tuple[int | None, str | None]:
     runs = [r["m"].dropna().astype(int) for _, r in g[g["metric"] == "removal"].groupby(by)]
     common = set.intersection(*map(set, runs)) if runs else set()
     ranks = {int(m.max()) for m in runs}
-    from .evidence import k_of
 
     k = next(iter(k_of(g).values()), None)  # g holds one setting
     if k in common:
@@ -261,8 +258,6 @@ def fraction_axis(ax, values, baseline=None, log: bool = True) -> str:
 def wrap(text: str, width: int) -> str:
     """``text`` with every line wrapped at ``width`` characters (titles that must not run into their neighbours);
     a line with mathtext ($...$) is left whole, since a break inside it would break the formula."""
-    import textwrap
-
     return "\n".join(line if not line or "$" in line else textwrap.fill(line, width) for line in text.split("\n"))
 
 
@@ -309,8 +304,6 @@ def save(fig, data: pd.DataFrame, out_pdf, out_png, out_csv, dpi: int, note: str
     ``note``: the line written above the figure's top-left corner. "lines" (default, for figures of seed-averaged
     lines with bands): "lines: <band_note(data)>", only if ``data`` has seeds; any other text: written as it is
     (a scatter of every seed is not a mean with a band, and must not say so); None: no note."""
-    from IPython.display import Image, display
-
     if note == "lines":  # every figure of lines over seeds says how many, and what its bands are
         note = f"lines: {band_note(data)}" if "seed" in data and len(data) else None
     if note:

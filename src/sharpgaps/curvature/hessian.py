@@ -1,6 +1,6 @@
 """Full-batch Hessian-vector products and a top-k Lanczos (ARPACK) eigensolver.
 
-Vectors follow the project's flat-vector convention (sharpgaps.flat).
+Vectors follow the project's flat-vector convention (sharpgaps.core.flat).
 """
 from __future__ import annotations
 
@@ -14,13 +14,12 @@ from typing import Callable, Iterator
 import numpy as np
 import scipy.sparse.linalg as spla
 import torch
-from torch import Tensor, nn
 from threadpoolctl import ThreadpoolController
+from torch import Tensor, nn
 from torch.func import functional_call
 
-from .flat import flatten
-from .models import length_order, trim_padding
-
+from ..core.flat import flatten
+from ..engine.models import length_order, trim_padding
 
 # ----------------------------------------------------------------------------- devices
 

@@ -1,6 +1,6 @@
 """One CLI entry point for every pipeline step, so a step runs the same by hand, in tests and on a cluster.
 
-Argument parsing only: each step is a function of ``sharpgaps.jobs`` (the manifest: ``sharpgaps.manifest``).
+Argument parsing only: each step is a function of ``sharpgaps.pipeline.jobs`` (the manifest: ``sharpgaps.pipeline.manifest``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 from . import jobs
+from .costnote import note
+from .manifest import write_manifest
 
 
 def cmd_train(a) -> None:
@@ -35,8 +37,6 @@ def cmd_estimators(a) -> None:
 
 
 def cmd_manifest(a) -> None:
-    from .manifest import write_manifest
-
     write_manifest(a.config, a.out, wall_s=a.wall_s, max_rss_mb=a.max_rss_mb, benchmarks=a.benchmarks,
                    commit=a.commit, cores=a.cores, note=a.note)
 
@@ -147,8 +147,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cost_note(config: str) -> None:
-    from .costnote import note
-
     text = note(Path(config), Path.cwd())
     if text:
         print(text, file=sys.stderr)

@@ -8,7 +8,7 @@ Branches from a Local SGD checkpoint and projects every local step's update:
   randdom  u <- R R^T u          R = a seeded Haar-random k-dim subspace (the control: what any subspace of
   randbulk u <- u - R R^T u      Dom's dimension does), drawn afresh at every refresh
   graddom  u <- S S^T u          S = top-m left singular vectors (uncentred) of the probe rounds' last K*W
-  gradbulk u <- u - S S^T u      minibatch gradients: the gradient-history estimator (sharpgaps.estimators)
+  gradbulk u <- u - S S^T u      minibatch gradients: the gradient-history estimator (sharpgaps.studies.estimators)
   none     plain Local SGD (the reference; continues the parent run bit for bit)
 The subspace is refreshed every ``refresh`` rounds at the current average: the Hessian modes by
 Lanczos warm-started from the previous eigenvectors, the gap and gradient-history modes by ``window``
@@ -27,16 +27,16 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from . import gaps as gap_mod
-from .atomic import load_recomputable, save_frame, save_torch
-from .flat import unflatten
-from .hessian import FullBatchHVP, top_eigenpairs
-from .localsgd import RunSpec, SimulatedLocalSGD, evaluate
-from .specs import ALL_MODES, GRADHIST_MODES, MODES, RestrictSpec  # noqa: F401  (ALL_MODES: restricted_run's modes)
-from .training import check_finite
-
-PROBE_STREAM = 0x9B0BE  # probe rounds draw batches from their own seed stream
-RANDOM_STREAM = 0x5A4D0  # random-Dom/Bulk subspaces: their own seed stream
+from ..core import seeds
+from ..core.atomic import load_recomputable, save_frame, save_torch
+from ..core.flat import unflatten
+from ..core.specs import ALL_MODES, GRADHIST_MODES, MODES, RestrictSpec, RunSpec  # noqa: F401  (ALL_MODES: restricted_run's modes)
+from ..curvature import gaps as gap_mod
+from ..curvature.geometry import Progress
+from ..curvature.hessian import FullBatchHVP, top_eigenpairs
+from ..engine.localsgd import SimulatedLocalSGD, evaluate
+from ..engine.training import check_finite
+from .estimators import GradientRecorder, gradient_estimate
 
 
 def project(update: torch.Tensor, basis: torch.Tensor | None, keep_inside: bool) -> torch.Tensor:
@@ -80,26 +80,23 @@ class Restricted:
             v0 = None if self.basis is None else self.basis.double()  # warm start from the last subspace
             eig = top_eigenpairs(hvp, k=self.spec.k, tol=self.spec.tol, v0=v0, compute_residuals=False,
                                  dtype=self.spec.lanczos_dtype,
-                                 seed=self.run.seed * 7919 + self.refreshes, progress=self.on_hvp)
+                                 seed=seeds.linear(self.run.seed, seeds.LANCZOS, self.refreshes), progress=self.on_hvp)
             self.n_hvp += eig.n_hvp
             self.basis = torch.from_numpy(eig.vectors).to(self.x.device, torch.float32)
         elif self.spec.mode in ("randdom", "randbulk"):
-            from .localsgd import _seed_from
-
             d = sum(t.numel() for t in theta.values())
-            gen = torch.Generator().manual_seed(_seed_from(self.run.seed, RANDOM_STREAM, self.refreshes))
+            gen = torch.Generator().manual_seed(seeds.mixed(self.run.seed, seeds.RANDOM_SUBSPACE, self.refreshes))
             Z = torch.randn(d, self.spec.k, generator=gen, dtype=torch.float64)
             self.basis = torch.linalg.qr(Z)[0].to(self.x.device, torch.float32)
         else:
             grad_modes = self.spec.mode in GRADHIST_MODES
             if self._probe is None:  # built once: a vmapped engine's first step pays for tracing
-                from .estimators import GradientRecorder
 
                 # gradient history: the last `window` local steps' K gradients (K*W, the gap matrix's count)
                 self._recorder = GradientRecorder(self.spec.window) if grad_modes else None
                 self._probe = SimulatedLocalSGD(self.model, self.loss_fn, self.x, self.y, RunSpec(
                     K=self.run.K, tau=self.run.tau, b=self.run.b, lr=self.run.lr, rounds=1, window=1,
-                    seed=self.run.seed + PROBE_STREAM, checkpoints=()), theta=theta,
+                    seed=seeds.offset(self.run.seed, seeds.PROBE), checkpoints=()), theta=theta,
                     update_transform=self._recorder)
             self._probe.set_average(theta)
             first = self.refreshes * self.spec.window * self.run.tau  # fresh probe batches each refresh
@@ -110,8 +107,6 @@ class Restricted:
                 gaps.append(self._probe.end_round()[1].double())
                 self.probe_steps += self.run.tau
             if grad_modes:
-                from .estimators import gradient_estimate
-
                 U = gradient_estimate(torch.cat(self._recorder.steps))[:, : self.spec.gap_dim]
             else:
                 G = torch.cat(gaps)
@@ -170,7 +165,6 @@ def restricted_run(model, loss_fn, subset: dict, branch: dict, run: RunSpec, spe
     bar = tqdm(total=spec.rounds, initial=start, desc=name, file=sys.stderr, mininterval=10, ascii=True,
                disable=not progress)
     if progress and spec.mode in ("dom", "bulk"):  # a refresh's eigensolve can outlast tqdm's updates
-        from .geometry import Progress
 
         ctl.on_hvp = Progress(0, sys.stderr).hvp
     for r in range(start + 1, spec.rounds + 1):

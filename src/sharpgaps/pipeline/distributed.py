@@ -2,10 +2,10 @@
 
 Launch::
 
-    torchrun --standalone --nproc-per-node N -m sharpgaps.distributed -- train --run JSON --subset ... \\
+    torchrun --standalone --nproc-per-node N -m sharpgaps.pipeline.distributed -- train --run JSON --subset ... \\
         --out-dir ... --work-dir ... [--name --threads --device --resume-every-s]
 
-(the same arguments as ``python -m sharpgaps.cli train``). The ``--`` matters: torchrun's own parser
+(the same arguments as ``python -m sharpgaps train``). The ``--`` matters: torchrun's own parser
 classifies every later word and rejects ``--run`` as an ambiguous abbreviation of its ``--run-path``.
 Worker ``w`` lives on rank ``w % N``; any ``K >= N`` works (ranks hold ``ceil(K/N)`` or ``floor(K/N)``
 workers), ``K < N`` is refused.
@@ -21,7 +21,7 @@ This is our own tau-step averaging: PyTorch's ``PeriodicModelAverager`` averages
 and skips parameters without gradients, neither of which is Local SGD as docs/DEFINITIONS.md#round defines it.
 
 Files: ``training.train_run`` runs unchanged on every rank. Rank 0 uses ``--work-dir`` and publishes
-exactly what ``sharpgaps.cli train`` publishes (same checkpoint keys, metrics.csv, rounds.csv,
+exactly what ``sharpgaps train`` publishes (same checkpoint keys, metrics.csv, rounds.csv,
 run.json plus ``engine``/``world_size``/``backend``). Ranks r > 0 write into a scratch dir
 ``work_dir/.rank{r}`` (removed at the end unless ``SHARPGAPS_KEEP_RANK_DIRS=1``) and evaluate their
 checkpoints on a 1-example test set (their metrics are never read). Resume: at start rank 0's
@@ -46,11 +46,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..core.atomic import save_torch
+from ..core.flat import flatten, unflatten
+from ..core.specs import RunSpec
+from ..engine.localsgd import UpdateTransform, WorkerBatches, models_sgd_step
+from ..engine.training import train_run
 from . import jobs
-from .flat import flatten, unflatten
-from .localsgd import RunSpec, UpdateTransform, WorkerBatches, models_sgd_step
 
-LAUNCH_HINT = "torchrun --standalone --nproc-per-node N -m sharpgaps.distributed -- train ..."
+LAUNCH_HINT = "torchrun --standalone --nproc-per-node N -m sharpgaps.pipeline.distributed -- train ..."
 
 
 def worker_assignment(K: int, world_size: int, rank: int) -> list[int]:
@@ -145,8 +148,6 @@ def rank_work_dir(work_dir: Path, rank: int) -> Path:
 
 def _sync_resume_state(work_dir: Path, my_dir: Path, rank: int, device: torch.device) -> None:
     """Give every rank rank 0's state.pt (or none), so all ranks resume from the same round."""
-    from .atomic import save_torch
-
     state_file = work_dir / "state.pt"
     box = [state_file.read_bytes() if rank == 0 and state_file.exists() else None]
     dist.broadcast_object_list(box, src=0)
@@ -162,7 +163,7 @@ def _sync_resume_state(work_dir: Path, my_dir: Path, rank: int, device: torch.de
 def _setup(device_name: str) -> tuple[torch.device, str]:
     missing = [k for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
-        raise SystemExit(f"sharpgaps.distributed must run under torchrun (missing {', '.join(missing)}): {LAUNCH_HINT}")
+        raise SystemExit(f"sharpgaps.pipeline.distributed must run under torchrun (missing {', '.join(missing)}): {LAUNCH_HINT}")
     device = jobs.job_device(device_name)
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
@@ -175,9 +176,7 @@ def _setup(device_name: str) -> tuple[torch.device, str]:
 
 
 def train(a) -> None:
-    """`sharpgaps.cli train` (jobs.train) with the workers spread over the torchrun processes."""
-    from .training import train_run
-
+    """`sharpgaps train` (jobs.train) with the workers spread over the torchrun processes."""
     jobs.set_threads(a.threads)
     run = json.loads(a.run)
     device, backend = _setup(a.device)
@@ -207,8 +206,8 @@ def train(a) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sharpgaps.distributed", description=f"Launch: {LAUNCH_HINT}")
-    sub = p.add_subparsers(dest="cmd", required=True)  # only `train`, spelled as for sharpgaps.cli
+    p = argparse.ArgumentParser(prog="sharpgaps.pipeline.distributed", description=f"Launch: {LAUNCH_HINT}")
+    sub = p.add_subparsers(dest="cmd", required=True)  # only `train`, spelled as for sharpgaps.pipeline.cli
     jobs.add_train_args(sub.add_parser("train", help="one Local SGD run, the workers over the processes"))
     return p
 

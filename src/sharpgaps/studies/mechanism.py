@@ -7,7 +7,7 @@ For a unit direction v at a checkpoint, the quadratic model of a Local SGD round
 
 with c_v = v^T S v, S the per-example gradient covariance over the N training examples (normalised by
 N - 1), and the second term of F the without-replacement correlation of one worker's minibatches within
-an epoch (sharpgaps.localsgd.WorkerBatches). It is exact for Hessian eigenvectors (lambda_v = lambda_j);
+an epoch (sharpgaps.engine.localsgd.WorkerBatches). It is exact for Hessian eigenvectors (lambda_v = lambda_j);
 for other directions lambda_v is their Rayleigh quotient and the formula is an approximation.
 
 Per checkpoint: c_v from per-example gradients (vmap(grad), chunked, projected on the directions; no d x d
@@ -27,8 +27,10 @@ import pandas as pd
 import torch
 from torch.func import functional_call, grad, vmap
 
-from .atomic import load_recomputable, object_digest, save_torch, load_torch
-from .flat import flatten, unflatten
+from ..core import seeds
+from ..core.atomic import load_recomputable, load_torch, object_digest, save_torch
+from ..core.flat import flatten, unflatten
+from ..curvature.hessian import FullBatchHVP
 
 RUN_COLUMNS = ("setting", "K", "tau", "b", "lr", "seed", "loss", "window")
 KINDS = ("eigen", "random", "total")
@@ -149,15 +151,13 @@ def checkpoint_mechanism(ckpt: dict, model, loss_fn, x, y, V: np.ndarray, eigenv
 
     c_j from the first ``examples`` training examples (None: all; the subset is stored in random order).
     ``N``: the examples the minibatches are drawn from (default: len(x))."""
-    from .hessian import FullBatchHVP
-
     run = ckpt["run"]
     N = len(x) if N is None else N
     like = dict(model.named_parameters())
     theta = unflatten(ckpt["theta"].to(x.device), like)
     d = ckpt["theta"].numel()
     r = int(ckpt["round"])
-    U = random_bulk_directions(V, n_random, seed * 1_000_003 + r) if n_random else np.zeros((d, 0))
+    U = random_bulk_directions(V, n_random, seeds.linear(seed, seeds.ROUND, r)) if n_random else np.zeros((d, 0))
     lam_r = np.zeros(n_random)
     if n_random:
         n_h = len(x) if hessian_examples is None else min(hessian_examples, len(x))

@@ -1,7 +1,7 @@
 """One function per pipeline step, and what every job does around the library call: its threads and
 device, loading a run's subset, model and specs, and publishing its outputs atomically.
 
-The entry points (``sharpgaps.cli``, the torchrun entry of ``sharpgaps.distributed``) only parse
+The entry points (``sharpgaps.pipeline.cli``, the torchrun entry of ``sharpgaps.pipeline.distributed``) only parse
 arguments and call these, so a step runs the same by hand, in tests and on a cluster.
 """
 
@@ -16,15 +16,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+import pandas as pd
 import torch
+from threadpoolctl import threadpool_limits
 
+from ..core.atomic import CorruptFileError, OutputWriteError, load_torch, read_frame, save_frame, save_json, write_error
+from ..core.grid import run_info
+from ..core.specs import BranchSpec, EstimatorSpec, GeometrySpec, MechanismSpec, RestrictSpec, RunSpec, TheorySpec
+from ..curvature.geometry import checkpoint_cache, checkpoint_eigenvectors, run_geometry
+from ..curvature.hessian import disable_tf32, resolve_device
+from ..data import sources, subsets
+from ..data.sources import DataError
+from ..engine import losses, models
+from ..engine.training import CKPT_DIR, DivergenceError, checkpoint_path, checkpoint_round, list_checkpoints, train_run
+from ..report.summary import README_BEGIN, README_END, readme_block, splice, write_results
+from ..studies.estimators import run_estimators, selected
+from ..studies.mechanism import run_mechanism
+from ..studies.restricted import restricted_run
+from ..studies.theory import gap_covariance_table
 from .config import ConfigError, read_yaml
-from .atomic import CorruptFileError, OutputWriteError, load_torch, read_frame, save_frame, save_json, write_error
-from .grid import run_info
-from .localsgd import RunSpec
-from .sources import DataError
-from .specs import BranchSpec, GeometrySpec, RestrictSpec, TheorySpec
-from .training import CKPT_DIR, DivergenceError, checkpoint_path, checkpoint_round, list_checkpoints
 
 # Failures whose message names the file/key/run and the fix: shown as one line, without a traceback.
 EXPECTED_ERRORS = (DataError, DivergenceError, CorruptFileError, OutputWriteError, ConfigError)
@@ -34,8 +45,6 @@ def set_threads(n: int) -> None:
     """A job uses exactly the `threads` Snakemake gave it: torch's pool, and the BLAS/OpenMP pools numpy and
     scipy loaded (already initialised by now, so only threadpoolctl reaches them); the env var is for
     child processes."""
-    from threadpoolctl import threadpool_limits
-
     torch.set_num_threads(n)
     threadpool_limits(limits=n)
     os.environ.setdefault("OMP_NUM_THREADS", str(n))
@@ -44,8 +53,6 @@ def set_threads(n: int) -> None:
 def job_device(name: str):
     """The config's `device` as a torch.device; one this machine lacks (or an unknown name) ends the job,
     naming the config key."""
-    from .hessian import resolve_device
-
     try:
         return resolve_device(name)
     except (RuntimeError, ValueError) as exc:
@@ -75,8 +82,6 @@ class RunInputs:
 
 def load_run(run: dict, subset_path, device) -> RunInputs:
     """The inputs of a per-run job from its run description (the workflow's run_description JSON)."""
-    from . import losses, models, subsets
-
     subset = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in subsets.load_subset(subset_path).items()}
     model = models.build_model(run["model"], subset["meta"], seed=run["seed"], **run.get("arch", {})).to(device)
     return RunInputs(run, RunSpec.from_run(run), subset, model, losses.get_loss(run["loss"]))
@@ -158,7 +163,7 @@ def add_run_job_args(q, out_dir=False, ckpt_dir=False, name=None, resume=False) 
 
 
 def add_train_args(q) -> None:
-    """`train`'s arguments: the same for `sharpgaps.cli train` and the torchrun entry (sharpgaps.distributed)."""
+    """`train`'s arguments: the same for `sharpgaps train` and the torchrun entry (sharpgaps.pipeline.distributed)."""
     add_run_job_args(q, out_dir=True, name="run", resume=True)
 
 
@@ -166,8 +171,6 @@ def add_train_args(q) -> None:
 
 def acquire(dataset: str, data_dir, out, download: bool = True) -> None:
     """Verify (or download) one dataset's raw files; the stamp records each file and its checksum."""
-    from . import sources
-
     data_dir = sources.resolve_data_dir(data_dir)
     layout, files = sources.acquire(dataset, data_dir, download=download)
     save_json({"dataset": dataset, "data_dir": str(data_dir), "layout": layout.name,
@@ -177,8 +180,6 @@ def acquire(dataset: str, data_dir, out, download: bool = True) -> None:
 
 def subset(dataset: str, data_dir, out, **params) -> None:
     """The seeded stratified training subset, preprocessed (``params``: subsets.write_subset's)."""
-    from . import sources, subsets
-
     meta = subsets.write_subset(out, dataset=dataset, data_dir=sources.resolve_data_dir(data_dir), **params)
     print(f"{dataset}: {meta['n_train']} train / {meta['n_test']} test, input {meta['input_shape']}")
 
@@ -186,8 +187,6 @@ def subset(dataset: str, data_dir, out, **params) -> None:
 def train(run: dict, subset_path, work_dir, out_dir, *, name="run", threads=1, device="cpu",
           resume_every_s=120.0) -> None:
     """One Local SGD run (simulated workers), trained in ``work_dir`` and published to ``out_dir``."""
-    from .training import train_run
-
     set_threads(threads)
     device = job_device(device)
     job = load_run(run, subset_path, device)
@@ -200,8 +199,6 @@ def train(run: dict, subset_path, work_dir, out_dir, *, name="run", threads=1, d
 def checkpoint_job(run: dict, subset_path, ckpt_dir, threads: int, device: str):
     """The start of a job over a run's checkpoints: thread caps, no TF32, the run's model and data, and its
     checkpoints (at least one)."""
-    from .hessian import disable_tf32
-
     set_threads(threads)
     disable_tf32()
     job = load_run(run, subset_path, job_device(device))
@@ -213,8 +210,6 @@ def checkpoint_job(run: dict, subset_path, ckpt_dir, threads: int, device: str):
 
 def geometry(run: dict, params: dict, subset_path, ckpt_dir, work_dir, out, *, threads=1, device="cpu") -> None:
     """Hessian top-k and gap-subspace metrics of every checkpoint of a run (``params``: its `geometry`)."""
-    from .geometry import run_geometry
-
     job, ckpts = checkpoint_job(run, subset_path, ckpt_dir, threads, device)
     df = run_geometry(ckpts, job.model, job.loss_fn, job.subset["x_train"], job.subset["y_train"],
                       GeometrySpec.from_config(params, job.k), Path(work_dir))
@@ -226,10 +221,6 @@ def estimators(run: dict, geometry_params: dict, params: dict, subset_path, ckpt
     """Cheap estimators of the dominant subspace against the Hessian's at every (selected) checkpoint of a run
     (``params``: the `estimators` section; ``geometry_params``/``geometry_work``/``geometry_table``: the geometry
     job's, whose cached eigenvectors are reused and whose Lanczos HVP counts price the oracle)."""
-    from .estimators import run_estimators, selected
-    from .geometry import checkpoint_cache
-    from .specs import EstimatorSpec
-
     job, ckpts = checkpoint_job(run, subset_path, ckpt_dir, threads, device)
     gspec, spec = GeometrySpec.from_config(geometry_params, job.k), EstimatorSpec.from_config(params)
     x, y = job.subset["x_train"], job.subset["y_train"]
@@ -264,9 +255,6 @@ def restricted(run: dict, params: dict, mode: str, subset_path, ckpt_dir, geomet
                name="restricted", threads=1, device="cpu", resume_every_s=120.0) -> None:
     """A restricted run in ``mode`` branched from one of the run's checkpoints (``params``: its `restricted`
     section; ``geometry``: the run's geometry table, for the branch rule)."""
-    from .hessian import disable_tf32
-    from .restricted import restricted_run
-
     set_threads(threads)
     disable_tf32()
     branch_round, why, chi = branch_point(run, params, ckpt_dir, geometry)
@@ -283,8 +271,6 @@ def restricted(run: dict, params: dict, mode: str, subset_path, ckpt_dir, geomet
 
 def theory(params: dict, out, *, threads=1) -> None:
     """The quadratic-model check of the config's `theory` section."""
-    from .theory import gap_covariance_table
-
     set_threads(threads)
     save_frame(gap_covariance_table(TheorySpec.from_config(params)), out)
 
@@ -294,12 +280,6 @@ def mechanism(run: dict, geometry_params: dict, params: dict, subset_path, ckpt_
     """Per-direction gap variance against the noise x curvature prediction at every checkpoint of a run
     (``params``: the config's `mechanism` section). The eigenvectors come from the geometry job's cache in
     ``geometry_work`` (recomputed there, same numbers, if missing), their eigenvalues from its table."""
-    import numpy as np
-
-    from .geometry import checkpoint_eigenvectors
-    from .mechanism import run_mechanism
-    from .specs import MechanismSpec
-
     job, ckpts = checkpoint_job(run, subset_path, ckpt_dir, threads, device)
     gspec = GeometrySpec.from_config(geometry_params, job.k)
     spec = MechanismSpec.from_config(params, job.k)
@@ -322,15 +302,11 @@ def mechanism(run: dict, geometry_params: dict, params: dict, subset_path, ckpt_
 def collect_labelled(tables: dict[str, list], column: str, out) -> None:
     """Concatenate tidy tables, each labelled in ``column`` with the name it is listed under (a table listed
     under two names appears twice, once per label)."""
-    import pandas as pd
-
     frames = [read_frame(p).assign(**{column: name}) for name, paths in tables.items() for p in paths]
     save_frame(pd.concat(frames, ignore_index=True), out)
 
 
 def collect(tables: list, out) -> None:
-    import pandas as pd
-
     save_frame(pd.concat([read_frame(p) for p in tables], ignore_index=True), out)
 
 
@@ -338,8 +314,6 @@ def summary(tables: dict[str, Path], out, title: str, splice_into=None, readme=N
     """RESULTS.md from the pipeline's tables; also spliced, one heading level down, into ``splice_into``
     (e.g. docs/FIDELITY.md: measured numbers next to the claims, never typed by hand), and the headline
     block into ``readme``."""
-    from .summary import README_BEGIN, README_END, readme_block, splice, write_results
-
     text = write_results(tables, Path(out), title)
     if splice_into:
         splice(Path(splice_into), text.replace("# Results", "## Measured", 1).replace("\n## ", "\n### "))

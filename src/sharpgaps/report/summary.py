@@ -1,7 +1,7 @@
 """RESULTS.md: the headline numbers across seeds, and each claim generated beside the number behind it.
 
 Everything here is read from the pipeline's tables; nothing is typed by hand. Numbers are mean ± sample
-sd (n = seeds) of per-seed values (sharpgaps.evidence). Sentences quoting the paper or Song et al. are
+sd (n = seeds) of per-seed values (sharpgaps.report.evidence). Sentences quoting the paper or Song et al. are
 marked as their wording; every other sentence is filled in from the tables by `evidence.claim`, which
 fails rather than print a claim without its number.
 """
@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .atomic import read_frame
-from .evidence import MissingEvidence, Stat, claim, configs, fmt, k_of, per_seed, stat
+from ..core.atomic import read_frame, save_text
+from ..studies.estimators import k_of as est_k
+from ..studies.mechanism import fit_exponent, vk_share
+from .evidence import MissingEvidence, Stat, claim, configs, fmt, k_of, late_rounds, per_seed, stat
 
 # How the restricted-training verdicts read the loss progress ratio r = (L_branch - L_mode) / (L_branch -
 # L_LocalSGD), per seed: "stalls" below STALLS, "tracks Local SGD" at or above TRACKS (docs/FIDELITY.md).
@@ -220,8 +222,6 @@ ESTIMATOR_NAMES = {"gap": "gap subspace", "update": "update history", "gradhist"
 def _estimator_rows(est: pd.DataFrame, setting: str) -> tuple[int, list[dict]]:
     """(k, one dict per estimator variant of a setting: name, overlap/capture/removal/angle Stats at m = k and at
     each seed's last checkpoint, the overlap over the late third, extra cost, memory, rank)."""
-    from .estimators import k_of as est_k
-
     run = configs(est, setting)[0]
     k = est_k(run)[setting]
     out = []
@@ -301,7 +301,7 @@ def estimator_ranking(est: pd.DataFrame, numbers: dict | None = None) -> tuple[s
 
 # ----------------------------------------------------------------------------- the abstract's claims, one row each
 
-def _band_verdict(above: Stat, below: Stat) -> str:
+def band_verdict(above: Stat, below: Stat) -> str:
     """'supported' when the whole band of ``above`` lies over the whole band of ``below``, 'contradicted' when it
     lies at or under it, else 'not settled' (the bands overlap)."""
     if _lo(above) > _hi(below):
@@ -357,7 +357,7 @@ def claim_rows(numbers: dict) -> list[dict]:
                 if r["at_k"]:
                     cells.append(claim(f"{r['setting']} (m = {r['m']}): removal {{gap}} vs random {{rand}}, "
                                        "Hessian oracle {oracle}", gap=r["gap"], rand=r["rand"], oracle=r["oracle"]))
-                    verdicts.append((r["setting"], _band_verdict(r["gap"], r["rand"])))
+                    verdicts.append((r["setting"], band_verdict(r["gap"], r["rand"])))
         elif key == "b":
             rule = ("overlap with V_k at m = k, final checkpoint, gap subspace vs a random subspace: supported when "
                     "the whole gap band lies above the random band, contradicted when at or below it; the rank is "
@@ -380,7 +380,7 @@ def claim_rows(numbers: dict) -> list[dict]:
                                    f"{free.index(gap) + 1} of {len(free)} at no extra cost (best: "
                                    f"{free[0]['label']}, {{best}})", gap=gap["overlap"], rand=rand["overlap"],
                                    best=free[0]["overlap"]))
-                verdicts.append((setting, _band_verdict(gap["overlap"], rand["overlap"])))
+                verdicts.append((setting, band_verdict(gap["overlap"], rand["overlap"])))
         elif key == "c":
             rule = (f"median abs log10(measured / predicted gap variance) over the top-k eigendirections, per seed: "
                     f"supported when the whole band is <= {fmt(MECH_FITS)} (within a factor 2), contradicted when it "
@@ -408,7 +408,7 @@ def claim_rows(numbers: dict) -> list[dict]:
                 lo, hi = min(at), max(at)
                 cells.append(claim(f"{setting} (m = {m}): removal {{r0}} at tau = {lo}, {{r1}} at tau = {hi}",
                                    r0=at[lo], r1=at[hi]))
-                verdicts.append((setting, _band_verdict(at[lo], at[hi])))
+                verdicts.append((setting, band_verdict(at[lo], at[hi])))
             share = (numbers.get("mechanism") or {}).get("share")
             if share is not None and numbers.get("tau") is not None:
                 for setting, g in share.groupby("setting"):
@@ -544,7 +544,6 @@ def write_results(tables: dict[str, Path], out: Path, title: str) -> str:
     if mech is not None and not mech.empty:
         parts += ["## The mechanism direction by direction (Fig X4)", "", *mechanism_section(mech, numbers["mechanism"])]
     text = "\n".join(parts)
-    from .atomic import save_text
 
     save_text(text, out)
     return text
@@ -564,8 +563,6 @@ def splice_text(text: str, generated: str, begin: str = BEGIN, end: str = END) -
 
 def splice(doc: Path, generated: str, begin: str = BEGIN, end: str = END) -> None:
     """Rewrite ``doc`` with its generated block replaced (see splice_text)."""
-    from .atomic import save_text
-
     save_text(splice_text(doc.read_text(), generated, begin, end), doc)
 
 
@@ -584,8 +581,6 @@ def _top_k(df: pd.DataFrame) -> pd.DataFrame:
 
 def _late(df: pd.DataFrame, late: bool) -> pd.DataFrame:
     """Each seed's last (late=True) or first third of checkpoints."""
-    from .evidence import late_rounds
-
     keep = []
     for _, g in df.groupby("seed"):
         rounds = sorted(g["round"].unique())
@@ -602,8 +597,6 @@ def mechanism_numbers(mech: pd.DataFrame) -> dict:
     """The mechanism stage's numbers, computed once: per `main` setting the top-k median abs log10(measured /
     predicted) (every checkpoint; its IQR, signed median, late third, random directions), the late third's gamma
     fits; per tau_ablation setting the share of gap energy in V_k by tau (late third)."""
-    from .mechanism import fit_exponent, vk_share
-
     main = mech[mech["experiment"] == "main"]
     settings = {}
     for setting, run in main.groupby("setting", sort=False):

@@ -16,12 +16,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..core import seeds
+from ..core.atomic import load_recomputable, load_torch, object_digest, save_torch
+from ..core.flat import unflatten
+from ..core.specs import GeometrySpec
 from . import gaps as gap_mod
 from . import metrics as M
-from .atomic import load_recomputable, load_torch, object_digest, save_torch
-from .flat import unflatten
 from .hessian import FullBatchHVP, top_eigenpairs
-from .specs import GeometrySpec
 
 RUN_COLUMNS = ("setting", "K", "tau", "b", "lr", "seed", "loss", "window")
 # Wall-clock rows go to the job log, not the table, so equal inputs give byte-identical tables.
@@ -48,7 +49,7 @@ def checkpoint_geometry(ckpt: dict, model, loss_fn, x, y, spec: GeometrySpec, v0
     n_eig = spec.k + spec.extra
     # A cold start is a seeded random vector (ARPACK's own changes between calls in one process).
     eig = top_eigenpairs(hvp, k=n_eig, tol=spec.tol, v0=v0 if spec.warm_start else None,
-                         dtype=spec.lanczos_dtype, seed=spec.seed * 7919 + int(ckpt["round"]), progress=progress)
+                         dtype=spec.lanczos_dtype, seed=seeds.linear(spec.seed, seeds.LANCZOS, ckpt["round"]), progress=progress)
     hvp.release()
     dev = g.device
     V = torch.from_numpy(eig.vectors[:, : spec.k]).to(dev)
@@ -75,7 +76,7 @@ def checkpoint_geometry(ckpt: dict, model, loss_fn, x, y, spec: GeometrySpec, v0
     for key, value in ckpt["metrics"].items():
         if key not in ("round", "step"):
             rows += _rows(base, key, value)
-    gen = torch.Generator(device="cpu").manual_seed(spec.seed * 100_003 + int(ckpt["round"]))
+    gen = torch.Generator(device="cpu").manual_seed(seeds.linear(spec.seed, seeds.RANDOM_REMOVAL, ckpt["round"]))
     # m = k always: the sweeps compare their runs at that fixed dimension (and at the grid's smallest rank)
     ms = sorted({m for m in (*spec.m_list, spec.k) if m <= rank} | ({rank} if spec.m_rank and rank else set()))
     chi2 = M.gradient_alignment(g, V) ** 2

@@ -5,7 +5,7 @@ Files (all written atomically):
   work_dir/ckpt/r{round}.pt    checkpoint (checkpoint_path): average parameters, the gaps of the last W rounds, metrics,
                                and the averages of the HISTORY_ROUNDS(spec) = K*W rounds before it (history_rounds,
                                theta_history): what the update- and gradient-history estimators replay
-                               (sharpgaps.estimators; docs/FIDELITY.md, "Estimator history")
+                               (sharpgaps.studies.estimators; docs/FIDELITY.md, "Estimator history")
   work_dir/metrics.csv         one row per checkpoint (written at the end)
   work_dir/rounds.csv          one row per round: mean minibatch loss, mean/max gap norm
 A run killed at any moment restarts from ``state.pt`` and ends bitwise identical (on CPU) to an
@@ -25,10 +25,11 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .atomic import load_recomputable, save_frame, save_torch
-from .flat import flatten
-from .grid import digest
-from .localsgd import RunSpec, SimulatedLocalSGD, evaluate
+from ..core.atomic import load_recomputable, save_frame, save_torch
+from ..core.flat import flatten
+from ..core.grid import digest
+from ..core.specs import RunSpec
+from .localsgd import SimulatedLocalSGD, evaluate
 
 CKPT_FORMAT = 2  # 2: + theta_history / history_rounds (format 1 checkpoints lack them)
 

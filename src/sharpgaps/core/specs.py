@@ -11,9 +11,9 @@ Torch-free: the workflow imports it while it parses.
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 
-from .grid import exact_float
+from .grid import checkpoint_rounds, exact_float
 
 # ARPACK working precision of every top-k solve: 4x cheaper Lanczos bookkeeping than float64, eigenvalues
 # within ~1e-6 of it (hessian.top_eigenpairs, docs/BENCHMARKS.md)
@@ -28,8 +28,44 @@ ALL_MODES = MODES + RANDOM_MODES + GRADHIST_MODES
 
 
 @dataclass(frozen=True)
+class RunSpec:
+    """Everything that determines a run's numbers (given the model, data and loss)."""
+
+    K: int
+    tau: int
+    b: int
+    lr: float
+    rounds: int
+    window: int
+    seed: int
+    checkpoints: tuple[int, ...]
+
+    def __post_init__(self):
+        for key in ("K", "tau", "b", "rounds", "window"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"RunSpec.{key} must be >= 1, got {getattr(self, key)}")
+        if not self.lr > 0:
+            raise ValueError(f"RunSpec.lr must be > 0, got {self.lr}")
+        bad = [c for c in self.checkpoints if not 1 <= c <= self.rounds]
+        if bad:
+            raise ValueError(f"RunSpec.checkpoints {bad} outside rounds 1..{self.rounds}")
+
+    @classmethod
+    def from_run(cls, run: dict) -> "RunSpec":
+        """The spec of a workflow run description (rounds = local_steps // tau, checkpoints expanded)."""
+        rounds = run["local_steps"] // run["tau"]
+        return cls(K=run["K"], tau=run["tau"], b=run["b"], lr=run["lr"], rounds=rounds, window=run["window"],
+                   seed=run["seed"], checkpoints=tuple(checkpoint_rounds(rounds, run["window"], run["checkpoints"])))
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["checkpoints"] = list(self.checkpoints)
+        return d
+
+
+@dataclass(frozen=True)
 class GeometrySpec:
-    """Per-checkpoint Hessian and gap-subspace metrics (sharpgaps.geometry); config section `geometry`."""
+    """Per-checkpoint Hessian and gap-subspace metrics (sharpgaps.curvature.geometry); config section `geometry`."""
 
     k: int  # Hessian eigenpairs defining the dominant subspace (= classes)
     extra: int = 0  # further eigenvalues, for the spectrum figure only
@@ -97,7 +133,7 @@ class BranchSpec:
 
 @dataclass(frozen=True)
 class RestrictSpec:
-    """One Dom/Bulk- or gap-restricted run (sharpgaps.restricted); config section `restricted`."""
+    """One Dom/Bulk- or gap-restricted run (sharpgaps.studies.restricted); config section `restricted`."""
 
     mode: str
     rounds: int = 200  # restricted rounds after the branch point
@@ -127,7 +163,7 @@ class RestrictSpec:
 
 @dataclass(frozen=True)
 class EstimatorSpec:
-    """Cheap estimators of the dominant subspace against the Hessian's (sharpgaps.estimators); config section
+    """Cheap estimators of the dominant subspace against the Hessian's (sharpgaps.studies.estimators); config section
     `estimators`. The Hessian examples, k and the eigenvectors are the geometry job's."""
 
     n: int | None = None  # vectors per estimator (None: K*W, the gap matrix's count)
@@ -151,7 +187,7 @@ class EstimatorSpec:
 
 @dataclass(frozen=True)
 class TheorySpec:
-    """The quadratic-model check (sharpgaps.theory); config section `theory`."""
+    """The quadratic-model check (sharpgaps.studies.theory); config section `theory`."""
 
     eigenvalues: tuple[float, ...] = (10.0, 5.0, 2.0, 1.0, 0.5, 0.1)  # spectrum of H
     K: int = 8
@@ -169,7 +205,7 @@ class TheorySpec:
 
 @dataclass(frozen=True)
 class MechanismSpec:
-    """The per-direction noise x curvature check (sharpgaps.mechanism); config section `mechanism`."""
+    """The per-direction noise x curvature check (sharpgaps.studies.mechanism); config section `mechanism`."""
 
     k: int  # Hessian eigenvectors of the dominant subspace (= classes); all k + geometry.extra are tested
     experiments: tuple[str, ...] = ("main", "tau_ablation")  # whose runs it measures (those the config has)

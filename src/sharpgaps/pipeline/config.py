@@ -17,8 +17,8 @@ sys.modules.setdefault("rfc3987_syntax", None)
 import jsonschema  # noqa: E402
 import yaml  # noqa: E402
 
-from . import grid, specs
-from .figures import SWEEPS
+from ..core import grid, specs
+from ..report.figures import SWEEPS
 
 
 class ConfigError(ValueError):
@@ -256,7 +256,7 @@ N_CLASSES = {"mnist": 10, "cifar10": 10, "sst2": 2}
 def _device_problems(config: dict) -> list[str]:
     if config.get("device") != "cuda" or not config.get("device_check", True):
         return []
-    import torch
+    import torch  # start-up: the workflow imports this module while it parses; torch costs ~6 s (-X importtime)
 
     if torch.cuda.is_available():
         return []

@@ -11,58 +11,16 @@ the batched engine to it.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from .flat import flatten, unflatten
+from ..core import seeds
+from ..core.flat import flatten, unflatten
+from ..core.specs import RunSpec
 from .models import length_order, trim_padding
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """Everything that determines a run's numbers (given the model, data and loss)."""
-
-    K: int
-    tau: int
-    b: int
-    lr: float
-    rounds: int
-    window: int
-    seed: int
-    checkpoints: tuple[int, ...]
-
-    def __post_init__(self):
-        for key in ("K", "tau", "b", "rounds", "window"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"RunSpec.{key} must be >= 1, got {getattr(self, key)}")
-        if not self.lr > 0:
-            raise ValueError(f"RunSpec.lr must be > 0, got {self.lr}")
-        bad = [c for c in self.checkpoints if not 1 <= c <= self.rounds]
-        if bad:
-            raise ValueError(f"RunSpec.checkpoints {bad} outside rounds 1..{self.rounds}")
-
-    @classmethod
-    def from_run(cls, run: dict) -> "RunSpec":
-        """The spec of a workflow run description (rounds = local_steps // tau, checkpoints expanded)."""
-        from .grid import checkpoint_rounds
-
-        rounds = run["local_steps"] // run["tau"]
-        return cls(K=run["K"], tau=run["tau"], b=run["b"], lr=run["lr"], rounds=rounds, window=run["window"],
-                   seed=run["seed"], checkpoints=tuple(checkpoint_rounds(rounds, run["window"], run["checkpoints"])))
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        d["checkpoints"] = list(self.checkpoints)
-        return d
-
-
-def _seed_from(*words: int) -> int:
-    return int(np.random.SeedSequence([int(w) for w in words]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 class WorkerBatches:
@@ -83,7 +41,7 @@ class WorkerBatches:
     def _permutation(self, worker: int, epoch: int) -> torch.Tensor:
         cached = self._perm.get(worker)
         if cached is None or cached[0] != epoch:
-            g = torch.Generator().manual_seed(_seed_from(self.seed, 0xB47C4, worker, epoch))
+            g = torch.Generator().manual_seed(seeds.mixed(self.seed, seeds.BATCHES, worker, epoch))
             cached = (epoch, torch.randperm(self.n, generator=g))
             self._perm[worker] = cached
         return cached[1]

@@ -1,0 +1,1 @@
+"""The core layer (see sharpgaps/__init__.py)."""

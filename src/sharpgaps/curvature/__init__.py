@@ -1,0 +1,1 @@
+"""The curvature layer (see sharpgaps/__init__.py)."""

@@ -1,0 +1,1 @@
+"""The data layer (see sharpgaps/__init__.py)."""

@@ -1,0 +1,1 @@
+"""The engine layer (see sharpgaps/__init__.py)."""

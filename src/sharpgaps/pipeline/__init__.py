@@ -1,0 +1,1 @@
+"""The pipeline layer (see sharpgaps/__init__.py)."""

@@ -1,0 +1,1 @@
+"""The studies layer (see sharpgaps/__init__.py)."""
