@@ -1,4 +1,4 @@
-"""sharpgaps.curvature.hessian.FullBatchHVP (hand-written) against curvlinops' HessianLinearOperator, side by side.
+"""sharpgaps.engine.objective.FullBatchHVP (hand-written) against curvlinops' HessianLinearOperator, side by side.
 
     python benchmarks/bench_curvlinops.py [--sizes quick paper] [--repeats 5] [--eigsh quick] [--json out.json]
 
@@ -35,8 +35,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from sharpgaps.curvature.hessian import FullBatchHVP, top_eigenpairs  # noqa: E402
+from sharpgaps.curvature.hessian import top_eigenpairs
 from sharpgaps.engine import losses, models  # noqa: E402
+from sharpgaps.engine.objective import FullBatchHVP  # noqa: E402
 
 # setting: (dataset, model, quick Hessian examples (config.quick.yaml), k + extra (quick), subset kwargs per size)
 CASES = {

@@ -32,10 +32,11 @@ from bench_hessian import (  # benchmarks/ is on sys.path (run.py, or run as a s
 from torch.func import functional_call, grad, jvp
 
 from sharpgaps.core.specs import RunSpec
-from sharpgaps.curvature.hessian import FullBatchHVP, top_eigenpairs
+from sharpgaps.curvature.hessian import top_eigenpairs
 from sharpgaps.curvature.metrics import random_removal_all
 from sharpgaps.engine import losses, models
 from sharpgaps.engine.localsgd import SimulatedLocalSGD, unflatten, vmap_pays
+from sharpgaps.engine.objective import FullBatchHVP
 
 
 def _pair(cut: str, case: str, before: list[float], after: list[float], unit: str = "s", **extra) -> list[dict]:

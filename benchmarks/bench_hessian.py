@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from sharpgaps.curvature.hessian import FullBatchHVP, top_eigenpairs
+from sharpgaps.curvature.hessian import top_eigenpairs
+from sharpgaps.engine.objective import FullBatchHVP
 
 # ----------------------------------------------------------------------------- problem
 

@@ -10,10 +10,11 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from sharpgaps.core.specs import RunSpec
+from sharpgaps.core.specs import MODES, RunSpec
 from sharpgaps.engine import losses, models
 from sharpgaps.engine.localsgd import SimulatedLocalSGD, flatten
-from sharpgaps.studies.restricted import MODES, RestrictSpec, restricted_run
+from sharpgaps.engine.objective import Objective
+from sharpgaps.studies.restricted import RestrictSpec, restricted_run
 
 
 def _branch(model, subset, run: RunSpec, rounds: int) -> dict:
@@ -38,7 +39,8 @@ def bench_restricted(subset: dict, rounds: int = 20, refresh: int = 10, branch_r
         for mode in MODES:  # interleaved: background load hits every mode alike
             spec = RestrictSpec(mode=mode, rounds=rounds, refresh=refresh, eval_every=refresh, k=k, window=4)
             with tempfile.TemporaryDirectory() as tmp:
-                df = restricted_run(model, losses.mse_onehot, subset, branch, run, spec, Path(tmp), progress=False)
+                df = restricted_run(Objective.from_subset(model, losses.mse_onehot, subset, hessian_examples=spec.hessian_examples),
+                                    spec, branch, run, Path(tmp), progress=False)
             out[mode].append(df.iloc[-1])
     rows = []
     for mode, last in out.items():

@@ -42,8 +42,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from sharpgaps.core import grid
-from sharpgaps.curvature.hessian import FullBatchHVP
 from sharpgaps.engine import losses, models
+from sharpgaps.engine.objective import FullBatchHVP
 from sharpgaps.pipeline.jobcosts import read_job_costs
 
 MODELLED = ("train", "geometry", "restricted", "estimators", "mechanism")  # rules with a cost model (the rest:

@@ -5,6 +5,7 @@ from sharpgaps.core.flat import flatten
 from sharpgaps.core.specs import RunSpec
 from sharpgaps.engine import losses, models
 from sharpgaps.engine.localsgd import LoopLocalSGD, SimulatedLocalSGD, WorkerBatches, vmap_pays
+from sharpgaps.engine.objective import Objective
 from sharpgaps.engine.training import CKPT_DIR, DivergenceError, checkpoint_path, train_run
 
 LOSS = losses.mse_onehot
@@ -93,7 +94,7 @@ def test_k1_equals_plain_sgd(mnist_small):
 
 
 def _train(tmp, subset, spec, **kw):
-    return train_run(_model(subset), LOSS, subset, spec, tmp, progress=False, **kw)
+    return train_run(Objective.from_subset(_model(subset), LOSS, subset), spec, tmp, progress=False, **kw)
 
 
 SPEC = RunSpec(K=4, tau=2, b=20, lr=0.1, rounds=9, window=3, seed=11, checkpoints=(3, 6, 9))
@@ -177,7 +178,7 @@ def test_resume_survives_a_real_kill(tmp_path, mnist_small):
 def test_divergence_names_run_and_round(tmp_path, mnist_small):
     spec = RunSpec(K=2, tau=2, b=20, lr=1e6, rounds=5, window=1, seed=0, checkpoints=(5,))
     with pytest.raises(DivergenceError, match=r"run .mnist_fc/bad. diverged in round \d+ .*minibatch loss \[.*(nan|inf).*lr=1000000"):
-        train_run(_model(mnist_small), LOSS, mnist_small, spec, tmp_path, run_name="mnist_fc/bad", progress=False)
+        train_run(Objective.from_subset(_model(mnist_small), LOSS, mnist_small), spec, tmp_path, run_name="mnist_fc/bad", progress=False)
     assert not checkpoint_path(tmp_path / CKPT_DIR, 5).exists()
 
 

@@ -11,6 +11,7 @@ from sharpgaps.core.specs import EstimatorSpec, GeometrySpec, RunSpec
 from sharpgaps.curvature import gaps
 from sharpgaps.curvature import metrics as M
 from sharpgaps.engine import losses, models
+from sharpgaps.engine.objective import Objective
 from sharpgaps.engine.training import CKPT_DIR, checkpoint_path, history_rounds, list_checkpoints, train_run
 from sharpgaps.studies import estimators as E
 
@@ -157,7 +158,7 @@ def run(tmp_path_factory, mnist_small):
     work = tmp_path_factory.mktemp("estrun")
     model = models.build_model("fc_tanh", mnist_small["meta"], seed=0, widths=(16,))
     spec = RunSpec(K=4, tau=2, b=20, lr=0.1, rounds=14, window=2, seed=0, checkpoints=(5, 14))
-    train_run(model, LOSS, mnist_small, spec, work, progress=False)
+    train_run(Objective.from_subset(model, LOSS, mnist_small), spec, work, progress=False)
     return model, spec, work
 
 
@@ -177,18 +178,18 @@ def test_replay_reproduces_training_bit_for_bit(run, mnist_small):
     model, spec, work = run
     x, y = mnist_small["x_train"], mnist_small["y_train"]
     c5, c14 = (torch.load(checkpoint_path(work / CKPT_DIR, r), weights_only=False) for r in (5, 14))
-    new = E.history_inputs(model, LOSS, x, y, spec, c14, 8)
+    new = E.history_inputs(Objective(model, LOSS, x, y), spec, c14, 8)
     assert new["exact"] and new["replayed_rounds"] == 1  # ceil(8 / K = 2 steps / tau = 2) = 1 round
     assert new["averages"].shape[0] == 9 and new["grads"].shape[0] == 8
     old = {k: v for k, v in c14.items() if k not in ("theta_history", "history_rounds")}
-    fallback = E.history_inputs(model, LOSS, x, y, spec, old, 8, earlier=(5, c5["theta"]))
+    fallback = E.history_inputs(Objective(model, LOSS, x, y), spec, old, 8, earlier=(5, c5["theta"]))
     assert fallback["exact"] and fallback["replayed_rounds"] == 9
     assert torch.equal(fallback["averages"], new["averages"]) and torch.equal(fallback["grads"], new["grads"])
     # fewer rounds than n before the checkpoint: what exists (rounds 0..5)
-    early = E.history_inputs(model, LOSS, x, y, spec, c5, 8)
+    early = E.history_inputs(Objective(model, LOSS, x, y), spec, c5, 8)
     assert early["exact"] and early["averages"].shape[0] == 6
     tampered = dict(c14, theta=c14["theta"] + 1e-6)
-    assert not E.history_inputs(model, LOSS, x, y, spec, tampered, 8)["exact"]
+    assert not E.history_inputs(Objective(model, LOSS, x, y), spec, tampered, 8)["exact"]
 
 
 def test_stage_rows_determinism_and_resume(run, mnist_small, tmp_path):
@@ -199,10 +200,10 @@ def test_stage_rows_determinism_and_resume(run, mnist_small, tmp_path):
     gspec = GeometrySpec(k=10, extra=2, hessian_examples=200, m_list=(1, 2), random_draws=2, cos_top=2)
     espec = EstimatorSpec(m_list=(1, 2, 12), krylov_hvps=(10, 20))
     ckpts = list_checkpoints(work / CKPT_DIR)
-    vecs = checkpoint_eigenvectors(ckpts, model, LOSS, x, y, gspec, tmp_path / "geom")
-    a = E.run_estimators(ckpts, vecs, model, LOSS, x, y, spec, gspec, espec, tmp_path / "a")
-    b = E.run_estimators(ckpts, vecs, model, LOSS, x, y, spec, gspec, espec, tmp_path / "b")
-    c = E.run_estimators(ckpts, vecs, model, LOSS, x, y, spec, gspec, espec, tmp_path / "a")  # from the cache
+    vecs = checkpoint_eigenvectors(Objective(model, LOSS, x, y, **gspec.objective_options()), gspec, ckpts, tmp_path / "geom")
+    a = E.run_estimators(Objective(model, LOSS, x, y, **gspec.objective_options()), espec, ckpts, vecs, spec, tmp_path / "a", k=gspec.k)
+    b = E.run_estimators(Objective(model, LOSS, x, y, **gspec.objective_options()), espec, ckpts, vecs, spec, tmp_path / "b", k=gspec.k)
+    c = E.run_estimators(Objective(model, LOSS, x, y, **gspec.objective_options()), espec, ckpts, vecs, spec, tmp_path / "a", k=gspec.k)  # from the cache
     det = lambda df: df[~df["metric"].isin(E.TIMING_METRICS)].reset_index(drop=True)  # noqa: E731
     assert det(a).equals(det(b)) and a.equals(c)
     assert set(a["estimator"]) == set(E.ESTIMATORS) and sorted(set(a["round"])) == [5, 14]
@@ -229,14 +230,14 @@ def test_stage_reuses_the_geometry_jobs_gradient(run, mnist_small, tmp_path):
     from sharpgaps.core.atomic import load_torch, save_torch
     from sharpgaps.core.flat import unflatten
     from sharpgaps.curvature.geometry import checkpoint_cache
-    from sharpgaps.curvature.hessian import FullBatchHVP
+    from sharpgaps.engine.objective import FullBatchHVP
 
     model, spec, work = run
     x, y = mnist_small["x_train"], mnist_small["y_train"]
     gspec = GeometrySpec(k=10, extra=2, hessian_examples=200, m_list=(1, 2), random_draws=2, cos_top=2)
     espec = EstimatorSpec(m_list=(1, 2, 12), krylov_hvps=(10,))
     ckpts = list_checkpoints(work / CKPT_DIR)
-    cache = checkpoint_cache(ckpts, model, LOSS, x, y, gspec, tmp_path / "geom")
+    cache = checkpoint_cache(Objective(model, LOSS, x, y, **gspec.objective_options()), gspec, ckpts, tmp_path / "geom")
     for path in ckpts:
         ckpt = load_torch(path)
         theta = unflatten(ckpt["theta"], dict(model.named_parameters()))
@@ -245,15 +246,15 @@ def test_stage_reuses_the_geometry_jobs_gradient(run, mnist_small, tmp_path):
         assert cached.shape == g.shape and torch.allclose(cached, g, rtol=1e-5, atol=1e-7)
     vecs = {r: c["vectors"] for r, c in cache.items()}
     grads = {r: c["gradient"] for r, c in cache.items()}
-    given = E.run_estimators(ckpts, vecs, model, LOSS, x, y, spec, gspec, espec, tmp_path / "a", gradients=grads)
-    own = E.run_estimators(ckpts, vecs, model, LOSS, x, y, spec, gspec, espec, tmp_path / "b")
+    given = E.run_estimators(Objective(model, LOSS, x, y, **gspec.objective_options()), espec, ckpts, vecs, spec, tmp_path / "a", k=gspec.k, gradients=grads)
+    own = E.run_estimators(Objective(model, LOSS, x, y, **gspec.objective_options()), espec, ckpts, vecs, spec, tmp_path / "b", k=gspec.k)
     q = lambda df: df[df["metric"].isin(["overlap", "capture", "removal"])].reset_index(drop=True)  # noqa: E731
     assert np.allclose(q(given)["value"], q(own)["value"], rtol=1e-4, atol=1e-6)
     entry = tmp_path / "geom" / f"{ckpts[0].stem}.geom.pt"
     old = load_torch(entry)
     del old["gradient"]
     save_torch(old, entry)
-    again = checkpoint_cache(ckpts, model, LOSS, x, y, gspec, tmp_path / "geom")
+    again = checkpoint_cache(Objective(model, LOSS, x, y, **gspec.objective_options()), gspec, ckpts, tmp_path / "geom")
     assert torch.equal(again[int(load_torch(ckpts[0])["round"])]["gradient"], grads[int(load_torch(ckpts[0])["round"])])
     assert "gradient" in load_torch(entry)
 
@@ -300,16 +301,16 @@ def test_format1_checkpoints_replay_from_the_previous_one_or_skip_the_histories(
         save_torch({k: v for k, v in ck.items() if k not in ("theta_history", "history_rounds", "_sha256")},
                    old_dir / p.name)
     old = list_checkpoints(old_dir)
-    vecs = checkpoint_eigenvectors(new, model, LOSS, x, y, gspec, tmp_path / "geom")
+    vecs = checkpoint_eigenvectors(Objective(model, LOSS, x, y, **gspec.objective_options()), gspec, new, tmp_path / "geom")
     det = lambda df: df[~df["metric"].isin(E.TIMING_METRICS)].reset_index(drop=True)  # noqa: E731
     one = EstimatorSpec(m_list=(1, 2), krylov_hvps=(10,), last_checkpoints=1)
-    ref = det(E.run_estimators(new, vecs, model, LOSS, x, y, spec, gspec, one, tmp_path / "new"))
-    replayed = det(E.run_estimators(old, vecs, model, LOSS, x, y, spec, gspec, one, tmp_path / "old_e"))
+    ref = det(E.run_estimators(Objective(model, LOSS, x, y, **gspec.objective_options()), one, new, vecs, spec, tmp_path / "new", k=gspec.k))
+    replayed = det(E.run_estimators(Objective(model, LOSS, x, y, **gspec.objective_options()), one, old, vecs, spec, tmp_path / "old_e", k=gspec.k))
     same = lambda df: df[df["metric"] != "replayed_rounds"].reset_index(drop=True)  # noqa: E731  (1 vs 9 rounds)
     assert same(ref).equals(same(replayed))
     assert set(replayed.loc[replayed["metric"] == "replayed_rounds", "value"]) == {9.0}  # from round 5 to 14
     skip = EstimatorSpec(m_list=(1, 2), krylov_hvps=(10,), last_checkpoints=1, max_replay_rounds=0)
-    skipped = det(E.run_estimators(old, vecs, model, LOSS, x, y, spec, gspec, skip, tmp_path / "skip"))
+    skipped = det(E.run_estimators(Objective(model, LOSS, x, y, **gspec.objective_options()), skip, old, vecs, spec, tmp_path / "skip", k=gspec.k))
     hist = skipped["estimator"].isin(["update", "gradhist"])
     assert (skipped.loc[hist & (skipped["metric"] == "rank"), "value"] == 0).all()
     assert not (hist & skipped["metric"].isin(["overlap", "capture"])).any()

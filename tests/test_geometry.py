@@ -8,6 +8,7 @@ import torch
 from sharpgaps.core.specs import RunSpec
 from sharpgaps.curvature.geometry import TIMING_METRICS, GeometrySpec, run_geometry
 from sharpgaps.engine import losses, models
+from sharpgaps.engine.objective import Objective
 from sharpgaps.engine.training import train_run
 
 K, W = 4, 2
@@ -18,7 +19,7 @@ def run(tmp_path_factory, mnist_small):
     work = tmp_path_factory.mktemp("run")
     model = models.build_model("fc_tanh", mnist_small["meta"], seed=0, widths=(24, 24))
     spec = RunSpec(K=K, tau=4, b=25, lr=0.1, rounds=30, window=W, seed=0, checkpoints=(10, 30))
-    ckpts = train_run(model, losses.mse_onehot, mnist_small, spec, work, progress=False)
+    ckpts = train_run(Objective.from_subset(model, losses.mse_onehot, mnist_small), spec, work, progress=False)
     return model, ckpts, work
 
 
@@ -28,7 +29,7 @@ GSPEC = GeometrySpec(k=10, extra=2, tol=1e-6, m_list=(1, 2, 4), random_draws=4, 
 def _geometry(run, tmp, spec=GSPEC):
     model, ckpts, _ = run
     x, y = run_inputs(model)
-    return run_geometry(ckpts, model, losses.mse_onehot, x, y, spec, tmp)
+    return run_geometry(Objective(model, losses.mse_onehot, x, y, **spec.objective_options()), spec, ckpts, tmp)
 
 
 def run_inputs(model):
@@ -133,7 +134,7 @@ def test_geometry_log_reports_each_checkpoint(run, tmp_path):
     model, ckpts, _ = run
     x, y = run_inputs(model)
     log = io.StringIO()
-    run_geometry(ckpts, model, losses.mse_onehot, x, y, GSPEC, tmp_path, log=log)
+    run_geometry(Objective(model, losses.mse_onehot, x, y, **GSPEC.objective_options()), GSPEC, ckpts, tmp_path, log=log)
     text = log.getvalue()
     assert "checkpoint 1/2 (round 10): gradient" in text and "checkpoint 2/2 (round 30): lambda_1=" in text
     assert "/checkpoint; ETA" in text and text.rstrip().endswith("; done")

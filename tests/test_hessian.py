@@ -9,13 +9,13 @@ from torch import nn
 from torch.func import functional_call
 
 from sharpgaps.curvature.hessian import (
-    FullBatchHVP,
     no_tf32,
     resolve_device,
     scipy_blas_single_thread,
     start_vector,
     top_eigenpairs,
 )
+from sharpgaps.engine.objective import FullBatchHVP
 
 N, K_EIG = 40, 4
 

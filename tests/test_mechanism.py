@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from sharpgaps.core.specs import RunSpec, TheorySpec
+from sharpgaps.core.specs import MechanismSpec, RunSpec, TheorySpec
+from sharpgaps.engine.objective import Objective
 from sharpgaps.engine.training import checkpoint_path, train_run
 from sharpgaps.studies import mechanism as mech
 from sharpgaps.studies.theory import (
@@ -30,16 +31,16 @@ def _quadratic_checkpoint(tmp_path, H, C, *, pool, b, lr, tau, K, rounds, seed=0
     model = NoisyQuadratic(torch.from_numpy(np.asarray(H, np.float64)), torch.zeros(d, dtype=torch.float64))
     spec = RunSpec(K=K, tau=tau, b=b, lr=lr, rounds=rounds, window=rounds, seed=seed, checkpoints=(rounds,))
     subset = {"x_train": z, "y_train": torch.zeros(pool), "x_test": z[:10], "y_test": torch.zeros(10)}
-    train_run(model, _identity_loss, subset, spec, tmp_path, run_info={"setting": "quad", "loss": "identity"},
-              progress=False)
+    train_run(Objective.from_subset(model, _identity_loss, subset), spec, tmp_path,
+              run_info={"setting": "quad", "loss": "identity"}, progress=False)
     ckpt = torch.load(checkpoint_path(tmp_path / "ckpt", rounds), weights_only=False)
     return model, z, ckpt
 
 
 def _mechanism(model, z, ckpt, H, n_random=0):
     evals, U = np.linalg.eigh(H)
-    return mech.checkpoint_mechanism(ckpt, model, _identity_loss, z, torch.zeros(len(z)), U, evals,
-                                     n_random=n_random, examples=None, chunk_size=997, hessian_examples=None, seed=0)
+    spec = MechanismSpec(k=len(H), random_directions=n_random, examples=None, chunk_size=997, seed=0)
+    return mech.checkpoint_mechanism(Objective(model, _identity_loss, z, torch.zeros(len(z))), spec, ckpt, U, evals)
 
 
 def test_per_direction_formula_is_the_closed_form_in_the_eigenbasis():

@@ -71,8 +71,8 @@ def test_length_sorted_trimmed_chunks_keep_full_set_means():
     """evaluate and FullBatchHVP sort padded text by length and trim each chunk's all-padding columns: the loss,
     accuracy, gradient and HVP equal the untrimmed ones (float rounding aside); models without padding are
     untouched."""
-    from sharpgaps.curvature.hessian import FullBatchHVP
     from sharpgaps.engine.localsgd import evaluate
+    from sharpgaps.engine.objective import FullBatchHVP
 
     m = models.build_model("transformer", META["transformer"], 0)
     x, lengths, y = _ragged()

@@ -7,6 +7,7 @@ from sharpgaps.core.flat import flatten
 from sharpgaps.core.specs import RunSpec
 from sharpgaps.engine import losses, models
 from sharpgaps.engine.localsgd import LoopLocalSGD, SimulatedLocalSGD
+from sharpgaps.engine.objective import Objective
 from sharpgaps.engine.training import CKPT_DIR, checkpoint_path, train_run
 from sharpgaps.studies.restricted import RestrictSpec, project, restricted_run
 
@@ -95,7 +96,7 @@ def parent(tmp_path_factory, mnist_small):
     work = tmp_path_factory.mktemp("parent")
     model = models.build_model("fc_tanh", mnist_small["meta"], seed=0, widths=(24, 24))
     spec = RunSpec(K=4, tau=3, b=25, lr=0.1, rounds=12, window=2, seed=0, checkpoints=(6, 12))
-    train_run(model, LOSS, mnist_small, spec, work, progress=False)
+    train_run(Objective.from_subset(model, LOSS, mnist_small), spec, work, progress=False)
     return model, spec, work
 
 
@@ -103,7 +104,7 @@ def _branch(parent, mode, tmp, **kw):
     model, spec, work = parent
     ck = torch.load(checkpoint_path(work / CKPT_DIR, 6), weights_only=False)
     rs = RestrictSpec(mode=mode, rounds=6, refresh=3, eval_every=3, k=10, m=4, window=2, **kw)
-    return restricted_run(model, LOSS, parent_subset.s, ck, spec, rs, tmp, progress=False)
+    return restricted_run(Objective.from_subset(model, LOSS, parent_subset.s, hessian_examples=rs.hessian_examples), rs, ck, spec, tmp, progress=False)
 
 
 class parent_subset:
@@ -138,8 +139,8 @@ def test_restricted_resume_is_bitwise(parent, tmp_path):
     model, spec, work = parent
     ck = torch.load(checkpoint_path(work / CKPT_DIR, 6), weights_only=False)
     rs = RestrictSpec(mode="bulk", rounds=6, refresh=3, eval_every=3, k=10, m=4, window=2)
-    restricted_run(model, LOSS, parent_subset.s, ck, spec, rs, tmp_path / "cut", stop_after_round=4, progress=False)
-    resumed = restricted_run(model, LOSS, parent_subset.s, ck, spec, rs, tmp_path / "cut", progress=False)
+    restricted_run(Objective.from_subset(model, LOSS, parent_subset.s, hessian_examples=rs.hessian_examples), rs, ck, spec, tmp_path / "cut", stop_after_round=4, progress=False)
+    resumed = restricted_run(Objective.from_subset(model, LOSS, parent_subset.s, hessian_examples=rs.hessian_examples), rs, ck, spec, tmp_path / "cut", progress=False)
     cols = ["round", "train_loss", "test_loss", "train_acc", "n_hvp"]
     assert full[cols].equals(resumed[cols])
 
@@ -150,7 +151,7 @@ def test_random_control_with_an_empty_basis_is_plain_local_sgd_bit_for_bit(paren
     model, spec, work = parent
     ck = torch.load(checkpoint_path(work / CKPT_DIR, 6), weights_only=False)
     rs = RestrictSpec(mode="randbulk", rounds=6, refresh=3, eval_every=3, k=0)
-    df = restricted_run(model, LOSS, parent_subset.s, ck, spec, rs, tmp_path / "rand", progress=False)
+    df = restricted_run(Objective.from_subset(model, LOSS, parent_subset.s, hessian_examples=rs.hessian_examples), rs, ck, spec, tmp_path / "rand", progress=False)
     a = flatten(torch.load(tmp_path / "none" / "state.pt", weights_only=False)["theta"])
     b = flatten(torch.load(tmp_path / "rand" / "state.pt", weights_only=False)["theta"])
     assert df.iloc[-1].refreshes == 2 and torch.equal(a, b)
@@ -165,7 +166,7 @@ def test_random_modes_are_seeded_random_subspaces_of_doms_dimension(parent, mnis
     rs = RestrictSpec(mode=mode, rounds=6, refresh=3, k=10)
     bases = []
     for _ in range(2):
-        ctl = Restricted(rs, model, LOSS, mnist_small["x_train"], mnist_small["y_train"], spec)
+        ctl = Restricted(rs, Objective.from_subset(model, LOSS, mnist_small, hessian_examples=rs.hessian_examples), spec)
         ctl.refresh(theta)
         first = ctl.basis.clone()
         ctl.refresh(theta)
@@ -195,18 +196,29 @@ def test_gradient_history_modes_use_gap_doms_probe_gradients(parent, mnist_small
     x, y = mnist_small["x_train"], mnist_small["y_train"]
     theta = {n: p.detach() for n, p in model.named_parameters()}
     rs = dict(rounds=6, refresh=3, k=10, m=4, window=2)
-    grad = Restricted(RestrictSpec(mode="graddom", **rs), model, LOSS, x, y, spec)
-    gap = Restricted(RestrictSpec(mode="gapdom", **rs), model, LOSS, x, y, spec)
+    grad = Restricted(RestrictSpec(mode="graddom", **rs), Objective(model, LOSS, x, y), spec)
+    gap = Restricted(RestrictSpec(mode="gapdom", **rs), Objective(model, LOSS, x, y), spec)
     grad.refresh(theta)
     gap.refresh(theta)
     assert grad.basis.shape == (flatten(theta).numel(), 4) and grad.probe_steps == gap.probe_steps == 2 * spec.tau
     # the same probe replayed by hand: the workers' gradients of its last window=2 local steps (K*W = 2K rows)
-    probe = RunSpec(K=spec.K, tau=spec.tau, b=spec.b, lr=spec.lr, rounds=1, window=1, seed=seeds.offset(spec.seed, seeds.PROBE),
-                    checkpoints=())
-    out = replay(model, LOSS, x, y, probe, flatten(theta), 0, 2, grad_steps=2)
+    probe = RunSpec(K=spec.K, tau=spec.tau, b=spec.b, lr=spec.lr, rounds=1, window=1,
+                    seed=seeds.offset(spec.seed, seeds.PROBE), checkpoints=())
+    out = replay(Objective(model, LOSS, x, y), probe, flatten(theta), 0, 2, grad_steps=2)
     assert out["grads"].shape[0] == 2 * spec.K
     S = gradient_estimate(out["grads"])[:, :4].to(torch.float32)
     assert torch.allclose((grad.basis.T @ S).abs(), torch.eye(4), atol=1e-4)
     assert (gap.basis.T @ grad.basis).norm() ** 2 < 4 - 1e-3  # a different subspace from the gaps'
     u = torch.randn(3, grad.basis.shape[0], generator=torch.Generator().manual_seed(1))
     assert torch.allclose(grad.transform(u), (u @ grad.basis) @ grad.basis.T)
+
+
+def test_every_mode_has_one_table_entry():
+    from sharpgaps.core.specs import ALL_MODES
+    from sharpgaps.studies.restricted import MODE_TABLE
+
+    assert set(MODE_TABLE) == set(ALL_MODES)
+    for name, mode in MODE_TABLE.items():
+        assert (mode.source is None) == (name == "none")
+        assert name == "none" or mode.keep_inside == name.endswith("dom")
+        assert mode.eigensolves == (name in ("dom", "bulk"))

@@ -88,6 +88,11 @@ class GeometrySpec:
         """``params``: a setting's `geometry` section as the workflow passes it (geometry_params)."""
         return _build(cls, "geometry", params, k=k)
 
+    def objective_options(self) -> dict:
+        """The objective's Hessian sample and chunking (sharpgaps.engine.objective.Objective's fields)."""
+        return {"hessian_examples": self.hessian_examples, "chunk_size": self.chunk_size,
+                "grad_chunk_size": self.grad_chunk_size}
+
     def tag(self) -> str:
         """The geometry table's path tag: the parameters that change its rows the most."""
         return f"H{self.hessian_examples or 'all'}_tol{exact_float(self.tol)}_x{self.extra}"

@@ -18,11 +18,11 @@ import torch
 
 from ..core import seeds
 from ..core.atomic import load_recomputable, load_torch, object_digest, save_torch
-from ..core.flat import unflatten
 from ..core.specs import GeometrySpec
+from ..engine.objective import Objective
 from . import gaps as gap_mod
 from . import metrics as M
-from .hessian import FullBatchHVP, top_eigenpairs
+from .hessian import top_eigenpairs
 
 RUN_COLUMNS = ("setting", "K", "tau", "b", "lr", "seed", "loss", "window")
 # Wall-clock rows go to the job log, not the table, so equal inputs give byte-identical tables.
@@ -36,16 +36,13 @@ def _rows(base: dict, metric: str, values, m=np.nan, index_name="i") -> list[dic
     return [{**base, "metric": metric, "m": m, index_name: i, "value": float(v)} for i, v in enumerate(values)]
 
 
-def checkpoint_geometry(ckpt: dict, model, loss_fn, x, y, spec: GeometrySpec, v0=None, progress=None):
+def checkpoint_geometry(objective: Objective, spec: GeometrySpec, ckpt: dict, v0=None, progress=None):
     """All metrics of one checkpoint; returns (rows, eigenvectors (d, k + extra) float64 numpy, the full-batch
     gradient g (d,) on the job's device). progress: passed to top_eigenpairs (called after every HVP)."""
-    like = dict(model.named_parameters())
-    theta = unflatten(ckpt["theta"].to(x.device), like)
-    n_h = len(x) if spec.hessian_examples is None else min(spec.hessian_examples, len(x))
-    hvp = FullBatchHVP(model, loss_fn, x[:n_h], y[:n_h], params=theta, chunk_size=spec.chunk_size)
+    theta = objective.params(ckpt["theta"])
+    hvp = objective.hessian(theta)
     # g is the full-batch gradient on the whole training subset even when the Hessian uses fewer examples
-    g = hvp.gradient() if n_h == len(x) else FullBatchHVP(
-        model, loss_fn, x, y, params=theta, chunk_size=spec.grad_chunk_size, cache_graph=False).gradient()
+    g = objective.gradient(theta, hessian=hvp)
     n_eig = spec.k + spec.extra
     # A cold start is a seeded random vector (ARPACK's own changes between calls in one process).
     eig = top_eigenpairs(hvp, k=n_eig, tol=spec.tol, v0=v0 if spec.warm_start else None,
@@ -109,7 +106,7 @@ def _cached(work_dir: Path, ckpt_path: Path, key: str) -> dict | None:
     return done if done is not None and done.get("key") == key and "gradient" in done else None
 
 
-def checkpoint_cache(ckpt_paths: list[Path], model, loss_fn, x, y, spec: GeometrySpec, work_dir: Path,
+def checkpoint_cache(objective: Objective, spec: GeometrySpec, ckpt_paths: list[Path], work_dir: Path,
                      log=sys.stderr) -> dict[int, dict]:
     """Per checkpoint round, the geometry job's Hessian eigenvectors ("vectors", (d, k + extra) float64 numpy)
     and full-batch gradient ("gradient", (d,) CPU tensor), for stages that follow the geometry job.
@@ -121,16 +118,16 @@ def checkpoint_cache(ckpt_paths: list[Path], model, loss_fn, x, y, spec: Geometr
     entries = {p: _cached(work_dir, p, k) for p, k in keys.items()}  # each entry read once (tens of MB each)
     if any(done is None for done in entries.values()):
         print(f"geometry cache incomplete in {work_dir}: recomputing the eigenpairs", file=log, flush=True)
-        run_geometry(list(keys), model, loss_fn, x, y, spec, work_dir, log=log)
+        run_geometry(objective, spec, list(keys), work_dir, log=log)
         entries = {p: _cached(work_dir, p, k) for p, k in keys.items()}
     return {int(done["rows"][0]["round"]): {"vectors": done["vectors"], "gradient": done["gradient"]}
             for done in entries.values()}
 
 
-def checkpoint_eigenvectors(ckpt_paths: list[Path], model, loss_fn, x, y, spec: GeometrySpec, work_dir: Path,
+def checkpoint_eigenvectors(objective: Objective, spec: GeometrySpec, ckpt_paths: list[Path], work_dir: Path,
                             log=sys.stderr) -> dict[int, np.ndarray]:
     """The eigenvectors of :func:`checkpoint_cache` alone."""
-    cache = checkpoint_cache(ckpt_paths, model, loss_fn, x, y, spec, work_dir, log=log)
+    cache = checkpoint_cache(objective, spec, ckpt_paths, work_dir, log=log)
     return {r: c["vectors"] for r, c in cache.items()}
 
 
@@ -177,7 +174,7 @@ class Progress:
         self._print(f"checkpoint {i}/{self.total} (round {round_}): lambda_1={lam:.4g}, {what}{per}; {eta}")
 
 
-def run_geometry(ckpt_paths: list[Path], model, loss_fn, x, y, spec: GeometrySpec, work_dir: Path,
+def run_geometry(objective: Objective, spec: GeometrySpec, ckpt_paths: list[Path], work_dir: Path,
                  log=sys.stderr) -> pd.DataFrame:
     """Process checkpoints in round order with warm starts; cache each finished one in ``work_dir``."""
     work_dir = Path(work_dir)
@@ -196,7 +193,7 @@ def run_geometry(ckpt_paths: list[Path], model, loss_fn, x, y, spec: GeometrySpe
             run = ckpt["run"]
             progress.start(i, ckpt["round"])
             t0 = time.perf_counter()
-            rows, vecs, g = checkpoint_geometry(ckpt, model, loss_fn, x, y, spec, v0=v0, progress=progress.hvp)
+            rows, vecs, g = checkpoint_geometry(objective, spec, ckpt, v0=v0, progress=progress.hvp)
             rows += _rows({"round": ckpt["round"], "step": ckpt["step"]}, "geometry_seconds",
                           time.perf_counter() - t0)
             # g is kept for the estimator stage (d floats per checkpoint: its full-batch gradient is not redone)

@@ -30,6 +30,7 @@ from ..core.flat import flatten
 from ..core.grid import digest
 from ..core.specs import RunSpec
 from .localsgd import SimulatedLocalSGD, evaluate
+from .objective import Objective
 
 CKPT_FORMAT = 2  # 2: + theta_history / history_rounds (format 1 checkpoints lack them)
 
@@ -87,7 +88,7 @@ def _needed_for_history(rnd: int, checkpoints: tuple[int, ...], n: int) -> bool:
     return any(c - n <= rnd < c for c in checkpoints)
 
 
-def train_run(model, loss_fn, subset: dict, spec: RunSpec, work_dir: str | Path, *, run_name: str = "run",
+def train_run(objective: Objective, spec: RunSpec, work_dir: str | Path, *, run_name: str = "run",
               run_info: dict | None = None, engine_factory=SimulatedLocalSGD, resume: bool = True,
               resume_every_s: float = 120.0, stop_after_round: int | None = None, progress: bool = True) -> list[Path]:
     """Train ``spec`` and write checkpoints under ``work_dir``; return the checkpoint paths in order.
@@ -97,8 +98,8 @@ def train_run(model, loss_fn, subset: dict, spec: RunSpec, work_dir: str | Path,
     work_dir = Path(work_dir)
     run_info = dict(run_info or {})
     digest = spec_digest(spec, run_info)
-    x_tr, y_tr = subset["x_train"], subset["y_train"]
-    x_te, y_te = subset["x_test"], subset["y_test"]
+    model, loss_fn = objective.model, objective.loss_fn
+    x_tr, y_tr, x_te, y_te = objective.x, objective.y, objective.x_test, objective.y_test
     names = [n for n, _ in model.named_parameters()]
     shapes = [list(p.shape) for _, p in model.named_parameters()]
 

@@ -194,7 +194,7 @@ def train(a) -> None:
     if rank != 0:  # their checkpoint metrics are never read: skip evaluating the test set
         job.subset["x_test"], job.subset["y_test"] = job.subset["x_test"][:1], job.subset["y_test"][:1]
     t0 = time.time()
-    ckpts = train_run(job.model, job.loss_fn, job.subset, job.spec, my_dir, run_name=a.name, run_info=job.info,
+    ckpts = train_run(job.objective(), job.spec, my_dir, run_name=a.name, run_info=job.info,
                       engine_factory=DistributedLocalSGD, resume_every_s=a.resume_every_s, progress=rank == 0)
     if rank == 0:
         jobs.publish_run(work_dir, a.out_dir, ckpts, jobs.run_record(job, device, a.threads, time.time() - t0,

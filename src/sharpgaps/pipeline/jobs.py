@@ -29,6 +29,7 @@ from ..curvature.hessian import disable_tf32, resolve_device
 from ..data import sources, subsets
 from ..data.sources import DataError
 from ..engine import losses, models
+from ..engine.objective import Objective
 from ..engine.training import CKPT_DIR, DivergenceError, checkpoint_path, checkpoint_round, list_checkpoints, train_run
 from ..report.summary import README_BEGIN, README_END, readme_block, splice, write_results
 from ..studies.estimators import run_estimators, selected
@@ -78,6 +79,10 @@ class RunInputs:
     def k(self) -> int:
         """Classes: the Hessian eigenvectors spanning the dominant subspace."""
         return self.subset["meta"]["n_classes"]
+
+    def objective(self, **options) -> Objective:
+        """The run's objective on its subset; ``options``: its Hessian sample and chunking (Objective's fields)."""
+        return Objective.from_subset(self.model, self.loss_fn, self.subset, **options)
 
 
 def load_run(run: dict, subset_path, device) -> RunInputs:
@@ -191,7 +196,7 @@ def train(run: dict, subset_path, work_dir, out_dir, *, name="run", threads=1, d
     device = job_device(device)
     job = load_run(run, subset_path, device)
     t0 = time.time()
-    ckpts = train_run(job.model, job.loss_fn, job.subset, job.spec, work_dir, run_name=name, run_info=job.info,
+    ckpts = train_run(job.objective(), job.spec, work_dir, run_name=name, run_info=job.info,
                       resume_every_s=resume_every_s)
     publish_run(work_dir, out_dir, ckpts, run_record(job, device, threads, time.time() - t0))
 
@@ -211,9 +216,8 @@ def checkpoint_job(run: dict, subset_path, ckpt_dir, threads: int, device: str):
 def geometry(run: dict, params: dict, subset_path, ckpt_dir, work_dir, out, *, threads=1, device="cpu") -> None:
     """Hessian top-k and gap-subspace metrics of every checkpoint of a run (``params``: its `geometry`)."""
     job, ckpts = checkpoint_job(run, subset_path, ckpt_dir, threads, device)
-    df = run_geometry(ckpts, job.model, job.loss_fn, job.subset["x_train"], job.subset["y_train"],
-                      GeometrySpec.from_config(params, job.k), Path(work_dir))
-    save_frame(df, out)
+    spec = GeometrySpec.from_config(params, job.k)
+    save_frame(run_geometry(job.objective(**spec.objective_options()), spec, ckpts, Path(work_dir)), out)
 
 
 def estimators(run: dict, geometry_params: dict, params: dict, subset_path, ckpt_dir, geometry_table, geometry_work,
@@ -223,17 +227,16 @@ def estimators(run: dict, geometry_params: dict, params: dict, subset_path, ckpt
     job's, whose cached eigenvectors are reused and whose Lanczos HVP counts price the oracle)."""
     job, ckpts = checkpoint_job(run, subset_path, ckpt_dir, threads, device)
     gspec, spec = GeometrySpec.from_config(geometry_params, job.k), EstimatorSpec.from_config(params)
-    x, y = job.subset["x_train"], job.subset["y_train"]
+    objective = job.objective(**gspec.objective_options())
     t0 = time.perf_counter()
-    cache = checkpoint_cache(ckpts, job.model, job.loss_fn, x, y, gspec, Path(geometry_work))
+    cache = checkpoint_cache(objective, gspec, ckpts, Path(geometry_work))
     print(f"eigenvectors and gradients of {len(cache)} checkpoints from {geometry_work}: "
           f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     geometry = read_frame(geometry_table)  # the oracle's price: its Lanczos HVPs per checkpoint
     lanczos = {int(r): int(v) for r, v in geometry.loc[geometry["metric"] == "n_hvp", ["round", "value"]].to_numpy()}
     t0 = time.perf_counter()
-    df = run_estimators(ckpts, {r: c["vectors"] for r, c in cache.items()}, job.model, job.loss_fn, x, y, job.spec,
-                        gspec, spec, Path(work_dir), oracle_hvps=lanczos,
-                        gradients={r: c["gradient"] for r, c in cache.items()})
+    df = run_estimators(objective, spec, ckpts, {r: c["vectors"] for r, c in cache.items()}, job.spec, Path(work_dir),
+                        k=job.k, oracle_hvps=lanczos, gradients={r: c["gradient"] for r, c in cache.items()})
     n = len(selected(ckpts, spec))
     print(f"estimators: {n} checkpoints in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     save_frame(df, out)
@@ -261,8 +264,9 @@ def restricted(run: dict, params: dict, mode: str, subset_path, ckpt_dir, geomet
     print(f"[{name}:{mode}] branching at round {branch_round} (chi_k {chi:.3f}): {why}", file=sys.stderr)
     job = load_run(run, subset_path, job_device(device))
     spec = RestrictSpec.from_config(params, mode, job.k)
-    df = restricted_run(job.model, job.loss_fn, job.subset, load_torch(checkpoint_path(ckpt_dir, branch_round)),
-                        job.spec, spec, work_dir, name=f"{name}:{mode}", resume_every_s=resume_every_s)
+    df = restricted_run(job.objective(hessian_examples=spec.hessian_examples), spec,
+                        load_torch(checkpoint_path(ckpt_dir, branch_round)), job.spec, work_dir, name=f"{name}:{mode}",
+                        resume_every_s=resume_every_s)
     for key in ("setting", "K", "tau", "b", "lr", "seed"):
         df[key] = run[key]
     df["branch_round"], df["branch_rule"], df["branch_chi_k"] = branch_round, why, chi
@@ -283,8 +287,8 @@ def mechanism(run: dict, geometry_params: dict, params: dict, subset_path, ckpt_
     job, ckpts = checkpoint_job(run, subset_path, ckpt_dir, threads, device)
     gspec = GeometrySpec.from_config(geometry_params, job.k)
     spec = MechanismSpec.from_config(params, job.k)
-    x, y = job.subset["x_train"], job.subset["y_train"]
-    vectors = checkpoint_eigenvectors(ckpts, job.model, job.loss_fn, x, y, gspec, Path(geometry_work))
+    objective = job.objective(**gspec.objective_options())
+    vectors = checkpoint_eigenvectors(objective, gspec, ckpts, Path(geometry_work))
     table = read_frame(geometry_table)
     lam = table[table["metric"] == "lambda"].sort_values(["round", "i"])
     values = {int(r): g["value"].to_numpy(dtype=np.float64) for r, g in lam.groupby("round")}
@@ -292,10 +296,8 @@ def mechanism(run: dict, geometry_params: dict, params: dict, subset_path, ckpt_
     if missing:
         raise SystemExit(f"{geometry_table}: no eigenvalues at checkpoint rounds {missing}; rerun its geometry job")
     n = {r: min(len(values[r]), vectors[r].shape[1]) for r in vectors}
-    df = run_mechanism(ckpts, {r: v[:, : n[r]] for r, v in vectors.items()}, {r: values[r][: n[r]] for r in vectors},
-                       job.model, job.loss_fn, x, y, k=job.k, n_random=spec.random_directions, examples=spec.examples,
-                       chunk_size=spec.chunk_size, hessian_examples=gspec.hessian_examples, seed=spec.seed,
-                       work_dir=Path(work_dir))
+    df = run_mechanism(objective, spec, ckpts, {r: v[:, : n[r]] for r, v in vectors.items()},
+                       {r: values[r][: n[r]] for r in vectors}, Path(work_dir))
     save_frame(df, out)
 
 

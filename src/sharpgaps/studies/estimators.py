@@ -36,12 +36,12 @@ from torch.func import functional_call
 
 from ..core import seeds
 from ..core.atomic import load_recomputable, load_torch, object_digest, save_torch
-from ..core.flat import flatten, unflatten
-from ..core.specs import EstimatorSpec, GeometrySpec, RunSpec
+from ..core.flat import flatten
+from ..core.specs import EstimatorSpec, RunSpec
 from ..curvature import gaps as gap_mod
 from ..curvature import metrics as M
-from ..curvature.hessian import FullBatchHVP
 from ..engine.localsgd import SimulatedLocalSGD
+from ..engine.objective import Objective
 
 ESTIMATORS = ("gap", "update", "gradhist", "noise", "krylov", "krylovgap", "random", "oracle")
 FREE = ("gap", "update", "gradhist")  # by-products of Local SGD: no extra gradient or HVP
@@ -168,19 +168,20 @@ def cost(minibatch_grads: int = 0, b: int = 0, n_hvp: int = 0, n_hessian: int = 
 # ----------------------------------------------------------------------------- what Local SGD had at a checkpoint
 
 
-def _grad_fn(model, loss_fn, like):
+def _grad_fn(objective: Objective):
     @torch.enable_grad()
     def grad(theta_flat, xb, yb):
-        params = {n: t.detach().requires_grad_(True) for n, t in unflatten(theta_flat, like).items()}
-        loss = loss_fn(functional_call(model, params, (xb,)), yb)
+        params = {n: t.detach().requires_grad_(True) for n, t in objective.params(theta_flat).items()}
+        loss = objective.loss_fn(functional_call(objective.model, params, (xb,)), yb)
         return flatten(torch.autograd.grad(loss, list(params.values())))
     return grad
 
 
-def noise_gradients(model, loss_fn, x, y, theta: torch.Tensor, n: int, b: int, seed: int) -> torch.Tensor:
+def noise_gradients(objective: Objective, theta: torch.Tensor, n: int, b: int, seed: int) -> torch.Tensor:
     """n minibatch gradients (n, d) at ``theta``, each on b examples drawn without replacement by a seeded
     generator (stream seeds.NOISE)."""
-    grad = _grad_fn(model, loss_fn, dict(model.named_parameters()))
+    grad = _grad_fn(objective)
+    x, y = objective.x, objective.y
     gen = torch.Generator().manual_seed(seeds.mixed(seed, seeds.NOISE))
     return torch.stack([grad(theta, x[idx], y[idx]) for idx in (torch.randperm(len(x), generator=gen)[:b]
                                                                    for _ in range(n))])
@@ -199,14 +200,14 @@ class GradientRecorder:
         return grads
 
 
-def replay(model, loss_fn, x, y, spec: RunSpec, theta0: torch.Tensor, start_round: int, end_round: int,
+def replay(objective: Objective, spec: RunSpec, theta0: torch.Tensor, start_round: int, end_round: int,
            grad_steps: int) -> dict:
     """Replay rounds start_round+1 .. end_round of a run from its average ``theta0`` (flat, at start_round):
     the averages after every replayed round (rows, oldest first), the workers' minibatch gradients of the last
     ``grad_steps`` local steps (rows step-major, worker-minor), and the last round's gaps (K, d)."""
-    like = dict(model.named_parameters())
     rec = GradientRecorder(grad_steps)
-    eng = SimulatedLocalSGD(model, loss_fn, x, y, spec, theta=unflatten(theta0, like), update_transform=rec)
+    eng = SimulatedLocalSGD(objective.model, objective.loss_fn, objective.x, objective.y, spec,
+                            theta=objective.params(theta0), update_transform=rec)
     averages, gaps = [], None
     with torch.no_grad():
         for rnd in range(start_round + 1, end_round + 1):
@@ -219,7 +220,7 @@ def replay(model, loss_fn, x, y, spec: RunSpec, theta0: torch.Tensor, start_roun
             "gaps": gaps}
 
 
-def history_inputs(model, loss_fn, x, y, spec: RunSpec, ckpt: dict, n: int, earlier=None) -> dict:
+def history_inputs(objective: Objective, spec: RunSpec, ckpt: dict, n: int, earlier=None) -> dict:
     """The last n+1 averages (n round-to-round changes) and the last n minibatch gradients of the workers at
     checkpoint ``ckpt``, reproduced exactly.
 
@@ -229,26 +230,27 @@ def history_inputs(model, loss_fn, x, y, spec: RunSpec, ckpt: dict, n: int, earl
     initial point at round 0). Returns averages, grads, replayed_rounds, and exact: whether the replay ended on
     the checkpoint's own average and last gaps bit for bit."""
     r = int(ckpt["round"])
-    theta = ckpt["theta"].to(x.device)
+    dev = objective.device
+    theta = ckpt["theta"].to(dev)
     steps = math.ceil(n / spec.K)  # local steps whose K gradients make the last n
     back = min(r, math.ceil(steps / spec.tau))  # rounds to replay for them
     hist_rounds = list(ckpt.get("history_rounds", []))
     if hist_rounds and r - back in hist_rounds:
-        hist = ckpt["theta_history"].to(x.device)
+        hist = ckpt["theta_history"].to(dev)
         start = hist[hist_rounds.index(r - back)]
-        out = replay(model, loss_fn, x, y, spec, start, r - back, r, steps)
+        out = replay(objective, spec, start, r - back, r, steps)
         averages = torch.cat([hist, theta[None]])[-(n + 1):]
         replayed = back
     else:
         if earlier is None:
             raise ValueError(f"checkpoint round {r} keeps no average history (format 1): pass an earlier average")
         r0, start = earlier
-        out = replay(model, loss_fn, x, y, spec, start.to(x.device), r0, r, steps)
-        prior = [start.to(x.device)[None]] if r0 >= r - n else []
+        out = replay(objective, spec, start.to(dev), r0, r, steps)
+        prior = [start.to(dev)[None]] if r0 >= r - n else []
         averages = torch.cat([*prior, out["averages"]])[-(n + 1):]
         replayed = r - r0
     exact = bool(len(out["averages"]) and torch.equal(out["averages"][-1], theta)
-                 and torch.equal(out["gaps"], ckpt["gaps"][-1].to(x.device)))
+                 and torch.equal(out["gaps"], ckpt["gaps"][-1].to(dev)))
     return {"averages": averages, "grads": out["grads"][-n:], "replayed_rounds": replayed, "exact": exact}
 
 
@@ -259,21 +261,18 @@ def _rows(base, estimator, metric, value, m=np.nan, j=np.nan):
     return {**base, "estimator": estimator, "metric": metric, "m": m, "j": j, "value": float(value)}
 
 
-def checkpoint_estimators(ckpt: dict, vectors: np.ndarray, model, loss_fn, x, y, run: RunSpec,
-                          gspec: GeometrySpec, spec: EstimatorSpec, earlier=None, oracle_hvps=None,
-                          gradient: torch.Tensor | None = None) -> list[dict]:
-    """Every estimator's basis at one checkpoint and its quality, rank, cost and memory rows. ``oracle_hvps``: the
-    HVPs the geometry job's Lanczos spent on these eigenvectors (its `n_hvp` row), to price the oracle alike.
-    ``gradient``: the full-batch gradient at the checkpoint if the geometry job cached it (else computed here)."""
-    dev = x.device
-    like = dict(model.named_parameters())
+def checkpoint_estimators(objective: Objective, spec: EstimatorSpec, ckpt: dict, vectors: np.ndarray, run: RunSpec,
+                          k: int, earlier=None, oracle_hvps=None, gradient: torch.Tensor | None = None) -> list[dict]:
+    """Every estimator's basis at one checkpoint and its quality, rank, cost and memory rows, against the top ``k``
+    of the Hessian eigenvectors ``vectors`` (d, k + extra). ``oracle_hvps``: the HVPs the geometry job's Lanczos
+    spent on these eigenvectors (its `n_hvp` row), to price the oracle alike. ``gradient``: the full-batch
+    gradient at the checkpoint if the geometry job cached it (else computed here)."""
+    dev = objective.device
     theta_flat = ckpt["theta"].to(dev)
-    theta = unflatten(theta_flat, like)
-    N = len(x)
-    n_h = N if gspec.hessian_examples is None else min(gspec.hessian_examples, N)
+    theta = objective.params(theta_flat)
+    N, n_h = objective.n_train, objective.n_hessian
     n = spec.n or run.K * run.window
     d = theta_flat.numel()
-    k = gspec.k
     base = {"round": int(ckpt["round"]), "step": int(ckpt["step"])}
     clock = {"start": time.perf_counter()}
 
@@ -283,8 +282,7 @@ def checkpoint_estimators(ckpt: dict, vectors: np.ndarray, model, loss_fn, x, y,
         clock["last"] = now
 
     if gradient is None:
-        gradient = FullBatchHVP(model, loss_fn, x, y, params=theta, chunk_size=gspec.grad_chunk_size,
-                                cache_graph=False).gradient()
+        gradient = objective.gradient(theta)
     g = gradient.to(dev, torch.float64)
     V_all = torch.from_numpy(np.asarray(vectors, np.float64)).to(dev)
     Vk = V_all[:, :k]
@@ -300,12 +298,12 @@ def checkpoint_estimators(ckpt: dict, vectors: np.ndarray, model, loss_fn, x, y,
         d0 = torch.zeros(0, d, dtype=torch.float32, device=dev)
         hist = {"averages": torch.zeros(1, d, device=dev), "grads": d0, "replayed_rounds": 0, "exact": float("nan")}
     else:
-        hist = history_inputs(model, loss_fn, x, y, run, ckpt, n, earlier=earlier)
+        hist = history_inputs(objective, run, ckpt, n, earlier=earlier)
     lap(f"replay_{hist['replayed_rounds']}_rounds")
     bases["update"] = update_estimate(hist["averages"])
     bases["gradhist"] = gradient_estimate(hist["grads"])
     b_noise = spec.noise_b or run.b
-    noise = noise_gradients(model, loss_fn, x, y, theta_flat, n, b_noise, seeds.linear(run.seed, seeds.ROUND, base["round"]))
+    noise = noise_gradients(objective, theta_flat, n, b_noise, seeds.linear(run.seed, seeds.ROUND, base["round"]))
     bases["noise"] = noise_estimate(noise)
     lap("noise")
     rows += [_rows(base, "oracle", "k", k),
@@ -317,12 +315,11 @@ def checkpoint_estimators(ckpt: dict, vectors: np.ndarray, model, loss_fn, x, y,
              _rows(base, "gap", "n_used", ckpt["gaps"].shape[0] * ckpt["gaps"].shape[1])]
 
     # Krylov: one HVP operator on the Hessian's examples; rho = HVP time / gradient time on them
-    hvp = FullBatchHVP(model, loss_fn, x[:n_h], y[:n_h], params=theta, chunk_size=gspec.chunk_size)
+    hvp = objective.hessian(theta)
     t_grad = []
     for _ in range(1 + GRAD_TIMINGS):  # the first call warms up (allocations, kernels): not timed
         t0 = time.perf_counter()
-        FullBatchHVP(model, loss_fn, x[:n_h], y[:n_h], params=theta, chunk_size=gspec.chunk_size,
-                     cache_graph=False).gradient()
+        objective.hessian(theta, cache_graph=False).gradient()
         t_grad.append(time.perf_counter() - t0)
     t_grad = float(np.median(t_grad[1:]))
     hvp.gradient()  # builds the cached graph: the HVP timings below are the products alone
@@ -384,9 +381,11 @@ def k_of(table: pd.DataFrame) -> dict:
     return {s: int(g["value"].max()) for s, g in rows.groupby("setting")}
 
 
-def _cache_key(ckpt: dict, vectors: np.ndarray, spec: EstimatorSpec, gspec: GeometrySpec, oracle_hvps=None) -> str:
+def _cache_key(objective: Objective, spec: EstimatorSpec, ckpt: dict, vectors: np.ndarray, k: int,
+               oracle_hvps=None) -> str:
+    options = (objective.hessian_examples, objective.chunk_size, objective.grad_chunk_size, k)
     return object_digest({"theta": ckpt["theta"], "v": torch.from_numpy(np.ascontiguousarray(vectors)),
-                          "spec": repr(spec), "g": repr(gspec), "oracle_hvps": repr(oracle_hvps)})[:16]
+                          "spec": repr(spec), "objective": repr(options), "oracle_hvps": repr(oracle_hvps)})[:16]
 
 
 def selected(ckpt_paths: list[Path], spec: EstimatorSpec) -> list[Path]:
@@ -395,40 +394,41 @@ def selected(ckpt_paths: list[Path], spec: EstimatorSpec) -> list[Path]:
     return paths if spec.last_checkpoints is None else paths[-spec.last_checkpoints:]
 
 
-def run_estimators(ckpt_paths: list[Path], vectors: dict[int, np.ndarray], model, loss_fn, x, y, run: RunSpec,
-                   gspec: GeometrySpec, spec: EstimatorSpec, work_dir: Path, log=sys.stderr,
-                   oracle_hvps: dict[int, int] | None = None,
+def run_estimators(objective: Objective, spec: EstimatorSpec, ckpt_paths: list[Path], vectors: dict[int, np.ndarray],
+                   run: RunSpec, work_dir: Path, *, k: int, log=sys.stderr, oracle_hvps: dict[int, int] | None = None,
                    gradients: dict[int, torch.Tensor] | None = None) -> pd.DataFrame:
-    """Every selected checkpoint in round order; each finished one is cached in ``work_dir`` (resume).
-    ``gradients``: full-batch gradients per round from the geometry job's cache (computed here where absent)."""
+    """Every selected checkpoint in round order against the top ``k`` Hessian eigenvectors of ``vectors``; each
+    finished one is cached in ``work_dir`` (resume). ``gradients``: full-batch gradients per round from the
+    geometry job's cache (computed here where absent)."""
     work_dir = Path(work_dir)
     all_rows, info = [], None
     paths = sorted(ckpt_paths)
     chosen = selected(paths, spec)
-    earlier = (0, flatten({n: p.detach() for n, p in model.named_parameters()}).to(x.device))  # round 0
+    model = objective.model
+    earlier = (0, flatten({n: p.detach() for n, p in model.named_parameters()}).to(objective.device))  # round 0
     for path in paths:
         ckpt = load_torch(path)
         if path in chosen:
             info = ckpt["run"]
             vecs = vectors[int(ckpt["round"])]
-            key = _cache_key(ckpt, vecs, spec, gspec, (oracle_hvps or {}).get(int(ckpt["round"])))
+            key = _cache_key(objective, spec, ckpt, vecs, k, (oracle_hvps or {}).get(int(ckpt["round"])))
             cache = work_dir / f"{Path(path).stem}.est.pt"
             done = load_recomputable(cache, "estimator cache")
             t0 = time.perf_counter()
             if done is not None and done.get("key") == key:
                 rows, how = done["rows"], "cached"
             else:
-                rows = checkpoint_estimators(ckpt, vecs, model, loss_fn, x, y, run, gspec, spec, earlier=earlier,
+                rows = checkpoint_estimators(objective, spec, ckpt, vecs, run, k, earlier=earlier,
                                              oracle_hvps=(oracle_hvps or {}).get(int(ckpt["round"])),
                                              gradient=(gradients or {}).get(int(ckpt["round"])))
                 save_torch({"rows": rows, "key": key}, cache)
                 how = f"{time.perf_counter() - t0:.1f} s"
-            ov = {r["estimator"]: r["value"] for r in rows if r["metric"] == "overlap" and r["m"] == gspec.k
+            ov = {r["estimator"]: r["value"] for r in rows if r["metric"] == "overlap" and r["m"] == k
                   and (r["estimator"] not in ("krylov", "krylovgap") or r["j"] == max(spec.krylov_hvps))}
             shown = ", ".join(f"{e} {v:.3f}" for e, v in ov.items())
-            print(f"round {ckpt['round']} ({how}): overlap at m=k={gspec.k}: {shown}", file=log, flush=True)
+            print(f"round {ckpt['round']} ({how}): overlap at m=k={k}: {shown}", file=log, flush=True)
             all_rows += rows
-        earlier = (int(ckpt["round"]), ckpt["theta"].to(x.device))
+        earlier = (int(ckpt["round"]), ckpt["theta"].to(objective.device))
     df = pd.DataFrame(all_rows)
     for col in RUN_COLUMNS:
         df[col] = (info or {}).get(col)

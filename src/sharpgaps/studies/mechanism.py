@@ -29,8 +29,9 @@ from torch.func import functional_call, grad, vmap
 
 from ..core import seeds
 from ..core.atomic import load_recomputable, load_torch, object_digest, save_torch
-from ..core.flat import flatten, unflatten
-from ..curvature.hessian import FullBatchHVP
+from ..core.flat import flatten
+from ..core.specs import MechanismSpec
+from ..engine.objective import Objective
 
 RUN_COLUMNS = ("setting", "K", "tau", "b", "lr", "seed", "loss", "window")
 KINDS = ("eigen", "random", "total")
@@ -142,34 +143,33 @@ def random_bulk_directions(V: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- one checkpoint
 
-def checkpoint_mechanism(ckpt: dict, model, loss_fn, x, y, V: np.ndarray, eigenvalues: np.ndarray, *,
-                         n_random: int, examples: int | None, chunk_size: int, hessian_examples: int | None,
-                         seed: int, N: int | None = None) -> pd.DataFrame:
+def checkpoint_mechanism(objective: Objective, spec: MechanismSpec, ckpt: dict, V: np.ndarray,
+                         eigenvalues: np.ndarray) -> pd.DataFrame:
     """The per-direction table of one checkpoint: the columns of V (Hessian eigenvectors with their
-    ``eigenvalues``) and ``n_random`` random directions orthogonal to them (lambda = Rayleigh quotient on
-    the Hessian's examples), plus one 'total' row (the whole gap energy, measured and predicted).
+    ``eigenvalues``) and ``spec.random_directions`` random directions orthogonal to them (lambda = Rayleigh
+    quotient on the Hessian's examples), plus one 'total' row (the whole gap energy, measured and predicted).
 
-    c_j from the first ``examples`` training examples (None: all; the subset is stored in random order).
-    ``N``: the examples the minibatches are drawn from (default: len(x))."""
+    c_j from the first ``spec.examples`` training examples (None: all; the subset is stored in random order);
+    the minibatches were drawn from all N training examples."""
     run = ckpt["run"]
-    N = len(x) if N is None else N
-    like = dict(model.named_parameters())
-    theta = unflatten(ckpt["theta"].to(x.device), like)
+    x, y, N = objective.x, objective.y, objective.n_train
+    n_random = spec.random_directions
+    theta = objective.params(ckpt["theta"])
     d = ckpt["theta"].numel()
     r = int(ckpt["round"])
-    U = random_bulk_directions(V, n_random, seeds.linear(seed, seeds.ROUND, r)) if n_random else np.zeros((d, 0))
+    U = random_bulk_directions(V, n_random, seeds.linear(spec.seed, seeds.ROUND, r)) if n_random else np.zeros((d, 0))
     lam_r = np.zeros(n_random)
     if n_random:
-        n_h = len(x) if hessian_examples is None else min(hessian_examples, len(x))
-        hvp = FullBatchHVP(model, loss_fn, x[:n_h], y[:n_h], params=theta)
+        hvp = objective.hessian(theta)
         for j in range(n_random):
             u = torch.from_numpy(U[:, j])
             lam_r[j] = float(u @ hvp.hvp(u).to(torch.float64).cpu())
         hvp.release()
     D = torch.from_numpy(np.concatenate([V, U], axis=1))
-    n_c = len(x) if examples is None else min(examples, len(x))
+    n_c = N if spec.examples is None else min(spec.examples, N)
     t0 = time.perf_counter()
-    c = gradient_noise(per_example_projections(model, loss_fn, theta, x[:n_c], y[:n_c], D, chunk_size))
+    c = gradient_noise(per_example_projections(objective.model, objective.loss_fn, theta, x[:n_c], y[:n_c], D,
+                                               spec.chunk_size))
     seconds_c = time.perf_counter() - t0
     meas = gap_variance(ckpt["gaps"], D.to(x.device))
     lam = np.concatenate([np.asarray(eigenvalues, dtype=np.float64), lam_r])
@@ -194,14 +194,15 @@ def checkpoint_mechanism(ckpt: dict, model, loss_fn, x, y, V: np.ndarray, eigenv
     return df
 
 
-def run_mechanism(ckpt_paths, vectors: dict[int, np.ndarray], eigenvalues: dict[int, np.ndarray], model, loss_fn,
-                  x, y, *, k: int, n_random: int, examples: int | None, chunk_size: int,
-                  hessian_examples: int | None, seed: int, work_dir: Path, log=sys.stderr) -> pd.DataFrame:
+def run_mechanism(objective: Objective, spec: MechanismSpec, ckpt_paths, vectors: dict[int, np.ndarray],
+                  eigenvalues: dict[int, np.ndarray], work_dir: Path, log=sys.stderr) -> pd.DataFrame:
     """checkpoint_mechanism for every checkpoint of a run, each cached in ``work_dir`` (resume after a kill);
     ``vectors``/``eigenvalues``: round -> the geometry job's (d, k + extra) eigenvectors and their values."""
     work_dir = Path(work_dir)
     frames, run = [], None
-    settings = {"n_random": n_random, "examples": examples, "seed": seed, "hessian_examples": hessian_examples}
+    k = spec.k
+    settings = {"n_random": spec.random_directions, "examples": spec.examples, "seed": spec.seed,
+                "hessian_examples": objective.hessian_examples}
     for path in sorted(ckpt_paths):
         ckpt = load_torch(path)
         r = int(ckpt["round"])
@@ -213,9 +214,7 @@ def run_mechanism(ckpt_paths, vectors: dict[int, np.ndarray], eigenvalues: dict[
             df, how = done["frame"], "cached"
         else:
             t0 = time.perf_counter()
-            df = checkpoint_mechanism(ckpt, model, loss_fn, x, y, vectors[r], eigenvalues[r], n_random=n_random,
-                                      examples=examples, chunk_size=chunk_size, hessian_examples=hessian_examples,
-                                      seed=seed)
+            df = checkpoint_mechanism(objective, spec, ckpt, vectors[r], eigenvalues[r])
             how = f"{time.perf_counter() - t0:.1f} s (c_j {df.attrs['seconds_c']:.1f} s)"
             df.attrs = {}
             save_torch({"frame": df, "key": key}, cache)

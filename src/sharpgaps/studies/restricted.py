@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import torch
@@ -29,12 +31,12 @@ from tqdm import tqdm
 
 from ..core import seeds
 from ..core.atomic import load_recomputable, save_frame, save_torch
-from ..core.flat import unflatten
-from ..core.specs import ALL_MODES, GRADHIST_MODES, MODES, RestrictSpec, RunSpec  # noqa: F401  (ALL_MODES: restricted_run's modes)
+from ..core.specs import RestrictSpec, RunSpec
 from ..curvature import gaps as gap_mod
 from ..curvature.geometry import Progress
-from ..curvature.hessian import FullBatchHVP, top_eigenpairs
+from ..curvature.hessian import top_eigenpairs
 from ..engine.localsgd import SimulatedLocalSGD, evaluate
+from ..engine.objective import Objective
 from ..engine.training import check_finite
 from .estimators import GradientRecorder, gradient_estimate
 
@@ -51,10 +53,12 @@ def project(update: torch.Tensor, basis: torch.Tensor | None, keep_inside: bool)
 
 
 class Restricted:
-    """Holds the current subspace and counts what refreshing it costs."""
+    """Holds the current subspace of a restricted run and counts what refreshing it costs. ``objective``: the
+    run's, with the restricted section's Hessian sample."""
 
-    def __init__(self, spec: RestrictSpec, model, loss_fn, x, y, run: RunSpec):
-        self.spec, self.model, self.loss_fn, self.x, self.y, self.run = spec, model, loss_fn, x, y, run
+    def __init__(self, spec: RestrictSpec, objective: Objective, run: RunSpec):
+        self.spec, self.objective, self.run = spec, objective, run
+        self.mode = MODE_TABLE[spec.mode]
         self.basis: torch.Tensor | None = None
         self.n_hvp = 0
         self.probe_steps = 0
@@ -62,77 +66,116 @@ class Restricted:
         self.refreshes = 0
         self.on_hvp = None  # called after every HVP of a refresh's eigensolve (the job's log)
         self._probe: SimulatedLocalSGD | None = None
+        self.recorder: GradientRecorder | None = None
 
     @property
     def keep_inside(self) -> bool:
-        return self.spec.mode.endswith("dom")  # dom, gapdom, graddom, randdom; the *bulk modes keep the complement
+        return self.mode.keep_inside
 
     def transform(self, update: torch.Tensor) -> torch.Tensor:
         return project(update, self.basis, self.keep_inside)
 
     def refresh(self, theta: dict[str, torch.Tensor]) -> None:
-        if self.spec.mode == "none":
+        if self.mode.source is None:
             return
         t0 = time.perf_counter()
-        if self.spec.mode in ("dom", "bulk"):
-            n = len(self.x) if self.spec.hessian_examples is None else min(self.spec.hessian_examples, len(self.x))
-            hvp = FullBatchHVP(self.model, self.loss_fn, self.x[:n], self.y[:n], params=theta)
-            v0 = None if self.basis is None else self.basis.double()  # warm start from the last subspace
-            eig = top_eigenpairs(hvp, k=self.spec.k, tol=self.spec.tol, v0=v0, compute_residuals=False,
-                                 dtype=self.spec.lanczos_dtype,
-                                 seed=seeds.linear(self.run.seed, seeds.LANCZOS, self.refreshes), progress=self.on_hvp)
-            self.n_hvp += eig.n_hvp
-            self.basis = torch.from_numpy(eig.vectors).to(self.x.device, torch.float32)
-        elif self.spec.mode in ("randdom", "randbulk"):
-            d = sum(t.numel() for t in theta.values())
-            gen = torch.Generator().manual_seed(seeds.mixed(self.run.seed, seeds.RANDOM_SUBSPACE, self.refreshes))
-            Z = torch.randn(d, self.spec.k, generator=gen, dtype=torch.float64)
-            self.basis = torch.linalg.qr(Z)[0].to(self.x.device, torch.float32)
-        else:
-            grad_modes = self.spec.mode in GRADHIST_MODES
-            if self._probe is None:  # built once: a vmapped engine's first step pays for tracing
-
-                # gradient history: the last `window` local steps' K gradients (K*W, the gap matrix's count)
-                self._recorder = GradientRecorder(self.spec.window) if grad_modes else None
-                self._probe = SimulatedLocalSGD(self.model, self.loss_fn, self.x, self.y, RunSpec(
-                    K=self.run.K, tau=self.run.tau, b=self.run.b, lr=self.run.lr, rounds=1, window=1,
-                    seed=seeds.offset(self.run.seed, seeds.PROBE), checkpoints=()), theta=theta,
-                    update_transform=self._recorder)
-            self._probe.set_average(theta)
-            first = self.refreshes * self.spec.window * self.run.tau  # fresh probe batches each refresh
-            gaps = []
-            for r in range(self.spec.window):
-                for s in range(self.run.tau):
-                    self._probe.local_step(first + r * self.run.tau + s)
-                gaps.append(self._probe.end_round()[1].double())
-                self.probe_steps += self.run.tau
-            if grad_modes:
-                U = gradient_estimate(torch.cat(self._recorder.steps))[:, : self.spec.gap_dim]
-            else:
-                G = torch.cat(gaps)
-                G = G - G.view(self.spec.window, self.run.K, -1).mean(1).repeat_interleave(self.run.K, 0)
-                U, _ = gap_mod.gap_subspace(G, m_max=self.spec.gap_dim)
-            self.basis = U.to(torch.float32)
+        self.basis = self.mode.source(self, theta)
         self.refreshes += 1
         self.refresh_seconds += time.perf_counter() - t0
 
+    def probe(self, theta: dict[str, torch.Tensor], record_gradients: bool) -> list[torch.Tensor]:
+        """``window`` probe rounds of plain Local SGD from ``theta`` (discarded afterwards): their gaps, each
+        round's (K, d) in float64; with ``record_gradients`` the last K*W minibatch gradients go to the recorder."""
+        obj, run = self.objective, self.run
+        if self._probe is None:  # built once: a vmapped engine's first step pays for tracing
+            # gradient history: the last `window` local steps' K gradients (K*W, the gap matrix's count)
+            self.recorder = GradientRecorder(self.spec.window) if record_gradients else None
+            self._probe = SimulatedLocalSGD(obj.model, obj.loss_fn, obj.x, obj.y, RunSpec(
+                K=run.K, tau=run.tau, b=run.b, lr=run.lr, rounds=1, window=1,
+                seed=seeds.offset(run.seed, seeds.PROBE), checkpoints=()), theta=theta,
+                update_transform=self.recorder)
+        self._probe.set_average(theta)
+        first = self.refreshes * self.spec.window * run.tau  # fresh probe batches each refresh
+        gaps = []
+        for r in range(self.spec.window):
+            for s in range(run.tau):
+                self._probe.local_step(first + r * run.tau + s)
+            gaps.append(self._probe.end_round()[1].double())
+            self.probe_steps += run.tau
+        return gaps
 
-def restricted_run(model, loss_fn, subset: dict, branch: dict, run: RunSpec, spec: RestrictSpec,
-                   work_dir: str | Path, *, name: str = "restricted", resume_every_s: float = 120.0,
-                   stop_after_round: int | None = None, progress: bool = True) -> pd.DataFrame:
-    """Continue the run ``run`` from checkpoint ``branch`` for ``spec.rounds`` restricted rounds.
+
+def _hessian_basis(ctl: Restricted, theta) -> torch.Tensor:
+    """The top-k Hessian eigenvectors at ``theta``, Lanczos warm-started from the last subspace."""
+    v0 = None if ctl.basis is None else ctl.basis.double()
+    eig = top_eigenpairs(ctl.objective.hessian(theta), k=ctl.spec.k, tol=ctl.spec.tol, v0=v0,
+                         compute_residuals=False, dtype=ctl.spec.lanczos_dtype,
+                         seed=seeds.linear(ctl.run.seed, seeds.LANCZOS, ctl.refreshes), progress=ctl.on_hvp)
+    ctl.n_hvp += eig.n_hvp
+    return torch.from_numpy(eig.vectors).to(ctl.objective.device, torch.float32)
+
+
+def _random_basis(ctl: Restricted, theta) -> torch.Tensor:
+    """A seeded Haar-random k-dim subspace, drawn afresh at every refresh."""
+    d = sum(t.numel() for t in theta.values())
+    gen = torch.Generator().manual_seed(seeds.mixed(ctl.run.seed, seeds.RANDOM_SUBSPACE, ctl.refreshes))
+    Z = torch.randn(d, ctl.spec.k, generator=gen, dtype=torch.float64)
+    return torch.linalg.qr(Z)[0].to(ctl.objective.device, torch.float32)
+
+
+def _gap_basis(ctl: Restricted, theta) -> torch.Tensor:
+    """The top-m directions of the probe rounds' worker-average gaps (each round re-centred)."""
+    gaps = ctl.probe(theta, record_gradients=False)
+    G = torch.cat(gaps)
+    G = G - G.view(ctl.spec.window, ctl.run.K, -1).mean(1).repeat_interleave(ctl.run.K, 0)
+    return gap_mod.gap_subspace(G, m_max=ctl.spec.gap_dim)[0].to(torch.float32)
+
+
+def _gradient_basis(ctl: Restricted, theta) -> torch.Tensor:
+    """The top-m left singular vectors of the probe rounds' last K*W minibatch gradients."""
+    ctl.probe(theta, record_gradients=True)
+    return gradient_estimate(torch.cat(ctl.recorder.steps))[:, : ctl.spec.gap_dim].to(torch.float32)
+
+
+@dataclass(frozen=True)
+class Mode:
+    """A restricted mode: where its subspace comes from (None: plain Local SGD) and which side of it the local
+    updates keep."""
+
+    source: Callable[[Restricted, dict], torch.Tensor] | None
+    keep_inside: bool = True
+
+    @property
+    def eigensolves(self) -> bool:
+        return self.source is _hessian_basis
+
+
+MODE_TABLE = {
+    "none": Mode(None),
+    "dom": Mode(_hessian_basis, keep_inside=True), "bulk": Mode(_hessian_basis, keep_inside=False),
+    "gapdom": Mode(_gap_basis, keep_inside=True), "gapbulk": Mode(_gap_basis, keep_inside=False),
+    "randdom": Mode(_random_basis, keep_inside=True), "randbulk": Mode(_random_basis, keep_inside=False),
+    "graddom": Mode(_gradient_basis, keep_inside=True), "gradbulk": Mode(_gradient_basis, keep_inside=False),
+}
+
+
+def restricted_run(objective: Objective, spec: RestrictSpec, branch: dict, run: RunSpec, work_dir: str | Path, *,
+                   name: str = "restricted", resume_every_s: float = 120.0, stop_after_round: int | None = None,
+                   progress: bool = True) -> pd.DataFrame:
+    """Continue the run ``run`` from checkpoint ``branch`` for ``spec.rounds`` restricted rounds; ``objective``
+    carries the restricted section's Hessian sample (``spec.hessian_examples``).
 
     Returns (and writes to work_dir/curve.parquet) one row per evaluation: round since the branch,
     absolute local step, train/test loss and accuracy, cumulative HVPs, probe steps and wall time.
     Resumable like training: state at round boundaries in work_dir/state.pt.
     """
     work_dir = Path(work_dir)
-    x, y, xt, yt = subset["x_train"], subset["y_train"], subset["x_test"], subset["y_test"]
-    like = dict(model.named_parameters())
+    model, loss_fn = objective.model, objective.loss_fn
+    x, y, xt, yt = objective.x, objective.y, objective.x_test, objective.y_test
     branch_round = int(branch["round"])
     step0 = branch_round * run.tau
     state_file = work_dir / "state.pt"
-    ctl = Restricted(spec, model, loss_fn, x, y, run)
+    ctl = Restricted(spec, objective, run)
     st = load_recomputable(state_file, f"[{name}] resume state")
     if st is not None:
         theta = st["theta"]
@@ -140,7 +183,7 @@ def restricted_run(model, loss_fn, subset: dict, branch: dict, run: RunSpec, spe
         ctl.refresh_seconds, ctl.refreshes = st["refresh_seconds"], st["refreshes"]
         rows, start, elapsed = st["rows"], st["round"], st["elapsed"]
     else:
-        theta = {n: t.clone() for n, t in unflatten(branch["theta"].to(x.device), like).items()}
+        theta = {n: t.clone() for n, t in objective.params(branch["theta"]).items()}
         rows, start, elapsed = [], 0, 0.0
     engine = SimulatedLocalSGD(model, loss_fn, x, y, run, theta=theta,
                                update_transform=None if spec.mode == "none" else ctl.transform)
@@ -164,7 +207,7 @@ def restricted_run(model, loss_fn, subset: dict, branch: dict, run: RunSpec, spe
         record(0, theta)
     bar = tqdm(total=spec.rounds, initial=start, desc=name, file=sys.stderr, mininterval=10, ascii=True,
                disable=not progress)
-    if progress and spec.mode in ("dom", "bulk"):  # a refresh's eigensolve can outlast tqdm's updates
+    if progress and ctl.mode.eigensolves:  # a refresh's eigensolve can outlast tqdm's updates
 
         ctl.on_hvp = Progress(0, sys.stderr).hvp
     for r in range(start + 1, spec.rounds + 1):
