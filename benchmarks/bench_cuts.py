@@ -1,4 +1,4 @@
-"""Before/after timings of the performance cuts of issue #6, each pair measured side by side.
+"""Before/after timings of the performance cuts, each pair measured side by side.
 
 Every "before" is the previous code path, still callable through a flag or kept here:
   - training step: SimulatedLocalSGD(vectorize=True) (vmap over workers) vs the per-worker default;

@@ -260,7 +260,7 @@ def cuts_section(subsets: dict, quick: bool) -> tuple[str, list[dict]]:
     rows += bench_orthonormalise({k: v for k, v in dims.items() if k != "cnn_relu"} if not quick else
                                  {"fc_tanh": 2000}, r=8 if quick else 32, repeats=reps)
     rows += bench_evaluation(subsets, repeats=reps)
-    lines = ["## Cuts: before / after (issue #6)", "",
+    lines = ["## Cuts: before / after", "",
              "Each pair measured side by side in this process (interleaved repeats; peak RSS from one fresh "
              "process per variant). `before` is the previous code path, still selectable: "
              "`SimulatedLocalSGD(vectorize=True)`, `geometry.grad_chunk_size: null`, "

@@ -1,4 +1,4 @@
-"""The cheap-estimator stage's cost against its geometry job (issue 14), from a finished run's own records.
+"""The cheap-estimator stage's cost against its geometry job, from a finished run's own records.
 
 Reads, per run with an `estimators` job, the Snakemake `benchmark:` files (job wall seconds `s`) of its
 geometry and estimators jobs and the per-checkpoint seconds both jobs print in their logs, and prints a

@@ -139,7 +139,7 @@ def test_report_shows_every_figure_with_its_caption_and_labels(smoke_report):
                                                                    "theory": "t", "estimators": "e",
                                                                    "mechanism": "m"}).values()
              for stem, fig in figs.items()}
-    assert len(drawn) == 17  # 11 + Fig X3's two (issue 14) + Fig X4's four (issue 15)
+    assert len(drawn) == 17  # 11 + Fig X3's two + Fig X4's four
     assert set(results) == {f"{FIGURE_DIR}/{stem}.{ext}" for stem in drawn for ext in ("png", "csv")} | {
         f"{FIGURE_DIR}/RESULTS.md"}
     for stem, fig in drawn.items():

@@ -75,3 +75,16 @@ def test_the_checks_see_an_upward_import_and_a_private_name(tmp_path):
     assert [(m, top) for _, m, _, top in found] == [("sharpgaps.pipeline", True),
                                                      ("sharpgaps.engine.localsgd", True), ("torch", False)]
     assert LAYERS.index(_layer(found[0][1])) > LAYERS.index("core") and found[1][2] == ["_private"]
+
+
+def test_the_readme_draws_the_layers_of_the_tree():
+    readme = (SRC.parents[1] / "README.md").read_text()
+    block = readme.split("<!-- layers:begin -->", 1)[1].split("<!-- layers:end -->", 1)[0]
+    drawn = {}
+    for line in block.splitlines():
+        head, _, rest = line.strip().partition("/ ")
+        if head in LAYERS:
+            drawn[head] = set(rest.split())
+    assert list(drawn) == LAYERS[::-1]  # top layer first
+    for layer, names in drawn.items():
+        assert names == {p.stem for p in (SRC / layer).glob("*.py") if p.stem != "__init__"}, layer

@@ -1,4 +1,4 @@
-"""The smoke run's `snakemake --report` in a real browser (issue 16): headless Chromium (Debian's `chromium`,
+"""The smoke run's `snakemake --report` in a real browser: headless Chromium (Debian's `chromium`,
 installed by tests/browser/ensure_chromium.sh when missing) renders report.html, its screenshot is not blank and
 its page shows the report's categories; and every figure of the registry for the smoke config is in the report
 with its caption (rendered from workflow/report/<caption>.rst with the figure's parameters) and its PNG.

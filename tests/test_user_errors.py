@@ -1,4 +1,4 @@
-"""What a user sees when something is wrong (issue 16, item 5), each tried as a new user would.
+"""What a user sees when something is wrong, each tried as a new user would.
 
 None of these starts the smoke DAG: they stop before any job, or run only the data jobs of a fresh workdir.
 """
@@ -116,16 +116,4 @@ def test_cores_0_is_rejected_before_jobs_are_selected(tmp_path):
     assert proc.returncode != 0
     assert "--cores 0: no job can ever start" in proc.stderr + proc.stdout
     assert "Select jobs to execute" not in proc.stderr + proc.stdout
-    assert not (tmp_path / "results").exists()
-
-
-# ------------------------------------------------------------------------- a target after --configfile
-
-def test_target_after_configfile_says_where_to_put_it(tmp_path):
-    cmd = [sys.executable, "-m", "snakemake", "-d", str(tmp_path), "--cores", "2", "--configfile",
-           str(SMOKE_CONFIG), "all"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and "Traceback" not in out
-    assert "the target 'all' was read as a config file" in out and "Put targets before --configfile" in out, out
     assert not (tmp_path / "results").exists()

@@ -213,7 +213,7 @@ def restricted_table():
     return ["results/tables/restricted.parquet"] if restricted_outputs() else []
 
 
-# Cheap estimators of the sharp subspace (issue 14; workflow/rules/estimators.smk).
+# Cheap estimators of the sharp subspace (workflow/rules/estimators.smk).
 def estimators_json(setting):
     return json.dumps(specs.estimator_params(config, setting), sort_keys=True)
 

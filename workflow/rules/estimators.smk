@@ -1,4 +1,4 @@
-# Cheap estimators of the dominant Hessian subspace at equal vector count and by extra cost (issue 14):
+# Cheap estimators of the dominant Hessian subspace at equal vector count and by extra cost:
 # one job per `main` run (every seed), after its geometry job, whose cached eigenvectors it reuses.
 
 

@@ -4,7 +4,7 @@ One home per default: a key the config leaves unset takes its spec dataclass's d
 each spec is built from its config section by one ``from_config``, which the workflow (paths,
 tags) and the jobs both call. ``SECTIONS`` and ``CONFIG_NAMES`` say which config key fills which
 spec field; tests/test_specs.py holds the schema's stated defaults to these. The training run's
-spec (``localsgd.RunSpec``) comes from the run grid instead (``RunSpec.from_run``).
+spec (``RunSpec``, below) comes from the run grid (``RunSpec.from_run``).
 
 Torch-free: the workflow imports it while it parses.
 """
@@ -19,10 +19,10 @@ from .grid import checkpoint_rounds, exact_float
 # within ~1e-6 of it (hessian.top_eigenpairs, docs/BENCHMARKS.md)
 LANCZOS_DTYPE = "float32"
 MODES = ("none", "dom", "bulk", "gapdom", "gapbulk")  # the default mode list
-# random-Dom / random-Bulk: a seeded random subspace of Dom's dimension, refreshed like the others (issue 14)
+# random-Dom / random-Bulk: a seeded random subspace of Dom's dimension, refreshed like the others
 RANDOM_MODES = ("randdom", "randbulk")
 # Dom/Bulk on the best free estimator of the estimator comparison (gradient history, docs/FIDELITY.md): the top
-# directions of the probe rounds' last K*W minibatch gradients, beside gap-Dom/Bulk on the same probe (issue 14)
+# directions of the probe rounds' last K*W minibatch gradients, beside gap-Dom/Bulk on the same probe
 GRADHIST_MODES = ("graddom", "gradbulk")
 ALL_MODES = MODES + RANDOM_MODES + GRADHIST_MODES
 

@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_run_job_args(q, ckpt_dir=True, name="restricted", resume=True)
     q.set_defaults(func=cmd_restricted)
 
-    q = sub.add_parser("estimators", help="cheap estimators of the dominant subspace vs the Hessian (issue 14)")
+    q = sub.add_parser("estimators", help="cheap estimators of the dominant subspace vs the Hessian")
     after_geometry_args(q, "estimators", "Lanczos HVPs: the oracle's cost")
     q.set_defaults(func=cmd_estimators)
 

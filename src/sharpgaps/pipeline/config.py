@@ -66,9 +66,6 @@ def _describe(schema: dict) -> str:
     return f"{schema.get('type', 'value')}" + (f" >= {schema['minimum']}" if "minimum" in schema else "")
 
 
-# The top-level file `all` holds only this key: `snakemake --configfile X all` reads the target `all` as a
-# second config file (--configfile takes several values), and the key lets validate() say so.
-TARGET_READ_AS_CONFIG = "_target_read_as_configfile"
 NESTED_HINT = ("a nested --config value arrives as a string (Snakemake reads nested values with YAML's "
                "BaseLoader) and this one cannot be read as {want}; put nested keys in a config file "
                "(--configfile) instead")
@@ -164,11 +161,6 @@ def validate(config: dict, schema_path: str | Path, overrides=None) -> dict:
 
     ``overrides``: Snakemake's parsed --config values (``workflow.config_settings.config``); their nested
     strings are read as the numbers/booleans the schema wants, or reported with how to pass them instead."""
-    if TARGET_READ_AS_CONFIG in config:
-        target = config[TARGET_READ_AS_CONFIG]
-        raise ConfigError(f"the target '{target}' was read as a config file: --configfile takes several values, "
-                          f"so a target written after it becomes one. Put targets before --configfile, e.g. "
-                          f"`snakemake --cores 2 {target} --configfile config.quick.yaml`")
     schema = yaml.safe_load(Path(schema_path).read_text())
     config = copy.deepcopy(config)
     validator = _with_defaults(jsonschema.Draft7Validator)(schema)

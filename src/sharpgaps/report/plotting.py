@@ -316,7 +316,7 @@ def save(fig, data: pd.DataFrame, out_pdf, out_png, out_csv, dpi: int, note: str
     display(Image(filename=out_png))
 
 
-# Cheap estimators of V_k (Fig X3, issue 14): estimator -> (legend label, colour, marker, line style). The
+# Cheap estimators of V_k (Fig X3): estimator -> (legend label, colour, marker, line style). The
 # Hessian-free ones are solid, the Hessian-based (Krylov, oracle) dashed, the floor dotted.
 ESTIMATOR_STYLES = {
     "gap": ("gap subspace", "tab:orange", "o", "-"),

@@ -531,7 +531,7 @@ def write_results(tables: dict[str, Path], out: Path, title: str) -> str:
                   *restricted_verdicts(restricted, numbers["restricted"]), "", restricted_cost(restricted), ""]
     if estimators is not None and not estimators.empty:
         table, claims = estimator_ranking(estimators, numbers["estimators"])
-        parts += ["## Fig X3: is the gap subspace the best cheap estimate of the sharp subspace? (issue 14)", "",
+        parts += ["## Fig X3: is the gap subspace the best cheap estimate of the sharp subspace?", "",
                   f"{PAPER} The worker-average gaps are \"a cheap Hessian-free estimator of the dominant subspace\".", "",
                   "Each estimator uses n = K*W input vectors; overlap = ||V_k^T U||_F^2 / min(k, m) at m = k, each "
                   "seed's final checkpoint; extra cost in full-batch-gradient equivalents (gap, update and gradient "

@@ -1,4 +1,4 @@
-"""Cheap estimators of the dominant Hessian subspace V_k, compared at equal vector count and by extra cost (issue 14).
+"""Cheap estimators of the dominant Hessian subspace V_k, compared at equal vector count and by extra cost.
 
 Every estimator returns an orthonormal basis (d, r) in float64, columns in decreasing importance, so its
 m-dimensional estimate is the first m columns (r is its rank: m > r is not evaluated). All use the same
