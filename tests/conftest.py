@@ -1,10 +1,13 @@
+import inspect
 import os
+import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import SMOKE_CONFIG, mini_config, run_dag, snakemake
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,30 +41,42 @@ def mnist_small(data_dir):
 
 @pytest.fixture(scope="session")
 def smoke(tmp_path_factory, data_dir):
-    """The whole smoke DAG (`all`, .test/config.yaml) built once per session in a temp workdir, with
-    --cores 8 on purpose (more jobs than cores; tests/test_faults.py compares it with --cores 1).
-
-    Shared by the workflow and figure tests: read it, dry-run against it, never modify it.
-    """
+    """The whole smoke DAG (`all`, .test/config.yaml) built once per session in a temp workdir with --cores 8
+    (more jobs than cores). Shared by every test that reads it: read it, dry-run against it, never modify it."""
     if os.environ.get("SHARPGAPS_SMOKE_DIR"):  # local iteration: reuse a finished smoke run of this commit
         return Path(os.environ["SHARPGAPS_SMOKE_DIR"])
-    work = tmp_path_factory.mktemp("smoke")
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work),
-           "--cores", "8", "all", "--configfile", str(REPO / ".test/config.yaml")]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.fail(f"smoke run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return work
+    return run_dag(tmp_path_factory.mktemp("smoke"), SMOKE_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def mini(tmp_path_factory, data_dir):
+    """(workdir, config) of the minimal DAG (tests.helpers.mini_config) built once per session with --cores 8:
+    the fault-injection tests damage copies of it, and the --cores 1 test compares a serial run with it."""
+    base = tmp_path_factory.mktemp("mini")
+    config = mini_config(base / "config.yaml")
+    return run_dag(base / "w", config), config
 
 
 @pytest.fixture(scope="session")
 def smoke_report(smoke, tmp_path_factory) -> Path:
     """`snakemake all --report report.html` of the smoke run, made once per session in a hard-linked copy of
     it (the report writes Snakemake metadata; the smoke run stays untouched). Read it, never modify it."""
-    from wf import snakemake
-
     base = tmp_path_factory.mktemp("report")
     work = base / "w"
     shutil.copytree(smoke, work, symlinks=True, copy_function=os.link)
     snakemake(work, "all", "--report", str(base / "report.html"))
     return base / "report.html"
+
+
+# A test that starts Snakemake, directly or through one of these fixtures, is a workflow test: `pytest -m "not
+# workflow"` leaves every such test out (README, "Tests"). Marked here, so a new test cannot forget it.
+WORKFLOW_FIXTURES = {"smoke", "smoke_report", "mini", "damaged", "sweeps"}
+STARTS_SNAKEMAKE = re.compile(r"\bsnakemake\(|[\"']snakemake[\"']|\bSNAKEMAKE\b|\b_kill_when\(|\brun_dag\(|snakefmt|run_slurm_test")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        function = getattr(item, "function", None)
+        source = inspect.getsource(function) if function is not None else ""
+        if WORKFLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or STARTS_SNAKEMAKE.search(source):
+            item.add_marker(pytest.mark.workflow)

@@ -9,7 +9,8 @@ import subprocess
 import sys
 
 import yaml
-from wf import REPO, SMOKE_CONFIG, job_counts
+
+from tests.helpers import REPO, SMOKE_CONFIG, job_counts
 
 CATALOG = REPO / ".snakemake-workflow-catalog.yml"
 

@@ -266,10 +266,10 @@ def test_smoke_dag_runs_the_stage_on_every_main_seed_and_draws_it(smoke):
     table feeds Fig X3 (both metrics) and the RESULTS section."""
     import pandas as pd
     import yaml
-    from wf import FIGURE_DIR, SMOKE_CONFIG, figure_files
 
     from sharpgaps.core import grid
     from sharpgaps.pipeline import config as C
+    from tests.helpers import FIGURE_DIR, SMOKE_CONFIG, figure_files
 
     cfg = C.validate(yaml.safe_load(SMOKE_CONFIG.read_text()), SMOKE_CONFIG.parents[1] / "workflow/schemas/config.schema.yaml")
     table = pd.read_parquet(smoke / "results/tables/main_estimators.parquet")

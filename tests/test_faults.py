@@ -1,8 +1,9 @@
-"""Fault injection through Snakemake on the smoke DAG: every fault ends in the correct result or a
-clear error naming the file / key / run, never in a wrong table or figure.
+"""Fault injection through Snakemake: every fault ends in the correct result or a clear error naming the
+file / key / run, never in a wrong table or figure.
 
-The session `smoke` run (conftest, --cores 8) is the reference. Kill and corruption tests work on a
-copy of it, remove or damage one job's inputs/outputs, and rerun exactly as a user would.
+The session `mini` run (conftest: the minimal DAG, one setting and one seed of the smoke config, --cores 8) is
+the reference. Kill and corruption tests work on a copy of it, remove or damage one job's inputs/outputs, and
+rerun exactly as a user would.
 """
 
 import copy
@@ -19,9 +20,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from wf import FIGURE_DIR, REPO, SMOKE_CONFIG, snakemake
 
 from sharpgaps.studies.estimators import TIMING_METRICS
+from tests.helpers import FIGURE_DIR, REPO, SMOKE_CONFIG, snakemake
 
 MNIST_RUN = "results/runs/mnist_fc/K8_tau4_b50_lr0.05_mse_T96_W2_s0"
 # wall-clock columns: the restricted tables', and the estimator figures' extra cost (it prices an HVP by the
@@ -30,8 +31,8 @@ TIMING = ("seconds", "refresh_seconds", "extra_cost")
 MNIST_WORK = "results/work/mnist_fc/K8_tau4_b50_lr0.05_mse_T96_W2_s0"
 
 
-def _copy(smoke: Path, dst: Path) -> Path:
-    shutil.copytree(smoke, dst, symlinks=True)
+def _copy(ref: Path, dst: Path) -> Path:
+    shutil.copytree(ref, dst, symlinks=True)
     return dst
 
 
@@ -63,11 +64,11 @@ def _same_files(ref: Path, new: Path, pattern: str = "*") -> None:
         pd.testing.assert_frame_equal(a, b, check_exact=True, obj=k)
 
 
-def _kill_when(workdir: Path, targets: list[str], trigger, delay: float, timeout: float = 600) -> bool:
+def _kill_when(workdir: Path, config: Path, targets: list[str], trigger, delay: float, timeout: float = 600) -> bool:
     """Start Snakemake on ``targets``; once ``trigger()`` holds, wait ``delay`` s and SIGKILL Snakemake
     and every job it started (the whole process group, as a preemption does). False if it finished first."""
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2",
-           "--rerun-incomplete", *targets, "--configfile", str(SMOKE_CONFIG)]
+           "--rerun-incomplete", *targets, "--configfile", str(config)]
     with open(workdir / "killed_runs.log", "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         t0 = time.monotonic()
@@ -76,7 +77,7 @@ def _kill_when(workdir: Path, targets: list[str], trigger, delay: float, timeout
                 time.sleep(delay)
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-                snakemake(workdir, "--unlock")  # a killed Snakemake leaves its lock: the documented first step
+                snakemake(workdir, "--unlock", config=config)  # a killed Snakemake leaves its lock: the documented first step
                 return True
             if time.monotonic() - t0 > timeout:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -85,37 +86,39 @@ def _kill_when(workdir: Path, targets: list[str], trigger, delay: float, timeout
     return False
 
 
-def _still_pending(workdir: Path, target: str, rule: str) -> None:
+def _still_pending(workdir: Path, config: Path, target: str, rule: str) -> None:
     """After a kill, Snakemake must not take the killed job's outputs as finished."""
-    out = snakemake(workdir, "-n", target, check=False)
+    out = snakemake(workdir, "-n", target, config=config, check=False)
     assert re.search(rf"^(local)?rule {rule}:", out, re.M) or "IncompleteFilesException" in out, out[-2000:]
 
 
 # ---------------------------------------------------------------------------------------------- kills
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_killed_training_resumes_and_ends_bitwise_identical(smoke, tmp_path, seed):
-    work = _copy(smoke, tmp_path / "w")
+def test_killed_training_resumes_and_ends_bitwise_identical(mini, tmp_path, seed):
+    ref, config = mini  # the reference run and its config
+    work = _copy(ref, tmp_path / "w")
     shutil.rmtree(work / MNIST_RUN)
     shutil.rmtree(work / MNIST_WORK)
     target = f"{MNIST_RUN}/ckpt"
     partial = work / MNIST_WORK / "ckpt"
     rng = random.Random(seed)
     for n in sorted(rng.sample([1, 2], 2)):  # kill just after the n-th of the 3 checkpoints is written
-        fired = _kill_when(work, [target], lambda n=n: len(list(partial.glob("r*.pt"))) >= n, rng.uniform(0, 0.3))
+        fired = _kill_when(work, config, [target], lambda n=n: len(list(partial.glob("r*.pt"))) >= n, rng.uniform(0, 0.3))
         assert fired and not (work / MNIST_RUN / "metrics.csv").exists(), "the kill came too late to test anything"
-        _still_pending(work, target, "train")
-    snakemake(work, "--cores", "2", "--rerun-incomplete", target)
+        _still_pending(work, config, target, "train")
+    snakemake(work, "--cores", "2", "--rerun-incomplete", target, config=config)
     log = (work / "results/logs/train/mnist_fc/K8_tau4_b50_lr0.05_mse_T96_W2_s0.log").read_text()
     resumed = [int(r) for r in re.findall(r"resuming from round (\d+)", log)]
     assert resumed and resumed[0] >= 2, f"the last attempt did not resume from a checkpoint:\n{log[-1500:]}"
-    _same_files(smoke / MNIST_RUN, work / MNIST_RUN, "*.pt")
-    _same_files(smoke / MNIST_RUN, work / MNIST_RUN, "*.csv")
+    _same_files(ref / MNIST_RUN, work / MNIST_RUN, "*.pt")
+    _same_files(ref / MNIST_RUN, work / MNIST_RUN, "*.csv")
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_killed_geometry_reuses_finished_checkpoints_and_ends_identical(smoke, tmp_path, seed):
-    work = _copy(smoke, tmp_path / "w")
+def test_killed_geometry_reuses_finished_checkpoints_and_ends_identical(mini, tmp_path, seed):
+    ref, config = mini  # the reference run and its config
+    work = _copy(ref, tmp_path / "w")
     table = next((work / MNIST_RUN).glob("geometry_*.parquet"))
     target = str(table.relative_to(work))
     table.unlink()
@@ -123,16 +126,17 @@ def test_killed_geometry_reuses_finished_checkpoints_and_ends_identical(smoke, t
     shutil.rmtree(cache)
     rng = random.Random(100 + seed)
     for n in (1, 2):  # after 1, then 2, of the 3 per-checkpoint results are cached
-        fired = _kill_when(work, [target], lambda n=n: len(list(cache.rglob("*.geom.pt"))) >= n, rng.uniform(0, 0.5))
+        fired = _kill_when(work, config, [target], lambda n=n: len(list(cache.rglob("*.geom.pt"))) >= n, rng.uniform(0, 0.5))
         assert fired and not table.exists()
-        _still_pending(work, target, "geometry")
-    snakemake(work, "--cores", "2", "--rerun-incomplete", target)
-    assert table.read_bytes() == (smoke / target).read_bytes()
+        _still_pending(work, config, target, "geometry")
+    snakemake(work, "--cores", "2", "--rerun-incomplete", target, config=config)
+    assert table.read_bytes() == (ref / target).read_bytes()
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_killed_notebook_job_never_leaves_a_figure_taken_as_done(smoke, tmp_path, seed):
-    work = _copy(smoke, tmp_path / "w")
+def test_killed_notebook_job_never_leaves_a_figure_taken_as_done(mini, tmp_path, seed):
+    ref, config = mini  # the reference run and its config
+    work = _copy(ref, tmp_path / "w")
     outs = [work / FIGURE_DIR / f"fig02_removal.{ext}" for ext in ("pdf", "png", "csv")]
     for p in outs + [work / "results/notebooks/fig02_removal.ipynb", work / "results/logs/figures/fig02_removal.log"]:
         p.unlink()
@@ -141,15 +145,15 @@ def test_killed_notebook_job_never_leaves_a_figure_taken_as_done(smoke, tmp_path
     rng = random.Random(200 + seed)
     landed = 0
     for _ in range(2):
-        fired = _kill_when(work, [target], started.exists, rng.uniform(0.2, 3.0))
+        fired = _kill_when(work, config, [target], started.exists, rng.uniform(0.2, 3.0))
         if not fired or all(p.exists() for p in outs):
             continue  # the job beat the kill: nothing to check this round
         landed += 1
-        _still_pending(work, target, "fig02_removal")
+        _still_pending(work, config, target, "fig02_removal")
         started.unlink(missing_ok=True)
     assert landed, "no kill landed inside the notebook job"
-    snakemake(work, "--cores", "1", "--rerun-incomplete", target)
-    assert (work / FIGURE_DIR / "fig02_removal.csv").read_bytes() == (smoke / FIGURE_DIR / "fig02_removal.csv").read_bytes()
+    snakemake(work, "--cores", "1", "--rerun-incomplete", target, config=config)
+    assert (work / FIGURE_DIR / "fig02_removal.csv").read_bytes() == (ref / FIGURE_DIR / "fig02_removal.csv").read_bytes()
     pdf = (work / target).read_bytes()
     assert pdf.startswith(b"%PDF") and pdf.rstrip().endswith(b"%%EOF")
 
@@ -169,9 +173,9 @@ def _damage(path: Path, how: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def damaged(smoke, tmp_path_factory):
-    """A copy of the smoke run in which one file at a time is damaged, then restored from the reference."""
-    return _copy(smoke, tmp_path_factory.mktemp("corrupt") / "w")
+def damaged(mini, tmp_path_factory):
+    """A copy of the minimal run in which one file at a time is damaged, then restored from the reference."""
+    return _copy(mini[0], tmp_path_factory.mktemp("corrupt") / "w")
 
 
 SUBSET = "results/data/mnist/subset_n1000_s0_test500.pt"
@@ -187,12 +191,13 @@ CORRUPTIONS = [  # (file to damage, the job that reads it, forced by this target
 
 @pytest.mark.parametrize("how", ["truncate", "alter"])
 @pytest.mark.parametrize("victim,rule,target,log", CORRUPTIONS, ids=["subset", "checkpoint", "geometry_table"])
-def test_corrupt_file_fails_the_reading_job_naming_it(smoke, damaged, victim, rule, target, log, how):
-    g = next((smoke / MNIST_RUN).glob("geometry_*.parquet")).stem.removeprefix("geometry_")
+def test_corrupt_file_fails_the_reading_job_naming_it(mini, damaged, victim, rule, target, log, how):
+    ref, config = mini  # the reference run and its config
+    g = next((ref / MNIST_RUN).glob("geometry_*.parquet")).stem.removeprefix("geometry_")
     victim, target, log = (s.format(g=g) for s in (victim, target, log))
     _damage(damaged / victim, how)
     try:
-        out = snakemake(damaged, "--cores", "1", "-f", target, check=False)
+        out = snakemake(damaged, "--cores", "1", "-f", target, config=config, check=False)
         assert f"Error in rule {rule}" in out, out[-2000:]
         text = (damaged / log).read_text()
         assert f"{victim}: " in text and "delete it and rerun" in text, text[-2000:]
@@ -200,19 +205,20 @@ def test_corrupt_file_fails_the_reading_job_naming_it(smoke, damaged, victim, ru
         assert not (damaged / target).exists()  # no output from damaged input
     finally:
         (damaged / victim).unlink()
-        shutil.copy2(smoke / victim, damaged / victim)
-        snakemake(damaged, "--cores", "1", target)  # the copy is whole again for the next case
+        shutil.copy2(ref / victim, damaged / victim)
+        snakemake(damaged, "--cores", "1", target, config=config)  # the copy is whole again for the next case
         assert (damaged / target).exists()
 
 
 @pytest.mark.parametrize("how", ["truncate", "alter"])
-def test_corrupt_raw_data_fails_naming_the_file(smoke, tmp_path, data_dir, how):
+def test_corrupt_raw_data_fails_naming_the_file(mini, tmp_path, data_dir, how):
+    ref, config = mini  # the reference run and its config
     raw = tmp_path / "data"
     shutil.copytree(data_dir / "mnist", raw / "mnist")
     victim = next(p for p in sorted((raw / "mnist").iterdir()) if "train-images" in p.name)
     _damage(victim, how)
-    work = _copy(smoke, tmp_path / "w")
-    out = snakemake(work, "--cores", "1", "-f", SUBSET, check=False, env={"SHARPGAPS_DATA_DIR": str(raw)})
+    work = _copy(ref, tmp_path / "w")
+    out = snakemake(work, "--cores", "1", "-f", SUBSET, config=config, check=False, env={"SHARPGAPS_DATA_DIR": str(raw)})
     assert "Error in rule subset" in out
     log = (work / "results/logs/subset/mnist_n1000_s0_test500.log").read_text()
     assert f"'{victim}'" in log and "Checksum mismatch" in log and "Traceback" not in log, log
@@ -287,11 +293,12 @@ def test_no_two_jobs_write_the_same_place(tmp_path):
         assert not b.startswith(a + "/"), f"work dir {b} lies inside another job's work dir {a}"
 
 
-def test_cores_1_gives_the_same_results_as_cores_8(smoke, tmp_path):
-    """The smoke fixture ran with --cores 8 (more jobs than cores); a serial run must match it bitwise."""
+def test_cores_1_gives_the_same_results_as_cores_8(mini, tmp_path):
+    """The minimal DAG ran with --cores 8 (more jobs than cores); a serial run must match it bitwise."""
+    ref, config = mini  # the reference run and its config
     work = tmp_path / "serial"
-    snakemake(work, "--cores", "1", "all")
+    snakemake(work, "--cores", "1", "all", config=config)
     for pattern in ("*.parquet", "*.pt", "*.csv"):
-        _same_files(smoke / "results/runs", work / "results/runs", pattern)
-    _same_files(smoke / "results/tables", work / "results/tables", "*.parquet")
-    _same_files(smoke / FIGURE_DIR, work / FIGURE_DIR, "*.csv")
+        _same_files(ref / "results/runs", work / "results/runs", pattern)
+    _same_files(ref / "results/tables", work / "results/tables", "*.parquet")
+    _same_files(ref / FIGURE_DIR, work / FIGURE_DIR, "*.csv")

@@ -8,11 +8,10 @@ import subprocess
 import papermill
 import pytest
 import yaml
-from test_figures_more import sweep_config
-from wf import REPO, SMOKE_CONFIG, check_notebook, snakemake
 
 from sharpgaps.pipeline.config import validate
 from sharpgaps.report import figures, plotting
+from tests.helpers import REPO, SMOKE_CONFIG, check_notebook, snakemake, sweep_config
 
 REGISTRY = figures.load_registry(REPO / "workflow/figures.yaml")
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"

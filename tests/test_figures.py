@@ -12,10 +12,10 @@ import nbformat
 import pandas as pd
 import pytest
 import yaml
-from wf import FIGURE_DIR, REPO, SMOKE_CONFIG, figure_files, job_counts, snakemake, workflow_copy
 
 from sharpgaps.pipeline.config import validate
 from sharpgaps.report import figures
+from tests.helpers import FIGURE_DIR, REPO, SMOKE_CONFIG, figure_files, job_counts, snakemake, workflow_copy
 
 # figure -> columns of the tidy CSV behind it
 FIGURES = {

@@ -15,15 +15,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from wf import FIGURE_DIR, SMOKE_CONFIG, figure_files, job_counts, snakemake, workflow_copy
+
+from tests.helpers import (
+    FIGURE_DIR,
+    SMOKE_CONFIG,
+    SWEEPS,
+    figure_files,
+    job_counts,
+    snakemake,
+    sweep_config,
+    workflow_copy,
+)
 
 SETTINGS = {"mnist_fc", "cifar_cnn", "sst2_transformer"}
 
 RESTRICTED = {"fig05_restricted_train_loss": "train_loss", "fig06_restricted_train_acc": "train_acc",
               "fig07_restricted_test_loss": "test_loss", "fig08_restricted_test_acc": "test_acc"}
-# figure stem -> (swept run parameter, its values in the sweep config below)
-SWEEPS = {"fig10_tau_ablation_mnist_fc": ("tau", [2, 4]), "fig13_k_sweep_mnist_fc": ("K", [2, 8]),
-          "fig16_batch_sweep_mnist_fc": ("b", [16, 50])}
 COLUMNS = {
     "restricted": ["setting", "mode", "K", "tau", "b", "lr", "seed", "branch_round", "round", "step", "since_branch",
                    "quantity", "value", "change"],
@@ -33,20 +40,6 @@ COLUMNS = {
     "figX2_theory": ["tau", "direction", "eigenvalue", "measured", "stderr", "predicted", "z", "K", "b", "lr",
                      "rounds"],
 }
-
-
-def sweep_config(path):
-    """The smoke config with tiny mnist_fc sweeps instead of `main` (values shared with the main run's defaults
-    are reused runs, so this is four runs in all)."""
-    cfg = yaml.safe_load(SMOKE_CONFIG.read_text())
-    cfg["experiments"] = {
-        "tau_ablation": {"settings": ["mnist_fc"], "tau": SWEEPS["fig10_tau_ablation_mnist_fc"][1]},
-        "k_sweep": {"settings": ["mnist_fc"], "K": SWEEPS["fig13_k_sweep_mnist_fc"][1]},
-        "batch_sweep": {"settings": ["mnist_fc"], "b": SWEEPS["fig16_batch_sweep_mnist_fc"][1]},
-    }
-    cfg["figures"]["title"] = "sweep test"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,10 @@ import subprocess
 import pytest
 import yaml
 from docutils.core import publish_parts
-from wf import FIGURE_DIR, REPO, SMOKE_CONFIG
 
 from sharpgaps.pipeline.config import validate
 from sharpgaps.report import figures, plotting
+from tests.helpers import FIGURE_DIR, REPO, SMOKE_CONFIG
 
 ENSURE = REPO / "tests/browser/ensure_chromium.sh"
 WINDOW = (1280, 900)

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 import yaml
-from wf import REPO, SMOKE_CONFIG, snakemake, workflow_copy
 
 from sharpgaps.pipeline.config import ConfigError, read_yaml, validate
+from tests.helpers import REPO, SMOKE_CONFIG, snakemake, workflow_copy
 
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
 SUBSET = "results/data/mnist/subset_n1000_s0_test500.pt"

@@ -11,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from wf import FIGURE_DIR
+
+from tests.helpers import FIGURE_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]

@@ -20,9 +20,19 @@ from ..core import seeds
 from ..core.atomic import load_recomputable, load_torch, object_digest, save_torch
 from ..core.specs import GeometrySpec
 from ..engine.objective import Objective
-from . import gaps as gap_mod
-from . import metrics as M
+from .gaps import gap_covariance_spectrum, gap_subspace
 from .hessian import top_eigenpairs
+from .metrics import (
+    capture_fraction,
+    gradient_alignment,
+    oracle_removal,
+    random_removal_all,
+    random_removal_expected,
+    removal_fraction,
+    removal_total,
+    squared_cosines,
+    subspace_overlap,
+)
 
 RUN_COLUMNS = ("setting", "K", "tau", "b", "lr", "seed", "loss", "window")
 # Wall-clock rows go to the job log, not the table, so equal inputs give byte-identical tables.
@@ -55,7 +65,7 @@ def checkpoint_geometry(objective: Objective, spec: GeometrySpec, ckpt: dict, v0
     # float32 mean leaves ~eps*|theta| per entry, which would add spurious directions beyond (K-1) W.
     gaps64 = ckpt["gaps"].to(dev, torch.float64)
     G = (gaps64 - gaps64.mean(dim=1, keepdim=True)).reshape(-1, d)
-    U_all, s = gap_mod.gap_subspace(G)
+    U_all, s = gap_subspace(G)
     rank = U_all.shape[1]
     base = {"round": ckpt["round"], "step": ckpt["step"]}
     rows = []
@@ -64,11 +74,11 @@ def checkpoint_geometry(objective: Objective, spec: GeometrySpec, ckpt: dict, v0
     rows += _rows(base, "n_hvp", eig.n_hvp)
     rows += _rows(base, "eig_seconds", eig.seconds)
     rows += _rows(base, "eig_converged", float(eig.converged))
-    rows += _rows(base, "chi_k", M.gradient_alignment(g, V))
+    rows += _rows(base, "chi_k", gradient_alignment(g, V))
     rows += _rows(base, "grad_norm", float(g.norm()))
     rows += _rows(base, "hessian_loss", hvp.loss())
     rows += _rows(base, "gap_rank", rank)
-    rows += _rows(base, "gap_cov_eig", gap_mod.gap_covariance_spectrum(G, k=min(rank, 2 * spec.k)).cpu().numpy())
+    rows += _rows(base, "gap_cov_eig", gap_covariance_spectrum(G, k=min(rank, 2 * spec.k)).cpu().numpy())
     rows += _rows(base, "worker_gap_norm", np.asarray(ckpt["worker_gap_norms"]))
     for key, value in ckpt["metrics"].items():
         if key not in ("round", "step"):
@@ -76,25 +86,25 @@ def checkpoint_geometry(objective: Objective, spec: GeometrySpec, ckpt: dict, v0
     gen = torch.Generator(device="cpu").manual_seed(seeds.linear(spec.seed, seeds.RANDOM_REMOVAL, ckpt["round"]))
     # m = k always: the sweeps compare their runs at that fixed dimension (and at the grid's smallest rank)
     ms = sorted({m for m in (*spec.m_list, spec.k) if m <= rank} | ({rank} if spec.m_rank and rank else set()))
-    chi2 = M.gradient_alignment(g, V) ** 2
-    rand = M.random_removal_all(g.cpu(), V.cpu(), ms, gen, spec.random_draws)
+    chi2 = gradient_alignment(g, V) ** 2
+    rand = random_removal_all(g.cpu(), V.cpu(), ms, gen, spec.random_draws)
     for m in ms:
         U = U_all[:, :m]
-        rows += _rows(base, "removal", M.removal_fraction(g, V, U), m=m)
-        rows += _rows(base, "removal_total", M.removal_total(g, V, U), m=m)
-        rows += _rows(base, "capture", M.capture_fraction(g, V, U), m=m)
-        rows += _rows(base, "overlap", M.subspace_overlap(V, U), m=m)
-        rows += _rows(base, "oracle_removal", M.oracle_removal(g, V, m), m=m)
+        rows += _rows(base, "removal", removal_fraction(g, V, U), m=m)
+        rows += _rows(base, "removal_total", removal_total(g, V, U), m=m)
+        rows += _rows(base, "capture", capture_fraction(g, V, U), m=m)
+        rows += _rows(base, "overlap", subspace_overlap(V, U), m=m)
+        rows += _rows(base, "oracle_removal", oracle_removal(g, V, m), m=m)
         rows += _rows(base, "random_removal", float(rand[m].mean()), m=m)
-        rows += _rows(base, "random_removal_expected", M.random_removal_expected(m, d, spec.k, chi2), m=m)
+        rows += _rows(base, "random_removal_expected", random_removal_expected(m, d, spec.k, chi2), m=m)
     # cos^2(u_i, g) of the top gap directions: a u_1 close to g itself removes g's dominant part at m = 1
     lead = min(GRAD_COS_TOP, rank)
     if lead:
-        rows += _rows(base, "gap_grad_sqcos", M.squared_cosines(U_all[:, :lead], (g / g.norm())[:, None])[:, 0]
+        rows += _rows(base, "gap_grad_sqcos", squared_cosines(U_all[:, :lead], (g / g.norm())[:, None])[:, 0]
                       .cpu().numpy())
     top = min(spec.cos_top, rank)
     if top:
-        cos = M.squared_cosines(U_all[:, :top], V).cpu().numpy()
+        cos = squared_cosines(U_all[:, :top], V).cpu().numpy()
         rows += [{**base, "metric": "sqcos", "m": np.nan, "i": i, "j": j, "value": float(cos[i, j])}
                  for i in range(top) for j in range(spec.k)]
     return rows, eig.vectors, g

@@ -87,9 +87,13 @@ def configs(df: pd.DataFrame, setting: str) -> list[pd.DataFrame]:
     return [g for _, g in sel.groupby(keys, sort=False)]
 
 
-def k_of(geometry: pd.DataFrame) -> dict:
-    """k (= classes) per setting: the number of Hessian-eigenvector columns j of the squared cosines."""
-    cos = geometry[geometry["metric"] == "sqcos"]
+def k_by_setting(table: pd.DataFrame) -> dict:
+    """k (= classes: the Hessian eigenvectors spanning V_k) per setting, of a geometry table (the squared
+    cosines' columns j) or an estimator table (its `k` rows)."""
+    if "estimator" in table:
+        rows = table[table["metric"] == "k"]
+        return {s: int(g["value"].max()) for s, g in rows.groupby("setting")}
+    cos = table[table["metric"] == "sqcos"]
     return {s: int(g["j"].max() + 1) for s, g in cos.groupby("setting")}
 
 

@@ -23,7 +23,7 @@ from IPython.display import Image, Markdown, display  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from ..core import atomic  # noqa: E402
-from .evidence import k_of, late_rounds  # noqa: E402
+from .evidence import k_by_setting, late_rounds  # noqa: E402
 
 sns.set_theme(context="paper", style="whitegrid", font_scale=1.15)
 plt.rcParams.update({"axes.titlesize": 11, "legend.fontsize": 9, "legend.title_fontsize": 9})
@@ -152,7 +152,7 @@ def common_m(g: pd.DataFrame, by: str) -> tuple[int | None, str | None]:
     common = set.intersection(*map(set, runs)) if runs else set()
     ranks = {int(m.max()) for m in runs}
 
-    k = next(iter(k_of(g).values()), None)  # g holds one setting
+    k = next(iter(k_by_setting(g).values()), None)  # g holds one setting
     if k in common:
         return k, f"m = k = {k}"
     cand = sorted(m for m in common if not (len(ranks) == 1 and m in ranks))

@@ -14,9 +14,8 @@ import numpy as np
 import pandas as pd
 
 from ..core.atomic import read_frame, save_text
-from ..studies.estimators import k_of as est_k
 from ..studies.mechanism import fit_exponent, vk_share
-from .evidence import MissingEvidence, Stat, claim, configs, fmt, k_of, late_rounds, per_seed, stat
+from .evidence import MissingEvidence, Stat, claim, configs, fmt, k_by_setting, late_rounds, per_seed, stat
 
 # How the restricted-training verdicts read the loss progress ratio r = (L_branch - L_mode) / (L_branch -
 # L_LocalSGD), per seed: "stalls" below STALLS, "tracks Local SGD" at or above TRACKS (docs/FIDELITY.md).
@@ -223,7 +222,7 @@ def _estimator_rows(est: pd.DataFrame, setting: str) -> tuple[int, list[dict]]:
     """(k, one dict per estimator variant of a setting: name, overlap/capture/removal/angle Stats at m = k and at
     each seed's last checkpoint, the overlap over the late third, extra cost, memory, rank)."""
     run = configs(est, setting)[0]
-    k = est_k(run)[setting]
+    k = k_by_setting(run)[setting]
     out = []
     for (name, j), g in run.groupby(["estimator", run["j"].fillna(0).astype(int)], sort=False):
         if "rank" not in set(g["metric"]):  # per-checkpoint bookkeeping rows (k, rho), not an estimate
@@ -328,6 +327,10 @@ def _not_run(table: str, stage: str) -> tuple[str, str]:
     return (f"not run: no `{table}` table given to `summary` (no {stage} stage in this run)", "**not run**")
 
 
+# claim -> (its stage's entry in write_results' numbers, the table that stage reads)
+CLAIM_STAGES = {"a": ("headline", "main"), "b": ("estimators", "estimators"), "c": ("mechanism", "mechanism"),
+                "d": ("tau", "tau_ablation"), "e": ("restricted", "restricted")}
+
 CLAIMS = (
     ("a", f"{PAPER} The worker-average gaps concentrate along the sharp, top-Hessian directions.", "1, 2, 9"),
     ("b", f"{PAPER} The gap subspace is \"a cheap Hessian-free estimator of the dominant subspace\".", "X3"),
@@ -348,11 +351,12 @@ def claim_rows(numbers: dict) -> list[dict]:
     rows = []
     for key, wording, figs in CLAIMS:
         rule, cells, verdicts = "", [], []
+        stage, table = CLAIM_STAGES[key]
+        if numbers.get(stage) is None:
+            cells, verdict = _not_run(table, table)
         if key == "a":
             rule = ("gap removal vs random removal at m = k, final checkpoint: supported when the whole gap band "
                     "(mean ± sd over seeds) lies above the random band, contradicted when at or below it")
-            if numbers.get("headline") is None:
-                cells, verdict = _not_run("main", "main")
             for r in numbers.get("headline") or []:
                 if r["at_k"]:
                     cells.append(claim(f"{r['setting']} (m = {r['m']}): removal {{gap}} vs random {{rand}}, "
@@ -362,8 +366,6 @@ def claim_rows(numbers: dict) -> list[dict]:
             rule = ("overlap with V_k at m = k, final checkpoint, gap subspace vs a random subspace: supported when "
                     "the whole gap band lies above the random band, contradicted when at or below it; the rank is "
                     "among the estimators at no extra gradient (by-products of Local SGD)")
-            if numbers.get("estimators") is None:
-                cells, verdict = _not_run("estimators", "estimators")
             for setting, (k, est) in (numbers.get("estimators") or {}).items():
                 gap = next((r for r in est if r["estimator"] == "gap"), None)
                 rand = next((r for r in est if r["estimator"] == "random"), None)
@@ -386,8 +388,6 @@ def claim_rows(numbers: dict) -> list[dict]:
                     f"supported when the whole band is <= {fmt(MECH_FITS)} (within a factor 2), contradicted when it "
                     f"is >= {fmt(MECH_FAILS)} (a factor 10 or more), else not settled; gamma (c_j ~ lambda_j^gamma, "
                     "late third) is reported, not judged")
-            if numbers.get("mechanism") is None:
-                cells, verdict = _not_run("mechanism", "mechanism")
             for setting, n in (numbers.get("mechanism") or {}).get("main", {}).items():
                 cells.append(claim(f"{setting}: median abs log10 {{med}}, signed {{signed}}, gamma {{g}}",
                                    med=n["med"], signed=n["signed"], g=n["gamma"]))
@@ -399,8 +399,6 @@ def claim_rows(numbers: dict) -> list[dict]:
             rule = ("gap removal at a fixed m (k, or the smallest gap rank of the grid), final checkpoint, smallest vs "
                     "largest tau: supported when the whole band at the largest tau lies below the band at the "
                     "smallest, contradicted when above it, else not settled")
-            if numbers.get("tau") is None:
-                cells, verdict = _not_run("tau_ablation", "tau_ablation")
             for setting in dict.fromkeys(r["setting"] for r in numbers.get("tau") or []):
                 sel = [r for r in numbers["tau"] if r["setting"] == setting]
                 m = min(r["m"] for r in sel)
@@ -420,8 +418,6 @@ def claim_rows(numbers: dict) -> list[dict]:
             rule = (f"Dom-restricted training's share of plain Local SGD's train-loss drop since the branch, per seed: "
                     f"supported when the whole band is >= {STALLS}, not supported when below it, else not settled "
                     "by these seeds (the verdict of the restricted section)")
-            if numbers.get("restricted") is None:
-                cells, verdict = _not_run("restricted", "restricted")
             for r in numbers.get("restricted") or []:
                 cells.append(claim(f"{r['setting']}: Dom {{dom}}, Bulk {{bulk}} of Local SGD's drop", dom=r["dom"],
                                    bulk=r["bulk"]))
@@ -462,7 +458,7 @@ def readme_block(tables: dict[str, Path], results_path: str) -> str:
     """The README's headline numbers: the same tables and claim sentences as RESULTS.md (so every number in
     the README is one of RESULTS.md's), without the per-checkpoint detail."""
     main = read_frame(tables["main"])
-    _, claims = headline(main, k_of(main))
+    _, claims = headline(main, k_by_setting(main))
     parts = [f"Generated from the committed tables by `make fidelity` (the same numbers as [{Path(results_path).name}]"
              f"({results_path})); mean ± sd over seeds (n).", "", "Trained regime at the final checkpoint:", "",
              trained_regime(main), "", "Gap subspace against a random subspace and the Hessian oracle:", "", *claims]
@@ -482,8 +478,8 @@ def stage_numbers(frames: dict[str, pd.DataFrame | None]) -> dict:
     was not given)."""
     main, tau, restricted = frames.get("main"), frames.get("tau_ablation"), frames.get("restricted")
     est, mech = frames.get("estimators"), frames.get("mechanism")
-    return {"headline": None if main is None else headline_numbers(main, k_of(main)),
-            "tau": None if tau is None else sweep_numbers(tau, "tau", k_of(tau)),
+    return {"headline": None if main is None else headline_numbers(main, k_by_setting(main)),
+            "tau": None if tau is None else sweep_numbers(tau, "tau", k_by_setting(tau)),
             "restricted": None if restricted is None else restricted_numbers(restricted),
             "estimators": None if est is None or est.empty else estimator_numbers(est),
             "mechanism": None if mech is None or mech.empty else mechanism_numbers(mech)}
@@ -506,7 +502,7 @@ def write_results(tables: dict[str, Path], out: Path, title: str) -> str:
              "alone for one seed); the sections below hold the same numbers in full.", "",
              claim_table(numbers), ""]
     if main is not None:
-        table, claims = headline(main, k_of(main), numbers["headline"])
+        table, claims = headline(main, k_by_setting(main), numbers["headline"])
         parts += ["## Trained regime (Figs 3-4): final checkpoint of each `main` run", "",
                   trained_regime(main), "",
                   "## Headline (Figs 1-9): the gap subspace vs a random subspace", "",
@@ -522,7 +518,7 @@ def write_results(tables: dict[str, Path], out: Path, title: str) -> str:
         df = frames.get(name)
         if df is not None:
             parts += [f"## Figs {figs}: {name} (removal vs {axis}, at fixed m)", "",
-                      sweep(df, axis, k_of(df), numbers["tau"] if name == "tau_ablation" else None), ""]
+                      sweep(df, axis, k_by_setting(df), numbers["tau"] if name == "tau_ablation" else None), ""]
     if restricted is not None and not restricted.empty:
         parts += ["## Figs 5-8 and the gap-restricted variant: restricted training", "",
                   f"{SONG} Dom-restricted training stalls and Bulk-restricted training matches plain Local SGD.",

@@ -38,8 +38,8 @@ from ..core import seeds
 from ..core.atomic import load_recomputable, load_torch, object_digest, save_torch
 from ..core.flat import flatten
 from ..core.specs import EstimatorSpec, RunSpec
-from ..curvature import gaps as gap_mod
-from ..curvature import metrics as M
+from ..curvature.gaps import gap_subspace, orthonormalise
+from ..curvature.metrics import capture_fraction, prefix_metrics, removal_fraction, subspace_overlap
 from ..engine.localsgd import SimulatedLocalSGD
 from ..engine.objective import Objective
 
@@ -62,7 +62,7 @@ def pca_basis(X: torch.Tensor, centred: bool) -> torch.Tensor:
         return torch.zeros(X.shape[1], 0, dtype=torch.float64, device=X.device)
     if centred:
         X = X - X.mean(dim=0, keepdim=True)
-    U, _ = gap_mod.gap_subspace(X)
+    U, _ = gap_subspace(X)
     return U
 
 
@@ -70,7 +70,7 @@ def gap_estimate(gaps: torch.Tensor) -> torch.Tensor:
     """The gap subspace exactly as geometry.py forms it: each round's K gaps re-centred in float64."""
     gaps64 = gaps.to(torch.float64)
     G = (gaps64 - gaps64.mean(dim=1, keepdim=True)).reshape(-1, gaps.shape[-1])
-    return gap_mod.gap_subspace(G)[0]
+    return gap_subspace(G)[0]
 
 
 def update_estimate(averages: torch.Tensor) -> torch.Tensor:
@@ -91,7 +91,7 @@ def noise_estimate(grads: torch.Tensor) -> torch.Tensor:
 
 def random_basis(d: int, m: int, generator: torch.Generator) -> torch.Tensor:
     """A Haar-random m-dim subspace of R^d: the Q factor (R's diagonal positive) of a seeded Gaussian."""
-    return gap_mod.orthonormalise(torch.randn(d, m, generator=generator, dtype=torch.float64))
+    return orthonormalise(torch.randn(d, m, generator=generator, dtype=torch.float64))
 
 
 def _orth_against(W: torch.Tensor, Q: torch.Tensor | None) -> torch.Tensor:
@@ -154,8 +154,8 @@ def max_principal_angle(V: torch.Tensor, U: torch.Tensor) -> float:
 
 def quality(g: torch.Tensor, Vk: torch.Tensor, U: torch.Tensor) -> dict[str, float]:
     """overlap, capture, removal (sharpgaps.curvature.metrics) and the largest principal angle of U against V_k."""
-    return {"overlap": M.subspace_overlap(Vk, U), "capture": M.capture_fraction(g, Vk, U),
-            "removal": M.removal_fraction(g, Vk, U), "max_angle_deg": max_principal_angle(Vk, U)}
+    return {"overlap": subspace_overlap(Vk, U), "capture": capture_fraction(g, Vk, U),
+            "removal": removal_fraction(g, Vk, U), "max_angle_deg": max_principal_angle(Vk, U)}
 
 
 def cost(minibatch_grads: int = 0, b: int = 0, n_hvp: int = 0, n_hessian: int = 0, n_train: int = 1,
@@ -346,7 +346,7 @@ def checkpoint_estimators(objective: Objective, spec: EstimatorSpec, ckpt: dict,
     def emit(name, U, extra_cost, memory_vectors, j=np.nan, vector_bytes=BYTES):
         out = [_rows(base, name, "rank", U.shape[1], j=j), _rows(base, name, "extra_cost", extra_cost, j=j),
                _rows(base, name, "memory_bytes", memory_vectors * d * vector_bytes, j=j)]
-        for m, q in M.prefix_metrics(g, Vk, U, {*spec.m_list, k}).items():
+        for m, q in prefix_metrics(g, Vk, U, {*spec.m_list, k}).items():
             out += [_rows(base, name, metric, v, m=m, j=j) for metric, v in q.items()]
         return out
 
@@ -373,12 +373,6 @@ def checkpoint_estimators(objective: Objective, spec: EstimatorSpec, ckpt: dict,
     print(f"round {base['round']} seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in clock.items()),
           file=sys.stderr, flush=True)
     return rows
-
-
-def k_of(table: pd.DataFrame) -> dict:
-    """k (the Hessian eigenvectors spanning V_k, = classes) per setting of an estimator table."""
-    rows = table[table["metric"] == "k"]
-    return {s: int(g["value"].max()) for s, g in rows.groupby("setting")}
 
 
 def _cache_key(objective: Objective, spec: EstimatorSpec, ckpt: dict, vectors: np.ndarray, k: int,

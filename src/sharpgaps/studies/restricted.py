@@ -32,7 +32,7 @@ from tqdm import tqdm
 from ..core import seeds
 from ..core.atomic import load_recomputable, save_frame, save_torch
 from ..core.specs import RestrictSpec, RunSpec
-from ..curvature import gaps as gap_mod
+from ..curvature.gaps import gap_subspace
 from ..curvature.geometry import Progress
 from ..curvature.hessian import top_eigenpairs
 from ..engine.localsgd import SimulatedLocalSGD, evaluate
@@ -128,7 +128,7 @@ def _gap_basis(ctl: Restricted, theta) -> torch.Tensor:
     gaps = ctl.probe(theta, record_gradients=False)
     G = torch.cat(gaps)
     G = G - G.view(ctl.spec.window, ctl.run.K, -1).mean(1).repeat_interleave(ctl.run.K, 0)
-    return gap_mod.gap_subspace(G, m_max=ctl.spec.gap_dim)[0].to(torch.float32)
+    return gap_subspace(G, m_max=ctl.spec.gap_dim)[0].to(torch.float32)
 
 
 def _gradient_basis(ctl: Restricted, theta) -> torch.Tensor:

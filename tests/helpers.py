@@ -13,6 +13,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 SMOKE_CONFIG = REPO / ".test/config.yaml"
 FIGURE_DIR = yaml.safe_load(SMOKE_CONFIG.read_text())["figures"]["dir"]  # where the smoke scale's figures go
+# figure stem -> (swept run parameter, its values in the sweep config below)
+SWEEPS = {"fig10_tau_ablation_mnist_fc": ("tau", [2, 4]), "fig13_k_sweep_mnist_fc": ("K", [2, 8]),
+          "fig16_batch_sweep_mnist_fc": ("b", [16, 50])}
 
 
 def snakemake(workdir, *args, config=SMOKE_CONFIG, snakefile=REPO / "Snakefile", check=True, env=None) -> str:
@@ -83,3 +86,36 @@ def check_notebook(path):
     assigned = {t.id for node in ast.parse(tagged[0].source).body if isinstance(node, ast.Assign) for t in node.targets}
     assert declared == assigned  # papermill parses every line (it skips some it cannot read, e.g. '=' in comments)
     return nb, declared
+
+
+def sweep_config(path):
+    """The smoke config with tiny mnist_fc sweeps instead of `main` (values shared with the main run's defaults
+    are reused runs, so this is four runs in all)."""
+    cfg = yaml.safe_load(SMOKE_CONFIG.read_text())
+    cfg["experiments"] = {
+        "tau_ablation": {"settings": ["mnist_fc"], "tau": SWEEPS["fig10_tau_ablation_mnist_fc"][1]},
+        "k_sweep": {"settings": ["mnist_fc"], "K": SWEEPS["fig13_k_sweep_mnist_fc"][1]},
+        "batch_sweep": {"settings": ["mnist_fc"], "b": SWEEPS["fig16_batch_sweep_mnist_fc"][1]},
+    }
+    cfg["figures"]["title"] = "sweep test"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def mini_config(path):
+    """The minimal DAG: the smoke config with one setting (mnist_fc) and one seed. Every rule of the smoke DAG
+    still runs (train, geometry, restricted, theory, estimators, mechanism, figures, RESULTS.md), in about a
+    quarter of its time: the fault-injection tests and the --cores 1 comparison work on it."""
+    cfg = yaml.safe_load(SMOKE_CONFIG.read_text())
+    cfg["settings"] = {"mnist_fc": {**cfg["settings"]["mnist_fc"], "train": {"seeds": [0]}}}
+    cfg["experiments"]["main"]["settings"] = ["mnist_fc"]
+    cfg["figures"]["title"] = "minimal DAG"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_dag(work, config, cores: int = 8):
+    """`snakemake all` of ``config`` in ``work`` (more jobs than cores by default); fails the test with the
+    tail of Snakemake's output if it fails."""
+    snakemake(work, "--cores", str(cores), "all", config=config)
+    return work
