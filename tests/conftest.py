@@ -71,7 +71,7 @@ def smoke_report(smoke, tmp_path_factory) -> Path:
 # A test that starts Snakemake, directly or through one of these fixtures, is a workflow test: `pytest -m "not
 # workflow"` leaves every such test out (README, "Tests"). Marked here, so a new test cannot forget it.
 WORKFLOW_FIXTURES = {"smoke", "smoke_report", "mini", "damaged", "sweeps"}
-STARTS_SNAKEMAKE = re.compile(r"\bsnakemake\(|[\"']snakemake[\"']|\bSNAKEMAKE\b|\b_kill_when\(|\brun_dag\(|snakefmt|run_slurm_test")
+STARTS_SNAKEMAKE = re.compile(r"\bsnakemake\(|[\"']snakemake[\"']|\bSNAKEMAKE\b|\b_kill_when\(|\brun_dag\(|snakefmt|run_slurm_test|benchmarks/run\.py")
 
 
 def pytest_collection_modifyitems(config, items):
