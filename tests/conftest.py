@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import SMOKE_CONFIG, mini_config, run_dag, snakemake
+from tests.helpers import MINI_TARGETS, SMOKE_CONFIG, mini_config, run_dag, snakemake
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,11 +50,11 @@ def smoke(tmp_path_factory, data_dir):
 
 @pytest.fixture(scope="session")
 def mini(tmp_path_factory, data_dir):
-    """(workdir, config) of the minimal DAG (tests.helpers.mini_config) built once per session with --cores 8:
+    """(workdir, config) of the minimal DAG (tests.helpers.MINI_TARGETS) built once per session with --cores 8:
     the fault-injection tests damage copies of it, and the --cores 1 test compares a serial run with it."""
     base = tmp_path_factory.mktemp("mini")
     config = mini_config(base / "config.yaml")
-    return run_dag(base / "w", config), config
+    return run_dag(base / "w", config, MINI_TARGETS), config
 
 
 @pytest.fixture(scope="session")
@@ -68,15 +68,17 @@ def smoke_report(smoke, tmp_path_factory) -> Path:
     return base / "report.html"
 
 
-# A test that starts Snakemake, directly or through one of these fixtures, is a workflow test: `pytest -m "not
-# workflow"` leaves every such test out (README, "Tests"). Marked here, so a new test cannot forget it.
-WORKFLOW_FIXTURES = {"smoke", "smoke_report", "mini", "damaged", "sweeps"}
-STARTS_SNAKEMAKE = re.compile(r"\bsnakemake\(|[\"']snakemake[\"']|\bSNAKEMAKE\b|\b_kill_when\(|\brun_dag\(|snakefmt|run_slurm_test|benchmarks/run\.py")
+# A test that starts Snakemake or another pipeline process (a job's CLI, torchrun), directly or through one of
+# these fixtures, is a workflow test: `pytest -m "not workflow"` keeps the in-process library tests only (README,
+# "Tests"). Marked here, so a new test cannot forget it.
+WORKFLOW_FIXTURES = {"smoke", "smoke_report", "mini", "damaged", "sweeps", "distributed"}
+STARTS_PROCESSES = re.compile(r"\bsnakemake\(|[\"']snakemake[\"']|\bSNAKEMAKE\b|\b_kill_when\(|\brun_dag\(|snakefmt"
+                              r"|run_slurm_test|benchmarks/run\.py|[\"']-m[\"'], [\"']sharpgaps|_cli_train\(|_torchrun_cmd\(")
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         function = getattr(item, "function", None)
         source = inspect.getsource(function) if function is not None else ""
-        if WORKFLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or STARTS_SNAKEMAKE.search(source):
+        if WORKFLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or STARTS_PROCESSES.search(source):
             item.add_marker(pytest.mark.workflow)

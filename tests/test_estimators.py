@@ -153,6 +153,12 @@ def test_cost_accounting():
 
 # ----------------------------------------------------------------------------- on a real (tiny) run
 
+
+def _objective(model, x, y, gspec: GeometrySpec) -> Objective:
+    """The run's objective with the geometry job's Hessian sample and chunking."""
+    return Objective(model, LOSS, x, y, **gspec.objective_options())
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, mnist_small):
     work = tmp_path_factory.mktemp("estrun")
@@ -200,10 +206,10 @@ def test_stage_rows_determinism_and_resume(run, mnist_small, tmp_path):
     gspec = GeometrySpec(k=10, extra=2, hessian_examples=200, m_list=(1, 2), random_draws=2, cos_top=2)
     espec = EstimatorSpec(m_list=(1, 2, 12), krylov_hvps=(10, 20))
     ckpts = list_checkpoints(work / CKPT_DIR)
-    vecs = checkpoint_eigenvectors(Objective(model, LOSS, x, y, **gspec.objective_options()), gspec, ckpts, tmp_path / "geom")
-    a = E.run_estimators(Objective(model, LOSS, x, y, **gspec.objective_options()), espec, ckpts, vecs, spec, tmp_path / "a", k=gspec.k)
-    b = E.run_estimators(Objective(model, LOSS, x, y, **gspec.objective_options()), espec, ckpts, vecs, spec, tmp_path / "b", k=gspec.k)
-    c = E.run_estimators(Objective(model, LOSS, x, y, **gspec.objective_options()), espec, ckpts, vecs, spec, tmp_path / "a", k=gspec.k)  # from the cache
+    vecs = checkpoint_eigenvectors(_objective(model, x, y, gspec), gspec, ckpts, tmp_path / "geom")
+    a = E.run_estimators(_objective(model, x, y, gspec), espec, ckpts, vecs, spec, tmp_path / "a", k=gspec.k)
+    b = E.run_estimators(_objective(model, x, y, gspec), espec, ckpts, vecs, spec, tmp_path / "b", k=gspec.k)
+    c = E.run_estimators(_objective(model, x, y, gspec), espec, ckpts, vecs, spec, tmp_path / "a", k=gspec.k)  # from the cache
     det = lambda df: df[~df["metric"].isin(E.TIMING_METRICS)].reset_index(drop=True)  # noqa: E731
     assert det(a).equals(det(b)) and a.equals(c)
     assert set(a["estimator"]) == set(E.ESTIMATORS) and sorted(set(a["round"])) == [5, 14]
@@ -237,7 +243,7 @@ def test_stage_reuses_the_geometry_jobs_gradient(run, mnist_small, tmp_path):
     gspec = GeometrySpec(k=10, extra=2, hessian_examples=200, m_list=(1, 2), random_draws=2, cos_top=2)
     espec = EstimatorSpec(m_list=(1, 2, 12), krylov_hvps=(10,))
     ckpts = list_checkpoints(work / CKPT_DIR)
-    cache = checkpoint_cache(Objective(model, LOSS, x, y, **gspec.objective_options()), gspec, ckpts, tmp_path / "geom")
+    cache = checkpoint_cache(_objective(model, x, y, gspec), gspec, ckpts, tmp_path / "geom")
     for path in ckpts:
         ckpt = load_torch(path)
         theta = unflatten(ckpt["theta"], dict(model.named_parameters()))
@@ -246,15 +252,15 @@ def test_stage_reuses_the_geometry_jobs_gradient(run, mnist_small, tmp_path):
         assert cached.shape == g.shape and torch.allclose(cached, g, rtol=1e-5, atol=1e-7)
     vecs = {r: c["vectors"] for r, c in cache.items()}
     grads = {r: c["gradient"] for r, c in cache.items()}
-    given = E.run_estimators(Objective(model, LOSS, x, y, **gspec.objective_options()), espec, ckpts, vecs, spec, tmp_path / "a", k=gspec.k, gradients=grads)
-    own = E.run_estimators(Objective(model, LOSS, x, y, **gspec.objective_options()), espec, ckpts, vecs, spec, tmp_path / "b", k=gspec.k)
+    given = E.run_estimators(_objective(model, x, y, gspec), espec, ckpts, vecs, spec, tmp_path / "a", k=gspec.k, gradients=grads)
+    own = E.run_estimators(_objective(model, x, y, gspec), espec, ckpts, vecs, spec, tmp_path / "b", k=gspec.k)
     q = lambda df: df[df["metric"].isin(["overlap", "capture", "removal"])].reset_index(drop=True)  # noqa: E731
     assert np.allclose(q(given)["value"], q(own)["value"], rtol=1e-4, atol=1e-6)
     entry = tmp_path / "geom" / f"{ckpts[0].stem}.geom.pt"
     old = load_torch(entry)
     del old["gradient"]
     save_torch(old, entry)
-    again = checkpoint_cache(Objective(model, LOSS, x, y, **gspec.objective_options()), gspec, ckpts, tmp_path / "geom")
+    again = checkpoint_cache(_objective(model, x, y, gspec), gspec, ckpts, tmp_path / "geom")
     assert torch.equal(again[int(load_torch(ckpts[0])["round"])]["gradient"], grads[int(load_torch(ckpts[0])["round"])])
     assert "gradient" in load_torch(entry)
 
@@ -301,16 +307,16 @@ def test_format1_checkpoints_replay_from_the_previous_one_or_skip_the_histories(
         save_torch({k: v for k, v in ck.items() if k not in ("theta_history", "history_rounds", "_sha256")},
                    old_dir / p.name)
     old = list_checkpoints(old_dir)
-    vecs = checkpoint_eigenvectors(Objective(model, LOSS, x, y, **gspec.objective_options()), gspec, new, tmp_path / "geom")
+    vecs = checkpoint_eigenvectors(_objective(model, x, y, gspec), gspec, new, tmp_path / "geom")
     det = lambda df: df[~df["metric"].isin(E.TIMING_METRICS)].reset_index(drop=True)  # noqa: E731
     one = EstimatorSpec(m_list=(1, 2), krylov_hvps=(10,), last_checkpoints=1)
-    ref = det(E.run_estimators(Objective(model, LOSS, x, y, **gspec.objective_options()), one, new, vecs, spec, tmp_path / "new", k=gspec.k))
-    replayed = det(E.run_estimators(Objective(model, LOSS, x, y, **gspec.objective_options()), one, old, vecs, spec, tmp_path / "old_e", k=gspec.k))
+    ref = det(E.run_estimators(_objective(model, x, y, gspec), one, new, vecs, spec, tmp_path / "new", k=gspec.k))
+    replayed = det(E.run_estimators(_objective(model, x, y, gspec), one, old, vecs, spec, tmp_path / "old_e", k=gspec.k))
     same = lambda df: df[df["metric"] != "replayed_rounds"].reset_index(drop=True)  # noqa: E731  (1 vs 9 rounds)
     assert same(ref).equals(same(replayed))
     assert set(replayed.loc[replayed["metric"] == "replayed_rounds", "value"]) == {9.0}  # from round 5 to 14
     skip = EstimatorSpec(m_list=(1, 2), krylov_hvps=(10,), last_checkpoints=1, max_replay_rounds=0)
-    skipped = det(E.run_estimators(Objective(model, LOSS, x, y, **gspec.objective_options()), skip, old, vecs, spec, tmp_path / "skip", k=gspec.k))
+    skipped = det(E.run_estimators(_objective(model, x, y, gspec), skip, old, vecs, spec, tmp_path / "skip", k=gspec.k))
     hist = skipped["estimator"].isin(["update", "gradhist"])
     assert (skipped.loc[hist & (skipped["metric"] == "rank"), "value"] == 0).all()
     assert not (hist & skipped["metric"].isin(["overlap", "capture"])).any()

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from sharpgaps.studies.estimators import TIMING_METRICS
-from tests.helpers import FIGURE_DIR, REPO, SMOKE_CONFIG, snakemake
+from tests.helpers import FIGURE_DIR, MINI_TARGETS, REPO, SMOKE_CONFIG, run_dag, snakemake
 
 MNIST_RUN = "results/runs/mnist_fc/K8_tau4_b50_lr0.05_mse_T96_W2_s0"
 # wall-clock columns: the restricted tables', and the estimator figures' extra cost (it prices an HVP by the
@@ -296,8 +296,7 @@ def test_no_two_jobs_write_the_same_place(tmp_path):
 def test_cores_1_gives_the_same_results_as_cores_8(mini, tmp_path):
     """The minimal DAG ran with --cores 8 (more jobs than cores); a serial run must match it bitwise."""
     ref, config = mini  # the reference run and its config
-    work = tmp_path / "serial"
-    snakemake(work, "--cores", "1", "all", config=config)
+    work = run_dag(tmp_path / "serial", config, MINI_TARGETS, cores=1)
     for pattern in ("*.parquet", "*.pt", "*.csv"):
         _same_files(ref / "results/runs", work / "results/runs", pattern)
     _same_files(ref / "results/tables", work / "results/tables", "*.parquet")

@@ -8,9 +8,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from sharpgaps.engine.devices import no_tf32, resolve_device
 from sharpgaps.curvature.hessian import (
-    no_tf32,
-    resolve_device,
     scipy_blas_single_thread,
     start_vector,
     top_eigenpairs,

@@ -104,11 +104,16 @@ def _branch(parent, mode, tmp, **kw):
     model, spec, work = parent
     ck = torch.load(checkpoint_path(work / CKPT_DIR, 6), weights_only=False)
     rs = RestrictSpec(mode=mode, rounds=6, refresh=3, eval_every=3, k=10, m=4, window=2, **kw)
-    return restricted_run(Objective.from_subset(model, LOSS, parent_subset.s, hessian_examples=rs.hessian_examples), rs, ck, spec, tmp, progress=False)
+    return restricted_run(_objective(model, rs), rs, ck, spec, tmp, progress=False)
 
 
 class parent_subset:
     s = None
+
+
+def _objective(model, rs: RestrictSpec) -> Objective:
+    """The parent run's objective with the restricted spec's Hessian sample."""
+    return Objective.from_subset(model, LOSS, parent_subset.s, hessian_examples=rs.hessian_examples)
 
 
 @pytest.fixture(autouse=True)
@@ -139,8 +144,8 @@ def test_restricted_resume_is_bitwise(parent, tmp_path):
     model, spec, work = parent
     ck = torch.load(checkpoint_path(work / CKPT_DIR, 6), weights_only=False)
     rs = RestrictSpec(mode="bulk", rounds=6, refresh=3, eval_every=3, k=10, m=4, window=2)
-    restricted_run(Objective.from_subset(model, LOSS, parent_subset.s, hessian_examples=rs.hessian_examples), rs, ck, spec, tmp_path / "cut", stop_after_round=4, progress=False)
-    resumed = restricted_run(Objective.from_subset(model, LOSS, parent_subset.s, hessian_examples=rs.hessian_examples), rs, ck, spec, tmp_path / "cut", progress=False)
+    restricted_run(_objective(model, rs), rs, ck, spec, tmp_path / "cut", stop_after_round=4, progress=False)
+    resumed = restricted_run(_objective(model, rs), rs, ck, spec, tmp_path / "cut", progress=False)
     cols = ["round", "train_loss", "test_loss", "train_acc", "n_hvp"]
     assert full[cols].equals(resumed[cols])
 
@@ -151,7 +156,7 @@ def test_random_control_with_an_empty_basis_is_plain_local_sgd_bit_for_bit(paren
     model, spec, work = parent
     ck = torch.load(checkpoint_path(work / CKPT_DIR, 6), weights_only=False)
     rs = RestrictSpec(mode="randbulk", rounds=6, refresh=3, eval_every=3, k=0)
-    df = restricted_run(Objective.from_subset(model, LOSS, parent_subset.s, hessian_examples=rs.hessian_examples), rs, ck, spec, tmp_path / "rand", progress=False)
+    df = restricted_run(_objective(model, rs), rs, ck, spec, tmp_path / "rand", progress=False)
     a = flatten(torch.load(tmp_path / "none" / "state.pt", weights_only=False)["theta"])
     b = flatten(torch.load(tmp_path / "rand" / "state.pt", weights_only=False)["theta"])
     assert df.iloc[-1].refreshes == 2 and torch.equal(a, b)

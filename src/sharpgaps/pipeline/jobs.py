@@ -24,19 +24,17 @@ from threadpoolctl import threadpool_limits
 from ..core.atomic import CorruptFileError, OutputWriteError, load_torch, read_frame, save_frame, save_json, write_error
 from ..core.grid import run_info
 from ..core.specs import BranchSpec, EstimatorSpec, GeometrySpec, MechanismSpec, RestrictSpec, RunSpec, TheorySpec
-from ..curvature.geometry import checkpoint_cache, checkpoint_eigenvectors, run_geometry
-from ..curvature.hessian import disable_tf32, resolve_device
 from ..data import sources, subsets
 from ..data.sources import DataError
 from ..engine import losses, models
+from ..engine.devices import disable_tf32, resolve_device
 from ..engine.objective import Objective
 from ..engine.training import CKPT_DIR, DivergenceError, checkpoint_path, checkpoint_round, list_checkpoints, train_run
-from ..report.summary import README_BEGIN, README_END, readme_block, splice, write_results
-from ..studies.estimators import run_estimators, selected
-from ..studies.mechanism import run_mechanism
-from ..studies.restricted import restricted_run
-from ..studies.theory import gap_covariance_table
 from .config import ConfigError, read_yaml
+
+# Start-up: every job is a fresh process, so each step below imports its own stage (geometry, estimators,
+# restricted, theory, mechanism, summary) inside its function: importing all of them at the top cost every job
+# 1.4 s more (python -X importtime -m sharpgaps: 5.5 s against 4.1 s, mostly scipy and the stage modules).
 
 # Failures whose message names the file/key/run and the fix: shown as one line, without a traceback.
 EXPECTED_ERRORS = (DataError, DivergenceError, CorruptFileError, OutputWriteError, ConfigError)
@@ -215,6 +213,7 @@ def checkpoint_job(run: dict, subset_path, ckpt_dir, threads: int, device: str):
 
 def geometry(run: dict, params: dict, subset_path, ckpt_dir, work_dir, out, *, threads=1, device="cpu") -> None:
     """Hessian top-k and gap-subspace metrics of every checkpoint of a run (``params``: its `geometry`)."""
+    from ..curvature.geometry import run_geometry  # start-up: this job's stage only
     job, ckpts = checkpoint_job(run, subset_path, ckpt_dir, threads, device)
     spec = GeometrySpec.from_config(params, job.k)
     save_frame(run_geometry(job.objective(**spec.objective_options()), spec, ckpts, Path(work_dir)), out)
@@ -225,6 +224,8 @@ def estimators(run: dict, geometry_params: dict, params: dict, subset_path, ckpt
     """Cheap estimators of the dominant subspace against the Hessian's at every (selected) checkpoint of a run
     (``params``: the `estimators` section; ``geometry_params``/``geometry_work``/``geometry_table``: the geometry
     job's, whose cached eigenvectors are reused and whose Lanczos HVP counts price the oracle)."""
+    from ..curvature.geometry import checkpoint_cache  # start-up: this job's stage only
+    from ..studies.estimators import run_estimators, selected  # start-up: this job's stage only
     job, ckpts = checkpoint_job(run, subset_path, ckpt_dir, threads, device)
     gspec, spec = GeometrySpec.from_config(geometry_params, job.k), EstimatorSpec.from_config(params)
     objective = job.objective(**gspec.objective_options())
@@ -258,6 +259,7 @@ def restricted(run: dict, params: dict, mode: str, subset_path, ckpt_dir, geomet
                name="restricted", threads=1, device="cpu", resume_every_s=120.0) -> None:
     """A restricted run in ``mode`` branched from one of the run's checkpoints (``params``: its `restricted`
     section; ``geometry``: the run's geometry table, for the branch rule)."""
+    from ..studies.restricted import restricted_run  # start-up: this job's stage only
     set_threads(threads)
     disable_tf32()
     branch_round, why, chi = branch_point(run, params, ckpt_dir, geometry)
@@ -275,6 +277,7 @@ def restricted(run: dict, params: dict, mode: str, subset_path, ckpt_dir, geomet
 
 def theory(params: dict, out, *, threads=1) -> None:
     """The quadratic-model check of the config's `theory` section."""
+    from ..studies.theory import gap_covariance_table  # start-up: this job's stage only
     set_threads(threads)
     save_frame(gap_covariance_table(TheorySpec.from_config(params)), out)
 
@@ -284,6 +287,8 @@ def mechanism(run: dict, geometry_params: dict, params: dict, subset_path, ckpt_
     """Per-direction gap variance against the noise x curvature prediction at every checkpoint of a run
     (``params``: the config's `mechanism` section). The eigenvectors come from the geometry job's cache in
     ``geometry_work`` (recomputed there, same numbers, if missing), their eigenvalues from its table."""
+    from ..curvature.geometry import checkpoint_eigenvectors  # start-up: this job's stage only
+    from ..studies.mechanism import run_mechanism  # start-up: this job's stage only
     job, ckpts = checkpoint_job(run, subset_path, ckpt_dir, threads, device)
     gspec = GeometrySpec.from_config(geometry_params, job.k)
     spec = MechanismSpec.from_config(params, job.k)
@@ -316,9 +321,11 @@ def summary(tables: dict[str, Path], out, title: str, splice_into=None, readme=N
     """RESULTS.md from the pipeline's tables; also spliced, one heading level down, into ``splice_into``
     (e.g. docs/FIDELITY.md: measured numbers next to the claims, never typed by hand), and the headline
     block into ``readme``."""
-    text = write_results(tables, Path(out), title)
+    from ..report import summary as results  # start-up: this job's stage only
+
+    text = results.write_results(tables, Path(out), title)
     if splice_into:
-        splice(Path(splice_into), text.replace("# Results", "## Measured", 1).replace("\n## ", "\n### "))
+        results.splice(Path(splice_into), text.replace("# Results", "## Measured", 1).replace("\n## ", "\n### "))
     if readme:
         rel = os.path.relpath(Path(out), Path(readme).parent)
-        splice(Path(readme), readme_block(tables, rel), README_BEGIN, README_END)
+        results.splice(Path(readme), results.readme_block(tables, rel), results.README_BEGIN, results.README_END)
