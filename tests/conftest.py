@@ -76,9 +76,20 @@ STARTS_PROCESSES = re.compile(r"\bsnakemake\(|[\"']snakemake[\"']|\bSNAKEMAKE\b|
                               r"|run_slurm_test|benchmarks/run\.py|[\"']-m[\"'], [\"']sharpgaps|_cli_train\(|_torchrun_cmd\(")
 
 
+# pytest-xdist (`-n`, pyproject's addopts) sends each group to one worker: the tests of one shared Snakemake run
+# build it once, in order, and the torchrun tests never run beside each other.
+XDIST_GROUPS = {"smoke": "smoke", "smoke_report": "smoke", "mini": "mini", "damaged": "mini", "sweeps": "sweeps"}
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         function = getattr(item, "function", None)
         source = inspect.getsource(function) if function is not None else ""
-        if WORKFLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or STARTS_PROCESSES.search(source):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if WORKFLOW_FIXTURES & fixtures or STARTS_PROCESSES.search(source):
             item.add_marker(pytest.mark.workflow)
+        group = next((XDIST_GROUPS[f] for f in sorted(fixtures) if f in XDIST_GROUPS), None)
+        if item.path.name == "test_distributed.py":  # process groups and torchrun on local ports: one at a time
+            group = "torchrun"
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
