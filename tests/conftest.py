@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from tests.helpers import MINI_TARGETS, SMOKE_CONFIG, mini_config, run_dag, snakemake
 
@@ -39,33 +40,50 @@ def mnist_small(data_dir):
     return make_subset("mnist", data_dir, n_train=600, seed=0, test_cap=200)
 
 
+def shared_run(tmp_path_factory, name: str, build) -> Path:
+    """A Snakemake run made once per test session and shared by every pytest-xdist worker: the first worker to
+    ask builds it (``build(workdir)``) under a file lock, the others wait for it and reuse it."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's directory, above every worker's own
+    work, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            build(work)
+            done.touch()
+    return work
+
+
 @pytest.fixture(scope="session")
 def smoke(tmp_path_factory, data_dir):
     """The whole smoke DAG (`all`, .test/config.yaml) built once per session in a temp workdir with --cores 8
     (more jobs than cores). Shared by every test that reads it: read it, dry-run against it, never modify it."""
     if os.environ.get("SHARPGAPS_SMOKE_DIR"):  # local iteration: reuse a finished smoke run of this commit
         return Path(os.environ["SHARPGAPS_SMOKE_DIR"])
-    return run_dag(tmp_path_factory.mktemp("smoke"), SMOKE_CONFIG)
+    return shared_run(tmp_path_factory, "smoke", lambda work: run_dag(work, SMOKE_CONFIG))
 
 
 @pytest.fixture(scope="session")
 def mini(tmp_path_factory, data_dir):
     """(workdir, config) of the minimal DAG (tests.helpers.MINI_TARGETS) built once per session with --cores 8:
     the fault-injection tests damage copies of it, and the --cores 1 test compares a serial run with it."""
-    base = tmp_path_factory.mktemp("mini")
-    config = mini_config(base / "config.yaml")
-    return run_dag(base / "w", config, MINI_TARGETS), config
+    def build(base):
+        base.mkdir(exist_ok=True)
+        run_dag(base / "w", mini_config(base / "config.yaml"), MINI_TARGETS)
+
+    base = shared_run(tmp_path_factory, "mini", build)
+    return base / "w", base / "config.yaml"
 
 
 @pytest.fixture(scope="session")
 def smoke_report(smoke, tmp_path_factory) -> Path:
     """`snakemake all --report report.html` of the smoke run, made once per session in a hard-linked copy of
     it (the report writes Snakemake metadata; the smoke run stays untouched). Read it, never modify it."""
-    base = tmp_path_factory.mktemp("report")
-    work = base / "w"
-    shutil.copytree(smoke, work, symlinks=True, copy_function=os.link)
-    snakemake(work, "all", "--report", str(base / "report.html"))
-    return base / "report.html"
+    def build(base):
+        shutil.copytree(smoke, base / "w", symlinks=True, copy_function=os.link)
+        snakemake(base / "w", "all", "--report", str(base / "report.html"))
+
+    return shared_run(tmp_path_factory, "report", build) / "report.html"
 
 
 # A test that starts Snakemake or another pipeline process (a job's CLI, torchrun), directly or through one of
@@ -76,20 +94,9 @@ STARTS_PROCESSES = re.compile(r"\bsnakemake\(|[\"']snakemake[\"']|\bSNAKEMAKE\b|
                               r"|run_slurm_test|benchmarks/run\.py|[\"']-m[\"'], [\"']sharpgaps|_cli_train\(|_torchrun_cmd\(")
 
 
-# pytest-xdist (`-n`, pyproject's addopts) sends each group to one worker: the tests of one shared Snakemake run
-# build it once, in order, and the torchrun tests never run beside each other.
-XDIST_GROUPS = {"smoke": "smoke", "smoke_report": "smoke", "mini": "mini", "damaged": "mini", "sweeps": "sweeps"}
-
-
 def pytest_collection_modifyitems(config, items):
     for item in items:
         function = getattr(item, "function", None)
         source = inspect.getsource(function) if function is not None else ""
-        fixtures = set(getattr(item, "fixturenames", ()))
-        if WORKFLOW_FIXTURES & fixtures or STARTS_PROCESSES.search(source):
+        if WORKFLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or STARTS_PROCESSES.search(source):
             item.add_marker(pytest.mark.workflow)
-        group = next((XDIST_GROUPS[f] for f in sorted(fixtures) if f in XDIST_GROUPS), None)
-        if item.path.name == "test_distributed.py":  # process groups and torchrun on local ports: one at a time
-            group = "torchrun"
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))

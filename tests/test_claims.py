@@ -60,7 +60,7 @@ def test_a_stage_the_run_lacks_is_not_run_and_an_empty_one_fails(smoke, tmp_path
         claim_rows(stage_numbers(frames))
 
 
-def testband_verdicts_need_the_whole_band_on_one_side():
+def test_band_verdicts_need_the_whole_band_on_one_side():
     assert band_verdict(Stat(0.9, 0.05, 3), Stat(0.1, 0.05, 3)) == "supported"
     assert band_verdict(Stat(0.1, 0.05, 3), Stat(0.9, 0.05, 3)) == "contradicted"
     assert band_verdict(Stat(0.5, 0.3, 3), Stat(0.4, 0.05, 3)) == "not settled"
