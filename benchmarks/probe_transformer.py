@@ -82,15 +82,8 @@ class PreNormTransformer(Transformer):
     """The library's Transformer with pre-norm layers and a final LayerNorm before pooling."""
 
     def forward(self, tokens):
-        key_pad = tokens == self.pad_id
-        first = torch.arange(tokens.shape[-1], device=tokens.device) == 0
-        attend_pad = key_pad & ~(key_pad.all(-1, keepdim=True) & first)
-        x = self.embed(tokens) + self.positions[: tokens.shape[-1]]
-        for layer in self.layers:
-            x = layer(x, attend_pad)
-        x = self.final_norm(x)
-        keep = (~key_pad).unsqueeze(-1).to(x.dtype)
-        return self.out((x * keep).sum(1) / keep.sum(1).clamp_min(1.0))
+        x, key_pad = self.encode(tokens)
+        return self.pool(self.final_norm(x), key_pad)
 
 
 def make_model(cfg: dict, meta: dict, seed: int) -> nn.Module:

@@ -115,7 +115,8 @@ class Transformer(nn.Module):
         n = max(1, int(self.real_lengths(tokens).max())) if len(tokens) else tokens.shape[-1]
         return tokens[:, :n] if n < tokens.shape[-1] else tokens
 
-    def forward(self, tokens):
+    def encode(self, tokens):
+        """The encoder's output per position (before pooling) and the padding mask."""
         key_pad = tokens == self.pad_id
         # An all-padding row (an empty text) would softmax over no key at all (NaN, then a "diverged" run): it attends
         # to its first position instead and still pools nothing (its logits are the output bias). Rows with a real
@@ -125,8 +126,15 @@ class Transformer(nn.Module):
         x = self.embed(tokens) + self.positions[: tokens.shape[-1]]
         for layer in self.layers:
             x = layer(x, attend_pad)
+        return x, key_pad
+
+    def pool(self, x, key_pad):
+        """Mean over the real positions, then the output layer."""
         keep = (~key_pad).unsqueeze(-1).to(x.dtype)
         return self.out((x * keep).sum(1) / keep.sum(1).clamp_min(1.0))
+
+    def forward(self, tokens):
+        return self.pool(*self.encode(tokens))
 
 
 MODELS = ("fc_tanh", "cnn_relu", "transformer")
