@@ -8,7 +8,9 @@ LOCK := envs/requirements-$(ACCEL).txt
 UV_VERSION := 0.13.8
 LOCK_VENV := .venv-lock
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) 2>/dev/null | sha256sum | cut -c1-16)
-CORES ?= 8
+# the machine's cores (Snakemake's --cores); CONFIRM=1 runs the paper scale on a machine without a GPU
+CORES ?= $(shell nproc 2>/dev/null || echo 1)
+CONFIRM ?=
 SCALE ?= paper
 SNAKEMAKE_ARGS ?=
 CONFIG_paper := config.yaml
@@ -17,7 +19,7 @@ CONFIG_smoke := .test/config.yaml
 # Where the committed quick-scale figures live: figures.dir of config.quick.yaml (a test checks they agree).
 QUICK_FIGURES := paper_figures/quick
 
-.PHONY: setup check-lock lock lock-upgrade all test bench docs slurm-test release-quick fidelity clean-venv
+.PHONY: setup check-lock lock lock-upgrade all unlock test bench docs slurm-test release-quick fidelity clean-venv
 
 setup: $(STAMP)
 
@@ -48,13 +50,18 @@ $(LOCK_VENV)/bin/uv:
 
 # SCALE=paper (config.yaml, default), quick (config.quick.yaml) or smoke (.test/config.yaml).
 # Jobs call `python -m sharpgaps`: the venv's bin/ goes first on PATH.
-# cost-note: on the paper config without a GPU, the projected cost and the quick command (never blocks).
+# cost-note: on the paper config without a GPU, the projected cost; it stops there (never prompts) unless CONFIRM=1.
 # check-config first: a YAML error in a --configfile gets Snakemake's generic message, with no file or line.
 all: setup
 	@$(VENV)/bin/python -m sharpgaps check-config $(CONFIG_$(SCALE))
-	@$(VENV)/bin/python -m sharpgaps cost-note $(CONFIG_$(SCALE))
+	@$(VENV)/bin/python -m sharpgaps cost-note $(CONFIG_$(SCALE)) $(if $(CONFIRM),,--stop)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake all --cores $(CORES) --workflow-profile profiles/default \
 		--configfile $(CONFIG_$(SCALE)) $(SNAKEMAKE_ARGS)
+
+# After a kill: release Snakemake's lock on results/ (the venv's snakemake, no activation needed), then rerun
+# `make all` (it passes --rerun-incomplete through the default profile).
+unlock: setup
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake --unlock --cores 1 --configfile $(CONFIG_$(SCALE))
 
 test: setup
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q -ra $(PYTEST_ARGS)

@@ -124,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=lambda a: jobs.check_config(a.configs))
     q = sub.add_parser("cost-note", help="print what the paper-scale DAG costs on this machine if it has no GPU")
     q.add_argument("config")
-    q.set_defaults(func=lambda a: _cost_note(a.config))
+    q.add_argument("--stop", action="store_true",
+                   help="where the note applies, stop there (exit 3) naming the quick scale and CONFIRM=1")
+    q.set_defaults(func=lambda a: _cost_note(a.config, a.stop))
     q = sub.add_parser("mechanism", help="per-direction gap variance vs the noise x curvature prediction, per checkpoint")
     after_geometry_args(q, "mechanism", "eigenvalues")
     q.set_defaults(func=lambda a: jobs.mechanism(json.loads(a.run), json.loads(a.geometry), json.loads(a.mechanism),
@@ -146,10 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _cost_note(config: str) -> None:
-    text = note(Path(config), Path.cwd())
+def _cost_note(config: str, stop: bool) -> None:
+    text = note(Path(config), Path.cwd(), stop=stop)
     if text:
         print(text, file=sys.stderr)
+        if stop:
+            raise SystemExit(3)
 
 
 def main(argv=None) -> int:
