@@ -48,9 +48,12 @@ def test_make_all_stops_at_the_paper_scale_without_a_gpu_unless_confirmed(monkey
                            stdin=subprocess.DEVNULL, timeout=600)
     assert quick.returncode == 0 and quick.stderr == ""
     # make all: --stop unless CONFIRM=1, and the machine's cores by default
+    # a user's shell: no make variables or thread caps inherited from a `make test` around this test
+    clean = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "CORES", "CONFIRM",
+                                                             "SCALE", "OMP_NUM_THREADS", "OMP_THREAD_LIMIT")}
     plan = lambda *args: subprocess.run(["make", "-n", "all", *args], cwd=REPO, capture_output=True,  # noqa: E731
-                                        text=True, check=True).stdout
-    cores = str(len(os.sched_getaffinity(0)))  # what nproc counts
+                                        text=True, check=True, env=clean).stdout
+    cores = str(len(os.sched_getaffinity(0)))  # the CPUs this process may use, as nproc counts them
     assert "cost-note config.yaml --stop" in plan() and f"--cores {cores} " in plan()
     assert "--stop" not in plan("CONFIRM=1") and f"--cores {cores} " in plan("SCALE=smoke")
     assert "--configfile .test/config.yaml" in plan("SCALE=smoke")
@@ -66,6 +69,7 @@ def test_the_cli_never_blocks_and_make_all_calls_it_first():
 
 
 def test_make_unlock_runs_the_venvs_snakemake_for_the_scale():
+    clean = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "SCALE")}
     plan = subprocess.run(["make", "-n", "unlock", "SCALE=quick"], cwd=REPO, capture_output=True, text=True,
-                          check=True).stdout
+                          check=True, env=clean).stdout
     assert ".venv/bin/snakemake --unlock --cores 1 --configfile config.quick.yaml" in plan
