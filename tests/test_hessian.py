@@ -190,3 +190,24 @@ def test_job_thread_setting_reaches_numpy_blas():
     if before == 1:
         pytest.skip("one core: the pools start at 1 thread, nothing to cap")
     assert (after, torch_threads) == (1, 1)
+
+
+def test_objective_chooses_the_hessian_sample_and_keeps_the_gradient_full_batch():
+    """Objective: the Hessian (and hvp) on the first N_H examples, the gradient and loss on all N; a Hessian over
+    all N examples hands its own gradient on."""
+    from sharpgaps.engine.objective import Objective
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).double()
+    x, y = torch.randn(40, 5, dtype=torch.float64), torch.randint(0, 3, (40,))
+    loss_fn = nn.functional.cross_entropy
+    theta = dict(model.named_parameters())
+    obj = Objective(model, loss_fn, x, y, hessian_examples=15)
+    assert obj.n_train == 40 and obj.n_hessian == 15 and obj.dim == sum(p.numel() for p in model.parameters())
+    v = torch.randn(obj.dim, dtype=torch.float64)
+    assert torch.allclose(obj.hvp(theta, v), FullBatchHVP(model, loss_fn, x[:15], y[:15]).hvp(v))
+    full = FullBatchHVP(model, loss_fn, x, y)
+    assert torch.allclose(obj.gradient(theta), full.gradient()) and abs(obj.loss(theta) - full.loss()) < 1e-12
+    whole = Objective(model, loss_fn, x, y)
+    H = whole.hessian(theta)
+    assert whole.n_hessian == 40 and torch.equal(whole.gradient(theta, hessian=H), H.gradient())

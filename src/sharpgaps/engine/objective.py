@@ -10,7 +10,7 @@ Vectors follow the project's flat-vector convention (sharpgaps.core.flat).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -154,10 +154,6 @@ class Objective:
         """The objective of a training subset (sharpgaps.data.subsets), its test split for evaluation."""
         return cls(model, loss_fn, subset["x_train"], subset["y_train"], subset.get("x_test"), subset.get("y_test"),
                    **options)
-
-    def with_options(self, **options) -> "Objective":
-        """The same objective with other Hessian-sample or chunking options."""
-        return replace(self, **options)
 
     @property
     def n_train(self) -> int:
