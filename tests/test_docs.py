@@ -1,15 +1,21 @@
 """Committed documentation: generated blocks are current, and nothing names this machine's paths."""
 
 import copy
+import inspect
 import re
+import sys
 from pathlib import Path
 
 import pytest
 
+from sharpgaps.core import grid
+from sharpgaps.engine.models import Transformer
 from sharpgaps.pipeline import scales
-from sharpgaps.report.summary import splice_text
+from sharpgaps.report.summary import PLATEAU, splice_text
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import probe_transformer as probe  # noqa: E402
 # An absolute path under one of these roots (or this checkout's own root, wherever it lives) names one
 # machine. The lookbehind skips relative paths that merely contain them (`results/work/...`).
 ROOTS = sorted({"work", "tmp", "root", "home", REPO.parts[1]})
@@ -97,3 +103,45 @@ def test_links_to_doc_headings_resolve():
     assert {"DEFINITIONS.md", "FIDELITY.md"} <= {name for _, name, _ in links}
     bad = [f"{p.relative_to(REPO)}: {name}#{a}" for p, name, a in links if a not in targets.get(name, ())]
     assert not bad, "links to missing headings:\n" + "\n".join(bad)
+
+
+def test_transformer_probe_tables_are_current():
+    runs = probe.load_runs(REPO / probe.PROBES)
+    fidelity = (REPO / "docs/FIDELITY.md").read_text()
+    assert fidelity.count(probe.RUNS_BEGIN) == 1
+    for doc in ("docs/FIDELITY.md", probe.PROBES + ".md"):
+        text = (REPO / doc).read_text()
+        want = splice_text(text, probe.runs_table(runs), probe.RUNS_BEGIN, probe.RUNS_END)
+        if probe.STATS_BEGIN in text:
+            want = splice_text(want, probe.stats_table(runs), probe.STATS_BEGIN, probe.STATS_END)
+        assert want == text, f"{doc}: the Transformer probe tables are stale; run python benchmarks/probe_transformer.py --splice"
+
+
+def test_configs_run_the_adopted_transformer_probe(configs):
+    """Each config's SST-2 setting is the probe variant FIDELITY marks adopted for it; every seed of that probe
+    left the loss plateau (as RESULTS judges it: train loss below PLATEAU of the constant prediction's), and the
+    quick scale's met the
+    targets (train accuracy >= 0.85, dev >= 0.65)."""
+    runs = probe.load_runs(REPO / probe.PROBES)
+    ff_default = inspect.signature(Transformer).parameters["ff"].default
+    mult_default = inspect.signature(Transformer).parameters["emb_mult"].default
+    for scale, variant in ((s, probe.ADOPTED[f]) for s, f in scales.SCALES.items() if f in probe.ADOPTED):
+        adopted = [d for d in runs if d["variant"] == variant]
+        assert adopted, f"no probe run of the adopted variant {variant} in {probe.PROBES}"
+        want = {**probe.BASE, **adopted[0]["cfg"]}
+        config = configs[scale]
+        setting, run = config["settings"]["sst2_transformer"], grid.setting_defaults(config, "sst2_transformer")
+        arch = setting.get("arch", {})
+        got = {"ff": arch.get("ff", ff_default), "emb_mult": arch.get("emb_mult", mult_default), "lr": run["lr"],
+               "b": run["b"], "max_len": config["datasets"]["sst2"]["max_len"], "loss": run["loss"],
+               "K": run["K"], "tau": run["tau"]}
+        assert got == {**{k: want[k] for k in got if k in want}, "K": adopted[0]["K"], "tau": adopted[0]["tau"]}, \
+            (scale, variant)
+        assert want["warmup"] == 0 and not want["prenorm"] and want["pool"] == "mean" and want["emb_std"] == 1.0
+        for d in adopted:
+            assert d["final"]["train_loss"] < PLATEAU * d["const_loss"], (variant, d["seed"], d["final"])
+        if scale == "quick":  # the targets, on every probed seed at the config's own run length
+            full = [d for d in adopted if d["local_steps"] == run["local_steps"]]
+            assert len({d["seed"] for d in full}) >= 3
+            assert all(d["final"]["train_acc"] >= 0.85 and d["final"]["dev_acc"] >= 0.65 for d in full)
+    assert "quick" in scales.SCALES and "config.quick.yaml" in probe.ADOPTED

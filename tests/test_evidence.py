@@ -78,3 +78,56 @@ def test_restricted_verdicts_follow_the_measured_progress():
     spread.loc[(spread["mode"] == "dom") & (spread["round"] == 5), "train_loss"] = [0.95, 0.2]
     text = " ".join(restricted_verdicts(spread))
     assert text.count("not settled by these seeds") == 2 and "supported" not in text.replace("not supported", "")
+
+
+def _phased(setting="sst2_transformer", losses=(0.24, 0.10), const=0.2466):
+    """Two seeds, checkpoints at rounds 4, 10, 24; train accuracy crosses 0.85 at round 10 for seed 0 and at 24
+    for seed 1; removal and overlap known per checkpoint; final train loss losses[seed]."""
+    rows, acc = [], {0: (0.6, 0.86, 0.95), 1: (0.6, 0.8, 0.9)}
+    for seed in (0, 1):
+        for i, r in enumerate((4, 10, 24)):
+            base = {"setting": setting, "K": 8, "tau": 8, "b": 25, "lr": 0.05, "seed": seed, "loss": "mse",
+                    "window": 4, "d": 1000, "round": r, "step": 8 * r, "i": np.nan, "j": np.nan, "m": np.nan}
+            for metric, value in (("train_acc", acc[seed][i]), ("test_acc", 0.6), ("chi_k", 0.1 * (i + 1)),
+                                  ("train_loss", losses[seed] if i == 2 else 0.3), ("const_loss", const)):
+                rows.append({**base, "metric": metric, "value": value})
+            rows.append({**base, "metric": "lambda", "i": 0, "value": 10.0})
+            rows.append({**base, "metric": "gap_rank", "value": 28.0})
+            rows += [{**base, "metric": "sqcos", "i": 0, "j": j, "value": 0.5} for j in (0, 1)]  # k = 2
+            for metric, value in (("removal", 0.5 + r / 100), ("overlap", 0.2 + r / 100), ("random_removal", 1e-4),
+                                  ("oracle_removal", 1.0), ("random_removal_expected", 1e-4)):
+                rows.append({**base, "metric": metric, "m": 2, "value": value})
+    return pd.DataFrame(rows)
+
+
+def test_phase_numbers_average_each_seeds_checkpoints_in_the_phase():
+    from sharpgaps.report.summary import phase_numbers
+
+    out = {r["phase"]: r for r in phase_numbers(_phased(), {"sst2_transformer": 2})}
+    # learning: seed 0 round 4; seed 1 rounds 4 and 10. trained: seed 0 rounds 10, 24; seed 1 round 24.
+    assert out["learning"]["rounds"] == [4, 10] and out["trained"]["rounds"] == [10, 24]
+    assert out["learning"]["removal"].mean == pytest.approx((0.54 + (0.54 + 0.60) / 2) / 2)
+    assert out["trained"]["overlap"].mean == pytest.approx(((0.30 + 0.44) / 2 + 0.44) / 2)
+    assert out["trained"]["chi_k"].n == 2 and out["learning"]["train_acc"].mean == pytest.approx((0.6 + 0.7) / 2)
+
+
+def test_a_setting_on_its_loss_plateau_is_labelled_everywhere(tmp_path):
+    from sharpgaps.report.summary import PLATEAU_LABEL, mark_plateau, plateau_settings, trained_regime
+
+    on = _phased(losses=(0.24, 0.235))  # 0.97 and 0.95 of the constant loss
+    off = _phased(setting="mnist_fc", losses=(0.24, 0.10))  # mean ratio 0.69: left the plateau
+    both = pd.concat([on, off])
+    assert plateau_settings(both) == ["sst2_transformer"]
+    table = trained_regime(both)
+    assert "| plateau (untrained) |" in table and "| left the plateau |" in table
+    text = "| sst2_transformer | 0.5 |\n- sst2_transformer: removal\nmnist_fc"
+    marked = mark_plateau(text, ["sst2_transformer"])
+    assert marked.count(PLATEAU_LABEL) == 2 and "mnist_fc" in marked and PLATEAU_LABEL not in marked.split("\n")[2]
+    assert mark_plateau(marked, ["sst2_transformer"]) == marked  # labelling twice changes nothing
+    # a table written before the constant-prediction loss was recorded: no verdict either way
+    assert plateau_settings(both[both["metric"] != "const_loss"]) == []
+    path = tmp_path / "main.parquet"
+    both.to_parquet(path)
+    results = write_results({"main": path}, tmp_path / "R.md", "t")
+    assert "never left the loss plateau" in results
+    assert all(PLATEAU_LABEL in line for line in results.splitlines() if "sst2_transformer" in line)

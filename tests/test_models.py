@@ -1,7 +1,12 @@
+import math
+
 import pytest
 import torch
 
+from sharpgaps.core.specs import RunSpec
+from sharpgaps.data.subsets import make_subset
 from sharpgaps.engine import losses, models
+from sharpgaps.engine.localsgd import SimulatedLocalSGD, evaluate
 
 META = {
     "fc_tanh": {"n_classes": 10, "input_shape": [1, 28, 28]},
@@ -156,3 +161,72 @@ def test_losses():
     assert losses.get_loss("ce")(logits, y).item() == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item())
     with pytest.raises(ValueError, match="unknown loss"):
         losses.get_loss("hinge")
+
+
+def test_embedding_multiplier_is_the_same_function_at_init_and_an_m2_step_on_the_embedding():
+    """E = m * phi with phi = E / m: identical outputs at initialisation; one SGD step of lr on phi moves E by
+    m^2 * lr * dL/dE, while every other parameter takes the same step as without the multiplier."""
+    plain = models.build_model("transformer", META["transformer"], 3)
+    scaled = models.build_model("transformer", META["transformer"], 3, emb_mult=10.0)
+    x, y = _inputs("transformer"), torch.tensor([0, 1, 1, 0, 1, 0])
+    torch.testing.assert_close(scaled(x), plain(x), rtol=1e-5, atol=1e-6)
+    loss = losses.get_loss("mse")
+    g_plain = dict(zip([n for n, _ in plain.named_parameters()],
+                       torch.autograd.grad(loss(plain(x), y), list(plain.parameters()))))
+    g_scaled = dict(zip([n for n, _ in scaled.named_parameters()],
+                        torch.autograd.grad(loss(scaled(x), y), list(scaled.parameters()))))
+    # dL/dphi = m dL/dE, so a step lr on phi changes E = m phi by m^2 lr dL/dE
+    torch.testing.assert_close(g_scaled["embed.weight"], 10.0 * g_plain["embed.weight"], rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(g_scaled["out.weight"], g_plain["out.weight"], rtol=1e-4, atol=1e-7)
+
+
+def test_default_embedding_multiplier_is_bit_for_bit_the_plain_model():
+    a = models.build_model("transformer", META["transformer"], 5)
+    b = models.build_model("transformer", META["transformer"], 5, emb_mult=1)
+    x = _inputs("transformer")
+    assert torch.equal(a(x), b(x))
+
+
+@pytest.mark.parametrize("name, arch, message", [
+    ("cnn_relu", {"ff": 256}, "unknown key 'ff' for model 'cnn_relu' (known: channels)"),
+    ("transformer", {"emb_mul": 100}, "unknown key 'emb_mul'"),
+    ("transformer", {"emb_mult": 0}, "emb_mult must be a positive number, got 0"),
+])
+def test_bad_architecture_keys_are_named(name, arch, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        models.build_model(name, META[name], 0, **arch)
+
+
+def test_embedding_multiplier_leaves_the_loss_plateau_where_plain_sgd_does_not(data_dir):
+    """Real SST-2 (1,000 sentences), Local SGD with plain-SGD workers (K=4, tau=4, b=25, lr 0.05, 100 local steps):
+    with the N(0, 1) embedding trained at the common step the loss stays near the best constant prediction (the
+    class prior); with emb_mult 100 it falls far below it."""
+    sub = make_subset("sst2", data_dir, n_train=1000, seed=0, test_cap=200, max_len=24, min_freq=1)
+    x, y = sub["x_train"], sub["y_train"]
+    prior = float(y.float().mean())
+    constant = prior * (1 - prior)  # one-hot MSE of predicting the class prior
+    loss_fn = losses.get_loss("mse")
+    final = {}
+    for mult in (1.0, 100.0):
+        model = models.build_model("transformer", sub["meta"], seed=0, ff=64, emb_mult=mult)
+        spec = RunSpec(K=4, tau=4, b=25, lr=0.05, rounds=25, window=1, seed=0, checkpoints=())
+        sim = SimulatedLocalSGD(model, loss_fn, x, y, spec)
+        for r in range(spec.rounds):
+            for t in range(spec.tau):
+                sim.local_step(r * spec.tau + t)
+            theta, _ = sim.end_round()
+        final[mult] = evaluate(model, theta, loss_fn, x, y)[0]
+    assert final[1.0] > constant - 0.05, (final, constant)  # the plateau: within 0.05 of the constant loss
+    assert final[100.0] < 0.5 * constant, (final, constant)  # left it: below half the constant loss
+
+
+def test_constant_loss_is_the_class_priors_loss():
+    y = torch.tensor([0] * 558 + [1] * 442)
+    p = 0.558
+    assert losses.constant_loss(losses.mse_onehot, y) == pytest.approx(p * (1 - p))  # 0.5 * 2p(1-p)
+    assert losses.constant_loss(losses.cross_entropy, y) == pytest.approx(-(p * math.log(p) + (1 - p) * math.log(1 - p)))
+    # no constant output does better: the prior minimises both losses
+    for c in (0.5, 0.6):
+        out = torch.tensor([c, 1 - c], dtype=torch.float64).expand(len(y), -1)
+        assert float(losses.mse_onehot(out, y)) > losses.constant_loss(losses.mse_onehot, y)
+    assert math.isnan(losses.constant_loss(losses.mse_onehot, torch.randn(5)))

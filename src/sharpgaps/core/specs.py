@@ -286,3 +286,20 @@ def mechanism_params(config: dict, setting: str) -> dict:
     params = {**config.get("mechanism", {}), **config["settings"][setting].get("mechanism", {})}
     params.pop("experiments", None)
     return params
+
+
+# The architecture keys each model accepts (settings.<name>.arch); their defaults are the constructors'.
+ARCH_KEYS = {"fc_tanh": ("widths",), "cnn_relu": ("channels",),
+             "transformer": ("dim", "heads", "layers", "ff", "emb_mult")}
+
+
+def arch_problems(name: str, arch: dict) -> list[str]:
+    """What is wrong with the architecture overrides ``arch`` for model ``name`` (empty if nothing)."""
+    if name not in ARCH_KEYS:
+        return [f"unknown model '{name}'; known: {tuple(ARCH_KEYS)}"]
+    problems = [f"unknown key '{k}' for model '{name}' (known: {', '.join(ARCH_KEYS[name])})"
+                for k in arch if k not in ARCH_KEYS[name]]
+    mult = arch.get("emb_mult", 1.0)
+    if not (isinstance(mult, (int, float)) and mult > 0):
+        problems.append(f"emb_mult must be a positive number, got {mult!r}")
+    return problems

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.specs import arch_problems
+
 
 class FCTanh(nn.Module):
     """784-200-200-10 with tanh (Cohen et al. / Song et al. 'fc-tanh')."""
@@ -91,15 +93,24 @@ class EncoderLayer(nn.Module):
 
 
 class Transformer(nn.Module):
-    """Embedding 64 + sinusoidal positions, 2 encoder layers, 8 heads, ff 2048, padding mask, mean-pool."""
+    """Embedding 64 + sinusoidal positions, 2 encoder layers, 8 heads, ff 2048, padding mask, mean-pool.
+
+    ``emb_mult`` m stores the embedding as E/m and multiplies the lookup by m: the same function at initialisation
+    (E ~ N(0, 1) as nn.Embedding draws it), but SGD on the stored table is an m^2 learning rate on the embedding
+    alone, which is what lets plain SGD train it (docs/FIDELITY.md, "The SST-2 Transformer's embedding step").
+    Gradients, Hessians and gaps are all taken in the stored coordinates, the ones SGD steps in."""
 
     vmap_workers = False  # localsgd.vmap_pays: one autograd call per worker is ~1.4x faster on CPU
 
     def __init__(self, vocab_size: int, max_len: int, n_classes: int, dim: int = 64, heads: int = 8,
-                 layers: int = 2, ff: int = 2048, pad_id: int = 0):
+                 layers: int = 2, ff: int = 2048, emb_mult: float = 1.0, pad_id: int = 0):
         super().__init__()
         self.pad_id = pad_id
         self.embed = nn.Embedding(vocab_size, dim)
+        self.emb_mult = float(emb_mult)
+        if self.emb_mult != 1.0:
+            with torch.no_grad():
+                self.embed.weight.div_(self.emb_mult)
         self.register_buffer("positions", sinusoidal_positions(max_len, dim), persistent=False)
         self.layers = nn.ModuleList(EncoderLayer(dim, heads, ff) for _ in range(layers))
         self.out = nn.Linear(dim, n_classes)
@@ -123,7 +134,10 @@ class Transformer(nn.Module):
         # token are untouched, bit for bit.
         first = torch.arange(tokens.shape[-1], device=tokens.device) == 0
         attend_pad = key_pad & ~(key_pad.all(-1, keepdim=True) & first)
-        x = self.embed(tokens) + self.positions[: tokens.shape[-1]]
+        e = self.embed(tokens)
+        if self.emb_mult != 1.0:  # skipped at 1 so that the default stays bit for bit the plain embedding
+            e = e * self.emb_mult
+        x = e + self.positions[: tokens.shape[-1]]
         for layer in self.layers:
             x = layer(x, attend_pad)
         return x, key_pad
@@ -135,9 +149,6 @@ class Transformer(nn.Module):
 
     def forward(self, tokens):
         return self.pool(*self.encode(tokens))
-
-
-MODELS = ("fc_tanh", "cnn_relu", "transformer")
 
 
 def length_order(model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
@@ -156,13 +167,13 @@ def trim_padding(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def build_model(name: str, meta: dict, seed: int, **arch) -> nn.Module:
     """Build ``name`` for the subset described by ``meta``; weights drawn from ``seed`` (PyTorch default init)."""
+    problems = arch_problems(name, arch)
+    if problems:
+        raise ValueError("; ".join(problems))
     torch.manual_seed(seed)
     n_classes = meta["n_classes"]
     if name == "fc_tanh":
         return FCTanh(math.prod(meta["input_shape"]), n_classes, tuple(arch.get("widths", (200, 200))))
     if name == "cnn_relu":
-        return CNNReLU(tuple(meta["input_shape"]), n_classes, arch.get("channels", 32))
-    if name == "transformer":
-        return Transformer(meta["vocab_size"], meta["max_len"], n_classes, dim=arch.get("dim", 64),
-                           heads=arch.get("heads", 8), layers=arch.get("layers", 2), ff=arch.get("ff", 2048))
-    raise ValueError(f"unknown model '{name}'; known: {MODELS}")
+        return CNNReLU(tuple(meta["input_shape"]), n_classes, **arch)
+    return Transformer(meta["vocab_size"], meta["max_len"], n_classes, **arch)

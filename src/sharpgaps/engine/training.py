@@ -30,6 +30,7 @@ from ..core.flat import flatten
 from ..core.grid import digest
 from ..core.specs import RunSpec
 from .localsgd import SimulatedLocalSGD, evaluate
+from .losses import constant_loss
 from .objective import Objective
 
 CKPT_FORMAT = 2  # 2: + theta_history / history_rounds (format 1 checkpoints lack them)
@@ -172,7 +173,7 @@ def _write_checkpoint(work_dir, rnd, spec, model, loss_fn, theta, window, names,
     test_loss, test_acc = evaluate(model, theta, loss_fn, x_te, y_te)
     metrics = {"round": rnd, "step": rnd * spec.tau, "train_loss": train_loss, "train_acc": train_acc,
                "test_loss": test_loss, "test_acc": test_acc, "gap_norm_mean": float(norms.mean()),
-               "gap_norm_max": float(norms.max())}
+               "gap_norm_max": float(norms.max()), "const_loss": constant_loss(loss_fn, y_tr)}
     rounds = [r for r, _ in window if rnd - spec.window < r <= rnd]
     gaps = torch.stack([g for r, g in window if rnd - spec.window < r <= rnd])  # (W', K, d), oldest first
     hist = [(r, t) for r, t in history if rnd - history_rounds(spec) <= r < rnd]  # averages before this round

@@ -200,6 +200,7 @@ def cross_checks(config: dict) -> list[str]:
         want = {"mnist": "fc_tanh", "cifar10": "cnn_relu", "sst2": "transformer"}
         if (s["model"] == "transformer") != (ds == "sst2"):
             problems.append(f"settings.{name}.model: '{s['model']}' cannot read dataset '{ds}' (use '{want[ds]}')")
+        problems += [f"settings.{name}.arch: {p}" for p in specs.arch_problems(s["model"], s.get("arch", {}))]
     if problems:
         return problems
     problems += _device_problems(config) + _rank_problems(config)

@@ -8,6 +8,7 @@ fails rather than print a claim without its number.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,10 @@ PARAPHRASE = "(our paraphrase of the paper's figures, not a quote)"
 # How the claim table reads the mechanism stage's median abs log10(measured / predicted) over the top-k directions,
 # per seed: the noise x curvature model "fits" within a factor 2, "fails" at a factor 10 or more.
 MECH_FITS, MECH_FAILS = float(np.log10(2.0)), 1.0
+# A `main` run whose final training loss is at least PLATEAU times the loss of the best constant prediction (the
+# class prior) has not left its loss plateau; every mention of its setting carries PLATEAU_LABEL. Per-phase
+# numbers count a checkpoint as trained from train accuracy TRAINED_ACC on (docs/FIDELITY.md, the Transformer).
+PLATEAU, PLATEAU_LABEL, TRAINED_ACC = 0.9, "[plateau (untrained)]", 0.85
 
 
 def _main(geometry: pd.DataFrame, setting: str) -> pd.DataFrame:
@@ -41,13 +46,77 @@ def _dims(run: pd.DataFrame, k: int) -> tuple[int, int]:
     return at_k, rank
 
 
+def _plateau_ratio(run: pd.DataFrame) -> Stat:
+    """Final training loss over the constant-prediction loss, per seed (n = 0 for tables without the latter)."""
+    if not (run["metric"] == "const_loss").any():
+        return Stat.of([])
+    return Stat.of(per_seed(run, "train_loss") / per_seed(run, "const_loss"))
+
+
+def plateau_settings(geometry: pd.DataFrame) -> list[str]:
+    """The settings whose `main` run ends on its loss plateau (mean ratio to the constant loss >= PLATEAU)."""
+    return [s for s in geometry["setting"].unique() if _plateau_ratio(_main(geometry, s)).mean >= PLATEAU]
+
+
+def mark_plateau(text: str, settings: list[str]) -> str:
+    """``text`` with every mention of a setting in ``settings`` labelled, so that no number of a network that
+    never left its loss plateau reads as the trained network's."""
+    for setting in settings:
+        text = re.sub(rf"\b{re.escape(setting)}\b(?! {re.escape(PLATEAU_LABEL)})",
+                      f"{setting} {PLATEAU_LABEL}", text)
+    return text
+
+
+def plateau_note(settings: list[str]) -> str:
+    return (f"**{', '.join(settings)}: never left the loss plateau** (train loss at least {PLATEAU} of the constant "
+            "prediction's; see the trained-regime table). Its numbers describe a network near initialisation, and "
+            "a verdict counted 'in all N settings' counts it too.")
+
+
 def trained_regime(geometry: pd.DataFrame) -> str:
-    rows = ["| setting | train acc | test acc | train loss | lambda_1 | 2/eta | chi_k |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| setting | train acc | test acc | train loss | train loss / constant prediction's | regime | lambda_1 "
+            "| 2/eta | chi_k |", "|---|---:|---:|---:|---:|---|---:|---:|---:|"]
     for setting in geometry["setting"].unique():
         run = _main(geometry, setting)
+        ratio = _plateau_ratio(run)
+        regime = "n/a" if not ratio.ok() else "plateau (untrained)" if ratio.mean >= PLATEAU else "left the plateau"
         rows.append(f"| {setting} | {stat(run, 'train_acc')} | {stat(run, 'test_acc')} | {stat(run, 'train_loss')} | "
-                    f"{stat(run, 'lambda', i=0)} | {fmt(2 / float(run['lr'].iloc[0]))} | {stat(run, 'chi_k')} |")
+                    f"{ratio} | {regime} | {stat(run, 'lambda', i=0)} | {fmt(2 / float(run['lr'].iloc[0]))} | "
+                    f"{stat(run, 'chi_k')} |")
+    return "\n".join(rows)
+
+
+def phase_numbers(geometry: pd.DataFrame, ks: dict) -> list[dict]:
+    """Per setting and training phase (a checkpoint is 'trained' from train accuracy TRAINED_ACC on, 'learning'
+    before): per seed, the mean over its checkpoints in that phase of train accuracy, chi_k and, at m = k,
+    removal, overlap and random removal; then mean ± sd over the seeds that have such checkpoints."""
+    out = []
+    for setting in geometry["setting"].unique():
+        run = _main(geometry, setting)
+        at_k, _ = _dims(run, ks[setting])
+        acc = run[run["metric"] == "train_acc"].set_index(["seed", "round"])["value"]
+        for phase, in_phase in (("learning", acc < TRAINED_ACC), ("trained", acc >= TRAINED_ACC)):
+            keys = set(acc[in_phase].index)
+            if not keys:
+                continue
+            rows = run[[k in keys for k in zip(run["seed"], run["round"])]]
+            numbers = {"setting": setting, "phase": phase, "m": at_k,
+                       "rounds": sorted({int(r) for _, r in keys}), "seeds": len({s for s, _ in keys})}
+            for name, metric, m in (("train_acc", "train_acc", None), ("chi_k", "chi_k", None),
+                                    ("removal", "removal", at_k), ("overlap", "overlap", at_k),
+                                    ("random", "random_removal", at_k)):
+                sel = rows[(rows["metric"] == metric) & ((rows["m"] == m) if m is not None else True)]
+                numbers[name] = Stat.of(sel.groupby("seed")["value"].mean())
+            out.append(numbers)
+    return out
+
+
+def phase_table(numbers: list[dict]) -> str:
+    rows = [f"| setting | phase | rounds (seeds) | train acc | chi_k | m | removal | overlap | random removal |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in numbers:
+        rows.append(f"| {r['setting']} | {r['phase']} | {', '.join(map(str, r['rounds']))} ({r['seeds']}) | "
+                    f"{r['train_acc']} | {r['chi_k']} | {r['m']} | {r['removal']} | {r['overlap']} | {r['random']} |")
     return "\n".join(rows)
 
 
@@ -466,7 +535,7 @@ def readme_block(tables: dict[str, Path], results_path: str) -> str:
         verdicts = restricted_verdicts(read_frame(tables["restricted"]))
         if verdicts:
             parts += ["", "Restricted training:", "", *verdicts]
-    return "\n".join(parts)
+    return mark_plateau("\n".join(parts), plateau_settings(main))
 
 
 README_BEGIN = "<!-- headline:begin (generated by `sharpgaps summary --readme`) -->"
@@ -501,10 +570,17 @@ def write_results(tables: dict[str, Path], out: Path, title: str) -> str:
              "One row per claim; each verdict states its rule. A band is mean ± sample sd over seeds (the mean "
              "alone for one seed); the sections below hold the same numbers in full.", "",
              claim_table(numbers), ""]
+    plateau = plateau_settings(main) if main is not None else []
+    if plateau:
+        parts += [plateau_note(plateau), ""]
     if main is not None:
         table, claims = headline(main, k_by_setting(main), numbers["headline"])
         parts += ["## Trained regime (Figs 3-4): final checkpoint of each `main` run", "",
+                  "The constant prediction is the class prior (its loss is what a network that ignores its input "
+                  f"can reach); a ratio of {PLATEAU} or more marks a run that never left its loss plateau.", "",
                   trained_regime(main), "",
+                  f"Per training phase (checkpoints before / from train accuracy {TRAINED_ACC}), each seed's mean "
+                  "over its checkpoints in the phase:", "", phase_table(phase_numbers(main, k_by_setting(main))), "",
                   "## Headline (Figs 1-9): the gap subspace vs a random subspace", "",
                   f"{PAPER} The worker-average gaps concentrate along sharp, top-Hessian directions, so the gap "
                   "subspace is a cheap Hessian-free estimate of the dominant subspace.", "",
@@ -539,8 +615,7 @@ def write_results(tables: dict[str, Path], out: Path, title: str) -> str:
                   "z = (measured - predicted) / Monte-Carlo standard error.", "", theory_check(theory), ""]
     if mech is not None and not mech.empty:
         parts += ["## The mechanism direction by direction (Fig X4)", "", *mechanism_section(mech, numbers["mechanism"])]
-    text = "\n".join(parts)
-
+    text = mark_plateau("\n".join(parts), plateau)
     save_text(text, out)
     return text
 
