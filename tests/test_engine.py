@@ -135,6 +135,43 @@ def test_kill_and_resume_is_bitwise_identical(tmp_path, mnist_small, kill_at):
     assert (tmp_path / "full/rounds.csv").read_text() == (tmp_path / "cut/rounds.csv").read_text()
 
 
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_a_finished_run_with_a_damaged_work_checkpoint_trains_again(tmp_path, mnist_small, capfd, damage):
+    """A rerun of a finished run republishes its work copies only if they are the files it wrote."""
+    first = [p.read_bytes() for p in _train(tmp_path, mnist_small, SPEC)]
+    victim = tmp_path / "ckpt" / "r000006.pt"
+    if damage == "truncate":
+        victim.write_bytes(first[1][:1000])
+    else:
+        victim.unlink()
+    again = _train(tmp_path, mnist_small, SPEC)
+    assert "missing or altered: training again from round 0" in capfd.readouterr().err
+    assert [p.read_bytes() for p in again] == first
+
+
+def test_readers_refuse_checkpoints_the_manifest_does_not_vouch_for(tmp_path, mnist_small):
+    from sharpgaps.engine.training import CheckpointsInvalid, verified_checkpoints, write_manifest
+
+    published = tmp_path / "out" / "ckpt"
+    published.mkdir(parents=True)
+    for p in _train(tmp_path / "work", mnist_small, SPEC):
+        published.joinpath(p.name).write_bytes(p.read_bytes())
+    write_manifest(published)
+    assert [p.name for p in verified_checkpoints(published, SPEC.checkpoints)] == [
+        "r000003.pt", "r000006.pt", "r000009.pt"]
+    with pytest.raises(CheckpointsInvalid, match=r"round 12 \(r000012.pt\) is not in the manifest"):
+        verified_checkpoints(published, (*SPEC.checkpoints, 12))  # a round the spec implies but train never wrote
+    (published / "r000006.pt").unlink()
+    (published / "r000009.pt").write_bytes(b"")
+    with pytest.raises(CheckpointsInvalid) as err:
+        verified_checkpoints(published, SPEC.checkpoints)
+    assert "round 6 (r000006.pt) is missing" in str(err.value) and "round 9 (r000009.pt) differs" in str(err.value)
+    assert f"--forcerun {tmp_path / 'out' / 'checkpoints.json'}" in str(err.value)
+    (tmp_path / "out" / "checkpoints.json").unlink()
+    with pytest.raises(CheckpointsInvalid, match="unreadable checkpoint manifest"):
+        verified_checkpoints(published, SPEC.checkpoints)
+
+
 def _cli_train(subset_file, out, run, **popen):
     import json
     import subprocess

@@ -200,7 +200,10 @@ def test_corrupt_file_fails_the_reading_job_naming_it(mini, damaged, victim, rul
         out = snakemake(damaged, "--cores", "1", "-f", target, config=config, check=False)
         assert f"Error in rule {rule}" in out, out[-2000:]
         text = (damaged / log).read_text()
-        assert f"{victim}: " in text and "delete it and rerun" in text, text[-2000:]
+        if rule == "geometry":  # a checkpoint: the round, and the manifest whose deletion retrains the run
+            assert f"round 7 ({Path(victim).name})" in text and f"--forcerun {MNIST_RUN}/checkpoints.json" in text, text
+        else:
+            assert f"{victim}: " in text and "delete it and rerun" in text, text[-2000:]
         assert "Traceback" not in text  # a clear error, not a crash
         assert not (damaged / target).exists()  # no output from damaged input
     finally:
@@ -208,6 +211,38 @@ def test_corrupt_file_fails_the_reading_job_naming_it(mini, damaged, victim, rul
         shutil.copy2(ref / victim, damaged / victim)
         snakemake(damaged, "--cores", "1", target, config=config)  # the copy is whole again for the next case
         assert (damaged / target).exists()
+
+
+@pytest.mark.parametrize("how", ["truncate", "delete"])
+def test_a_damaged_checkpoint_is_refused_and_following_the_message_rebuilds_it(mini, tmp_path, how):
+    """A truncated or deleted checkpoint: the next job that reads it (forced here, as any upstream change would)
+    stops before any work, naming the round and the fix; following the fix rebuilds the run's checkpoints and
+    everything after them, and every figure CSV ends identical to the undisturbed run's."""
+    ref, config = mini
+    work = _copy(ref, tmp_path / "w")
+    victim = work / MNIST_RUN / "ckpt/r000007.pt"
+    if how == "truncate":
+        _damage(victim, "truncate")
+    else:
+        victim.unlink()
+    geometry = next((work / MNIST_RUN).glob("geometry_*.parquet")).relative_to(work)
+    out = snakemake(work, "--cores", "2", "-f", str(geometry), config=config, check=False)
+    assert "Error in rule geometry" in out, out[-2000:]
+    log = next((work / "results/logs/geometry/mnist_fc").glob(f"{RUN_ID}_*.log")).read_text()
+    advice = f"Rerun the same command with `--forcerun {MNIST_RUN}/checkpoints.json` added"
+    assert "round 7 (r000007.pt)" in log and advice in log and "Traceback" not in log, log
+    # the advice, followed (the user's command: the DAG's targets, with the forced geometry job among them)
+    snakemake(work, "--cores", "2", *MINI_TARGETS, "--forcerun", f"{MNIST_RUN}/checkpoints.json", config=config)
+    assert victim.read_bytes() == (ref / MNIST_RUN / "ckpt/r000007.pt").read_bytes()
+    _same_files(ref / FIGURE_DIR, work / FIGURE_DIR, "*.csv")
+
+
+def test_published_checkpoints_share_no_inode_with_the_work_copies(mini):
+    ref, _ = mini
+    published = sorted((ref / MNIST_RUN / "ckpt").glob("r*.pt"))
+    assert published
+    for p in published:
+        assert os.stat(p).st_ino != os.stat(ref / MNIST_WORK / "ckpt" / p.name).st_ino
 
 
 @pytest.mark.parametrize("how", ["truncate", "alter"])

@@ -5,6 +5,7 @@
 rule estimators:
     input:
         ckpt="results/runs/{setting}/{run}/ckpt",
+        manifest="results/runs/{setting}/{run}/checkpoints.json",  # verified by the job
         geometry="results/runs/{setting}/{run}/geometry_{gtag}.parquet",  # after geometry: its eigenvector cache
         subset=lambda wc: subset_path(dataset_of(wc.setting)),
     output:

@@ -4,6 +4,7 @@
 rule geometry:
     input:
         ckpt="results/runs/{setting}/{run}/ckpt",
+        manifest="results/runs/{setting}/{run}/checkpoints.json",  # verified by the job
         subset=lambda wc: subset_path(dataset_of(wc.setting)),
     output:
         "results/runs/{setting}/{run}/geometry_{gtag}.parquet",

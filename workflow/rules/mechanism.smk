@@ -5,6 +5,7 @@
 rule mechanism:
     input:
         ckpt="results/runs/{setting}/{run}/ckpt",
+        manifest="results/runs/{setting}/{run}/checkpoints.json",  # verified by the job
         subset=lambda wc: subset_path(dataset_of(wc.setting)),
         geometry=parent_geometry,
     output:

@@ -4,6 +4,7 @@
 rule restricted:
     input:
         ckpt="results/runs/{setting}/{run}/ckpt",
+        manifest="results/runs/{setting}/{run}/checkpoints.json",  # verified by the job
         geometry=parent_geometry,
         subset=lambda wc: subset_path(dataset_of(wc.setting)),
     output:

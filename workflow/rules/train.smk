@@ -6,6 +6,7 @@ rule train:
         subset=lambda wc: subset_path(dataset_of(wc.setting)),
     output:
         ckpt=directory("results/runs/{setting}/{run}/ckpt"),
+        manifest="results/runs/{setting}/{run}/checkpoints.json",  # rounds and sha256; readers check it
         metrics="results/runs/{setting}/{run}/metrics.csv",
         rounds="results/runs/{setting}/{run}/rounds.csv",
         info="results/runs/{setting}/{run}/run.json",

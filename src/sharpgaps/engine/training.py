@@ -25,10 +25,11 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from ..core.atomic import load_recomputable, save_frame, save_torch
+from ..core.atomic import load_recomputable, save_frame, save_json, save_torch
 from ..core.flat import flatten
 from ..core.grid import digest
 from ..core.specs import RunSpec
+from ..data.sources import file_digest
 from .localsgd import SimulatedLocalSGD, evaluate
 from .losses import constant_loss
 from .objective import Objective
@@ -75,6 +76,54 @@ def list_checkpoints(ckpt_dir: str | Path) -> list[Path]:
     return sorted(Path(ckpt_dir).glob("r*.pt"))
 
 
+MANIFEST = "checkpoints.json"  # beside a published checkpoint dir: its rounds and each file's sha256
+
+
+class CheckpointsInvalid(RuntimeError):
+    """A run's published checkpoints are not the ones its spec implies (missing, extra, altered)."""
+
+
+def checkpoint_manifest(ckpt_dir: str | Path) -> Path:
+    """The manifest of a published checkpoint dir (a declared output of the train step, beside the dir)."""
+    return Path(ckpt_dir).parent / MANIFEST
+
+
+def write_manifest(ckpt_dir: str | Path) -> dict:
+    """Record the rounds and sha256 of every checkpoint in ``ckpt_dir`` (after it is published whole)."""
+    files = list_checkpoints(ckpt_dir)
+    manifest = {"rounds": [checkpoint_round(f) for f in files], "sha256": {f.name: file_digest(f) for f in files}}
+    save_json(manifest, checkpoint_manifest(ckpt_dir))
+    return manifest
+
+
+def verified_checkpoints(ckpt_dir: str | Path, rounds) -> list[Path]:
+    """The checkpoint files of ``rounds`` (the run spec's) in ``ckpt_dir``, each checked against the manifest the
+    train step wrote. Raises CheckpointsInvalid naming every missing, unlisted or altered round, and the fix:
+    rerunning with ``--forcerun <manifest>`` makes Snakemake rerun the train step and everything after it (a
+    deleted file alone would not: Snakemake does not rebuild a missing intermediate whose products are current)."""
+    ckpt_dir, manifest_path = Path(ckpt_dir), checkpoint_manifest(ckpt_dir)
+    fix = (f"Rerun the same command with `--forcerun {manifest_path}` added: Snakemake then reruns this run's train "
+           "step, which rebuilds every checkpoint (the same numbers: training is deterministic), and every job "
+           "downstream of it.")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        recorded = dict(manifest["sha256"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointsInvalid(f"{manifest_path}: unreadable checkpoint manifest ({type(exc).__name__}). {fix}") from None
+    problems = []
+    for rnd in sorted(set(rounds)):
+        path = checkpoint_path(ckpt_dir, rnd)
+        if path.name not in recorded:
+            problems.append(f"round {rnd} ({path.name}) is not in the manifest")
+        elif not path.is_file():
+            problems.append(f"round {rnd} ({path.name}) is missing")
+        elif file_digest(path) != recorded[path.name]:
+            problems.append(f"round {rnd} ({path.name}) differs from what train wrote (truncated or altered)")
+    if problems:
+        raise CheckpointsInvalid(f"checkpoints in {ckpt_dir}: " + "; ".join(problems) + f". {fix}")
+    return [checkpoint_path(ckpt_dir, r) for r in sorted(set(rounds))]
+
+
 def spec_digest(spec: RunSpec, extra: dict) -> str:
     blob = json.dumps({"spec": spec.as_dict(), **extra}, sort_keys=True, default=str)
     return digest(blob, 16)
@@ -82,6 +131,15 @@ def spec_digest(spec: RunSpec, extra: dict) -> str:
 
 def _needed_for_window(rnd: int, checkpoints: tuple[int, ...], window: int) -> bool:
     return any(c - window < rnd <= c for c in checkpoints)
+
+
+def _damaged_checkpoints(work_dir: Path, state: dict | None) -> list[str]:
+    """The checkpoints a resume state vouches for that are gone or altered under ``work_dir``."""
+    if state is None:
+        return []
+    ckpt_dir = work_dir / CKPT_DIR
+    return [name for name, sha in state.get("sha256", {}).items()
+            if not (ckpt_dir / name).is_file() or file_digest(ckpt_dir / name) != sha]
 
 
 def _needed_for_history(rnd: int, checkpoints: tuple[int, ...], n: int) -> bool:
@@ -111,9 +169,15 @@ def train_run(objective: Objective, spec: RunSpec, work_dir: str | Path, *, run_
         if state is not None and state["digest"] != digest:
             print(f"[{run_name}] stale resume state (different spec) ignored: {state_file}", file=sys.stderr)
             state = None
+        damaged = _damaged_checkpoints(work_dir, state)
+        if damaged:
+            print(f"[{run_name}] checkpoints {damaged} under {work_dir} are missing or altered: training again "
+                  "from round 0", file=sys.stderr)
+            state = None
     if state is None:
         theta = {n: p.detach().clone() for n, p in model.named_parameters()}
-        state = {"digest": digest, "round": 0, "theta": theta, "window": [], "rounds": [], "ckpts": [], "history": []}
+        state = {"digest": digest, "round": 0, "theta": theta, "window": [], "rounds": [], "ckpts": [], "history": [],
+                 "sha256": {}}
     else:
         print(f"[{run_name}] resuming from round {state['round']}", file=sys.stderr)
 
@@ -145,6 +209,8 @@ def train_run(objective: Objective, spec: RunSpec, work_dir: str | Path, *, run_
             state["ckpts"].append(_write_checkpoint(work_dir, rnd, spec, model, loss_fn, theta, window,
                                                     names, shapes, norms, (x_tr, y_tr, x_te, y_te), run_info,
                                                     history))
+            written = checkpoint_path(work_dir / CKPT_DIR, rnd)
+            state["sha256"][written.name] = file_digest(written)
         if _needed_for_history(rnd, checkpoints, n_hist):
             history.append((rnd, flatten(theta).clone()))
         bar.update(1)

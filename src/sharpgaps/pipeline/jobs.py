@@ -29,7 +29,16 @@ from ..data.sources import DataError
 from ..engine import losses, models
 from ..engine.devices import disable_tf32, resolve_device
 from ..engine.objective import Objective
-from ..engine.training import CKPT_DIR, DivergenceError, checkpoint_path, checkpoint_round, list_checkpoints, train_run
+from ..engine.training import (
+    CKPT_DIR,
+    CheckpointsInvalid,
+    DivergenceError,
+    checkpoint_path,
+    checkpoint_round,
+    train_run,
+    verified_checkpoints,
+    write_manifest,
+)
 from .config import ConfigError, read_yaml
 
 # Start-up: every job is a fresh process, so each step below imports its own stage (geometry, estimators,
@@ -98,23 +107,23 @@ def run_record(job: RunInputs, device, threads: int, seconds: float, **extra) ->
 
 def publish_run(work_dir, out_dir, ckpts: list[Path], record: dict) -> None:
     """Expose a finished run as its declared outputs: the checkpoint dir appears whole (rename) or not at
-    all, then metrics.csv and rounds.csv, then run.json. A full disk or an unwritable place raises one
-    OutputWriteError naming ``out_dir`` and leaves no half-published file."""
+    all, then its manifest (rounds and sha256, which every reader checks), metrics.csv and rounds.csv, then
+    run.json. Checkpoints are copied, never hard-linked: damage to a published file cannot reach the work copy
+    a rerun publishes again. A full disk or an unwritable place raises one OutputWriteError naming ``out_dir``
+    and leaves no half-published file."""
     work_dir, out_dir = Path(work_dir), Path(out_dir)
     staging = None
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{CKPT_DIR}.", dir=out_dir))
         for src in ckpts:
-            try:
-                os.link(src, staging / src.name)
-            except OSError:
-                shutil.copy2(src, staging / src.name)
+            shutil.copy2(src, staging / src.name)
         final = out_dir / CKPT_DIR
         if final.exists():
             shutil.rmtree(final)
         os.replace(staging, final)
         staging = None
+        write_manifest(final)
         for name in ("metrics.csv", "rounds.csv"):
             shutil.copy2(work_dir / name, out_dir / f".{name}.tmp")
             os.replace(out_dir / f".{name}.tmp", out_dir / name)
@@ -199,16 +208,22 @@ def train(run: dict, subset_path, work_dir, out_dir, *, name="run", threads=1, d
     publish_run(work_dir, out_dir, ckpts, run_record(job, device, threads, time.time() - t0))
 
 
+def run_checkpoints(run: dict, ckpt_dir) -> list[Path]:
+    """Every checkpoint the run's spec implies, checked against the train step's manifest; a clear exit naming
+    the missing or altered rounds and the fix otherwise."""
+    try:
+        return verified_checkpoints(ckpt_dir, RunSpec.from_run(run).checkpoints)
+    except CheckpointsInvalid as exc:
+        raise SystemExit(str(exc)) from None
+
+
 def checkpoint_job(run: dict, subset_path, ckpt_dir, threads: int, device: str):
     """The start of a job over a run's checkpoints: thread caps, no TF32, the run's model and data, and its
-    checkpoints (at least one)."""
+    checkpoints (every one its spec implies, verified)."""
+    ckpts = run_checkpoints(run, ckpt_dir)  # before any work: a damaged run fails in a second
     set_threads(threads)
     disable_tf32()
-    job = load_run(run, subset_path, job_device(device))
-    ckpts = list_checkpoints(ckpt_dir)
-    if not ckpts:
-        raise SystemExit(f"no checkpoints in {ckpt_dir}")
-    return job, ckpts
+    return load_run(run, subset_path, job_device(device)), ckpts
 
 
 def geometry(run: dict, params: dict, subset_path, ckpt_dir, work_dir, out, *, threads=1, device="cpu") -> None:
@@ -246,9 +261,7 @@ def estimators(run: dict, geometry_params: dict, params: dict, subset_path, ckpt
 def branch_point(run: dict, params: dict, ckpt_dir, geometry) -> tuple[int, str, float]:
     """(round, why, chi_k there) where a restricted run leaves its parent, by the config's branch rule
     (specs.BranchSpec) applied to the parent's checkpoints and its geometry table's chi_k."""
-    rounds = [checkpoint_round(p) for p in list_checkpoints(ckpt_dir)]
-    if not rounds:
-        raise SystemExit(f"no checkpoints in {ckpt_dir}")
+    rounds = [checkpoint_round(p) for p in run_checkpoints(run, ckpt_dir)]
     table = read_frame(geometry)
     chi = dict(table.loc[table["metric"] == "chi_k", ["round", "value"]].itertuples(index=False))
     chosen, why = BranchSpec.from_config(params).choose(rounds, run["local_steps"] // run["tau"], chi)
