@@ -18,6 +18,8 @@ CONFIG_quick := config.quick.yaml
 CONFIG_smoke := .test/config.yaml
 # Where the committed quick-scale figures live: figures.dir of config.quick.yaml (a test checks they agree).
 QUICK_FIGURES := paper_figures/quick
+# Where the quick scale's jobs write: results_dir of config.quick.yaml, read from it.
+QUICK_RESULTS := $(shell sed -n 's/^results_dir: *\([^ #]*\).*/\1/p' $(CONFIG_quick))
 
 .PHONY: setup check-lock lock lock-upgrade all unlock test bench docs slurm-test release-quick fidelity clean-venv
 
@@ -58,7 +60,7 @@ all: setup
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake all --cores $(CORES) --workflow-profile profiles/default \
 		--configfile $(CONFIG_$(SCALE)) $(SNAKEMAKE_ARGS)
 
-# After a kill: release Snakemake's lock on results/ (the venv's snakemake, no activation needed), then rerun
+# After a kill: release Snakemake's lock (the venv's snakemake, no activation needed), then rerun
 # `make all` (it passes --rerun-incomplete through the default profile).
 unlock: setup
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake --unlock --cores 1 --configfile $(CONFIG_$(SCALE))
@@ -68,21 +70,22 @@ test: setup
 
 # Rebuild the committed quick-scale figures from scratch and record how (MANIFEST.json beside them).
 release-quick: setup
-	git clean -fdqX results/ && rm -f $(QUICK_FIGURES)/*
+	git clean -fdqX $(QUICK_RESULTS)/ && rm -f $(QUICK_FIGURES)/*
 	commit=$$(git rev-parse HEAD); start=$$(date +%s); PATH=$(CURDIR)/$(VENV)/bin:$$PATH \
 		$(VENV)/bin/snakemake all --cores $(CORES) --configfile config.quick.yaml && end=$$(date +%s) && \
 	$(VENV)/bin/python -m sharpgaps manifest --config config.quick.yaml --wall-s $$((end - start)) \
-		--cores $(CORES) --commit $$commit --benchmarks results/benchmarks --out $(QUICK_FIGURES)/MANIFEST.json
+		--cores $(CORES) --commit $$commit --benchmarks $(QUICK_RESULTS)/benchmarks --out $(QUICK_FIGURES)/MANIFEST.json
 
 # Regenerate the quick scale's RESULTS.md and the measured block of docs/FIDELITY.md from the quick tables.
 # config.quick.yaml runs every stage, so every table is required: a missing one stops `summary` (no claim row
 # without its number); the claim table says "not run" only for a table not named here.
 fidelity: setup
 	$(VENV)/bin/python -m sharpgaps summary --title "quick scale" --out $(QUICK_FIGURES)/RESULTS.md \
-		--splice docs/FIDELITY.md --readme README.md $(foreach e,main tau_ablation k_sweep batch_sweep,--table $(e)=results/tables/$(e)_geometry.parquet) \
-		--table restricted=results/tables/restricted.parquet \
-		--table theory=$$(ls -t results/tables/theory_*.parquet | head -1) \
-		--table estimators=results/tables/main_estimators.parquet --table mechanism=results/tables/mechanism.parquet
+		--splice docs/FIDELITY.md --readme README.md $(foreach e,main tau_ablation k_sweep batch_sweep,--table $(e)=$(QUICK_RESULTS)/tables/$(e)_geometry.parquet) \
+		--table restricted=$(QUICK_RESULTS)/tables/restricted.parquet \
+		--table theory=$$(ls -t $(QUICK_RESULTS)/tables/theory_*.parquet | head -1) \
+		--table estimators=$(QUICK_RESULTS)/tables/main_estimators.parquet \
+		--table mechanism=$(QUICK_RESULTS)/tables/mechanism.parquet
 
 bench: setup
 	$(VENV)/bin/python benchmarks/run.py

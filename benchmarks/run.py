@@ -2,7 +2,7 @@
 
 Each table is measured side by side in this one process (interleaved repeats), so its ratios hold on
 a noisy machine; figures are medians with min-max. The DAG tables read Snakemake's `benchmark:` files
-of a finished run (default: this checkout's results/ from `make all SCALE=quick`). Sections of the previous
+of a finished run (default: this checkout's results/quick/ from `make all SCALE=quick`). Sections of the previous
 file that this script does not write (by-hand measurements) are kept in place (keep_by_hand).
 """
 
@@ -24,7 +24,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 # Paths inside a finished run (--workdir): the docs print them relative to it, never this machine's own paths.
-RESULTS, RESTRICTED_TABLE = Path("results"), Path("results/tables/restricted.parquet")
+# The quick scale's tree (config.quick.yaml: results_dir).
+RESULTS = Path("results/quick")
+RESTRICTED_TABLE = RESULTS / "tables/restricted.parquet"
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 

@@ -5,7 +5,7 @@ geometry and estimators jobs and the per-checkpoint seconds both jobs print in t
 Markdown table (docs/BENCHMARKS.md, "Cheap-estimator stage"). Nothing is timed here: the numbers are the
 jobs' own, so the two stages are compared under the conditions of one run.
 
-    python benchmarks/stage_costs.py [results]
+    python benchmarks/stage_costs.py [results/quick]     (a scale's results_dir)
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def markdown(table: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    found = rows(Path(sys.argv[1] if len(sys.argv) > 1 else "results"))
+    found = rows(Path(sys.argv[1] if len(sys.argv) > 1 else "results/quick"))
     if not found:
-        raise SystemExit("no run with both a geometry and an estimators job (benchmark file and log) in results/")
+        raise SystemExit("no run with both a geometry and an estimators job (benchmark file and log) in that results_dir")
     print(markdown(found))

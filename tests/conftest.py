@@ -81,7 +81,7 @@ def smoke_report(smoke, tmp_path_factory) -> Path:
     it (the report writes Snakemake metadata; the smoke run stays untouched). Read it, never modify it."""
     def build(base):
         shutil.copytree(smoke, base / "w", symlinks=True, copy_function=os.link)
-        snakemake(base / "w", "all", "--report", str(base / "report.html"))
+        (base / "report.log").write_text(snakemake(base / "w", "all", "--report", str(base / "report.html")))
 
     return shared_run(tmp_path_factory, "report", build) / "report.html"
 

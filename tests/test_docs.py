@@ -1,6 +1,7 @@
 """Committed documentation: generated blocks are current, and nothing names this machine's paths."""
 
 import copy
+import json
 import inspect
 import re
 import sys
@@ -145,3 +146,12 @@ def test_configs_run_the_adopted_transformer_probe(configs):
             assert len({d["seed"] for d in full}) >= 3
             assert all(d["final"]["train_acc"] >= 0.85 and d["final"]["dev_acc"] >= 0.65 for d in full)
     assert "quick" in scales.SCALES and "config.quick.yaml" in probe.ADOPTED
+
+
+def test_readme_smoke_time_is_the_recorded_measurement():
+    import smoke_time
+
+    record = json.loads(smoke_time.RECORD.read_text())
+    row = next(line for line in (REPO / "README.md").read_text().splitlines() if line.startswith(smoke_time.ROW_START))
+    assert row == smoke_time.readme_row(record), "README's smoke row is stale: python benchmarks/smoke_time.py --readme-only"
+    assert record["wall_s"] > 0 and record["load_median"] >= 0 and record["jobs"] > 0

@@ -336,3 +336,32 @@ def test_cores_1_gives_the_same_results_as_cores_8(mini, tmp_path):
         _same_files(ref / "results/runs", work / "results/runs", pattern)
     _same_files(ref / "results/tables", work / "results/tables", "*.parquet")
     _same_files(ref / FIGURE_DIR, work / FIGURE_DIR, "*.csv")
+
+
+# ------------------------------------------------------------------------------------------ scales
+
+def _planned_outputs(text: str) -> list[str]:
+    """Every output path a dry run lists."""
+    outs = []
+    for line in text.splitlines():
+        if line.strip().startswith("output:"):
+            outs += [p.strip() for p in line.split(":", 1)[1].split(",") if p.strip()]
+    return outs
+
+
+def test_scales_alternate_in_one_tree_without_invalidating_each_other(mini, tmp_path):
+    """smoke -> quick -> smoke -> paper -> smoke in one working tree: each other scale plans and writes only under its
+    own results_dir and figure dir (its data acquisition and subsets run for real here), and the smoke scale's
+    products stay current each time (0 jobs)."""
+    ref, config = mini
+    work = _copy(ref, tmp_path / "w")
+    assert "Nothing to be done" in snakemake(work, "-n", *MINI_TARGETS, config=config)
+    for name in ("config.quick.yaml", "config.yaml"):
+        other = yaml.safe_load((REPO / name).read_text())
+        own = (other["results_dir"].rstrip("/") + "/", other["figures"]["dir"].rstrip("/") + "/")
+        planned = _planned_outputs(snakemake(work, "-n", "all", config=REPO / name))
+        assert planned and all(p.startswith(own) for p in planned), [p for p in planned if not p.startswith(own)]
+        subset = next(p for p in planned if "/data/mnist/subset_" in p)
+        snakemake(work, "--cores", "2", subset, config=REPO / name)  # the other scale's first jobs, for real
+        assert (work / subset).is_file()
+        assert "Nothing to be done" in snakemake(work, "-n", *MINI_TARGETS, config=config), name

@@ -113,3 +113,10 @@ def test_report_holds_every_registry_figure_with_its_caption(smoke, smoke_report
             assert shown["labels"] == fig["labels"], stem
         png = results[f"{FIGURE_DIR}/{stem}.png"]["data_uri"]
         assert base64.b64decode(png.split("base64,", 1)[1]) == (smoke / FIGURE_DIR / f"{stem}.png").read_bytes(), stem
+
+
+def test_making_the_report_prints_no_warning(smoke_report):
+    """Snakemake's input-size default resource made `--report` print a "coroutine ... never awaited" warning per job;
+    the default profile fixes disk_mb instead."""
+    log = smoke_report.with_name("report.log").read_text()
+    assert "Report created" in log and "never awaited" not in log and "Warning" not in log, log[-3000:]

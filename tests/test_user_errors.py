@@ -97,6 +97,17 @@ def test_yaml_error_names_file_and_line(tmp_path):
     assert "check-config $(CONFIG_$(SCALE))" in (REPO / "Makefile").read_text()
 
 
+def test_unclosed_bracket_names_the_line_that_opens_it(tmp_path):
+    """PyYAML fails a line after an unclosed '[': the message also names where the sequence starts."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data_dir: x\ntrain: {seeds: [0, 1,\n  K: 4}\nsettings: {}\n")
+    with pytest.raises(ConfigError) as err:
+        read_yaml(bad)
+    text = str(err.value)
+    assert "while parsing a flow sequence that starts at line 2, column 16:" in text, text
+    assert "train: {seeds: [0, 1," in text  # the line to fix is shown, with a caret under the '['
+
+
 def test_broken_default_config_yaml_names_file_and_line(tmp_path):
     work = workflow_copy(tmp_path / "wf")
     text = (work / "config.yaml").read_text().splitlines()
@@ -117,3 +128,33 @@ def test_cores_0_is_rejected_before_jobs_are_selected(tmp_path):
     assert "--cores 0: no job can ever start" in proc.stderr + proc.stdout
     assert "Select jobs to execute" not in proc.stderr + proc.stdout
     assert not (tmp_path / "results").exists()
+
+
+# ------------------------------------------------------------------------------------------- data dir
+
+def test_the_printed_data_commands_show_that_the_environment_variable_wins(tmp_path, data_dir):
+    """The data jobs' printed commands name SHARPGAPS_DATA_DIR before the config key, as the jobs read them; the
+    job's log says which directory it read."""
+    out = snakemake(tmp_path, "-n", "-p", "--cores", "1", "results/data/mnist/acquired.json")
+    assert '--data-dir "${SHARPGAPS_DATA_DIR:-../shared/data}"' in out, out[-2000:]
+    snakemake(tmp_path, "--cores", "1", "results/data/mnist/acquired.json", env={"SHARPGAPS_DATA_DIR": str(data_dir)})
+    assert f"mnist: raw data from {data_dir.resolve()}" in (tmp_path / "results/logs/acquire/mnist.log").read_text()
+
+
+# ------------------------------------------------------------------------------- the README's commands
+
+def _readme_snakemake_commands() -> list[str]:
+    block = (REPO / "README.md").read_text().split("Common variations:", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    return [line.split("#", 1)[0].strip() for line in block.splitlines() if line.startswith("snakemake ")]
+
+
+def test_readme_commands_name_their_config_so_that_no_target_is_read_as_one(tmp_path):
+    """`--configfile X target` reads the target as a second config file (Snakemake's traceback for a PDF, before
+    this workflow is read); the README writes `--configfile=X`, which takes one value, and that exact order works."""
+    commands = _readme_snakemake_commands()
+    assert any("--configfile" in c for c in commands)
+    assert all("--configfile=" in c for c in commands if "--configfile" in c), commands
+    figure = next(c for c in commands if "--configfile=" in c and c.split()[-1].endswith(".pdf"))
+    args = figure.split()[1:]
+    out = snakemake(tmp_path, "-n", *args, config=None)
+    assert "fig02_removal" in out and "Traceback" not in out, out[-2000:]

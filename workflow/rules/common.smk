@@ -49,6 +49,10 @@ wildcard_constraints:
     run=grid.RUN_ID_WILDCARD,
 
 
+# Every path the workflow writes lives under R: one tree per scale (config `results_dir`), so that a smoke, quick and
+# paper run alternate in one checkout without invalidating each other's files.
+R = config["results_dir"].rstrip("/")
+
 # Rules that benefit from a GPU ask for one when the config says device: cuda (profiles may add more).
 GPU = 1 if config["device"] == "cuda" else 0
 
@@ -75,7 +79,7 @@ def subset_tag(dataset):
 
 
 def subset_path(dataset):
-    return f"results/data/{dataset}/subset_{subset_tag(dataset)}.pt"
+    return f"{R}/data/{dataset}/subset_{subset_tag(dataset)}.pt"
 
 
 def subset_args(wildcards):
@@ -90,7 +94,7 @@ def subset_args(wildcards):
 
 
 def run_dir(run):
-    return f"results/runs/{run['setting']}/{grid.run_id(run)}"
+    return f"{R}/runs/{run['setting']}/{grid.run_id(run)}"
 
 
 def run_description(wildcards):
@@ -143,7 +147,7 @@ def geometry_json(wildcards):
 def geometry_work(wildcards):
     """Per-checkpoint cache dir; keyed by every geometry parameter so a change never reuses stale rows."""
     digest = grid.digest(geometry_json(wildcards))
-    return f"results/work/geometry/{wildcards.setting}/{wildcards.run}/{digest}"
+    return f"{R}/work/geometry/{wildcards.setting}/{wildcards.run}/{digest}"
 
 
 def geometry_path(run):
@@ -167,7 +171,7 @@ def theory_json(tag):
 
 
 def theory_table():
-    return f"results/tables/theory_{theory_tag()}.parquet"
+    return f"{R}/tables/theory_{theory_tag()}.parquet"
 
 
 def restricted_params(setting):
@@ -184,7 +188,7 @@ def restricted_tag(setting):
 
 def parent_geometry(wildcards):
     """The parent run's geometry table: its chi_k decides the branch point (specs.BranchSpec)."""
-    return f"results/runs/{wildcards.setting}/{wildcards.run}/geometry_{geometry_tag(wildcards.setting)}.parquet"
+    return f"{R}/runs/{wildcards.setting}/{wildcards.run}/geometry_{geometry_tag(wildcards.setting)}.parquet"
 
 
 def restricted_json(wildcards):
@@ -210,7 +214,7 @@ def restricted_outputs():
 
 def restricted_table():
     """The restricted runs branch from `main`: without that experiment there is nothing to collect."""
-    return ["results/tables/restricted.parquet"] if restricted_outputs() else []
+    return [R + "/tables/restricted.parquet"] if restricted_outputs() else []
 
 
 # Cheap estimators of the sharp subspace (workflow/rules/estimators.smk).
@@ -242,7 +246,7 @@ def estimators_outputs():
 
 
 def estimators_table():
-    return ["results/tables/main_estimators.parquet"] if estimators_outputs() else []
+    return [R + "/tables/main_estimators.parquet"] if estimators_outputs() else []
 
 
 # Per-direction mechanism stage (workflow/rules/mechanism.smk)
@@ -299,4 +303,4 @@ def mechanism_tables():
 
 
 def mechanism_table():
-    return ["results/tables/mechanism.parquet"] if mechanism_experiments() else []
+    return [R + "/tables/mechanism.parquet"] if mechanism_experiments() else []

@@ -3,28 +3,30 @@
 
 rule acquire:
     output:
-        "results/data/{dataset}/acquired.json",
+        R + "/data/{dataset}/acquired.json",
     log:
-        "results/logs/acquire/{dataset}.log",
+        R + "/logs/acquire/{dataset}.log",
     conda:
         ENV
     params:
         data_dir=config["data_dir"],
         download="" if config["download"] else "--no-download",
     shell:
-        "python -m sharpgaps acquire --dataset {wildcards.dataset} --data-dir {params.data_dir:q} "
+        # the environment variable wins over the config key (sharpgaps.data.sources.resolve_data_dir); the command
+        # shows it, and the config value alone is the param, so moving the data triggers no rerun
+        "python -m sharpgaps acquire --dataset {wildcards.dataset} --data-dir \"${{SHARPGAPS_DATA_DIR:-{params.data_dir}}}\" "
         "{params.download} --out {output} > {log} 2>&1"
 
 
 rule subset:
     input:
-        "results/data/{dataset}/acquired.json",
+        R + "/data/{dataset}/acquired.json",
     output:
-        "results/data/{dataset}/subset_{tag}.pt",
+        R + "/data/{dataset}/subset_{tag}.pt",
     log:
-        "results/logs/subset/{dataset}_{tag}.log",
+        R + "/logs/subset/{dataset}_{tag}.log",
     benchmark:
-        "results/benchmarks/subset/{dataset}_{tag}.tsv"
+        R + "/benchmarks/subset/{dataset}_{tag}.tsv"
     conda:
         ENV
     resources:
@@ -33,5 +35,5 @@ rule subset:
         data_dir=config["data_dir"],
         args=subset_args,
     shell:
-        "python -m sharpgaps subset --dataset {wildcards.dataset} --data-dir {params.data_dir:q} "
+        "python -m sharpgaps subset --dataset {wildcards.dataset} --data-dir \"${{SHARPGAPS_DATA_DIR:-{params.data_dir}}}\" "
         "{params.args} --out {output} > {log} 2>&1"

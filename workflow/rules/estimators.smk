@@ -4,16 +4,16 @@
 
 rule estimators:
     input:
-        ckpt="results/runs/{setting}/{run}/ckpt",
-        manifest="results/runs/{setting}/{run}/checkpoints.json",  # verified by the job
-        geometry="results/runs/{setting}/{run}/geometry_{gtag}.parquet",  # after geometry: its eigenvector cache
+        ckpt=R + "/runs/{setting}/{run}/ckpt",
+        manifest=R + "/runs/{setting}/{run}/checkpoints.json",  # verified by the job
+        geometry=R + "/runs/{setting}/{run}/geometry_{gtag}.parquet",  # after geometry: its eigenvector cache
         subset=lambda wc: subset_path(dataset_of(wc.setting)),
     output:
-        "results/runs/{setting}/{run}/estimators_{gtag}_{etag}.parquet",
+        R + "/runs/{setting}/{run}/estimators_{gtag}_{etag}.parquet",
     log:
-        "results/logs/estimators/{setting}/{run}_{gtag}_{etag}.log",
+        R + "/logs/estimators/{setting}/{run}_{gtag}_{etag}.log",
     benchmark:
-        "results/benchmarks/estimators/{setting}/{run}_{gtag}_{etag}.tsv"
+        R + "/benchmarks/estimators/{setting}/{run}_{gtag}_{etag}.tsv"
     wildcard_constraints:
         etag="[0-9a-f]{12}",
     conda:
@@ -28,7 +28,7 @@ rule estimators:
         geometry=geometry_json,
         estimators=estimators_params,
         geometry_work=geometry_work,
-        work="results/work/estimators/{setting}/{run}/{gtag}_{etag}",
+        work=R + "/work/estimators/{setting}/{run}/{gtag}_{etag}",
         device=config["device"],
     shell:
         "python -m sharpgaps estimators --run {params.run:q} --geometry {params.geometry:q} "
@@ -42,9 +42,9 @@ rule collect_estimators:
     input:
         estimators_outputs(),
     output:
-        "results/tables/main_estimators.parquet",
+        R + "/tables/main_estimators.parquet",
     log:
-        "results/logs/collect/main_estimators.log",
+        R + "/logs/collect/main_estimators.log",
     conda:
         ENV
     shell:

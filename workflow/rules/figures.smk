@@ -14,7 +14,7 @@ FIGURES = sg_figures.expand(
     REGISTRY,
     config,
     tables={
-        "geometry": "results/tables/{experiment}_geometry.parquet",
+        "geometry": R + "/tables/{experiment}_geometry.parquet",
         "restricted": next(iter(restricted_table()), None),
         "theory": theory_table(),
         "estimators": next(iter(estimators_table()), None),
@@ -30,7 +30,7 @@ CAPTIONS = os.path.relpath(REPO / "workflow/report")
 # RESULTS.md: every table this config has (`sharpgaps summary` skips the sections of absent ones).
 SUMMARY_TABLES = {
     **{
-        exp: f"results/tables/{exp}_geometry.parquet"
+        exp: f"{R}/tables/{exp}_geometry.parquet"
         for exp in ("main", *sg_figures.SWEEPS)
         if exp in config["experiments"]
     },
@@ -80,11 +80,11 @@ for family, row in REGISTRY.items():
             pdf=f"{FIGURE_DIR}/{{fig}}.pdf",
             png=captioned["png"],
             csv=captioned["csv"],
-            notebook="results/notebooks/{fig}.ipynb",
+            notebook=R + "/notebooks/{fig}.ipynb",
         log:
-            "results/logs/figures/{fig}.log",
+            R + "/logs/figures/{fig}.log",
         benchmark:
-            "results/benchmarks/figures/{fig}.tsv"
+            R + "/benchmarks/figures/{fig}.tsv"
         wildcard_constraints:
             # exactly this family's figures in this config ("(?!)" never matches: none)
             fig="|".join(re.escape(stem) for stem in FIGURES[family]) or "(?!)",
@@ -110,7 +110,7 @@ rule results_summary:
             labels={"figure": "RESULTS.md", "shows": "headline numbers"},
         ),
     log:
-        "results/logs/figures/results_summary.log",
+        R + "/logs/figures/results_summary.log",
     localrule: True
     conda:
         ENV

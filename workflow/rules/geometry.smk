@@ -3,15 +3,15 @@
 
 rule geometry:
     input:
-        ckpt="results/runs/{setting}/{run}/ckpt",
-        manifest="results/runs/{setting}/{run}/checkpoints.json",  # verified by the job
+        ckpt=R + "/runs/{setting}/{run}/ckpt",
+        manifest=R + "/runs/{setting}/{run}/checkpoints.json",  # verified by the job
         subset=lambda wc: subset_path(dataset_of(wc.setting)),
     output:
-        "results/runs/{setting}/{run}/geometry_{gtag}.parquet",
+        R + "/runs/{setting}/{run}/geometry_{gtag}.parquet",
     log:
-        "results/logs/geometry/{setting}/{run}_{gtag}.log",
+        R + "/logs/geometry/{setting}/{run}_{gtag}.log",
     benchmark:
-        "results/benchmarks/geometry/{setting}/{run}_{gtag}.tsv"
+        R + "/benchmarks/geometry/{setting}/{run}_{gtag}.tsv"
     conda:
         ENV
     threads: config["threads"]
@@ -35,9 +35,9 @@ rule collect_geometry:
     input:
         experiment_geometry,
     output:
-        "results/tables/{experiment}_geometry.parquet",
+        R + "/tables/{experiment}_geometry.parquet",
     log:
-        "results/logs/collect/{experiment}.log",
+        R + "/logs/collect/{experiment}.log",
     conda:
         ENV
     shell:

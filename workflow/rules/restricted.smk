@@ -3,16 +3,16 @@
 
 rule restricted:
     input:
-        ckpt="results/runs/{setting}/{run}/ckpt",
-        manifest="results/runs/{setting}/{run}/checkpoints.json",  # verified by the job
+        ckpt=R + "/runs/{setting}/{run}/ckpt",
+        manifest=R + "/runs/{setting}/{run}/checkpoints.json",  # verified by the job
         geometry=parent_geometry,
         subset=lambda wc: subset_path(dataset_of(wc.setting)),
     output:
-        "results/runs/{setting}/{run}/restricted_{rtag}/{mode}.parquet",
+        R + "/runs/{setting}/{run}/restricted_{rtag}/{mode}.parquet",
     log:
-        "results/logs/restricted/{setting}/{run}_{rtag}_{mode}.log",
+        R + "/logs/restricted/{setting}/{run}_{rtag}_{mode}.log",
     benchmark:
-        "results/benchmarks/restricted/{setting}/{run}_{rtag}_{mode}.tsv"
+        R + "/benchmarks/restricted/{setting}/{run}_{rtag}_{mode}.tsv"
     wildcard_constraints:
         mode="none|dom|bulk|gapdom|gapbulk|randdom|randbulk|graddom|gradbulk",
     conda:
@@ -25,7 +25,7 @@ rule restricted:
     params:
         run=run_description,
         restricted=restricted_json,
-        work="results/work/restricted/{setting}/{run}/{rtag}/{mode}",
+        work=R + "/work/restricted/{setting}/{run}/{rtag}/{mode}",
         device=config["device"],
         resume_every=config["resume_every_s"],
     shell:
@@ -40,9 +40,9 @@ rule collect_restricted:
     input:
         restricted_outputs(),
     output:
-        "results/tables/restricted.parquet",
+        R + "/tables/restricted.parquet",
     log:
-        "results/logs/collect/restricted.log",
+        R + "/logs/collect/restricted.log",
     conda:
         ENV
     shell:

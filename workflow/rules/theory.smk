@@ -3,11 +3,11 @@
 
 rule theory:
     output:
-        "results/tables/theory_{tag}.parquet",
+        R + "/tables/theory_{tag}.parquet",
     log:
-        "results/logs/theory/{tag}.log",
+        R + "/logs/theory/{tag}.log",
     benchmark:
-        "results/benchmarks/theory/{tag}.tsv"
+        R + "/benchmarks/theory/{tag}.tsv"
     conda:
         ENV
     threads: 1

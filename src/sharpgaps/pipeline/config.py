@@ -79,14 +79,22 @@ def read_yaml(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
-        what = " ".join(x for x in (exc.context, exc.problem) if x)
-        mark = exc.problem_mark or exc.context_mark
-        if mark is None:
-            raise ConfigError(f"{path}: not valid YAML ({what})") from None
         lines = text.splitlines()
-        shown = f"\n    {lines[mark.line]}\n    {' ' * mark.column}^" if mark.line < len(lines) else ""
-        raise ConfigError(f"{path}, line {mark.line + 1}, column {mark.column + 1}: not valid YAML "
-                          f"({what}){shown}") from None
+
+        def shown(mark) -> str:
+            return f"\n    {lines[mark.line]}\n    {' ' * mark.column}^" if mark.line < len(lines) else ""
+
+        mark, opened = exc.problem_mark or exc.context_mark, exc.context_mark
+        if mark is None:
+            raise ConfigError(f"{path}: not valid YAML ({' '.join(x for x in (exc.context, exc.problem) if x)})") from None
+        message = (f"{path}, line {mark.line + 1}, column {mark.column + 1}: not valid YAML "
+                   f"({exc.problem or exc.context}){shown(mark)}")
+        # PyYAML reports an unclosed bracket or quote where parsing failed, often lines later; where it was opened
+        # (the context mark) is usually the line to fix
+        if exc.context and opened is not None and exc.problem_mark is not None and \
+                (opened.line, opened.column) != (mark.line, mark.column):
+            message += f"\n  {exc.context} that starts at line {opened.line + 1}, column {opened.column + 1}:{shown(opened)}"
+        raise ConfigError(message) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(data, dict):

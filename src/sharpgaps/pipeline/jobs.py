@@ -184,6 +184,7 @@ def add_train_args(q) -> None:
 def acquire(dataset: str, data_dir, out, download: bool = True) -> None:
     """Verify (or download) one dataset's raw files; the stamp records each file and its checksum."""
     data_dir = sources.resolve_data_dir(data_dir)
+    print(f"{dataset}: raw data from {data_dir}", flush=True)
     layout, files = sources.acquire(dataset, data_dir, download=download)
     save_json({"dataset": dataset, "data_dir": str(data_dir), "layout": layout.name,
                "files": {rel: {"path": str(p), "checksum": f"{f.algo}:{f.digest}"}
