@@ -175,6 +175,28 @@ def test_vk_share():
     assert list(share["share_measured"]) == [0.5, 0.5] and list(share["share_predicted"]) == [0.5, 0.5]
 
 
+def test_tau_shares_take_each_runs_own_late_third():
+    """A tau ablation holds several runs per seed, each with its own checkpoint rounds: the late third is each
+    run's, never one pooled over the seed's runs (which read a long-tau run at its final checkpoint only)."""
+    from sharpgaps.report.summary import mechanism_numbers
+
+    base = {"setting": "mnist_fc", "K": 8, "b": 50, "lr": 0.05, "loss": "mse", "window": 4,
+            "experiment": "tau_ablation"}
+    rows = []
+    for seed in (0, 1):
+        for tau, rounds in ((8, (10, 20, 30, 40, 50, 60)), (32, (2, 4, 6))):
+            for r in rounds:
+                share = 0.1 * seed + r / 100 + tau / 1000  # a different share per run and round
+                run = {**base, "tau": tau, "seed": seed, "round": r, "step": r * tau, "k": 2}
+                rows.append({**run, "kind": "eigen", "direction": 0, "measured": share, "predicted": share / 2})
+                rows.append({**run, "kind": "total", "direction": -1, "measured": 1.0, "predicted": 1.0})
+    got = mechanism_numbers(pd.DataFrame(rows))["share"].set_index(["tau", "seed"])
+    for seed in (0, 1):  # by run: tau 8 over rounds 50, 60; tau 32 over round 6 (the last third of 3)
+        assert got.loc[(8, seed), "share_measured"] == pytest.approx(0.1 * seed + 0.55 + 0.008)
+        assert got.loc[(32, seed), "share_measured"] == pytest.approx(0.1 * seed + 0.06 + 0.032)
+        assert got.loc[(32, seed), "share_predicted"] == pytest.approx((0.1 * seed + 0.06 + 0.032) / 2)
+
+
 def test_per_example_loop_matches_vmap():
     """The two per-example paths give the same projections (the small-n loop and the vmapped chunks)."""
     from sharpgaps.engine.losses import mse_onehot
