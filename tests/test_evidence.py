@@ -98,7 +98,8 @@ def _phased(setting="sst2_transformer", losses=(0.24, 0.10), const=0.2466):
             rows.append({**base, "metric": "gap_rank", "value": 28.0})
             rows += [{**base, "metric": "sqcos", "i": 0, "j": j, "value": 0.5} for j in (0, 1)]  # k = 2
             for metric, value in (("removal", 0.5 + r / 100), ("overlap", 0.2 + r / 100), ("random_removal", 1e-4),
-                                  ("oracle_removal", 1.0), ("random_removal_expected", 1e-4)):
+                                  ("oracle_removal", 1.0), ("random_removal_expected", 1e-4),
+                                  ("aligned_removal", 0.3), ("aligned_overlap", 0.01), ("aligned_capture", 0.01)):
                 rows.append({**base, "metric": metric, "m": 2, "value": value})
     return pd.DataFrame(rows)
 

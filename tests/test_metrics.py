@@ -6,6 +6,7 @@ import torch
 
 from sharpgaps.curvature.gaps import gap_covariance_spectrum, gap_subspace, orthonormalise
 from sharpgaps.curvature.metrics import (
+    aligned_control_all,
     capture_fraction,
     gradient_alignment,
     oracle_removal,
@@ -145,6 +146,48 @@ def test_random_removal_all_m_share_draws_and_match_a_dense_draw(basis):
         se = math.sqrt(float(dense.var()) / n + float(allm[m].var()) / n)
         assert abs(float(dense.mean() - allm[m].mean())) < 5 * se
         assert abs(float(dense.std() / allm[m].std()) - 1) < 0.1
+
+
+def _explicit_aligned(g, U, m, n, gen):
+    """The control by its definition: z a Haar frame of g's complement (QR of projected Gaussians)."""
+    d = g.shape[0]
+    gh = g / g.norm()
+    a = float((U[:, :m].T @ gh).square().sum())
+    Z = torch.randn(n, d, m, generator=gen, dtype=torch.float64)
+    Z = Z - gh[:, None] * (gh @ Z)[:, None, :]  # into g's orthogonal complement
+    Z = torch.linalg.qr(Z)[0]
+    R = Z.clone()
+    R[:, :, 0] = a**0.5 * gh + (1 - a) ** 0.5 * Z[:, :, 0]
+    return R, a
+
+
+def test_aligned_control_has_the_subspaces_alignment_and_matches_an_explicit_draw_in_law(basis):
+    d, k, n = D, K, 3000
+    V = basis[:, :k]
+    g = V @ torch.tensor([1.0, -2.0, 0.5, 1.0], dtype=torch.float64) + 0.8 * basis[:, k:].sum(1)
+    # a subspace whose first direction leans on g, the rest on the bulk
+    U = torch.linalg.qr(torch.cat([(g / g.norm() + 0.7 * basis[:, k])[:, None], basis[:, k + 1:k + 8]], 1))[0]
+    got = aligned_control_all(g, V, U, [1, 3, 8], torch.Generator().manual_seed(5), n)
+    gen = torch.Generator().manual_seed(6)
+    for m in (1, 3, 8):
+        R, a = _explicit_aligned(g, U, m, n, gen)
+        assert torch.allclose((R.mT @ (g / g.norm())).square().sum(-1), torch.full((n,), a, dtype=torch.float64))
+        h = V @ (V.T @ g)
+        dense = {"removal": 1.0 - ((g - (R @ (R.mT @ g)[..., None])[..., 0]) @ V).square().sum(-1)
+                 / (V.T @ g).square().sum(),
+                 "overlap": (V.T @ R).square().sum((-2, -1)) / min(k, m),
+                 "capture": (R.mT @ h).square().sum(-1) / (h @ h)}
+        for name, x in dense.items():
+            y = got[m][name]
+            se = math.sqrt(float(x.var()) / n + float(y.var()) / n) + 1e-12
+            assert abs(float(x.mean() - y.mean())) < 5 * se, (m, name, float(x.mean()), float(y.mean()))
+    # a subspace holding g: removal 1 for it and for its control alike; the control's overlap is only what g's
+    # direction carries into V_k, far below the subspace V_k itself
+    Ug = torch.linalg.qr(torch.cat([g[:, None], V[:, :3]], 1))[0]
+    ctl = aligned_control_all(g, V, Ug, [1, 4], torch.Generator().manual_seed(7), 200)
+    assert torch.allclose(ctl[1]["removal"], torch.ones(200, dtype=torch.float64))
+    assert removal_fraction(g, V, Ug) == pytest.approx(1.0)
+    assert float(ctl[4]["overlap"].mean()) < 0.5 * subspace_overlap(V, Ug)
 
 
 # ------------------------------------------------------------------------------- gaps

@@ -18,6 +18,7 @@ RANDOM_SUBSPACE = 0x5A4D0  # random-Dom/Bulk subspaces, per refresh
 NOISE = 0x40153  # fresh minibatches of the noise estimator
 KRYLOV_START = 0x4B1  # the Krylov estimator's random start block, per checkpoint
 HAAR_BASIS = 0x9A4D  # the estimators' random-subspace floor, per checkpoint
+ALIGNED_CONTROL = 0xA11C  # the geometry stage's g-aligned control subspaces, per checkpoint
 
 # linear strides
 LANCZOS = 7919  # a cold Lanczos start: (seed, checkpoint round or refresh index)

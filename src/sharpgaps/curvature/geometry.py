@@ -23,6 +23,7 @@ from ..engine.objective import Objective
 from .gaps import gap_covariance_spectrum, gap_subspace
 from .hessian import top_eigenpairs
 from .metrics import (
+    aligned_control_all,
     capture_fraction,
     gradient_alignment,
     oracle_removal,
@@ -88,6 +89,9 @@ def checkpoint_geometry(objective: Objective, spec: GeometrySpec, ckpt: dict, v0
     ms = sorted({m for m in (*spec.m_list, spec.k) if m <= rank} | ({rank} if spec.m_rank and rank else set()))
     chi2 = gradient_alignment(g, V) ** 2
     rand = random_removal_all(g.cpu(), V.cpu(), ms, gen, spec.random_draws)
+    # the control removal cannot pass by alignment with g alone: U_m's alignment, random otherwise
+    aligned = aligned_control_all(g.cpu(), V.cpu(), U_all.cpu(), ms, torch.Generator().manual_seed(
+        seeds.mixed(spec.seed, seeds.ALIGNED_CONTROL, ckpt["round"])), spec.random_draws)
     for m in ms:
         U = U_all[:, :m]
         rows += _rows(base, "removal", removal_fraction(g, V, U), m=m)
@@ -97,6 +101,8 @@ def checkpoint_geometry(objective: Objective, spec: GeometrySpec, ckpt: dict, v0
         rows += _rows(base, "oracle_removal", oracle_removal(g, V, m), m=m)
         rows += _rows(base, "random_removal", float(rand[m].mean()), m=m)
         rows += _rows(base, "random_removal_expected", random_removal_expected(m, d, spec.k, chi2), m=m)
+        for name, draws in aligned.get(m, {}).items():
+            rows += _rows(base, f"aligned_{name}", float(draws.mean()), m=m)
     # cos^2(u_i, g) of the top gap directions: a u_1 close to g itself removes g's dominant part at m = 1
     lead = min(GRAD_COS_TOP, rank)
     if lead:
@@ -110,10 +116,17 @@ def checkpoint_geometry(objective: Objective, spec: GeometrySpec, ckpt: dict, v0
     return rows, eig.vectors, g
 
 
+# The metrics a checkpoint's cached rows must hold: an entry written before one of them existed is recomputed.
+CACHED_METRICS = ("aligned_removal",)
+
+
 def _cached(work_dir: Path, ckpt_path: Path, key: str) -> dict | None:
     done = load_recomputable(Path(work_dir) / f"{Path(ckpt_path).stem}.geom.pt", "geometry cache")
     # an entry without the gradient was written before it was cached: stale like a changed checkpoint
-    return done if done is not None and done.get("key") == key and "gradient" in done else None
+    if done is None or done.get("key") != key or "gradient" not in done:
+        return None
+    present = {r["metric"] for r in done["rows"]}
+    return done if all(m in present for m in CACHED_METRICS) or "removal" not in present else None
 
 
 def checkpoint_cache(objective: Objective, spec: GeometrySpec, ckpt_paths: list[Path], work_dir: Path,

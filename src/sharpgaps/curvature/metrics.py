@@ -100,18 +100,7 @@ def random_removal_all(g: Tensor, V: Tensor, ms, generator: torch.Generator | No
     seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device if generator else "cpu"))
     rng = np.random.default_rng(seed)
     Z = torch.from_numpy(rng.standard_normal((n_draws, top, r)))  # the first `top` rows of each draw's Z
-    rest = d - top
-    if rest >= r:  # Bartlett: L_ii^2 ~ chi2(rest - i), L_ij ~ N(0, 1) below the diagonal
-        B = np.zeros((n_draws, r, r))
-        B[:, np.arange(r), np.arange(r)] = np.sqrt(rng.chisquare(rest - np.arange(r), size=(n_draws, r)))
-        low = np.tril_indices(r, -1)
-        B[:, low[0], low[1]] = rng.standard_normal((n_draws, len(low[0])))
-        B = torch.from_numpy(B)
-        gram_rest = B @ B.mT
-    else:  # tiny d: draw the remaining rows themselves
-        Zr = torch.from_numpy(rng.standard_normal((n_draws, rest, r)))
-        gram_rest = Zr.mT @ Zr
-    L = torch.linalg.cholesky(Z.mT @ Z + gram_rest)  # (n_draws, r, r)
+    L = torch.linalg.cholesky(Z.mT @ Z + _wishart_gram(rng, n_draws, d - top, r))  # (n_draws, r, r)
     out = {}
     for m in ms:
         if m <= 0 or m >= d:
@@ -120,6 +109,66 @@ def random_removal_all(g: Tensor, V: Tensor, ms, generator: torch.Generator | No
         Wm = torch.linalg.solve_triangular(L, Z[:, :m].mT, upper=False).mT  # W[:m] = Z[:m] L^-T, (n, m, r)
         pg = (Wm.mT @ (Wm @ tg)[..., None])[..., 0]  # Q^T P g = W[:m]^T W[:m] t_g, (n, r)
         out[m] = 1.0 - (vg - pg @ Tv).square().sum(-1) / den  # V^T (I - P) g = V^T g - Tv^T Q^T P g
+    return out
+
+
+def _wishart_gram(rng, n_draws: int, dof: int, m: int) -> Tensor:
+    """n_draws Wishart(dof, I_m) matrices (n_draws, m, m): Bartlett's decomposition (L_ii^2 ~ chi2(dof - i),
+    L_ij ~ N(0, 1) below the diagonal), or the Gram of dof Gaussian rows where dof < m."""
+    if dof >= m:
+        B = np.zeros((n_draws, m, m))
+        B[:, np.arange(m), np.arange(m)] = np.sqrt(rng.chisquare(dof - np.arange(m), size=(n_draws, m)))
+        low = np.tril_indices(m, -1)
+        B[:, low[0], low[1]] = rng.standard_normal((n_draws, len(low[0])))
+        B = torch.from_numpy(B)
+        return B @ B.mT
+    Zr = torch.from_numpy(rng.standard_normal((n_draws, dof, m)))
+    return Zr.mT @ Zr
+
+
+def aligned_control_all(g: Tensor, V: Tensor, U: Tensor, ms, generator: torch.Generator | None = None,
+                        n_draws: int = 20) -> dict[int, dict[str, Tensor]]:
+    """The g-aligned control of the prefixes U[:, :m]: per m, n_draws m-dim subspaces R with exactly U_m's
+    alignment with g, a = ||U_m^T g||^2 / ||g||^2, and otherwise Haar-random (R = [sqrt(a) g/|g| + sqrt(1-a) z_1,
+    z_2, ..., z_m], the z an orthonormal Haar frame of g's orthogonal complement). Returns {m: {"removal",
+    "overlap", "capture"}: float64 (n_draws,)}, the three metrics of each draw.
+
+    Removal is 1 for any subspace that holds g, so alignment with g alone passes it; this control has that
+    alignment and nothing else, so a subspace beats it only through what it shares with V beyond g's direction.
+    Exact in law at a cost independent of d: every metric sees R only through its coordinates in an orthonormal
+    basis Q of span(g, V) (q_0 = g/|g|), where the z's block is the top k rows of a Haar frame of the d - 1
+    dimensions orthogonal to g (drawn as in random_removal_all: Z L^-T, with the rest's Gram from Bartlett)."""
+    _check(g, V, U)
+    d, k = V.shape
+    g, V, U = _f64(g, V, U)
+    vg = V.T @ g
+    den = float(vg @ vg)
+    ms = sorted({int(m) for m in ms if 0 < int(m) <= U.shape[1]})
+    if den <= _tiny(g) or not ms:
+        nan = torch.full((n_draws,), _nan(_NO_DOM.format("aligned_control")), dtype=torch.float64)
+        return {m: {"removal": nan, "overlap": nan, "capture": nan} for m in ms}
+    Q, T = torch.linalg.qr(torch.cat([g[:, None], V], 1))  # [g, V] = Q T, q_0 = +-g/|g|
+    Q, T = Q.cpu(), T.cpu()
+    tg, Tv, r = T[:, 0], T[:, 1:], T.shape[0]  # tg = (+-|g|, 0, ...): g in the basis Q
+    align = ((U.T @ Q[:, 0].to(U.device)).cpu() ** 2).cumsum(0)  # a_m for every prefix m
+    top = max(ms)
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device if generator else "cpu"))
+    rng = np.random.default_rng(seed)
+    Z = torch.from_numpy(rng.standard_normal((n_draws, r - 1, top)))  # the z frame's rows along q_1..q_{r-1}
+    L = torch.linalg.cholesky(Z.mT @ Z + _wishart_gram(rng, n_draws, d - r, top))  # (n, top, top)
+    Wz = torch.linalg.solve_triangular(L, Z.mT, upper=False).mT  # Z L^-T: (n, r - 1, top), the z's coordinates
+    h = Tv @ vg.cpu()  # V V^T g in the basis Q
+    out = {}
+    for m in ms:
+        a = float(align[m - 1].clamp(0.0, 1.0))
+        C = torch.zeros(n_draws, r, m, dtype=torch.float64)  # R in the basis Q
+        C[:, 0, 0] = a ** 0.5 * torch.sign(tg[0])
+        C[:, 1:, 0] = (1.0 - a) ** 0.5 * Wz[:, :, 0]
+        C[:, 1:, 1:] = Wz[:, :, 1:m]
+        pg = (C @ (C.mT @ tg)[..., None])[..., 0]  # Q^T R R^T g
+        out[m] = {"removal": 1.0 - (vg.cpu() - pg @ Tv).square().sum(-1) / den,
+                  "overlap": (Tv.T @ C).square().sum((-2, -1)) / min(k, m),
+                  "capture": (C.mT @ h[:, None])[..., 0].square().sum(-1) / float(h @ h)}
     return out
 
 
