@@ -197,6 +197,31 @@ def test_tau_shares_take_each_runs_own_late_third():
         assert got.loc[(32, seed), "share_predicted"] == pytest.approx((0.1 * seed + 0.06 + 0.032) / 2)
 
 
+def test_the_concentration_splits_into_noise_share_and_curvature_filter():
+    """Noise 100x larger per direction on V_k than in the bulk and a filter that halves V_k: the split says so."""
+    from sharpgaps.report.summary import mechanism_split, split_reading
+
+    base = {"setting": "mnist_fc", "K": 8, "tau": 8, "b": 50, "lr": 0.05, "loss": "mse", "window": 4, "k": 2,
+            "d": 1002, "experiment": "main"}
+    rows = []
+    for seed in (0, 1):
+        for r in (10, 20, 30):
+            run = {**base, "seed": seed, "round": r, "step": 8 * r}
+            f_v, f_b = 0.5 + 0.01 * seed, 1.0  # the filter on V_k and on the bulk
+            for j in range(2):
+                rows.append({**run, "kind": "eigen", "direction": j, "c": 100.0, "predicted": 100.0 * f_v,
+                             "measured": 100.0 * f_v})
+            for j in range(4):
+                rows.append({**run, "kind": "random", "direction": j, "c": 1.0, "predicted": f_b, "measured": f_b})
+            rows.append({**run, "kind": "total", "direction": -1, "c": float("nan"),
+                         "predicted": 200 * f_v + 1000 * f_b, "measured": 200 * f_v + 1000 * f_b})
+    split = mechanism_split(pd.DataFrame(rows))
+    assert split["noise_share"].mean == pytest.approx(200 / 1200)  # tr C = 200 on V_k + 1000 x 1 elsewhere
+    assert split["filter"].mean == pytest.approx(0.505) and split["k_over_d"].mean == pytest.approx(2 / 1002)
+    assert split["pred_share"].mean == pytest.approx((100 / 1100 + 102 / 1102) / 2)
+    assert split_reading(split).startswith("the noise: its variance concentrates on V_k while the curvature filter damps")
+
+
 def test_per_example_loop_matches_vmap():
     """The two per-example paths give the same projections (the small-n loop and the vmapped chunks)."""
     from sharpgaps.engine.losses import mse_onehot

@@ -418,7 +418,8 @@ CLAIMS = (
     ("a", f"{PAPER} The worker-average gaps concentrate along the sharp, top-Hessian directions.", "1, 2, 9"),
     ("b", f"{PAPER} The gap subspace is \"a cheap Hessian-free estimator of the dominant subspace\".", "X3"),
     ("c", f"{PAPER} The gap covariance \"is shaped by stochastic-gradient noise and Hessian curvature, causing "
-          "workers to disagree along sharp, curvature-sensitive directions\".", "X4"),
+          "workers to disagree along sharp, curvature-sensitive directions\" (judged: the noise x curvature model's "
+          "fit; reported: how much of the concentration on V_k the noise and the curvature filter each carry).", "X4"),
     ("d", f"{PARAPHRASE} A longer communication period tau dilutes the gap subspace's concentration on the sharp "
           "directions.", "10-12"),
     ("e", f"{PAPER} \"{BULK_SENTENCE[0].upper() + BULK_SENTENCE[1:]}\" (restricted training: Dom stalls, Bulk "
@@ -480,8 +481,13 @@ def claim_rows(numbers: dict) -> list[dict]:
                     f"is >= {fmt(MECH_FAILS)} (a factor 10 or more), else not settled; gamma (c_j ~ lambda_j^gamma, "
                     "late third) is reported, not judged")
             for setting, n in (numbers.get("mechanism") or {}).get("main", {}).items():
-                cells.append(claim(f"{setting}: median abs log10 {{med}}, signed {{signed}}, gamma {{g}}",
-                                   med=n["med"], signed=n["signed"], g=n["gamma"]))
+                sp = n["split"]
+                cells.append(claim(f"{setting}: median abs log10 {{med}}, signed {{signed}}, gamma {{g}}; late third: "
+                                   "noise share in V_k {ns} (k/d {kd}), curvature filter on V_k over the bulk "
+                                   "{flt}, gap share in V_k predicted {ps}, measured {ms}; the concentration rests "
+                                   f"on {split_reading(sp)}", med=n["med"], signed=n["signed"], g=n["gamma"],
+                                   ns=sp["noise_share"], kd=sp["k_over_d"], flt=sp["filter"],
+                                   ps=sp["pred_share"], ms=sp["meas_share"]))
                 verdicts.append((setting, "supported" if _hi(n["med"]) <= MECH_FITS else
                                  "contradicted" if _lo(n["med"]) >= MECH_FAILS else "not settled"))
             if numbers.get("mechanism") is not None and not verdicts:
@@ -690,6 +696,51 @@ def _per_seed(df: pd.DataFrame, fn) -> Stat:
     return Stat.of(fn(g) for _, g in df.groupby("seed"))
 
 
+def _split_one(ck: pd.DataFrame) -> dict:
+    """One checkpoint's split of the gap's concentration on V_k into noise and curvature filter: the noise's share
+    of tr C in V_k (tr C: the eigen rows' c plus the rest of the d directions at the random directions' mean c), the
+    filter's factor on V_k over the bulk (predicted / c is the filter up to one constant), and the predicted and
+    measured shares of gap energy in V_k."""
+    eig, rnd = ck[ck["kind"] == "eigen"], ck[(ck["kind"] == "random") & (ck["c"] > 0)]
+    top = eig[eig["direction"] < eig["k"]]
+    total = ck[ck["kind"] == "total"]
+    if top.empty or rnd.empty or total.empty or not (top["c"] > 0).all():
+        return {}
+    d = float(ck["d"].iloc[0])
+    trace_c = eig["c"].sum() + (d - len(eig)) * rnd["c"].mean()
+    return {"noise_share": top["c"].sum() / trace_c, "k_over_d": len(top) / d,
+            "filter": (top["predicted"] / top["c"]).mean() / (rnd["predicted"] / rnd["c"]).mean(),
+            "pred_share": top["predicted"].sum() / total["predicted"].iloc[0],
+            "meas_share": top["measured"].sum() / total["measured"].iloc[0]}
+
+
+def mechanism_split(run: pd.DataFrame) -> dict[str, Stat]:
+    """Per seed, the late third's mean of each checkpoint's split (_split_one); then mean ± sd over seeds."""
+    per_seed = {}
+    for seed, g in _late(run, True).groupby("seed"):
+        parts = [x for x in (_split_one(ck) for _, ck in g.groupby("round")) if x]
+        if parts:
+            per_seed[seed] = pd.DataFrame(parts).mean()
+    frame = pd.DataFrame(per_seed).T
+    return {key: Stat.of(frame[key]) if key in frame else Stat.of([])
+            for key in ("noise_share", "k_over_d", "filter", "pred_share", "meas_share")}
+
+
+def split_reading(split: dict[str, Stat]) -> str:
+    """Which factor the concentration on V_k rests on, read from the bands (never from the means alone)."""
+    noise = _lo(split["noise_share"]) > 10 * split["k_over_d"].mean
+    damps, amplifies = _hi(split["filter"]) < 1.0, _lo(split["filter"]) > 1.0
+    if noise and damps:
+        return "the noise: its variance concentrates on V_k while the curvature filter damps V_k against the bulk"
+    if noise and amplifies:
+        return "both: the noise concentrates on V_k and the curvature filter amplifies V_k against the bulk"
+    if noise:
+        return "the noise (the filter's band straddles 1: no clear damping or amplification)"
+    if amplifies:
+        return "the curvature filter (the noise share is within 10x of k/d)"
+    return "neither clearly (the noise share is within 10x of k/d and the filter's band is not above 1)"
+
+
 def mechanism_numbers(mech: pd.DataFrame) -> dict:
     """The mechanism stage's numbers, computed once: per `main` setting the top-k median abs log10(measured /
     predicted) (every checkpoint; its IQR, signed median, late third, random directions), the late third's gamma
@@ -708,7 +759,7 @@ def mechanism_numbers(mech: pd.DataFrame) -> dict:
             "signed": _per_seed(top, lambda g: float(np.log10(g["ratio"]).median())),
             "late": _per_seed(_late(top, True), lambda g: float(_mech_abs(g).median())),
             "rnd_med": _per_seed(rnd, lambda g: float(_mech_abs(g).median())) if len(rnd) else Stat.of([]),
-            "fits": fits, "gamma": Stat.of(f["gamma"] for f in fits.values())}
+            "fits": fits, "gamma": Stat.of(f["gamma"] for f in fits.values()), "split": mechanism_split(run)}
     tau = mech[mech["experiment"] == "tau_ablation"]
     share = None
     if len(tau):
@@ -734,6 +785,13 @@ def mechanism_section(mech: pd.DataFrame, numbers: dict | None = None) -> list[s
                             "that many decades of the prediction); signed median log10 {signed} "
                             f"({'measured above predicted' if signed.mean > 0 else 'measured below predicted'} "
                             "on average).", med=med, signed=signed))
+        sp = n["split"]
+        claims.append(claim(f"- {setting}: late third, noise against curvature: the noise's share of its variance "
+                            "(tr C) in V_k is {ns} against k/d = {kd} for no concentration; the curvature filter "
+                            "sum_s (1 - eta lambda)^(2s) is {flt} times as large on V_k as in the bulk; together they "
+                            "predict a share of gap energy in V_k of {ps} (measured: {ms}). The concentration rests "
+                            f"on {split_reading(sp)}.", ns=sp["noise_share"], kd=sp["k_over_d"], flt=sp["filter"],
+                            ps=sp["pred_share"], ms=sp["meas_share"]))
         gammas.append(claim(f"- {setting}: c_j ~ lambda_j^gamma over the late third's eigendirections: gamma {{g}}; "
                             "per seed (95% bootstrap interval over directions): " +
                             "; ".join(f"seed {s}: {fmt(f['gamma'])} [{fmt(f['lo'])}, {fmt(f['hi'])}], "
