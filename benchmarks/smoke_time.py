@@ -23,6 +23,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import yaml
+
+from sharpgaps.data.sources import ENV_DATA_DIR
 from sharpgaps.pipeline.jobcosts import read_job_costs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +47,12 @@ def measure(cores: int) -> dict:
         sampler = threading.Thread(target=sample, daemon=True)
         t0 = time.monotonic()
         sampler.start()
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+        # jobs run `python -m sharpgaps`: this interpreter's bin/ first on PATH, as `make all` puts the venv's
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        # the config's data_dir is relative to the checkout, not to the temporary working directory
+        config_dir = yaml.safe_load((REPO / ".test/config.yaml").read_text())["data_dir"]
+        env.setdefault(ENV_DATA_DIR, str((REPO / config_dir).resolve()))
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
         wall = time.monotonic() - t0
         done.set()
         if proc.returncode != 0:

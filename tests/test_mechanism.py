@@ -220,6 +220,9 @@ def test_the_concentration_splits_into_noise_share_and_curvature_filter():
     assert split["filter"].mean == pytest.approx(0.505) and split["k_over_d"].mean == pytest.approx(2 / 1002)
     assert split["pred_share"].mean == pytest.approx((100 / 1100 + 102 / 1102) / 2)
     assert split_reading(split).startswith("the noise: its variance concentrates on V_k while the curvature filter damps")
+    # without random (bulk) directions the split is unmeasured, and no number is made up for it
+    no_bulk = mechanism_split(pd.DataFrame([r for r in rows if r["kind"] != "random"]))
+    assert not no_bulk["filter"].ok() and not no_bulk["noise_share"].ok()
 
 
 def test_per_example_loop_matches_vmap():

@@ -482,12 +482,13 @@ def claim_rows(numbers: dict) -> list[dict]:
                     "late third) is reported, not judged")
             for setting, n in (numbers.get("mechanism") or {}).get("main", {}).items():
                 sp = n["split"]
-                cells.append(claim(f"{setting}: median abs log10 {{med}}, signed {{signed}}, gamma {{g}}; late third: "
-                                   "noise share in V_k {ns} (k/d {kd}), curvature filter on V_k over the bulk "
-                                   "{flt}, gap share in V_k predicted {ps}, measured {ms}; the concentration rests "
-                                   f"on {split_reading(sp)}", med=n["med"], signed=n["signed"], g=n["gamma"],
-                                   ns=sp["noise_share"], kd=sp["k_over_d"], flt=sp["filter"],
-                                   ps=sp["pred_share"], ms=sp["meas_share"]))
+                fit = claim(f"{setting}: median abs log10 {{med}}, signed {{signed}}, gamma {{g}}", med=n["med"],
+                            signed=n["signed"], g=n["gamma"])
+                cells.append(fit + ("; " + claim(
+                    "late third: noise share in V_k {ns} (k/d {kd}), curvature filter on V_k over the bulk {flt}, gap "
+                    f"share in V_k predicted {{ps}}, measured {{ms}}; the concentration rests on {split_reading(sp)}",
+                    ns=sp["noise_share"], kd=sp["k_over_d"], flt=sp["filter"], ps=sp["pred_share"],
+                    ms=sp["meas_share"]) if sp["filter"].ok() else f"; {SPLIT_UNMEASURED}"))
                 verdicts.append((setting, "supported" if _hi(n["med"]) <= MECH_FITS else
                                  "contradicted" if _lo(n["med"]) >= MECH_FAILS else "not settled"))
             if numbers.get("mechanism") is not None and not verdicts:
@@ -726,6 +727,11 @@ def mechanism_split(run: pd.DataFrame) -> dict[str, Stat]:
             for key in ("noise_share", "k_over_d", "filter", "pred_share", "meas_share")}
 
 
+# Without random directions (mechanism.random_directions: 0) the bulk's noise and filter are unmeasured.
+SPLIT_UNMEASURED = ("noise against curvature not measured: it needs the random (bulk) directions "
+                    "(mechanism.random_directions > 0)")
+
+
 def split_reading(split: dict[str, Stat]) -> str:
     """Which factor the concentration on V_k rests on, read from the bands (never from the means alone)."""
     noise = _lo(split["noise_share"]) > 10 * split["k_over_d"].mean
@@ -786,7 +792,8 @@ def mechanism_section(mech: pd.DataFrame, numbers: dict | None = None) -> list[s
                             f"({'measured above predicted' if signed.mean > 0 else 'measured below predicted'} "
                             "on average).", med=med, signed=signed))
         sp = n["split"]
-        claims.append(claim(f"- {setting}: late third, noise against curvature: the noise's share of its variance "
+        claims.append(f"- {setting}: {SPLIT_UNMEASURED}." if not sp["filter"].ok() else claim(
+                            f"- {setting}: late third, noise against curvature: the noise's share of its variance "
                             "(tr C) in V_k is {ns} against k/d = {kd} for no concentration; the curvature filter "
                             "sum_s (1 - eta lambda)^(2s) is {flt} times as large on V_k as in the bulk; together they "
                             "predict a share of gap energy in V_k of {ps} (measured: {ms}). The concentration rests "
