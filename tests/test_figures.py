@@ -45,7 +45,7 @@ def test_figure_outputs(smoke, name):
 def test_figure_csv_values(smoke):
     """Spot checks that the CSVs hold what the captions say."""
     fig2 = pd.read_csv(smoke / FIGURE_DIR / "fig02_removal.csv")
-    assert set(fig2["metric"]) == {"removal", "oracle_removal", "random_removal"}
+    assert set(fig2["metric"]) == {"removal", "oracle_removal", "aligned_removal", "random_removal"}
     window = yaml.safe_load(SMOKE_CONFIG.read_text())["figures"]["smooth_window"]
     fig2 = fig2.sort_values("step")
     smoothed = fig2.groupby(["setting", "seed", "metric", "m"])["raw"].transform(
