@@ -32,7 +32,7 @@ rule all:
     input:
         all_run_outputs(),
         expand(
-            R + "/tables/{experiment}_geometry.parquet",
+            f"{R}/tables/{{experiment}}_geometry.parquet",
             experiment=config["experiments"],
         ),
         restricted_table(),

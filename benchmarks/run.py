@@ -146,17 +146,17 @@ def eig_section(subset, quick: bool) -> tuple[str, list[dict]]:
     return "\n".join(lines), rows
 
 
-def dag_section(workdir: Path) -> tuple[str, list[dict]]:
-    """Per-rule cost of a finished run, aggregated from Snakemake's benchmark files."""
+def dag_section(workdir: Path, results: Path = RESULTS) -> tuple[str, list[dict]]:
+    """Per-rule cost of a finished run (its results_dir under ``workdir``), from Snakemake's benchmark files."""
     from sharpgaps.pipeline.jobcosts import read_job_costs
 
-    jobs = read_job_costs(workdir / RESULTS / "benchmarks")
+    jobs = read_job_costs(workdir / results / "benchmarks")
     if jobs.empty:
-        return f"## Whole DAG\n\nNo benchmark files found under {RESULTS / 'benchmarks'}", []
+        return f"## Whole DAG\n\nNo benchmark files found under {results / 'benchmarks'}", []
     rows = jobs.to_dict("records")
     per_rule = jobs.groupby("rule").agg(jobs=("s", "size"), total_s=("s", "sum"), max_s=("s", "max"),
                                         max_rss_mb=("max_rss_mb", "max")).sort_values("total_s", ascending=False)
-    lines = [f"## Whole DAG: per-rule cost ({RESULTS}/)", "",
+    lines = [f"## Whole DAG: per-rule cost ({results}/)", "",
              "Aggregates every `benchmark:` file under that results/ (all runs made in that checkout, "
              "e.g. smoke and quick runs together); job times include waiting for a shared CPU.", "",
              "| rule | jobs | total s | slowest job s | peak RSS MB |", "|---|---:|---:|---:|---:|"]
@@ -354,7 +354,7 @@ def smoke_dag_section(quick: bool, data_dir: Path, manifest: Path) -> tuple[str,
         wall = time.perf_counter() - t0
         if out.returncode != 0:
             raise RuntimeError(f"smoke DAG failed:\n{out.stderr[-3000:]}")
-        _, jobs = dag_section(Path(tmp))
+        _, jobs = dag_section(Path(tmp), Path("results"))  # the smoke config's results_dir (the default)
     top = max(jobs, key=lambda r: r["max_rss_mb"]) if jobs else {"job": "-", "max_rss_mb": float("nan")}
     rows.append({"scale": "smoke (.test/config.yaml)" + (", subset target only (--quick)" if quick else ""),
                  "source": "measured here, --cores 2", "wall_s": wall, "jobs": len(jobs),

@@ -2,7 +2,7 @@
 
 Runs `snakemake all --cores CORES --configfile .test/config.yaml` (what `make all SCALE=smoke` runs) in an empty
 temporary working directory, samples the 1-minute load average every 5 s while it runs, and records the wall
-time, the load, the largest job's peak RSS and the commit in benchmarks/smoke_time.json. Nothing else is timed.
+time, the load, the largest job's peak RSS and the commit in docs/smoke_time.json. Nothing else is timed.
 
     python benchmarks/smoke_time.py --cores 2          # measure (a few minutes), then write the README row
     python benchmarks/smoke_time.py --readme-only      # rewrite the README row from the committed JSON
@@ -29,7 +29,7 @@ from sharpgaps.data.sources import ENV_DATA_DIR
 from sharpgaps.pipeline.jobcosts import read_job_costs
 
 REPO = Path(__file__).resolve().parents[1]
-RECORD = REPO / "benchmarks" / "smoke_time.json"
+RECORD = REPO / "docs" / "smoke_time.json"  # names the commit measured: history, so under docs/
 ROW_START = "| smoke | `make all SCALE=smoke CORES=2` |"
 
 

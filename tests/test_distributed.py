@@ -6,6 +6,7 @@ same keys/columns/rows, so every downstream rule reads a distributed run unchang
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -168,6 +169,21 @@ def test_killed_torchrun_resumes_to_identical_numbers(tmp_path, subset_file, dis
         assert a[name]["metrics"] == b[name]["metrics"]
     for table in ("metrics.csv", "rounds.csv"):
         assert (full / "out" / table).read_text() == (cut / "out" / table).read_text()
+
+
+def test_a_damaged_work_checkpoint_restarts_every_rank_together(tmp_path, subset_file, distributed):
+    """A rerun of a finished distributed run whose rank-0 work checkpoint is damaged: every rank trains again from
+    round 0 (no rank resumes alone, which would hang the collectives) and the numbers equal the clean run's."""
+    full = distributed(2, RUN["K"])
+    work = tmp_path / "w"
+    shutil.copytree(full, work)
+    victim = next((work / "work" / "ckpt").glob("r*.pt"))
+    victim.write_bytes(victim.read_bytes()[:100])
+    proc = _distributed(2, RUN, subset_file, work)
+    assert "missing or altered: training again from round 0" in proc.stderr
+    a, b = _ckpts(full), _ckpts(work)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[n]["theta"], b[n]["theta"]) and torch.equal(a[n]["gaps"], b[n]["gaps"]) for n in a)
 
 
 def test_more_processes_than_workers_is_refused(tmp_path, subset_file):

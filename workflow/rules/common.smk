@@ -214,7 +214,7 @@ def restricted_outputs():
 
 def restricted_table():
     """The restricted runs branch from `main`: without that experiment there is nothing to collect."""
-    return [R + "/tables/restricted.parquet"] if restricted_outputs() else []
+    return [f"{R}/tables/restricted.parquet"] if restricted_outputs() else []
 
 
 # Cheap estimators of the sharp subspace (workflow/rules/estimators.smk).
@@ -246,7 +246,7 @@ def estimators_outputs():
 
 
 def estimators_table():
-    return [R + "/tables/main_estimators.parquet"] if estimators_outputs() else []
+    return [f"{R}/tables/main_estimators.parquet"] if estimators_outputs() else []
 
 
 # Per-direction mechanism stage (workflow/rules/mechanism.smk)
@@ -303,4 +303,4 @@ def mechanism_tables():
 
 
 def mechanism_table():
-    return [R + "/tables/mechanism.parquet"] if mechanism_experiments() else []
+    return [f"{R}/tables/mechanism.parquet"] if mechanism_experiments() else []

@@ -3,9 +3,9 @@
 
 rule acquire:
     output:
-        R + "/data/{dataset}/acquired.json",
+        f"{R}/data/{{dataset}}/acquired.json",
     log:
-        R + "/logs/acquire/{dataset}.log",
+        f"{R}/logs/acquire/{{dataset}}.log",
     conda:
         ENV
     params:
@@ -14,19 +14,19 @@ rule acquire:
     shell:
         # the environment variable wins over the config key (sharpgaps.data.sources.resolve_data_dir); the command
         # shows it, and the config value alone is the param, so moving the data triggers no rerun
-        "python -m sharpgaps acquire --dataset {wildcards.dataset} --data-dir \"${{SHARPGAPS_DATA_DIR:-{params.data_dir}}}\" "
+        'python -m sharpgaps acquire --dataset {wildcards.dataset} --data-dir "${{SHARPGAPS_DATA_DIR:-{params.data_dir}}}" '
         "{params.download} --out {output} > {log} 2>&1"
 
 
 rule subset:
     input:
-        R + "/data/{dataset}/acquired.json",
+        f"{R}/data/{{dataset}}/acquired.json",
     output:
-        R + "/data/{dataset}/subset_{tag}.pt",
+        f"{R}/data/{{dataset}}/subset_{{tag}}.pt",
     log:
-        R + "/logs/subset/{dataset}_{tag}.log",
+        f"{R}/logs/subset/{{dataset}}_{{tag}}.log",
     benchmark:
-        R + "/benchmarks/subset/{dataset}_{tag}.tsv"
+        f"{R}/benchmarks/subset/{{dataset}}_{{tag}}.tsv"
     conda:
         ENV
     resources:
@@ -35,5 +35,5 @@ rule subset:
         data_dir=config["data_dir"],
         args=subset_args,
     shell:
-        "python -m sharpgaps subset --dataset {wildcards.dataset} --data-dir \"${{SHARPGAPS_DATA_DIR:-{params.data_dir}}}\" "
+        'python -m sharpgaps subset --dataset {wildcards.dataset} --data-dir "${{SHARPGAPS_DATA_DIR:-{params.data_dir}}}" '
         "{params.args} --out {output} > {log} 2>&1"

@@ -4,16 +4,16 @@
 
 rule estimators:
     input:
-        ckpt=R + "/runs/{setting}/{run}/ckpt",
-        manifest=R + "/runs/{setting}/{run}/checkpoints.json",  # verified by the job
-        geometry=R + "/runs/{setting}/{run}/geometry_{gtag}.parquet",  # after geometry: its eigenvector cache
+        ckpt=f"{R}/runs/{{setting}}/{{run}}/ckpt",
+        manifest=f"{R}/runs/{{setting}}/{{run}}/checkpoints.json",  # verified by the job
+        geometry=f"{R}/runs/{{setting}}/{{run}}/geometry_{{gtag}}.parquet",  # after geometry: its eigenvector cache
         subset=lambda wc: subset_path(dataset_of(wc.setting)),
     output:
-        R + "/runs/{setting}/{run}/estimators_{gtag}_{etag}.parquet",
+        f"{R}/runs/{{setting}}/{{run}}/estimators_{{gtag}}_{{etag}}.parquet",
     log:
-        R + "/logs/estimators/{setting}/{run}_{gtag}_{etag}.log",
+        f"{R}/logs/estimators/{{setting}}/{{run}}_{{gtag}}_{{etag}}.log",
     benchmark:
-        R + "/benchmarks/estimators/{setting}/{run}_{gtag}_{etag}.tsv"
+        f"{R}/benchmarks/estimators/{{setting}}/{{run}}_{{gtag}}_{{etag}}.tsv"
     wildcard_constraints:
         etag="[0-9a-f]{12}",
     conda:
@@ -28,7 +28,7 @@ rule estimators:
         geometry=geometry_json,
         estimators=estimators_params,
         geometry_work=geometry_work,
-        work=R + "/work/estimators/{setting}/{run}/{gtag}_{etag}",
+        work=f"{R}/work/estimators/{{setting}}/{{run}}/{{gtag}}_{{etag}}",
         device=config["device"],
     shell:
         "python -m sharpgaps estimators --run {params.run:q} --geometry {params.geometry:q} "
@@ -42,9 +42,9 @@ rule collect_estimators:
     input:
         estimators_outputs(),
     output:
-        R + "/tables/main_estimators.parquet",
+        f"{R}/tables/main_estimators.parquet",
     log:
-        R + "/logs/collect/main_estimators.log",
+        f"{R}/logs/collect/main_estimators.log",
     conda:
         ENV
     shell:

@@ -14,7 +14,7 @@ FIGURES = sg_figures.expand(
     REGISTRY,
     config,
     tables={
-        "geometry": R + "/tables/{experiment}_geometry.parquet",
+        "geometry": f"{R}/tables/{{experiment}}_geometry.parquet",
         "restricted": next(iter(restricted_table()), None),
         "theory": theory_table(),
         "estimators": next(iter(estimators_table()), None),
@@ -80,11 +80,11 @@ for family, row in REGISTRY.items():
             pdf=f"{FIGURE_DIR}/{{fig}}.pdf",
             png=captioned["png"],
             csv=captioned["csv"],
-            notebook=R + "/notebooks/{fig}.ipynb",
+            notebook=f"{R}/notebooks/{{fig}}.ipynb",
         log:
-            R + "/logs/figures/{fig}.log",
+            f"{R}/logs/figures/{{fig}}.log",
         benchmark:
-            R + "/benchmarks/figures/{fig}.tsv"
+            f"{R}/benchmarks/figures/{{fig}}.tsv"
         wildcard_constraints:
             # exactly this family's figures in this config ("(?!)" never matches: none)
             fig="|".join(re.escape(stem) for stem in FIGURES[family]) or "(?!)",
@@ -110,7 +110,7 @@ rule results_summary:
             labels={"figure": "RESULTS.md", "shows": "headline numbers"},
         ),
     log:
-        R + "/logs/figures/results_summary.log",
+        f"{R}/logs/figures/results_summary.log",
     localrule: True
     conda:
         ENV

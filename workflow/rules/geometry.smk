@@ -3,15 +3,15 @@
 
 rule geometry:
     input:
-        ckpt=R + "/runs/{setting}/{run}/ckpt",
-        manifest=R + "/runs/{setting}/{run}/checkpoints.json",  # verified by the job
+        ckpt=f"{R}/runs/{{setting}}/{{run}}/ckpt",
+        manifest=f"{R}/runs/{{setting}}/{{run}}/checkpoints.json",  # verified by the job
         subset=lambda wc: subset_path(dataset_of(wc.setting)),
     output:
-        R + "/runs/{setting}/{run}/geometry_{gtag}.parquet",
+        f"{R}/runs/{{setting}}/{{run}}/geometry_{{gtag}}.parquet",
     log:
-        R + "/logs/geometry/{setting}/{run}_{gtag}.log",
+        f"{R}/logs/geometry/{{setting}}/{{run}}_{{gtag}}.log",
     benchmark:
-        R + "/benchmarks/geometry/{setting}/{run}_{gtag}.tsv"
+        f"{R}/benchmarks/geometry/{{setting}}/{{run}}_{{gtag}}.tsv"
     conda:
         ENV
     threads: config["threads"]
@@ -35,9 +35,9 @@ rule collect_geometry:
     input:
         experiment_geometry,
     output:
-        R + "/tables/{experiment}_geometry.parquet",
+        f"{R}/tables/{{experiment}}_geometry.parquet",
     log:
-        R + "/logs/collect/{experiment}.log",
+        f"{R}/logs/collect/{{experiment}}.log",
     conda:
         ENV
     shell:

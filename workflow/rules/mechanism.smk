@@ -4,16 +4,16 @@
 
 rule mechanism:
     input:
-        ckpt=R + "/runs/{setting}/{run}/ckpt",
-        manifest=R + "/runs/{setting}/{run}/checkpoints.json",  # verified by the job
+        ckpt=f"{R}/runs/{{setting}}/{{run}}/ckpt",
+        manifest=f"{R}/runs/{{setting}}/{{run}}/checkpoints.json",  # verified by the job
         subset=lambda wc: subset_path(dataset_of(wc.setting)),
         geometry=parent_geometry,
     output:
-        R + "/runs/{setting}/{run}/mechanism_{mtag}.parquet",
+        f"{R}/runs/{{setting}}/{{run}}/mechanism_{{mtag}}.parquet",
     log:
-        R + "/logs/mechanism/{setting}/{run}_{mtag}.log",
+        f"{R}/logs/mechanism/{{setting}}/{{run}}_{{mtag}}.log",
     benchmark:
-        R + "/benchmarks/mechanism/{setting}/{run}_{mtag}.tsv"
+        f"{R}/benchmarks/mechanism/{{setting}}/{{run}}_{{mtag}}.tsv"
     conda:
         ENV
     threads: config["threads"]
@@ -28,7 +28,7 @@ rule mechanism:
         ),
         mechanism=mechanism_check,
         geometry_work=mechanism_geometry_work,
-        work=R + "/work/mechanism/{setting}/{run}/{mtag}",
+        work=f"{R}/work/mechanism/{{setting}}/{{run}}/{{mtag}}",
         device=config["device"],
     shell:
         "python -m sharpgaps mechanism --run {params.run:q} --geometry {params.geometry:q} "
@@ -42,9 +42,9 @@ rule collect_mechanism:
     input:
         lambda wc: [p for paths in mechanism_tables().values() for p in paths],
     output:
-        R + "/tables/mechanism.parquet",
+        f"{R}/tables/mechanism.parquet",
     log:
-        R + "/logs/collect/mechanism.log",
+        f"{R}/logs/collect/mechanism.log",
     conda:
         ENV
     params:

@@ -3,16 +3,16 @@
 
 rule restricted:
     input:
-        ckpt=R + "/runs/{setting}/{run}/ckpt",
-        manifest=R + "/runs/{setting}/{run}/checkpoints.json",  # verified by the job
+        ckpt=f"{R}/runs/{{setting}}/{{run}}/ckpt",
+        manifest=f"{R}/runs/{{setting}}/{{run}}/checkpoints.json",  # verified by the job
         geometry=parent_geometry,
         subset=lambda wc: subset_path(dataset_of(wc.setting)),
     output:
-        R + "/runs/{setting}/{run}/restricted_{rtag}/{mode}.parquet",
+        f"{R}/runs/{{setting}}/{{run}}/restricted_{{rtag}}/{{mode}}.parquet",
     log:
-        R + "/logs/restricted/{setting}/{run}_{rtag}_{mode}.log",
+        f"{R}/logs/restricted/{{setting}}/{{run}}_{{rtag}}_{{mode}}.log",
     benchmark:
-        R + "/benchmarks/restricted/{setting}/{run}_{rtag}_{mode}.tsv"
+        f"{R}/benchmarks/restricted/{{setting}}/{{run}}_{{rtag}}_{{mode}}.tsv"
     wildcard_constraints:
         mode="none|dom|bulk|gapdom|gapbulk|randdom|randbulk|graddom|gradbulk",
     conda:
@@ -25,7 +25,7 @@ rule restricted:
     params:
         run=run_description,
         restricted=restricted_json,
-        work=R + "/work/restricted/{setting}/{run}/{rtag}/{mode}",
+        work=f"{R}/work/restricted/{{setting}}/{{run}}/{{rtag}}/{{mode}}",
         device=config["device"],
         resume_every=config["resume_every_s"],
     shell:
@@ -40,9 +40,9 @@ rule collect_restricted:
     input:
         restricted_outputs(),
     output:
-        R + "/tables/restricted.parquet",
+        f"{R}/tables/restricted.parquet",
     log:
-        R + "/logs/collect/restricted.log",
+        f"{R}/logs/collect/restricted.log",
     conda:
         ENV
     shell:

@@ -3,11 +3,11 @@
 
 rule theory:
     output:
-        R + "/tables/theory_{tag}.parquet",
+        f"{R}/tables/theory_{{tag}}.parquet",
     log:
-        R + "/logs/theory/{tag}.log",
+        f"{R}/logs/theory/{{tag}}.log",
     benchmark:
-        R + "/benchmarks/theory/{tag}.tsv"
+        f"{R}/benchmarks/theory/{{tag}}.tsv"
     conda:
         ENV
     threads: 1

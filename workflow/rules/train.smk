@@ -5,15 +5,15 @@ rule train:
     input:
         subset=lambda wc: subset_path(dataset_of(wc.setting)),
     output:
-        ckpt=directory(R + "/runs/{setting}/{run}/ckpt"),
-        manifest=R + "/runs/{setting}/{run}/checkpoints.json",  # rounds and sha256; readers check it
-        metrics=R + "/runs/{setting}/{run}/metrics.csv",
-        rounds=R + "/runs/{setting}/{run}/rounds.csv",
-        info=R + "/runs/{setting}/{run}/run.json",
+        ckpt=directory(f"{R}/runs/{{setting}}/{{run}}/ckpt"),
+        manifest=f"{R}/runs/{{setting}}/{{run}}/checkpoints.json",  # rounds and sha256; readers check it
+        metrics=f"{R}/runs/{{setting}}/{{run}}/metrics.csv",
+        rounds=f"{R}/runs/{{setting}}/{{run}}/rounds.csv",
+        info=f"{R}/runs/{{setting}}/{{run}}/run.json",
     log:
-        R + "/logs/train/{setting}/{run}.log",
+        f"{R}/logs/train/{{setting}}/{{run}}.log",
     benchmark:
-        R + "/benchmarks/train/{setting}/{run}.tsv"
+        f"{R}/benchmarks/train/{{setting}}/{{run}}.tsv"
     conda:
         ENV
     threads: train_threads()
@@ -23,8 +23,8 @@ rule train:
         gpu=GPU,
     params:
         run=run_description,
-        out=R + "/runs/{setting}/{run}",
-        work=R + "/work/{setting}/{run}",
+        out=f"{R}/runs/{{setting}}/{{run}}",
+        work=f"{R}/work/{{setting}}/{{run}}",
         device=config["device"],
         resume_every=config["resume_every_s"],
         launcher=train_launcher(),

@@ -133,13 +133,16 @@ def _needed_for_window(rnd: int, checkpoints: tuple[int, ...], window: int) -> b
     return any(c - window < rnd <= c for c in checkpoints)
 
 
-def _damaged_checkpoints(work_dir: Path, state: dict | None) -> list[str]:
-    """The checkpoints a resume state vouches for that are gone or altered under ``work_dir``."""
-    if state is None:
-        return []
-    ckpt_dir = work_dir / CKPT_DIR
-    return [name for name, sha in state.get("sha256", {}).items()
-            if not (ckpt_dir / name).is_file() or file_digest(ckpt_dir / name) != sha]
+def damaged_checkpoints(work_dir: str | Path, state: dict, run_name: str = "run") -> list[str]:
+    """The checkpoints a resume state vouches for that are gone or altered under ``work_dir`` (announced: the run
+    then trains again from round 0, since a state cannot rebuild checkpoints it has passed)."""
+    ckpt_dir = Path(work_dir) / CKPT_DIR
+    damaged = [name for name, sha in state.get("sha256", {}).items()
+               if not (ckpt_dir / name).is_file() or file_digest(ckpt_dir / name) != sha]
+    if damaged:
+        print(f"[{run_name}] checkpoints {damaged} under {work_dir} are missing or altered: training again from "
+              "round 0", file=sys.stderr)
+    return damaged
 
 
 def _needed_for_history(rnd: int, checkpoints: tuple[int, ...], n: int) -> bool:
@@ -169,10 +172,7 @@ def train_run(objective: Objective, spec: RunSpec, work_dir: str | Path, *, run_
         if state is not None and state["digest"] != digest:
             print(f"[{run_name}] stale resume state (different spec) ignored: {state_file}", file=sys.stderr)
             state = None
-        damaged = _damaged_checkpoints(work_dir, state)
-        if damaged:
-            print(f"[{run_name}] checkpoints {damaged} under {work_dir} are missing or altered: training again "
-                  "from round 0", file=sys.stderr)
+        if state is not None and damaged_checkpoints(work_dir, state, run_name):
             state = None
     if state is None:
         theta = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -210,7 +210,7 @@ def train_run(objective: Objective, spec: RunSpec, work_dir: str | Path, *, run_
                                                     names, shapes, norms, (x_tr, y_tr, x_te, y_te), run_info,
                                                     history))
             written = checkpoint_path(work_dir / CKPT_DIR, rnd)
-            state["sha256"][written.name] = file_digest(written)
+            state.setdefault("sha256", {})[written.name] = file_digest(written)
         if _needed_for_history(rnd, checkpoints, n_hist):
             history.append((rnd, flatten(theta).clone()))
         bar.update(1)

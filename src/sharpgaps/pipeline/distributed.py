@@ -46,11 +46,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..core.atomic import save_torch
+from ..core.atomic import load_recomputable, save_torch
 from ..core.flat import flatten, unflatten
 from ..core.specs import RunSpec
 from ..engine.localsgd import UpdateTransform, WorkerBatches, models_sgd_step
-from ..engine.training import train_run
+from ..engine.training import damaged_checkpoints, train_run
 from . import jobs
 
 LAUNCH_HINT = "torchrun --standalone --nproc-per-node N -m sharpgaps.pipeline.distributed -- train ..."
@@ -147,8 +147,14 @@ def rank_work_dir(work_dir: Path, rank: int) -> Path:
 
 
 def _sync_resume_state(work_dir: Path, my_dir: Path, rank: int, device: torch.device) -> None:
-    """Give every rank rank 0's state.pt (or none), so all ranks resume from the same round."""
+    """Give every rank rank 0's state.pt (or none), so all ranks resume from the same round. Rank 0 first drops a
+    state whose checkpoints are damaged (all ranks then start over together); the other ranks' copies vouch for
+    no checkpoint, since their scratch checkpoints are not rank 0's files."""
     state_file = work_dir / "state.pt"
+    if rank == 0 and state_file.exists():
+        state = load_recomputable(state_file, "[rank 0] resume state")
+        if state is None or damaged_checkpoints(work_dir, state):
+            state_file.unlink(missing_ok=True)
     box = [state_file.read_bytes() if rank == 0 and state_file.exists() else None]
     dist.broadcast_object_list(box, src=0)
     if rank == 0:
@@ -157,7 +163,9 @@ def _sync_resume_state(work_dir: Path, my_dir: Path, rank: int, device: torch.de
     if box[0] is None:
         mine.unlink(missing_ok=True)
     else:  # map to this rank's device (a GPU state saved on cuda:0 would otherwise load onto cuda:0)
-        save_torch(torch.load(io.BytesIO(box[0]), map_location=device, weights_only=False), mine)
+        state = torch.load(io.BytesIO(box[0]), map_location=device, weights_only=False)
+        state.pop("sha256", None)
+        save_torch(state, mine)
 
 
 def _setup(device_name: str) -> tuple[torch.device, str]:
