@@ -349,13 +349,21 @@ def _planned_outputs(text: str) -> list[str]:
     return outs
 
 
-def test_scales_alternate_in_one_tree_without_invalidating_each_other(mini, tmp_path):
+def test_scales_alternate_in_one_tree_without_invalidating_each_other(mini, request):
     """smoke -> quick -> smoke -> paper -> smoke in one working tree: each other scale plans and writes only under its
     own results_dir and figure dir (its data acquisition and subsets run for real here), and the smoke scale's
     products stay current each time (0 jobs)."""
     ref, config = mini
-    work = _copy(ref, tmp_path / "w")
-    assert "Nothing to be done" in snakemake(work, "-n", *MINI_TARGETS, config=config)
+    # a copy at the reference's depth: rules name the notebooks by their path relative to the working directory,
+    # so a copy at another depth reads as a changed input set
+    work = _copy(ref, ref.parent.parent / f"alternate-{os.getpid()}" / "w")
+    request.addfinalizer(lambda: shutil.rmtree(work.parent, ignore_errors=True))
+
+    def current(when: str) -> None:
+        out = snakemake(work, "-n", *MINI_TARGETS, config=config)
+        assert "Nothing to be done" in out, (when, [line for line in out.splitlines() if "reason" in line][:10])
+
+    current("at the start")
     for name in ("config.quick.yaml", "config.yaml"):
         other = yaml.safe_load((REPO / name).read_text())
         own = (other["results_dir"].rstrip("/") + "/", other["figures"]["dir"].rstrip("/") + "/")
@@ -364,4 +372,4 @@ def test_scales_alternate_in_one_tree_without_invalidating_each_other(mini, tmp_
         subset = next(p for p in planned if "/data/mnist/subset_" in p)
         snakemake(work, "--cores", "2", subset, config=REPO / name)  # the other scale's first jobs, for real
         assert (work / subset).is_file()
-        assert "Nothing to be done" in snakemake(work, "-n", *MINI_TARGETS, config=config), name
+        current(f"after {name}")
