@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from sharpgaps.curvature.metrics import random_removal_all
@@ -176,3 +177,20 @@ def test_regenerating_keeps_the_by_hand_sections_in_place():
                                      "new curvlinops", "### Other hand-written code", "kept 2")]
     assert order == sorted(order)
     assert keep_by_hand(generated, None) == (generated, [])
+
+
+@pytest.mark.workflow
+def test_hessian_sample_script_compares_a_sample_with_all_examples(mini, tmp_path):
+    """On the minimal DAG's MNIST run: V_k on all examples against itself overlaps 1; a sample gives a number in
+    [0, 1]."""
+    ref, config = mini
+    run = next((ref / "results/runs/mnist_fc").iterdir())
+    out = tmp_path / "rows.jsonl"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks/hessian_sample.py"), "--run-dir", str(run),
+                           "--config", str(config), "--setting", "mnist_fc", "--rounds", "7",
+                           "--n-hessian", "1000", "100", "--out", str(out)], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["n_hessian"] for r in rows] == [1000, 100] and rows[0]["n_all"] == 1000
+    assert rows[0]["overlap"] == pytest.approx(1.0, abs=1e-3)  # the whole subset is the full Hessian
+    assert 0.0 <= rows[1]["overlap"] <= 1.0 and rows[1]["lambda_sample"][0] > 0

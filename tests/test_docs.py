@@ -155,3 +155,13 @@ def test_readme_smoke_time_is_the_recorded_measurement():
     row = next(line for line in (REPO / "README.md").read_text().splitlines() if line.startswith(smoke_time.ROW_START))
     assert row == smoke_time.readme_row(record), "README's smoke row is stale: python benchmarks/smoke_time.py --readme-only"
     assert record["wall_s"] > 0 and record["load_median"] >= 0 and record["jobs"] > 0
+
+
+def test_fidelity_hessian_sample_table_is_current():
+    import hessian_sample
+
+    doc = (REPO / "docs/FIDELITY.md").read_text()
+    rows = [json.loads(x) for x in hessian_sample.RECORD.read_text().splitlines()]
+    assert rows and all(0.0 <= r["overlap"] <= 1.0 + 1e-9 for r in rows)
+    assert splice_text(doc, hessian_sample.table(rows), hessian_sample.BEGIN, hessian_sample.END) == doc, \
+        "docs/FIDELITY.md: the Hessian-sample table is stale; python benchmarks/hessian_sample.py --splice docs/FIDELITY.md"
