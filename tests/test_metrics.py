@@ -162,7 +162,7 @@ def _explicit_aligned(g, U, m, n, gen):
 
 
 def test_aligned_control_has_the_subspaces_alignment_and_matches_an_explicit_draw_in_law(basis):
-    d, k, n = D, K, 3000
+    k, n = K, 3000
     V = basis[:, :k]
     g = V @ torch.tensor([1.0, -2.0, 0.5, 1.0], dtype=torch.float64) + 0.8 * basis[:, k:].sum(1)
     # a subspace whose first direction leans on g, the rest on the bulk

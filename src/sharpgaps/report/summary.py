@@ -116,7 +116,7 @@ def phase_numbers(geometry: pd.DataFrame, ks: dict) -> list[dict]:
 
 
 def phase_table(numbers: list[dict]) -> str:
-    rows = [f"| setting | phase | rounds (seeds) | train acc | chi_k | m | removal | overlap | random removal |",
+    rows = ["| setting | phase | rounds (seeds) | train acc | chi_k | m | removal | overlap | random removal |",
             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in numbers:
         rows.append(f"| {r['setting']} | {r['phase']} | {', '.join(map(str, r['rounds']))} ({r['seeds']}) | "
