@@ -116,17 +116,19 @@ def checkpoint_geometry(objective: Objective, spec: GeometrySpec, ckpt: dict, v0
     return rows, eig.vectors, g
 
 
-# The metrics a checkpoint's cached rows must hold: an entry written before one of them existed is recomputed.
-CACHED_METRICS = ("aligned_removal",)
+# The rows a cache entry holds: bumped when checkpoint_rows writes other metrics, so older entries are recomputed.
+ROWS_VERSION = 2
+
+
+def _cache_key(theta) -> str:
+    """A cache entry's key: the checkpoint's parameters (stale if training changed) and the rows' version."""
+    return f"{object_digest(theta)[:16]}-rows{ROWS_VERSION}"
 
 
 def _cached(work_dir: Path, ckpt_path: Path, key: str) -> dict | None:
     done = load_recomputable(Path(work_dir) / f"{Path(ckpt_path).stem}.geom.pt", "geometry cache")
     # an entry without the gradient was written before it was cached: stale like a changed checkpoint
-    if done is None or done.get("key") != key or "gradient" not in done:
-        return None
-    present = {r["metric"] for r in done["rows"]}
-    return done if all(m in present for m in CACHED_METRICS) or "removal" not in present else None
+    return done if done is not None and done.get("key") == key and "gradient" in done else None
 
 
 def checkpoint_cache(objective: Objective, spec: GeometrySpec, ckpt_paths: list[Path], work_dir: Path,
@@ -137,7 +139,7 @@ def checkpoint_cache(objective: Objective, spec: GeometrySpec, ckpt_paths: list[
     Read from the geometry job's per-checkpoint cache in ``work_dir`` (so no Hessian or gradient work is done
     twice); where a checkpoint's entry is missing or stale, the geometry chain is rerun into the cache first.
     That chain is deterministic, so cached and recomputed values are the same numbers."""
-    keys = {Path(p): object_digest(load_torch(p)["theta"])[:16] for p in sorted(ckpt_paths)}
+    keys = {Path(p): _cache_key(load_torch(p)["theta"]) for p in sorted(ckpt_paths)}
     entries = {p: _cached(work_dir, p, k) for p, k in keys.items()}  # each entry read once (tens of MB each)
     if any(done is None for done in entries.values()):
         print(f"geometry cache incomplete in {work_dir}: recomputing the eigenpairs", file=log, flush=True)
@@ -207,7 +209,7 @@ def run_geometry(objective: Objective, spec: GeometrySpec, ckpt_paths: list[Path
     for i, path in enumerate(paths, 1):
         cache = work_dir / f"{Path(path).stem}.geom.pt"
         ckpt = load_torch(path)
-        key = object_digest(ckpt["theta"])[:16]  # stale if training changed
+        key = _cache_key(ckpt["theta"])
         done = _cached(work_dir, path, key)
         if done is not None:
             rows, vecs, run = done["rows"], done["vectors"], done["run"]

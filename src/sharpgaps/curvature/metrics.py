@@ -97,8 +97,7 @@ def random_removal_all(g: Tensor, V: Tensor, ms, generator: torch.Generator | No
     T = torch.linalg.qr(torch.cat([V, g[:, None]], 1))[1].cpu()  # (r, k + 1): [V, g] in the basis Q
     r, Tv, tg, vg = k + 1, T[:, :k], T[:, k], vg.cpu()
     top = max([m for m in ms if m < d], default=0)  # draws cover the largest m < d; m >= d removes all
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device if generator else "cpu"))
-    rng = np.random.default_rng(seed)
+    rng = _numpy_rng(generator)
     Z = torch.from_numpy(rng.standard_normal((n_draws, top, r)))  # the first `top` rows of each draw's Z
     L = torch.linalg.cholesky(Z.mT @ Z + _wishart_gram(rng, n_draws, d - top, r))  # (n_draws, r, r)
     out = {}
@@ -110,6 +109,12 @@ def random_removal_all(g: Tensor, V: Tensor, ms, generator: torch.Generator | No
         pg = (Wm.mT @ (Wm @ tg)[..., None])[..., 0]  # Q^T P g = W[:m]^T W[:m] t_g, (n, r)
         out[m] = 1.0 - (vg - pg @ Tv).square().sum(-1) / den  # V^T (I - P) g = V^T g - Tv^T Q^T P g
     return out
+
+
+def _numpy_rng(generator: torch.Generator | None):
+    """A numpy generator seeded by one draw of ``generator`` (same generator state -> same numbers)."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device if generator else "cpu"))
+    return np.random.default_rng(seed)
 
 
 def _wishart_gram(rng, n_draws: int, dof: int, m: int) -> Tensor:
@@ -152,8 +157,7 @@ def aligned_control_all(g: Tensor, V: Tensor, U: Tensor, ms, generator: torch.Ge
     tg, Tv, r = T[:, 0], T[:, 1:], T.shape[0]  # tg = (+-|g|, 0, ...): g in the basis Q
     align = ((U.T @ Q[:, 0].to(U.device)).cpu() ** 2).cumsum(0)  # a_m for every prefix m
     top = max(ms)
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device if generator else "cpu"))
-    rng = np.random.default_rng(seed)
+    rng = _numpy_rng(generator)
     Z = torch.from_numpy(rng.standard_normal((n_draws, r - 1, top)))  # the z frame's rows along q_1..q_{r-1}
     L = torch.linalg.cholesky(Z.mT @ Z + _wishart_gram(rng, n_draws, d - r, top))  # (n, top, top)
     Wz = torch.linalg.solve_triangular(L, Z.mT, upper=False).mT  # Z L^-T: (n, r - 1, top), the z's coordinates

@@ -34,7 +34,6 @@ from ..engine.training import (
     CheckpointsInvalid,
     DivergenceError,
     checkpoint_path,
-    checkpoint_round,
     train_run,
     verified_checkpoints,
     write_manifest,
@@ -209,11 +208,11 @@ def train(run: dict, subset_path, work_dir, out_dir, *, name="run", threads=1, d
     publish_run(work_dir, out_dir, ckpts, run_record(job, device, threads, time.time() - t0))
 
 
-def run_checkpoints(run: dict, ckpt_dir) -> list[Path]:
-    """Every checkpoint the run's spec implies, checked against the train step's manifest; a clear exit naming
-    the missing or altered rounds and the fix otherwise."""
+def run_checkpoints(run: dict, ckpt_dir, rounds=None) -> list[Path]:
+    """The checkpoints of ``rounds`` (default: every one the run's spec implies), checked against the train step's
+    manifest; a clear exit naming the missing or altered rounds and the fix otherwise."""
     try:
-        return verified_checkpoints(ckpt_dir, RunSpec.from_run(run).checkpoints)
+        return verified_checkpoints(ckpt_dir, RunSpec.from_run(run).checkpoints if rounds is None else rounds)
     except CheckpointsInvalid as exc:
         raise SystemExit(str(exc)) from None
 
@@ -262,10 +261,11 @@ def estimators(run: dict, geometry_params: dict, params: dict, subset_path, ckpt
 def branch_point(run: dict, params: dict, ckpt_dir, geometry) -> tuple[int, str, float]:
     """(round, why, chi_k there) where a restricted run leaves its parent, by the config's branch rule
     (specs.BranchSpec) applied to the parent's checkpoints and its geometry table's chi_k."""
-    rounds = [checkpoint_round(p) for p in run_checkpoints(run, ckpt_dir)]
+    rounds = list(RunSpec.from_run(run).checkpoints)
     table = read_frame(geometry)
     chi = dict(table.loc[table["metric"] == "chi_k", ["round", "value"]].itertuples(index=False))
     chosen, why = BranchSpec.from_config(params).choose(rounds, run["local_steps"] // run["tau"], chi)
+    run_checkpoints(run, ckpt_dir, [chosen])  # the one checkpoint a restricted run reads, before any work
     return chosen, why, float(chi.get(chosen, float("nan")))
 
 
