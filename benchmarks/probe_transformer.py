@@ -39,7 +39,7 @@ from sharpgaps.engine.models import EncoderLayer, Transformer, build_model
 from sharpgaps.engine.objective import Objective
 from sharpgaps.report.summary import splice
 
-# name -> settings; unspecified keys take BASE (today's quick setting)
+# name -> settings; unspecified keys take BASE (the quick setting on its plateau: ff 2048, no embedding multiplier)
 # emb_mult m: embedding stored as E/m and multiplied by m in the forward pass (same function at init); under SGD
 # this is exactly an m^2 learning-rate multiplier on the embedding alone.
 # pool: "mean" over real positions (the library's) or "first" (the first position only, a CLS-like read-out).
