@@ -135,3 +135,20 @@ def test_a_setting_on_its_loss_plateau_is_labelled_everywhere(tmp_path):
     results = write_results({"main": path}, tmp_path / "R.md", "t")
     assert "never left the loss plateau" in results
     assert all(PLATEAU_LABEL in line for line in results.splitlines() if "sst2_transformer" in line)
+
+
+def test_restricted_verdicts_need_a_horizon_and_name_fallback_branches():
+    rows = []
+    for seed, (branch, rule) in enumerate(((60, "fallback: chi_k never >= 0.9"), (24, "chi_k >= 0.9 at 2"))):
+        for mode, final in (("none", 0.2), ("dom", 0.95), ("bulk", 0.21)):
+            base = {"setting": "s", "mode": mode, "seed": seed, "tau": 8, "branch_round": branch, "branch_rule": rule}
+            rows += [{**base, "round": 0, "train_loss": 1.0}, {**base, "round": 5, "train_loss": final + 0.01 * seed}]
+    text = " ".join(restricted_verdicts(pd.DataFrame(rows)))
+    assert "branched at round 24 (seed 1); round 60 (seed 0); FALLBACK for seed 0" in text
+    assert "fell by 0.795 ± 0.00707 (n=2) over 40 local steps" in text and "3x its seed sd: met" in text
+    # Local SGD's drop within 3 sd of the seeds: no verdict either way
+    noisy = pd.DataFrame(rows)
+    noisy.loc[(noisy["mode"] == "none") & (noisy["round"] == 5), "train_loss"] = [0.2, 0.9]
+    text = " ".join(restricted_verdicts(noisy))
+    assert "NOT met" in text and text.count("not judged (horizon too short)") == 2
+    assert "is supported" not in text and "contradicted" not in text

@@ -227,3 +227,25 @@ def test_every_mode_has_one_table_entry():
         assert (mode.source is None) == (name == "none")
         assert name == "none" or mode.keep_inside == name.endswith("dom")
         assert mode.eigensolves == (name in ("dom", "bulk"))
+
+
+def test_setting_scope_branches_every_seed_on_the_mean_chi_k():
+    """Seeds whose own rules pick different rounds (here 8 and 32) share one branch round: the mean's."""
+    import pandas as pd
+
+    from sharpgaps.core.specs import BranchSpec
+    from sharpgaps.pipeline.jobs import mean_chi_k
+
+    def table(chi):
+        return pd.DataFrame({"round": list(chi), "metric": "chi_k", "value": list(chi.values())})
+
+    seeds = [{4: 0.5, 8: 0.95, 16: 0.96, 32: 0.97}, {4: 0.4, 8: 0.7, 16: 0.93, 32: 0.95}]
+    own = [BranchSpec(branch_scope="seed").choose([4, 8, 16, 32], 32, c)[0] for c in seeds]
+    assert own == [16, 32]
+    mean = mean_chi_k([table(c) for c in seeds])
+    assert mean == pytest.approx({4: 0.45, 8: 0.825, 16: 0.945, 32: 0.96})
+    assert BranchSpec().choose([4, 8, 16, 32], 32, mean) == (32, "chi_k >= 0.9 at 2 checkpoints in a row")
+    # a round one table lacks is left out, so the rule names it instead of averaging fewer seeds
+    short = mean_chi_k([table(seeds[0]), table({r: v for r, v in seeds[1].items() if r != 32})])
+    with pytest.raises(ValueError, match="no chi_k at checkpoint rounds \\[32\\]"):
+        BranchSpec().choose([4, 8, 16, 32], 32, short)

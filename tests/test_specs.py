@@ -128,7 +128,13 @@ def test_branch_rule_waits_for_alignment_at_consecutive_checkpoints():
     assert BranchSpec(branch_chi_k=0.9, branch_consecutive=1).choose(ckpts, 64, chi)[0] == 8
     round_, why = BranchSpec(branch_chi_k=0.99).choose(ckpts, 64, chi)
     assert round_ == 64 and why.startswith("fallback") and "0.950" in why  # never aligned: said, not hidden
+    # the fallback is the most aligned checkpoint (earliest of ties), not the last one
+    tied = {4: 0.5, 8: 0.93, 16: 0.85, 32: 0.93, 64: 0.7}
+    assert BranchSpec(branch_chi_k=0.99).choose(ckpts, 64, tied)[0] == 8
     assert BranchSpec(branch_chi_k=None, branch_at=0.25).choose(ckpts, 64, chi) == (16, "fraction 0.25")
     with pytest.raises(ValueError, match="no chi_k at checkpoint rounds \\[64\\]"):
         spec.choose(ckpts, 64, {c: v for c, v in chi.items() if c != 64})
-    assert spec.label() == "chi0.9x2" and BranchSpec(branch_chi_k=None, branch_at=0.25).label() == "at0.25"
+    assert spec.label() == "chi0.9x2mean" and BranchSpec(branch_scope="seed").label() == "chi0.9x2"
+    with pytest.raises(ValueError, match="branch_scope.*'setting', 'seed'"):
+        BranchSpec(branch_scope="run")
+    assert BranchSpec(branch_chi_k=None, branch_at=0.25).label() == "at0.25"

@@ -187,8 +187,16 @@ def restricted_tag(setting):
 
 
 def parent_geometry(wildcards):
-    """The parent run's geometry table: its chi_k decides the branch point (specs.BranchSpec)."""
-    return f"{R}/runs/{wildcards.setting}/{wildcards.run}/geometry_{geometry_tag(wildcards.setting)}.parquet"
+    """The geometry tables whose chi_k decides the branch point (specs.BranchSpec): the parent run's, or with
+    branch_scope "setting" those of every seed of its configuration."""
+    tag = geometry_tag(wildcards.setting)
+    own = [f"{R}/runs/{wildcards.setting}/{wildcards.run}/geometry_{tag}.parquet"]
+    if specs.BranchSpec.from_config(restricted_params(wildcards.setting)).branch_scope == "seed":
+        return own
+    parent = grid.parse_run_id(wildcards.run)
+    siblings = [r for r in grid.main_runs(config, wildcards.setting)
+                if all(r[k] == parent[k] for k in parent if k != "seed")]
+    return [f"{R}/runs/{wildcards.setting}/{grid.run_id(r)}/geometry_{tag}.parquet" for r in siblings] or own
 
 
 def restricted_json(wildcards):

@@ -19,6 +19,8 @@ from .grid import checkpoint_rounds, exact_float
 # within ~1e-6 of it (hessian.top_eigenpairs, docs/BENCHMARKS.md)
 LANCZOS_DTYPE = "float32"
 MODES = ("none", "dom", "bulk", "gapdom", "gapbulk")  # the default mode list
+BRANCH_SCOPES = ("setting", "seed")
+FALLBACK = "fallback:"  # how a branch rule that never held starts its reason (tables, figures, RESULTS)
 # random-Dom / random-Bulk: a seeded random subspace of Dom's dimension, refreshed like the others
 RANDOM_MODES = ("randdom", "randbulk")
 # Dom/Bulk on the best free estimator of the estimator comparison (gradient history, docs/FIDELITY.md): the top
@@ -107,20 +109,29 @@ class BranchSpec:
     # checkpoint ending `branch_consecutive` checkpoints in a row with chi_k >= branch_chi_k; None: branch_at.
     branch_chi_k: float | None = 0.9
     branch_consecutive: int = 2
+    # Whose chi_k the rule reads: "setting" = the mean over the parent configuration's seeds, so every seed
+    # branches at one round and their curves share a starting point; "seed" = each seed its own.
+    branch_scope: str = "setting"
     modes: tuple[str, ...] = MODES
+
+    def __post_init__(self):
+        if self.branch_scope not in BRANCH_SCOPES:
+            raise ValueError(f"restricted.branch_scope is '{self.branch_scope}'; use one of {BRANCH_SCOPES}")
 
     @classmethod
     def from_config(cls, params: dict) -> "BranchSpec":
         return _build(cls, "restricted", params)
 
     def label(self) -> str:
-        """The rule in a path tag: chi0.9x2 or at0.25."""
+        """The rule in a path tag: chi0.9x2 (each seed's chi_k), chi0.9x2mean (the seeds' mean) or at0.25."""
         if self.branch_chi_k is None:
             return f"at{exact_float(self.branch_at)}"
-        return f"chi{exact_float(self.branch_chi_k)}x{self.branch_consecutive}"
+        scope = "mean" if self.branch_scope == "setting" else ""
+        return f"chi{exact_float(self.branch_chi_k)}x{self.branch_consecutive}{scope}"
 
     def choose(self, checkpoints: list[int], rounds: int, chi_k: dict[int, float]) -> tuple[int, str]:
-        """(branch round, why) among the parent's checkpoint rounds; ``chi_k``: round -> chi_k of the parent."""
+        """(branch round, why) among the parent's checkpoint rounds; ``chi_k``: round -> chi_k of the parent
+        (scope "setting": the mean over its seeds). Why starts with FALLBACK when the criterion never held."""
         checkpoints = sorted(checkpoints)
         if self.branch_chi_k is None:
             return min(checkpoints, key=lambda c: abs(c - self.branch_at * rounds)), f"fraction {self.branch_at}"
@@ -132,8 +143,11 @@ class BranchSpec:
             streak = streak + 1 if chi_k[c] >= self.branch_chi_k else 0
             if streak >= self.branch_consecutive:
                 return c, f"chi_k >= {self.branch_chi_k} at {self.branch_consecutive} checkpoints in a row"
-        return checkpoints[-1], (f"fallback: chi_k never >= {self.branch_chi_k} at {self.branch_consecutive} "
-                                 f"checkpoints in a row (max {max(chi_k[c] for c in checkpoints):.3f}); last checkpoint")
+        # closest to the criterion: the most aligned checkpoint (the earliest of ties), not the last one, where
+        # a trained run has little loss left to lose over the horizon
+        best = max(checkpoints, key=lambda c: (chi_k[c], -c))
+        return best, (f"{FALLBACK} chi_k never >= {self.branch_chi_k} at {self.branch_consecutive} "
+                      f"checkpoints in a row; the checkpoint of highest chi_k ({chi_k[best]:.3f})")
 
 
 @dataclass(frozen=True)
@@ -231,8 +245,8 @@ CONFIG_NAMES = {"restricted": {"gap_m": "m", "gap_window": "window"}}
 
 # The keys whose defaults the restricted path tag (a digest of restricted_params) has always covered.
 # A key added since (lanczos_dtype) enters it only when a config sets it, so existing outputs keep their paths.
-RESTRICTED_TAGGED = ("branch_at", "branch_chi_k", "branch_consecutive", "rounds", "modes", "refresh", "eval_every",
-                     "hessian_examples", "tol", "gap_m", "gap_window")
+RESTRICTED_TAGGED = ("branch_at", "branch_chi_k", "branch_consecutive", "branch_scope", "rounds", "modes", "refresh",
+                     "eval_every", "hessian_examples", "tol", "gap_m", "gap_window")
 
 
 def spec_field(section: str, key: str) -> tuple[type, str]:

@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("restricted", help="Dom/Bulk or gap-restricted Local SGD branched from a checkpoint")
     q.add_argument("--restricted", required=True, help="JSON of the config's `restricted` section")
     q.add_argument("--mode", required=True)
-    q.add_argument("--geometry", required=True, help="the parent run's geometry table (chi_k for the branch rule)")
+    q.add_argument("--geometry", required=True, nargs="+",
+                   help="the parent run's geometry table, or every seed's (branch_scope setting): chi_k for the branch rule")
     jobs.add_run_job_args(q, ckpt_dir=True, name="restricted", resume=True)
     q.set_defaults(func=cmd_restricted)
 

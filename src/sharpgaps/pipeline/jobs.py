@@ -23,7 +23,7 @@ from threadpoolctl import threadpool_limits
 
 from ..core.atomic import CorruptFileError, OutputWriteError, load_torch, read_frame, save_frame, save_json, write_error
 from ..core.grid import run_info
-from ..core.specs import BranchSpec, EstimatorSpec, GeometrySpec, MechanismSpec, RestrictSpec, RunSpec, TheorySpec
+from ..core.specs import FALLBACK, BranchSpec, EstimatorSpec, GeometrySpec, MechanismSpec, RestrictSpec, RunSpec, TheorySpec
 from ..data import sources, subsets
 from ..data.sources import DataError
 from ..engine import losses, models
@@ -258,12 +258,19 @@ def estimators(run: dict, geometry_params: dict, params: dict, subset_path, ckpt
     save_frame(df, out)
 
 
-def branch_point(run: dict, params: dict, ckpt_dir, geometry) -> tuple[int, str, float]:
+def mean_chi_k(tables: list[pd.DataFrame]) -> dict[int, float]:
+    """round -> chi_k averaged over geometry tables (the seeds of one configuration), at the rounds all have."""
+    per_table = [dict(t.loc[t["metric"] == "chi_k", ["round", "value"]].itertuples(index=False)) for t in tables]
+    common = set.intersection(*(set(c) for c in per_table))
+    return {int(r): float(np.mean([c[r] for c in per_table])) for r in sorted(common)}
+
+
+def branch_point(run: dict, params: dict, ckpt_dir, geometry: list) -> tuple[int, str, float]:
     """(round, why, chi_k there) where a restricted run leaves its parent, by the config's branch rule
-    (specs.BranchSpec) applied to the parent's checkpoints and its geometry table's chi_k."""
+    (specs.BranchSpec) applied to the parent's checkpoints and the chi_k of ``geometry``: the parent's geometry
+    table, or (branch_scope "setting") those of every seed of its configuration, averaged per round."""
     rounds = list(RunSpec.from_run(run).checkpoints)
-    table = read_frame(geometry)
-    chi = dict(table.loc[table["metric"] == "chi_k", ["round", "value"]].itertuples(index=False))
+    chi = mean_chi_k([read_frame(path) for path in geometry])
     chosen, why = BranchSpec.from_config(params).choose(rounds, run["local_steps"] // run["tau"], chi)
     run_checkpoints(run, ckpt_dir, [chosen])  # the one checkpoint a restricted run reads, before any work
     return chosen, why, float(chi.get(chosen, float("nan")))
@@ -277,7 +284,8 @@ def restricted(run: dict, params: dict, mode: str, subset_path, ckpt_dir, geomet
     set_threads(threads)
     disable_tf32()
     branch_round, why, chi = branch_point(run, params, ckpt_dir, geometry)
-    print(f"[{name}:{mode}] branching at round {branch_round} (chi_k {chi:.3f}): {why}", file=sys.stderr)
+    print(f"[{name}:{mode}] branching at round {branch_round} (chi_k {chi:.3f} over {len(geometry)} geometry "
+          f"table(s)): {why}", file=sys.stderr)
     job = load_run(run, subset_path, job_device(device))
     spec = RestrictSpec.from_config(params, mode, job.k)
     df = restricted_run(job.objective(hessian_examples=spec.hessian_examples), spec,
@@ -286,6 +294,7 @@ def restricted(run: dict, params: dict, mode: str, subset_path, ckpt_dir, geomet
     for key in ("setting", "K", "tau", "b", "lr", "seed"):
         df[key] = run[key]
     df["branch_round"], df["branch_rule"], df["branch_chi_k"] = branch_round, why, chi
+    df["branch_fallback"] = why.startswith(FALLBACK)
     save_frame(df, out)
 
 

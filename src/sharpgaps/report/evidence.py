@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ..core.specs import FALLBACK
+
 # The per-run columns that identify one configuration of a setting (seeds are the replicates).
 CONFIG_KEYS = ("K", "tau", "b", "lr")
 
@@ -104,3 +106,13 @@ def claim(template: str, **numbers) -> str:
     if bad:
         raise MissingEvidence(f"claim {template[:60]!r}... lacks its numbers: {', '.join(bad)}")
     return template.format(**{k: (str(v) if isinstance(v, Stat) else fmt(v)) for k, v in numbers.items()})
+
+
+def branch_fallbacks(df: pd.DataFrame) -> pd.Series:
+    """Per row: whether its run branched by the rule's fallback (the chi_k criterion never held). Tables made
+    before the `branch_fallback` column read it from `branch_rule`."""
+    if "branch_fallback" in df:
+        return df["branch_fallback"].astype(bool)
+    if "branch_rule" in df:
+        return df["branch_rule"].astype(str).str.startswith(FALLBACK)
+    return pd.Series(False, index=df.index)

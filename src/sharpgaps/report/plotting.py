@@ -23,15 +23,15 @@ from IPython.display import Image, Markdown, display  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from ..core import atomic  # noqa: E402
-from .evidence import k_by_setting, late_rounds  # noqa: E402
+from .evidence import branch_fallbacks, k_by_setting, late_rounds  # noqa: E402
 
 sns.set_theme(context="paper", style="whitegrid", font_scale=1.15)
 plt.rcParams.update({"axes.titlesize": 11, "legend.fontsize": 9, "legend.title_fontsize": 9})
 
 # What makes two rows the same run configuration: seeds of one are averaged, different ones never mixed.
 RUN_KEYS = ["K", "tau", "b", "lr", "loss", "window"]
-# A restricted branch's parent configuration: its seeds may branch at different rounds (the branch rule reads each
-# seed's own chi_k), so their curves are aligned on the local steps since the branch (column since_branch).
+# A restricted branch's parent configuration: its seeds may branch at different rounds (branch_scope "seed" reads
+# each seed's own chi_k), so their curves are aligned on the local steps since the branch (column since_branch).
 BRANCH_KEYS = ["K", "tau", "b", "lr"]
 
 # Restricted training (Figs 5-8, X1): mode -> (legend label, colour, line style); a gap mode takes its Hessian
@@ -180,9 +180,14 @@ def change_since_branch(df: pd.DataFrame, keys: list[str]) -> pd.Series:
 
 
 def branch_title(label: str, g: pd.DataFrame) -> str:
-    """Panel title of restricted runs: :func:`run_title` and the local step(s) its seeds branch at."""
+    """Panel title of restricted runs: :func:`run_title`, the local step(s) its seeds branch at and which seeds
+    branched by the rule's fallback (the chi_k criterion never held)."""
     steps = sorted(int(s) for s in g["branch_round"].unique() * int(g["tau"].iloc[0]))
     where = f"step {steps[0]}" if len(steps) == 1 else f"steps {steps[0]}-{steps[-1]} (by seed)"
+    fell = sorted(int(s) for s in g.loc[branch_fallbacks(g), "seed"].unique())
+    if fell:
+        every = len(fell) == g["seed"].nunique()
+        where += " (FALLBACK: chi_k rule never met" + ("" if every else f"; seeds {', '.join(map(str, fell))}") + ")"
     return f"{run_title(label, g)}\nbranch at {where}"
 
 

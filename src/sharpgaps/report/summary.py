@@ -16,11 +16,15 @@ import pandas as pd
 
 from ..core.atomic import read_frame, save_text
 from ..studies.mechanism import RUN_COLUMNS, fit_exponent, vk_share
-from .evidence import MissingEvidence, Stat, claim, configs, fmt, k_by_setting, late_rounds, per_seed, stat
+from .evidence import MissingEvidence, Stat, branch_fallbacks, claim, configs, fmt, k_by_setting, late_rounds, per_seed, stat
 
 # How the restricted-training verdicts read the loss progress ratio r = (L_branch - L_mode) / (L_branch -
 # L_LocalSGD), per seed: "stalls" below STALLS, "tracks Local SGD" at or above TRACKS (docs/FIDELITY.md).
 STALLS, TRACKS = 0.5, 0.8
+TOO_SHORT = "not judged (horizon too short)"
+# A restricted comparison is judged only where plain Local SGD's train-loss drop over the horizon is at least
+# HORIZON_SNR times its seed-to-seed sd: below that, "Dom stalls" cannot be told from seed noise.
+HORIZON_SNR = 3.0
 PAPER = "(paper's wording)"
 SONG = "(Song et al.'s finding, not this paper's)"
 PARAPHRASE = "(our paraphrase of the paper's figures, not a quote)"
@@ -248,26 +252,60 @@ def _hi(s: Stat) -> float:
     return s.mean + (s.sd if np.isfinite(s.sd) else 0.0)
 
 
+def local_sgd_drop(restricted: pd.DataFrame, setting: str) -> tuple[Stat, int]:
+    """Plain Local SGD's train-loss drop over the horizon per seed (branch - final), and the horizon in local
+    steps."""
+    g = restricted[(restricted["setting"] == setting) & (restricted["mode"] == "none")]
+    drops = [float(s.loc[s["round"].idxmin(), "train_loss"] - s.loc[s["round"].idxmax(), "train_loss"])
+             for _, s in g.groupby("seed")]
+    horizon = int((g["round"].max() - g["round"].min()) * g["tau"].iloc[0]) if "tau" in g and len(g) else 0
+    return Stat.of(drops), horizon
+
+
+def branch_facts(restricted: pd.DataFrame, setting: str) -> dict:
+    """Where a setting's seeds branched: {round: [seeds]} and the seeds that branched by the rule's fallback."""
+    g = restricted[restricted["setting"] == setting].drop_duplicates("seed")
+    rounds = {int(r): sorted(int(x) for x in s["seed"]) for r, s in g.groupby("branch_round")} \
+        if "branch_round" in g else {}
+    fell = sorted(int(x) for x in g.loc[branch_fallbacks(g), "seed"])
+    return {"rounds": rounds, "fallback": fell}
+
+
 def restricted_numbers(restricted: pd.DataFrame) -> list[dict]:
     """Per setting with none, dom and bulk: the Dom/Bulk progress ratios and the two verdicts, plus the gap- and
-    random-subspace variants' ratios where run."""
+    random-subspace variants' ratios where run, plain Local SGD's drop over the horizon and the branch points."""
     out = []
     for setting in restricted["setting"].unique():
         modes = set(restricted.loc[restricted["setting"] == setting, "mode"])
         if not {"none", "dom", "bulk"} <= modes:
             continue
         dom, bulk = _progress(restricted, setting, "dom"), _progress(restricted, setting, "bulk")
+        drop, horizon = local_sgd_drop(restricted, setting)
+        long_enough = drop.n > 1 and drop.mean >= HORIZON_SNR * drop.sd
         # A verdict needs the whole band (mean ± sd across seeds) on one side of a threshold; a band that
         # straddles it is reported as unsettled rather than read from the mean alone.
         song = ("supported" if _hi(dom) < STALLS and _lo(bulk) >= TRACKS else
                 "contradicted" if _lo(dom) >= TRACKS or _hi(bulk) < STALLS else "not settled by these seeds")
         summary = ("supported" if _lo(dom) >= STALLS else "not supported" if _hi(dom) < STALLS else
                    "not settled by these seeds")
+        if not long_enough:
+            song = summary = TOO_SHORT
         variants = {prefix: (_progress(restricted, setting, f"{prefix}dom"), _progress(restricted, setting, f"{prefix}bulk"))
                     for prefix in ("gap", "grad", "rand") if {f"{prefix}dom", f"{prefix}bulk"} <= modes}
         out.append({"setting": setting, "dom": dom, "bulk": bulk, "song": song, "summary": summary,
-                    "variants": variants})
+                    "variants": variants, "drop": drop, "horizon": horizon, "long_enough": long_enough,
+                    **branch_facts(restricted, setting)})
     return out
+
+
+def branch_sentence(r: dict) -> str:
+    """Where a setting's seeds branched, with every fallback named."""
+    where = "; ".join(f"round {rnd} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+                      for rnd, seeds in r["rounds"].items())
+    fell = r["fallback"]
+    note = (f"; FALLBACK for seed{'s' if len(fell) > 1 else ''} {', '.join(map(str, fell))}: the chi_k rule never "
+            "held, so the branch is the checkpoint of highest chi_k" if fell else "; every branch met the chi_k rule")
+    return f"branched at {where}{note}"
 
 
 def restricted_verdicts(restricted: pd.DataFrame, numbers: list[dict] | None = None) -> list[str]:
@@ -276,6 +314,10 @@ def restricted_verdicts(restricted: pd.DataFrame, numbers: list[dict] | None = N
     out = []
     for r in numbers if numbers is not None else restricted_numbers(restricted):
         setting, dom, bulk = r["setting"], r["dom"], r["bulk"]
+        out.append(claim(
+            f"- {setting}: {branch_sentence(r)}. Plain Local SGD's train loss fell by {{drop}} over {r['horizon']} "
+            f"local steps (the comparison is judged when the mean drop is >= {HORIZON_SNR:g}x its seed sd: "
+            f"{'met' if r['long_enough'] else 'NOT met'}).", drop=r["drop"]))
         out.append(claim(
             f"- {setting}: Dom-restricted training achieved {{dom}} of plain Local SGD's train-loss drop since the "
             f"branch and Bulk-restricted {{bulk}}. \"Dom stalls, Bulk tracks\" (the abstract's \"stable progress "
@@ -516,11 +558,13 @@ def claim_rows(numbers: dict) -> list[dict]:
             rule = (f"Dom- and Bulk-restricted training's shares of plain Local SGD's train-loss drop since the branch, "
                     f"per seed: supported when the whole Dom band is < {STALLS} (stalls) and the whole Bulk band is "
                     f">= {TRACKS} (tracks), contradicted when Dom's is >= {TRACKS} or Bulk's < {STALLS}, else not "
-                    f"settled by these seeds; {SUMMARY} \"dominant-component updates retain useful optimization "
+                    f"settled by these seeds; not judged where Local SGD's drop is below {HORIZON_SNR:g}x its seed sd; "
+                    f"{SUMMARY} \"dominant-component updates retain useful optimization "
                     "behaviour\" is judged in the restricted section, not here")
             for r in numbers.get("restricted") or []:
-                cells.append(claim(f"{r['setting']}: Dom {{dom}}, Bulk {{bulk}} of Local SGD's drop", dom=r["dom"],
-                                   bulk=r["bulk"]))
+                fell = f"; fallback branch for seeds {r['fallback']}" if r["fallback"] else ""
+                cells.append(claim(f"{r['setting']}: Dom {{dom}}, Bulk {{bulk}} of Local SGD's drop ({{drop}} over "
+                                   f"{r['horizon']} local steps{fell})", dom=r["dom"], bulk=r["bulk"], drop=r["drop"]))
                 verdicts.append((r["setting"], r["song"]))
             if numbers.get("restricted") is not None and not verdicts:
                 raise MissingEvidence("claim (e): the restricted table has no setting with the none, dom and bulk modes")
