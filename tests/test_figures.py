@@ -21,7 +21,8 @@ from tests.helpers import FIGURE_DIR, REPO, SMOKE_CONFIG, figure_files, job_coun
 FIGURES = {
     "fig01_cosines": ["panel", "setting", "K", "tau", "b", "lr", "seed", "round", "step", "metric", "m", "i", "j",
                       "value"],
-    "fig02_removal": ["setting", "K", "tau", "b", "lr", "seed", "round", "step", "metric", "m", "raw", "value"],
+    "fig02_removal": ["setting", "K", "tau", "b", "lr", "seed", "round", "step", "metric", "m", "m_kind", "raw",
+                      "value"],
     "fig03_spectrum": ["setting", "K", "tau", "b", "lr", "seed", "round", "step", "i", "top_k", "value",
                        "two_over_lr"],
     "fig04_alignment": ["setting", "K", "tau", "b", "lr", "seed", "round", "step", "metric", "value"],
@@ -61,6 +62,26 @@ def test_figure_csv_values(smoke):
         table[table["metric"] == "removal"], on=["setting", "seed", "step", "m"], suffixes=("", "_table"))
     assert len(over) == (fig9["panel"] == "over_training").sum()
     assert (over["value"] - over["value_table"]).abs().max() < 1e-12  # raw means raw
+
+
+@pytest.mark.workflow
+def test_fig2_draws_m_equals_k_wherever_the_table_has_it(smoke):
+    """The headline's dimension m = k (classes) is drawn beside m_show in every setting whose geometry table
+    evaluated it, marked m_kind = k, with all four removal curves; never under another label."""
+    from sharpgaps.report.evidence import k_by_setting
+
+    fig2 = pd.read_csv(smoke / FIGURE_DIR / "fig02_removal.csv")
+    table = pd.read_parquet(smoke / "results/tables/main_geometry.parquet")
+    k = k_by_setting(table)
+    removal = table[table["metric"] == "removal"]
+    evaluated = {s for s, g in removal.groupby("setting") if k[s] in set(g["m"].astype(int))}
+    assert evaluated  # the smoke run has settings with m = k evaluated (k <= rank(G))
+    at_k = fig2[fig2["m_kind"] == "k"]
+    assert set(at_k["setting"]) == evaluated
+    assert (at_k["m"] == at_k["setting"].map(k)).all()
+    assert at_k.groupby("setting")["metric"].agg(set).map(
+        lambda m: m == {"removal", "oracle_removal", "aligned_removal", "random_removal"}).all()
+    assert not ((fig2["m_kind"] != "k") & (fig2["m"] == fig2["setting"].map(k))).any()
 
 
 @pytest.mark.workflow
