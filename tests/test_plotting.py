@@ -49,6 +49,27 @@ def test_fraction_axis_notes_the_baseline_where_a_log_axis_cannot_hold_the_data(
     assert plotting.fraction_axis(ax, pd.concat([DATA, RANDOM]), baseline=RANDOM, log=False) == "note"
 
 
+@pytest.mark.parametrize("placement", ["below_axis", "fixed"])
+def test_a_panel_legend_sits_below_its_x_label_however_many_lines_it_has(placement):
+    """Fig 9: a panel's own legend under a multi-line x label (fraction_axis's note on the random subspace) must
+    not overlap it; the fixed offset it replaced (bbox_to_anchor=(0.5, -0.2)) did."""
+    from matplotlib.lines import Line2D
+
+    fig, axes = plotting.panels(3, height=3.9, nrows=2)
+    ax = axes[1, 0]
+    ax.set(xlabel="gap-subspace dimension $m$", ylabel="removal fraction (raw)")
+    assert plotting.fraction_axis(ax, pd.concat([DATA, RANDOM, pd.Series([-0.02])]), baseline=RANDOM) == "note"
+    handles = [Line2D([], [], label=f"step {s}") for s in (32, 344, 8000)] + [Line2D([], [], ls=":", label="random")]
+    if placement == "below_axis":
+        legend = plotting.legend_below_axis(ax, handles, ncol=3)
+    else:
+        legend = ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
+    fig.canvas.draw()  # runs the constrained layout
+    renderer = fig.canvas.get_renderer()
+    clear = legend.get_window_extent(renderer).y1 <= ax.xaxis.label.get_window_extent(renderer).y0
+    assert clear == (placement == "below_axis")
+
+
 def test_titles_are_wrapped_to_their_panel():
     fig, axes = plotting.panels(4, width=3.0)
     long = "mean over the last third of checkpoints (mean of 2 seeds, band: min–max over seeds)"

@@ -21,6 +21,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from IPython.display import Image, Markdown, display  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.transforms import ScaledTranslation  # noqa: E402
 
 from ..core import atomic  # noqa: E402
 from .evidence import branch_fallbacks, k_by_setting, late_rounds  # noqa: E402
@@ -285,6 +286,19 @@ def value_axis(ax, values, log=True) -> None:
 def legend_below(fig, handles, **kw) -> None:
     """The figure's legend in one row below its panels (``kw`` overrides, e.g. ncol or title)."""
     fig.legend(handles=handles, loc="outside lower center", frameon=False, **{"ncol": len(handles), **kw})
+
+
+def legend_below_axis(ax, handles, gap: float = 0.06, **kw):
+    """``ax``'s own legend just below everything under the panel: its tick labels and every line of its x label,
+    however many (:func:`fraction_axis` adds a note there), so the two never overlap. The offset is measured in
+    inches, which the layout engine does not change. Call once the x label and x ticks are final. ``kw`` goes
+    to ``ax.legend`` (e.g. ncol)."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    under = ax.get_window_extent(renderer).y0 - ax.xaxis.get_tightbbox(renderer).y0  # pixels below the panel
+    below = ScaledTranslation(0, -(under / fig.dpi + gap), fig.dpi_scale_trans)
+    return ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                     bbox_transform=ax.transAxes + below, frameon=False, borderaxespad=0, **kw)
 
 
 def no_data(message: str):
