@@ -105,6 +105,10 @@ BAD = [
     ("datasets.mnist.test_cap", 0, "datasets.mnist.test_cap", "minimum of 1"),
     ("figures.xscale", "cubic", "figures.xscale", "['linear', 'log']"),
     ("figures.fig1_setting", "cifar", "figures.fig1_setting", "allowed: one of ['mnist_fc', 'cifar_cnn'"),
+    ("experiments.batch_sweep", {"settings": ["mnist_fc"], "b": [7], "match": "epochs"},
+     "experiments.batch_sweep.match", "choose b that divides it"),
+    ("experiments.k_sweep", {"settings": ["mnist_fc"], "K": [2], "match": "workers"},
+     "experiments.k_sweep.match", "['none', 'gap_vectors', 'epochs']"),
     (("experiments.k_sweep", "figures.sweep_settings"), ({"settings": ["cifar_cnn"], "K": [2, 4]}, ["mnist_fc"]),
      "figures.sweep_settings", "allowed: a list of every setting of tau_ablation, k_sweep, batch_sweep"),
 ]
@@ -200,3 +204,24 @@ def test_validation_does_not_load_the_iri_grammars():
     code = "import sys, sharpgaps.pipeline.config; print(sys.modules.get('rfc3987_syntax') is None)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "True"
+
+
+def test_sweeps_can_hold_the_gap_vectors_or_the_epochs_fixed():
+    """K sweep: (K-1)W stays the setting's (W rounded up); b sweep: local_steps x b stays the setting's."""
+    cfg = _paper()
+    base = grid.setting_defaults(cfg, "mnist_fc")
+    cfg["experiments"]["k_sweep"]["match"] = "gap_vectors"
+    cfg["experiments"]["batch_sweep"]["match"] = "epochs"
+    validate(cfg, SCHEMA)
+    ks = {r["K"]: r for r in grid.expand_runs(cfg, ["k_sweep"]) if r["setting"] == "mnist_fc"}
+    n = (base["K"] - 1) * base["window"]
+    assert {K: ((K - 1) * r["window"], r["local_steps"]) for K, r in ks.items()} == \
+        {2: (n, base["local_steps"]), 4: (30, base["local_steps"]), 8: (n, base["local_steps"]),
+         16: (30, base["local_steps"])}
+    bs = {r["b"]: r for r in grid.expand_runs(cfg, ["batch_sweep"]) if r["setting"] == "mnist_fc"}
+    assert {b: (r["local_steps"] * b, r["window"]) for b, r in bs.items()} == \
+        {b: (base["local_steps"] * base["b"], base["window"]) for b in (25, 50, 100, 200)}
+    # unmatched (the default): the setting's own window and local steps for every swept value
+    plain = _paper()
+    del plain["experiments"]["k_sweep"]["match"]
+    assert {r["window"] for r in grid.expand_runs(plain, ["k_sweep"])} == {base["window"]}

@@ -58,7 +58,9 @@ def test_scales_table_follows_the_configs(configs):
     assert _cell(after, "cifar_cnn", "local steps (rounds)", "quick") == f"{37 * tau} (37)"
     assert _cell(after, "cifar_cnn", "checkpoints", "quick") == "2, linear, rounds 4-37"
     seeds = quick["experiments"]["k_sweep"].get("seeds", quick["train"]["seeds"])  # the per-setting seeds are gone
-    assert _cell(after, "cifar_cnn", "`k_sweep`", "quick") == "K 3, 5; seed " + ", ".join(map(str, seeds))
+    # K 3 and 5 with (8-1) x 4 = 28 gap vectors matched: W = ceil(28 / 2) = 14 and ceil(28 / 4) = 7
+    assert _cell(after, "cifar_cnn", "`k_sweep`", "quick") == \
+        "K 3, 5; seed " + ", ".join(map(str, seeds)) + "; W 7, 14 (gap vectors matched)"
     for label in ("local steps (rounds)", "checkpoints", "`k_sweep`"):
         assert _cell(after, "mnist_fc", label, "quick") == _cell(before, "mnist_fc", label, "quick")
         assert _cell(after, "cifar_cnn", label, "paper") == _cell(before, "cifar_cnn", label, "paper")

@@ -96,7 +96,7 @@ def test_sweep_figures_are_numbered_by_sweep_settings():
     params = expanded(cfg)["fig14_k_sweep_mnist_fc"][1]["parameters"]
     assert (params["figure"], params["axis"], params["settings"]) == (14, "K", ["mnist_fc"])
     assert str(params) == '{"axis": "K", "dpi": 150, "figure": 14, "labels": {"mnist_fc": "FC-tanh / MNIST-5k"}, ' \
-                          '"setting": "mnist_fc", "settings": ["mnist_fc"]}'  # the JSON papermill -y reads
+                          '"match": "gap_vectors", "setting": "mnist_fc", "settings": ["mnist_fc"]}'  # the JSON papermill -y reads
 
 
 def test_each_scale_has_its_own_figure_directory():

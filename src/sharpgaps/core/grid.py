@@ -67,14 +67,36 @@ def expand_runs(config: dict, experiments: list[str] | None = None, strict: bool
             own = exp.get("per_setting", {}).get(setting, {})
             axes = {k: own.get(k, exp.get(k, [base[k]])) for k in ("K", "tau", "b")}
             axes["seeds"] = own.get("seeds", exp.get("seeds", base["seeds"]))
+            match = exp.get("match", "none")
             for K, tau, b, seed in itertools.product(axes["K"], axes["tau"], axes["b"], axes["seeds"]):
                 run = {**{k: base[k] for k in TRAIN_KEYS}, "K": K, "tau": tau, "b": b, "seed": seed,
-                       "setting": setting}
+                       "setting": setting, **matched(base, match, K, b, f"experiments.{name}.match")}
                 key = (setting, run_id(run))
                 if key not in seen:
                     seen.add(key)
                     runs.append(run)
     return runs
+
+
+# What a sweep holds fixed besides its axis (experiments.<name>.match): "none" = the setting's window W and local
+# steps; "gap_vectors" = (K-1)W, the gap matrix's rank, kept at the setting's by scaling W (rounded up) with K;
+# "epochs" = local_steps * b, the examples each worker sees, kept at the setting's by scaling the local steps with b.
+MATCHES = ("none", "gap_vectors", "epochs")
+
+
+def matched(base: dict, match: str, K: int, b: int, key: str) -> dict:
+    """The window or local steps a swept run takes so that what ``match`` names stays the setting's."""
+    if match == "gap_vectors":
+        return {"window": -(-base["window"] * (base["K"] - 1) // (K - 1))}
+    if match == "epochs":
+        steps, rest = divmod(base["local_steps"] * base["b"], b)
+        if rest:
+            raise ValueError(f"{key}: epochs cannot be matched at b = {b}: the setting's local_steps x b = "
+                             f"{base['local_steps']} x {base['b']} is not a multiple of it; choose b that divides it")
+        return {"local_steps": steps}
+    if match != "none":
+        raise ValueError(f"{key} is '{match}'; use one of {MATCHES}")
+    return {}
 
 
 def main_runs(config: dict, setting: str) -> list[dict]:

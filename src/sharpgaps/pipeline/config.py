@@ -201,6 +201,11 @@ def cross_checks(config: dict) -> list[str]:
         for s in exp.get("per_setting", {}):
             if s not in exp["settings"]:
                 problems.append(f"experiments.{name}.per_setting.{s}: not among this experiment's settings")
+        if not problems:
+            try:
+                grid.expand_runs(config, [name], strict=False)
+            except ValueError as e:  # a sweep's `match` it cannot meet
+                problems.append(str(e))
     for name, s in settings.items():
         ds = s["dataset"]
         if ds not in config.get("datasets", {}):

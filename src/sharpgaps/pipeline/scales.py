@@ -60,13 +60,17 @@ def _sweep(cfg: dict, setting: str, name: str) -> str:
         return NONE
     runs = [r for r in grid.expand_runs(cfg, [name]) if r["setting"] == setting]
     axes = [a for a in ("K", "tau", "b") if a in exp or a in exp.get("per_setting", {}).get(setting, {})]
-    return "; ".join(f"{a} {_list(sorted({r[a] for r in runs}))}" for a in (*axes, "seed"))
+    match = exp.get("match", "none")
+    held = {"gap_vectors": f"; W {_list(sorted({r['window'] for r in runs}))} (gap vectors matched)",
+            "epochs": f"; local steps {_list(sorted({r['local_steps'] for r in runs}))} (epochs matched)"}
+    return "; ".join(f"{a} {_list(sorted({r[a] for r in runs}))}" for a in (*axes, "seed")) + held.get(match, "")
 
 
 def _branch(b: BranchSpec) -> str:
     if b.branch_chi_k is None:
         return f"{b.branch_at:.0%} of the run"
-    return f"the first checkpoint after chi_k >= {b.branch_chi_k} at {b.branch_consecutive} in a row"
+    whose = "the seeds' mean chi_k" if b.branch_scope == "setting" else "each seed's chi_k"
+    return f"the first checkpoint after {whose} >= {b.branch_chi_k} at {b.branch_consecutive} in a row"
 
 
 def setting_rows(cfg: dict, setting: str) -> dict[str, str]:

@@ -52,7 +52,8 @@ def sweep_figures(config: dict) -> dict[str, tuple[str, dict]]:
     for exp, (axis, first) in SWEEPS.items():
         for s in config["experiments"].get(exp, {}).get("settings", []):
             number = first + order.index(s)
-            out[f"fig{number}_{exp}_{s}"] = (exp, {**panels(config, [s]), "setting": s, "figure": number, "axis": axis})
+            out[f"fig{number}_{exp}_{s}"] = (exp, {**panels(config, [s]), "setting": s, "figure": number, "axis": axis,
+                                                   "match": config["experiments"][exp].get("match", "none")})
     return out
 
 
