@@ -58,6 +58,19 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def load_job(run_dir: Path, config_path, setting: str, rounds: list[int]) -> tuple[jobs.RunInputs, dict]:
+    """A finished run's inputs (model, loss, its data subset) from its directory under <results_dir>/runs, and the
+    validated config."""
+    config = validate(read_yaml(config_path), REPO / "workflow/schemas/config.schema.yaml")
+    s = config["settings"][setting]
+    dataset = s["dataset"]
+    run = {**parse_run_id(run_dir.name), "setting": setting, "model": s["model"], "dataset": dataset,
+           "arch": s.get("arch", {}), "checkpoints": {"rounds": rounds}}
+    results = run_dir.resolve().parents[2]  # <results_dir>/runs/<setting>/<run>
+    subset = next((results / "data" / dataset).glob("subset_*.pt"))
+    return jobs.load_run(run, subset, torch.device("cpu")), config
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--run-dir", type=Path)
@@ -74,14 +87,7 @@ def main():
     if not (a.run_dir and a.config and a.setting and a.rounds and a.n_hessian):
         ap.error("a measurement needs --run-dir, --config, --setting, --rounds and --n-hessian")
     torch.set_num_threads(1)
-    config = validate(read_yaml(a.config), REPO / "workflow/schemas/config.schema.yaml")
-    s = config["settings"][a.setting]
-    dataset = s["dataset"]
-    run = {**parse_run_id(a.run_dir.name), "setting": a.setting, "model": s["model"], "dataset": dataset,
-           "arch": s.get("arch", {}), "checkpoints": {"rounds": a.rounds}}
-    results = a.run_dir.resolve().parents[2]  # <results_dir>/runs/<setting>/<run>
-    subset = next((results / "data" / dataset).glob("subset_*.pt"))
-    job = jobs.load_run(run, subset, torch.device("cpu"))
+    job, config = load_job(a.run_dir, a.config, a.setting, a.rounds)
     k = job.k
     geometry = GeometrySpec.from_config(geometry_params(config, a.setting), k)  # the geometry stage's solver
     for rnd in a.rounds:
