@@ -50,7 +50,8 @@ def workflow_copy(dst):
 
 def figure_files(workdir, name):
     """A figure a run made: PDF, PNG and CSV in the figure directory, the executed notebook (no error; every
-    parameter the rule passed is one the notebook declares) and its log. Returns (its CSV, the parameters)."""
+    parameter the rule passed is one the notebook declares; no text of the figure overlapping other text, which
+    plotting.save reports) and its log. Returns (its CSV, the parameters)."""
     import nbformat
     import pandas as pd
     import papermill
@@ -60,8 +61,11 @@ def figure_files(workdir, name):
         assert path.is_file() and path.stat().st_size > 0, path
     assert (workdir / FIGURE_DIR / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
     assert (workdir / FIGURE_DIR / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    run = nbformat.read(workdir / f"results/notebooks/{name}.ipynb", as_version=4).metadata.papermill
+    executed = nbformat.read(workdir / f"results/notebooks/{name}.ipynb", as_version=4)
+    run = executed.metadata.papermill
     assert run.exception is None
+    printed = "".join(out.get("text", "") for cell in executed.cells for out in cell.get("outputs", []))
+    assert "WARNING: overlapping text" not in printed, f"{name}: " + printed[printed.find("WARNING: overlapping"):][:500]
     assert set(run.parameters) <= set(papermill.inspect_notebook(str(workdir / run.input_path)))
     assert (workdir / f"results/logs/figures/{name}.log").is_file()
     return pd.read_csv(workdir / FIGURE_DIR / f"{name}.csv"), run.parameters

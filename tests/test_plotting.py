@@ -70,6 +70,48 @@ def test_a_panel_legend_sits_below_its_x_label_however_many_lines_it_has(placeme
     assert clear == (placement == "below_axis")
 
 
+def test_fraction_axis_by_span_is_linear_for_fractions_within_a_decade_and_notes_the_baseline():
+    """Figs 10-18's summary panels: removal 0.35-0.9 and chi_k ~0.97 on a linear axis (a log axis squashed them into
+    one decade), the random subspace's ~1e-4 given in the x label."""
+    ax = axis()
+    lines = pd.Series([0.35, 0.5, 0.9, 0.97])
+    assert plotting.decades(lines) < plotting.LOG_DECADES
+    assert plotting.fraction_axis_by_span(ax, lines, baseline=RANDOM) == "note"
+    assert ax.get_yscale() == "linear" and "log" not in ax.get_ylabel()
+    assert "random subspace" in ax.get_xlabel()
+    ax = axis()
+    assert plotting.fraction_axis_by_span(ax, lines) == "linear" and ax.get_ylim() == (-0.05, 1.05)
+
+
+def test_fraction_axis_by_span_goes_log_only_when_the_lines_span_more_than_one_and_a_half_decades():
+    ax = axis()
+    lines = pd.Series([0.004, 0.05, 0.7, 0.9])  # e.g. removal at K = 2 against K = 16
+    assert plotting.decades(lines) > plotting.LOG_DECADES
+    assert plotting.fraction_axis_by_span(ax, lines, baseline=RANDOM) == "log"
+    assert ax.get_yscale() == "log" and ax.get_ylabel().endswith("(log scale)")
+    lo, hi = ax.get_ylim()
+    assert lo <= RANDOM.min() and hi >= 1.0  # the baseline is on the log axis too
+    ax = axis()  # a value <= 0 has no place on a log axis
+    assert plotting.fraction_axis_by_span(ax, pd.concat([lines, pd.Series([-0.01])]), baseline=RANDOM) == "note"
+    assert ax.get_yscale() == "linear"
+
+
+@pytest.mark.parametrize("xlabel, ylabel, overlap", [
+    ("b, examples per local batch (log scale)", "removal fraction or $\\chi_k$ (log scale)", True),  # as it was
+    ("b, examples per local batch\n(log scale)", "removal fraction or $\\chi_k$\n(log scale)", False),
+])
+def test_overlapping_text_finds_an_x_label_running_into_the_next_panels_y_label(xlabel, ylabel, overlap):
+    """Fig 16: the layout engine reserves an x label's height, not its width, so a label wider than its panel ran
+    into the next panel's y label (taller than its panel); the sweep notebook breaks both, and save() warns of any
+    such overlap."""
+    fig, axes = plotting.panels(2, width=3.0, height=2.4)  # narrow, short panels: as the sweep figures' were
+    for ax in axes[0]:
+        ax.set(xlabel=xlabel, ylabel=ylabel)
+    found = plotting.overlapping_text(fig)
+    assert bool(found) == overlap
+    assert all(" x label 'b, examples" in pair and " y label 'removal fraction" in pair for pair in found)
+
+
 def test_titles_are_wrapped_to_their_panel():
     fig, axes = plotting.panels(4, width=3.0)
     long = "mean over the last third of checkpoints (mean of 2 seeds, band: min–max over seeds)"

@@ -7,6 +7,7 @@ Importing it selects the Agg backend and the house style: the notebooks write fi
 from __future__ import annotations
 
 import io
+import itertools
 import sys
 import textwrap
 from pathlib import Path
@@ -21,7 +22,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from IPython.display import Image, Markdown, display  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.transforms import ScaledTranslation  # noqa: E402
+from matplotlib.transforms import Bbox, ScaledTranslation  # noqa: E402
 
 from ..core import atomic  # noqa: E402
 from .evidence import branch_fallbacks, k_by_setting, late_rounds  # noqa: E402
@@ -261,6 +262,62 @@ def fraction_axis(ax, values, baseline=None, log: bool = True) -> str:
     return mode
 
 
+# A fraction axis against a swept value is log only when the lines on it span more decades than this.
+LOG_DECADES = 1.5
+
+
+def decades(values) -> float:
+    """How many decades ``values`` span, log10(max / min); NaN when there are none or one is <= 0 (no log axis)."""
+    v = pd.Series(values, dtype=float).dropna()
+    return float(np.log10(v.max() / v.min())) if len(v) and (v > 0).all() else float("nan")
+
+
+def fraction_axis_by_span(ax, values, baseline=None, log_decades: float = LOG_DECADES) -> str:
+    """y axis of fractions in [0, 1] (removal, overlap, chi_k) decided by the data: linear, so that values such as
+    0.35-0.9 stay apart, unless the lines (``values``, without the reference ``baseline``) themselves span more
+    than ``log_decades`` decades; then log, from a decade below the smallest value drawn (the baseline's too) to
+    1.5, and the y label says so on a line of its own. On a linear axis a ``baseline`` far below the data gets
+    its range in the x label (:func:`fraction_axis`). Call after setting the labels. Returns "log", "note" or
+    "linear"."""
+    values = pd.Series(values, dtype=float).dropna()
+    base = pd.Series([] if baseline is None else baseline, dtype=float).dropna()
+    if decades(values) > log_decades and (base > 0).all():
+        every = pd.concat([values, base])
+        ax.set_yscale("log")
+        ax.set_ylim(10 ** np.floor(np.log10(every.min())), 1.5)
+        ax.set_ylabel(f"{ax.get_ylabel()}\n(log scale)".lstrip())
+        return "log"
+    return fraction_axis(ax, pd.concat([values, base]), baseline=base if len(base) else None, log=False)
+
+
+def overlapping_text(fig) -> list[str]:
+    """The pieces of text that overlap once ``fig`` is laid out, as "A / B": any two of the panels' axis labels,
+    titles and legends and the figure's legends, except two labels of one panel (matplotlib places those). An
+    empty list is a figure whose labels all read."""
+    fig.canvas.draw()  # runs the layout engine
+    renderer = fig.canvas.get_renderer()
+    items = []
+    for n, ax in enumerate(fig.axes, 1):
+        if not ax.get_visible() or not ax.axison:
+            continue
+        for what, artist in (("x label", ax.xaxis.label), ("y label", ax.yaxis.label), ("title", ax.title),
+                             ("legend", ax.get_legend())):
+            if artist is None or not artist.get_visible() or (hasattr(artist, "get_text") and not artist.get_text()):
+                continue
+            text = artist.get_text() if hasattr(artist, "get_text") else ""
+            items.append((n, f"panel {n} {what}" + (f" {text.splitlines()[0]!r}" if text else ""),
+                          artist.get_window_extent(renderer)))
+    items += [(None, "figure legend", legend.get_window_extent(renderer)) for legend in fig.legends]
+    out = []
+    for (i, a, box_a), (j, b, box_b) in itertools.combinations(items, 2):
+        if i == j and "legend" not in a + b:
+            continue
+        common = Bbox.intersection(box_a, box_b)
+        if common is not None and common.width > 1 and common.height > 1:  # pixels: touching is not overlapping
+            out.append(f"{a} / {b}")
+    return out
+
+
 def wrap(text: str, width: int) -> str:
     """``text`` with every line wrapped at ``width`` characters (titles that must not run into their neighbours);
     a line with mathtext ($...$) is left whole, since a break inside it would break the formula."""
@@ -322,11 +379,14 @@ def save(fig, data: pd.DataFrame, out_pdf, out_png, out_csv, dpi: int, note: str
 
     ``note``: the line written above the figure's top-left corner. "lines" (default, for figures of seed-averaged
     lines with bands): "lines: <band_note(data)>", only if ``data`` has seeds; any other text: written as it is
-    (a scatter of every seed is not a mean with a band, and must not say so); None: no note."""
+    (a scatter of every seed is not a mean with a band, and must not say so); None: no note. Text that overlaps
+    other text (:func:`overlapping_text`) is printed as a WARNING."""
     if note == "lines":  # every figure of lines over seeds says how many, and what its bands are
         note = f"lines: {band_note(data)}" if "seed" in data and len(data) else None
     if note:
         fig.text(0.0, 1.0, note, ha="left", va="bottom", fontsize=8, color="0.35")
+    for pair in overlapping_text(fig):  # the figure tests read these from the executed notebook
+        print(f"WARNING: overlapping text: {pair}")
     atomic.save_frame(data, out_csv)
     atomic.write_bytes(_rendered(fig, "pdf", metadata={"CreationDate": None}), out_pdf)  # same bytes on a rerun
     atomic.write_bytes(_rendered(fig, "png", dpi=dpi), out_png)
