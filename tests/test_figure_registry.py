@@ -95,7 +95,8 @@ def test_sweep_figures_are_numbered_by_sweep_settings():
     assert {"fig10_tau_ablation_sst2_transformer", "fig11_tau_ablation_mnist_fc", "fig18_batch_sweep_cifar_cnn"} <= stems
     params = expanded(cfg)["fig14_k_sweep_mnist_fc"][1]["parameters"]
     assert (params["figure"], params["axis"], params["settings"]) == (14, "K", ["mnist_fc"])
-    assert str(params) == '{"axis": "K", "dpi": 150, "figure": 14, "labels": {"mnist_fc": "FC-tanh / MNIST-5k"}, ' \
+    assert str(params) == '{"axis": "K", "dpi": 150, "figure": 14, "labels": {"mnist_fc": "FC-tanh / MNIST-5k\\n' \
+                          'Hessian on all 5,000 examples"}, ' \
                           '"match": "gap_vectors", "setting": "mnist_fc", "settings": ["mnist_fc"]}'  # the JSON papermill -y reads
 
 
@@ -132,3 +133,19 @@ def test_no_test_config_writes_a_committed_file(tmp_path, which):
     tracked = set(subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split())
     assert not [p for p in written if p in tracked or any(t.startswith(p.rstrip("/") + "/") for t in tracked)]
     assert not [p for p in written if p.startswith(("/", "..")) or "/../" in p]
+
+
+def test_figures_that_use_v_k_name_its_hessian_sample():
+    """The panel titles of every figure drawn from V_k say on how many examples the Hessian was taken."""
+    cfg = config("quick")
+    figs = expanded(cfg)
+    for stem, (_, fig) in figs.items():
+        labels = fig["parameters"].get("labels", {})
+        if stem == "figX2_theory":
+            continue
+        assert labels, stem
+        for setting, label in labels.items():
+            assert "Hessian on " in label, (stem, label)
+    geometry = figs["fig02_removal"][1]["parameters"]["labels"]
+    assert geometry["sst2_transformer"].endswith("Hessian on 128 of 5,000 examples")
+    assert geometry["mnist_fc"].endswith("Hessian on all 5,000 examples")

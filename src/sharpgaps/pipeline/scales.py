@@ -21,8 +21,10 @@ from ..core.specs import (
     EstimatorSpec,
     GeometrySpec,
     RestrictSpec,
+    config_default,
     estimator_params,
     geometry_params,
+    mechanism_params,
     restricted_params,
 )
 from ..report.summary import splice
@@ -109,6 +111,8 @@ def setting_rows(cfg: dict, setting: str) -> dict[str, str]:
         "restricted modes": _list(params["modes"]),
         "restricted Hessian examples": _examples(res.hessian_examples, cfg),
         "gap-Dom/Bulk probes": f"{res.window} rounds, m = {res.gap_dim}",
+        "mechanism examples (c_j)": _examples(mechanism_params(cfg, setting).get(
+            "examples", config_default("mechanism", "examples")), cfg),
         "estimator Krylov budgets (HVPs per start; block)": _krylov(EstimatorSpec.from_config(
             estimator_params(cfg, setting)), k),
     }

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from ..core.specs import geometry_params, restricted_params
+
 # The paper's sweep figures: experiment -> (the run parameter it sweeps, its first figure's number). Figure
 # first + i shows the i-th setting of config figures.sweep_settings (the paper's order: MNIST, CIFAR-10, SST-2).
 SWEEPS = {"tau_ablation": ("tau", 10), "k_sweep": ("K", 13), "batch_sweep": ("b", 16)}
@@ -40,9 +42,20 @@ def panel_label(config: dict, setting: str) -> str:
     return f"{NAMES.get(s['model'], s['model'])} / {NAMES.get(s['dataset'], s['dataset'])}-{size}"
 
 
-def panels(config: dict, settings: list[str]) -> dict:
-    """The parameters that order and title a notebook's panels."""
-    return {"settings": list(settings), "labels": {s: panel_label(config, s) for s in settings}}
+def hessian_note(config: dict, setting: str, section: str) -> str:
+    """Which examples V_k is computed on (a figure that uses V_k says so): the `geometry` or `restricted`
+    section's hessian_examples of the setting."""
+    params = (restricted_params if section == "restricted" else geometry_params)(config, setting)
+    n, total = params.get("hessian_examples"), config["subset"]["n_train"]
+    return f"Hessian on all {total:,} examples" if n is None or n >= total else f"Hessian on {n:,} of {total:,} examples"
+
+
+def panels(config: dict, settings: list[str], hessian: str | None = None) -> dict:
+    """The parameters that order and title a notebook's panels; ``hessian``: the config section whose Hessian
+    sample the figure's V_k comes from (its panel titles then name it)."""
+    labels = {s: panel_label(config, s) + (f"\n{hessian_note(config, s, hessian)}" if hessian else "")
+              for s in settings}
+    return {"settings": list(settings), "labels": labels}
 
 
 def sweep_figures(config: dict) -> dict[str, tuple[str, dict]]:
@@ -52,7 +65,7 @@ def sweep_figures(config: dict) -> dict[str, tuple[str, dict]]:
     for exp, (axis, first) in SWEEPS.items():
         for s in config["experiments"].get(exp, {}).get("settings", []):
             number = first + order.index(s)
-            out[f"fig{number}_{exp}_{s}"] = (exp, {**panels(config, [s]), "setting": s, "figure": number, "axis": axis,
+            out[f"fig{number}_{exp}_{s}"] = (exp, {**panels(config, [s], "geometry"), "setting": s, "figure": number, "axis": axis,
                                                    "match": config["experiments"][exp].get("match", "none")})
     return out
 
@@ -69,7 +82,8 @@ def _figures_of(row: dict, config: dict, tables: dict) -> dict[str, tuple[str, d
     table = tables["geometry"].format(experiment=exp) if row["table"] == "geometry" else tables.get(row["table"])
     if table is None or (exp is not None and exp not in experiments):
         return {}
-    shown = panels(config, experiments[exp]["settings"]) if exp else {}
+    hessian = "restricted" if row["table"] == "restricted" else "geometry"  # where the figure's V_k comes from
+    shown = panels(config, experiments[exp]["settings"], hessian) if exp else {}
     return {stem: (table, {**shown, **own}) for stem, own in row["figures"].items()}
 
 
