@@ -71,6 +71,23 @@ def figure_files(workdir, name):
     return pd.read_csv(workdir / FIGURE_DIR / f"{name}.csv"), run.parameters
 
 
+def run_notebook_inline(name, out_dir, **parameters):
+    """Run notebooks/<name>.ipynb's code in this process, as papermill would with ``parameters`` (outputs written to
+    ``out_dir``), and return its namespace: a test can then look at the figure it drew (``fig``), which papermill
+    cannot hand back."""
+    import nbformat
+
+    nb = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    out = {f"out_{ext}": str(Path(out_dir) / f"{name}.{ext}") for ext in ("pdf", "png", "csv")}
+    namespace = {}
+    exec(code[0], namespace)  # the parameters cell, then what papermill would inject
+    namespace.update(caption=str(REPO / "workflow/report" / f"{name}.rst"), **out, **parameters)
+    for source in code[1:]:
+        exec(source, namespace)
+    return namespace
+
+
 def check_notebook(path):
     """A committed figure notebook: valid nbformat 4, no outputs, a one-line title, one `parameters` code cell
     whose assignments are exactly what papermill declares, and the caption shown from workflow/report (never

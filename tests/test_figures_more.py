@@ -16,12 +16,14 @@ import pandas as pd
 import pytest
 import yaml
 
+from sharpgaps.report import plotting
 from tests.helpers import (
     FIGURE_DIR,
     SMOKE_CONFIG,
     SWEEPS,
     figure_files,
     job_counts,
+    run_notebook_inline,
     snakemake,
     sweep_config,
     workflow_copy,
@@ -34,8 +36,8 @@ RESTRICTED = {"fig05_restricted_train_loss": "train_loss", "fig06_restricted_tra
 COLUMNS = {
     "restricted": ["setting", "mode", "K", "tau", "b", "lr", "seed", "branch_round", "round", "step", "since_branch",
                    "quantity", "value", "change"],
-    "figX1_gap_restricted": ["panel", "setting", "mode", "K", "tau", "b", "lr", "seed", "branch_round", "round",
-                             "step", "since_branch", "metric", "value", "change"],
+    "figX1_gap_restricted": ["panel", "setting", "mode", "family", "K", "tau", "b", "lr", "seed", "branch_round",
+                             "round", "step", "since_branch", "metric", "value", "change"],
     "sweep": ["panel", "setting", "K", "tau", "b", "lr", "seed", "round", "step", "metric", "m", "m_kind", "value"],
     "figX2_theory": ["tau", "direction", "eigenvalue", "measured", "stderr", "predicted", "z", "K", "b", "lr",
                      "rounds"],
@@ -78,6 +80,9 @@ def test_gap_restricted_figure(smoke):
     assert set(data["panel"]) == {"train_loss", "test_acc", "compute"}
     assert set(data["mode"]) == {"none", "dom", "bulk", "gapdom", "gapbulk"}
     assert set(data["setting"]) == SETTINGS
+    # one column of panels per subspace family the run has (here Hessian and gap), Local SGD the reference in each
+    assert (data["family"] == data["mode"].map(plotting.mode_family)).all()
+    assert set(data["family"]) == {"reference", "hessian", "gap"}
     # drawn as in Figs 5-8: each seed's change since its own branch (0 at the branch); none for the cost counters
     curves = data[data["panel"] != "compute"]
     first = curves.groupby(["panel", "setting", "mode", "seed"])["value"].transform("first")
@@ -90,6 +95,33 @@ def test_gap_restricted_figure(smoke):
     hessian = cost.xs("bulk", level="mode")
     assert (gap["n_hvp"] == 0).all() and (gap["probe_steps"] > 0).all()  # the gap modes never touch the Hessian
     assert (hessian["n_hvp"] > 0).all()
+
+
+def test_gap_restricted_figure_has_one_panel_per_subspace_family_with_local_sgd_in_each(tmp_path):
+    """Fig X1 with all nine modes: per setting, four families (Hessian, gap, gradient history, random) x two rows
+    (training loss, test accuracy) of panels, each with plain Local SGD and its family's Dom and Bulk, and the cost
+    panel; nine lines in one panel were unreadable."""
+    from sharpgaps.core import atomic
+
+    rows = [{"setting": s, "mode": mode, "K": 4, "tau": 4, "b": 16, "lr": 0.05, "seed": seed, "branch_round": 6,
+             "round": r, "step": 4 * (6 + r), "train_loss": 1.0 - 0.01 * r * (1 + i % 3), "test_acc": 0.5 + 0.01 * r,
+             **({"n_hvp": 10.0 * (mode in ("dom", "bulk")), "probe_steps": 8.0 * mode.startswith(("gap", "grad")),
+                 "refreshes": 2.0, "refresh_seconds": 1.0 + i, "seconds": 10.0} if r == 3 else {})}
+            for s in ("mnist_fc", "cifar_cnn") for i, mode in enumerate(plotting.MODES) for seed in (0, 1)
+            for r in range(4)]
+    atomic.save_frame(pd.DataFrame(rows), tmp_path / "restricted.parquet")
+    ns = run_notebook_inline("figX1_gap_restricted", tmp_path, table=str(tmp_path / "restricted.parquet"),
+                             settings=["mnist_fc", "cifar_cnn"], labels={}, dpi=40)
+    titles = {title for _, (title, _) in plotting.MODE_FAMILIES.items()}
+    assert len(ns["fig"].subfigs) == 2  # a block per setting
+    for block in ns["fig"].subfigs:
+        curves = [ax for ax in block.axes if ax.get_xlabel() == "local steps since the branch" or ax.get_title() in titles]
+        assert len(curves) == 8 and len(block.axes) == 9  # 4 families x 2 rows, and the cost panel
+        assert [ax.get_title() for ax in block.axes if ax.get_title() in titles] == [
+            plotting.MODE_FAMILIES[f][0] for f in ("hessian", "gap", "gradhist", "random")]
+        assert all(len(ax.get_lines()) == 4 for ax in curves)  # Local SGD, Dom, Bulk and the zero line
+    data = pd.read_csv(tmp_path / "figX1_gap_restricted.csv")
+    assert set(data["family"]) == {"reference", "hessian", "gap", "gradhist", "random"}
 
 
 @pytest.mark.workflow

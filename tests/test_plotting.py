@@ -112,6 +112,17 @@ def test_overlapping_text_finds_an_x_label_running_into_the_next_panels_y_label(
     assert all(" x label 'b, examples" in pair and " y label 'removal fraction" in pair for pair in found)
 
 
+def test_restricted_modes_fall_into_four_families_each_drawn_with_plain_local_sgd():
+    """Fig X1's panels: one per subspace family (Hessian, gap, gradient history, random), plain Local SGD in each."""
+    families = plotting.mode_families(plotting.MODES)
+    assert list(families) == ["hessian", "gap", "gradhist", "random"]
+    assert all(modes[0] == "none" and len(modes) == 3 for modes in families.values())
+    assert sorted(m for modes in families.values() for m in modes[1:]) == sorted(set(plotting.MODES) - {"none"})
+    assert plotting.mode_families(["none", "dom", "bulk", "gapdom", "gapbulk"]) == {
+        "hessian": ["none", "dom", "bulk"], "gap": ["none", "gapdom", "gapbulk"]}
+    assert {plotting.mode_family(m) for m in plotting.MODES} == {"reference", *families}
+
+
 def test_titles_are_wrapped_to_their_panel():
     fig, axes = plotting.panels(4, width=3.0)
     long = "mean over the last third of checkpoints (mean of 2 seeds, band: min–max over seeds)"

@@ -49,6 +49,33 @@ MODES = {
     "graddom": ("gradhist-Dom", "tab:pink", "-."),
     "gradbulk": ("gradhist-Bulk", "tab:olive", "-."),
 }
+# The restricted modes by the subspace they restrict to (Fig X1: one panel each): family -> (panel title, its
+# modes). Plain Local SGD ("none") belongs to none: it is the reference drawn in every family's panel.
+MODE_FAMILIES = {
+    "hessian": ("Hessian eigenspace $V_k$", ("dom", "bulk")),
+    "gap": ("worker-gap subspace $U_m$", ("gapdom", "gapbulk")),
+    "gradhist": ("gradient history", ("graddom", "gradbulk")),
+    "random": ("random subspace", ("randdom", "randbulk")),
+}
+REFERENCE_MODE = "none"
+
+
+def mode_families(modes) -> dict[str, list[str]]:
+    """The families of :data:`MODE_FAMILIES` that have any of ``modes``, in that order, each as the modes to draw
+    in its panel: the reference (plain Local SGD) first, if it is among ``modes``, then the family's own."""
+    modes = set(modes)
+    reference = [REFERENCE_MODE] if REFERENCE_MODE in modes else []
+    return {family: reference + [m for m in own if m in modes]
+            for family, (_, own) in MODE_FAMILIES.items() if modes & set(own)}
+
+
+def mode_family(mode: str) -> str:
+    """The family of a restricted mode ("reference" for plain Local SGD)."""
+    if mode == REFERENCE_MODE:
+        return "reference"
+    return next(family for family, (_, own) in MODE_FAMILIES.items() if mode in own)
+
+
 QUANTITIES = {"train_loss": "training loss", "train_acc": "training accuracy",
               "test_loss": "test loss", "test_acc": "test accuracy"}
 
