@@ -1,6 +1,7 @@
 """Figures 1-4 and 9, and the figure rules (workflow/rules/figures.smk, generated from workflow/figures.yaml):
 notebooks run by papermill, one job per figure."""
 
+import ast
 import json
 import os
 import re
@@ -137,6 +138,35 @@ def test_changing_a_figure_key_reruns_only_the_figures_using_it(smoke, tmp_path,
     path.write_text(yaml.safe_dump(cfg))
     out = snakemake(smoke, "all", "-n", "--nolock", "--quiet", "rules", config=path)
     assert job_counts(out) == {**dict.fromkeys(rerun, 1), "all": 1, "total": len(rerun) + 1}
+
+
+# What a figure's text shows (axis labels, titles, legend entries, colour bars, annotations) and a raw subscript or
+# transpose in it (c_j, lambda_j, V_k, v_j^T) outside mathtext ($...$).
+LABEL_CALLS = {"set_xlabel", "set_ylabel", "set_title", "title", "suptitle", "text", "annotate", "colorbar", "legend",
+               "legend_below", "Line2D"}
+LABEL_KEYWORDS = {"xlabel", "ylabel", "label", "title"}
+RAW_MATH = re.compile(r"(?<![\w$\\])[A-Za-zλχγτη]+_\{?\w+\}?|\^T\b")
+
+
+@pytest.mark.parametrize("notebook", sorted(p.name for p in (REPO / "notebooks").glob("*.ipynb")))
+def test_figure_text_writes_symbols_in_mathtext(notebook):
+    """Every string a notebook hands to matplotlib as visible text writes subscripts in mathtext ($c_j$,
+    $\\lambda_j$), never raw (Fig X4 printed 'c_j = v_j^T S v_j')."""
+    nb = nbformat.read(REPO / "notebooks" / notebook, as_version=4)
+    raw = []
+    for cell in (c for c in nb.cells if c.cell_type == "code"):
+        for call in (n for n in ast.walk(ast.parse(cell.source)) if isinstance(n, ast.Call)):
+            name = getattr(call.func, "attr", getattr(call.func, "id", ""))
+            shown = [k.value for k in call.keywords if k.arg in LABEL_KEYWORDS] + (call.args if name in LABEL_CALLS else [])
+            raw += [s.value for node in shown for s in ast.walk(node) if isinstance(s, ast.Constant)
+                    and isinstance(s.value, str) and RAW_MATH.search(re.sub(r"\$[^$]*\$", "", s.value))]
+    assert raw == [], f"{notebook}: figure text with raw subscripts (write them as $...$): {raw}"
+
+
+def test_the_raw_math_check_sees_raw_subscripts():
+    assert RAW_MATH.search("gradient noise c_j = v_j^T S v_j") and RAW_MATH.search("log10 λ_j")
+    assert not RAW_MATH.search(re.sub(r"\$[^$]*\$", "", "noise variance $c_j = v_j^{\\top} S v_j$"))
+    assert not RAW_MATH.search("removal fraction (log scale)")
 
 
 def test_fig1_setting_outside_the_experiment_is_a_config_error(tmp_path):
