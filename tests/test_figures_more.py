@@ -125,6 +125,21 @@ def test_gap_restricted_figure_has_one_panel_per_subspace_family_with_local_sgd_
 
 
 @pytest.mark.workflow
+@pytest.mark.parametrize("name", ["figX3_estimators_overlap", "figX3_estimators_capture"])
+def test_estimator_figure_draws_no_krylov_budget_that_is_only_its_start_block(smoke, name):
+    """A Krylov budget j with floor(j / p) <= 1 (the smoke config: j = 4 where p = min(k, 4) = 4) is the start block
+    itself at a cost of p HVPs: Fig X3 must not draw it as an estimator."""
+    table = pd.read_parquet(smoke / "results/tables/main_estimators.parquet")
+    start_only = table[plotting.krylov_start_block_only(table)]
+    assert len(start_only)  # the smoke run has such budgets (MNIST and CIFAR, k = 10)
+    data, _ = figure_files(smoke, name)
+    key = ["setting", "estimator", "j"]
+    drawn = set(map(tuple, data[key].to_numpy().tolist()))
+    assert drawn.isdisjoint(map(tuple, start_only[key].to_numpy().tolist()))
+    assert {e for _, e, _ in drawn} >= set(plotting.KRYLOV)  # the other budgets are still drawn
+
+
+@pytest.mark.workflow
 def test_theory_figure(smoke):
     data, passed = figure_files(smoke, "figX2_theory")
     assert list(data.columns) == COLUMNS["figX2_theory"]

@@ -150,3 +150,37 @@ def test_save_writes_the_note_it_is_given(tmp_path, note, expected):
 def test_change_since_branch_starts_each_seed_at_zero():
     df = pd.DataFrame({"mode": ["dom"] * 4, "seed": [0, 0, 1, 1], "value": [2.0, 1.5, 3.0, 2.0]})
     assert np.allclose(plotting.change_since_branch(df, ["mode", "seed"]), [0.0, -0.5, 0.0, -1.0])
+
+
+def estimator_table(setting, k, ranks):
+    """A minimal estimator table: k, the Krylov ranks per budget j (both starts) and an overlap row per estimator."""
+    rows = [{"setting": setting, "estimator": "oracle", "metric": "k", "m": np.nan, "j": np.nan, "value": k}]
+    for e in plotting.KRYLOV:
+        for j, r in ranks.items():
+            rows += [{"setting": setting, "estimator": e, "metric": "rank", "m": np.nan, "j": j, "value": r},
+                     {"setting": setting, "estimator": e, "metric": "overlap", "m": k, "j": j, "value": 0.5}]
+    rows.append({"setting": setting, "estimator": "gap", "metric": "overlap", "m": k, "j": np.nan, "value": 0.3})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("k, ranks, blocks, p, start_only", [
+    (10, {10: 10, 20: 20}, None, 10, {10}),  # MNIST, quick: block = k = 10, so j = 10 is the random start block itself
+    (10, {10: 10, 15: 15}, None, 5, set()),  # CIFAR, quick: estimators.block 5 (the ranks show it), j = 10 two blocks
+    (2, {4: 4, 6: 6}, None, 2, set()),  # SST-2, quick: k = 2
+    (10, {4: 4, 8: 8}, None, 4, {4}),  # the smoke config: block capped by the smallest budget
+    (10, {10: 10, 15: 10}, None, 10, {10, 15}),  # j = 15 buys no second block of 10 either
+    (10, {10: 10, 20: 20}, {"s": 5}, 5, set()),  # the config's block, where the caller knows it
+])
+def test_krylov_budgets_that_buy_only_the_start_block_are_found(k, ranks, blocks, p, start_only):
+    """Fig X3: a Krylov budget j with floor(j / p) <= 1 is the start block itself (random, or the gap subspace's
+    first p directions) at a cost; the figure drops those rows."""
+    table = estimator_table("s", k, ranks)
+    starts = plotting.krylov_start_blocks(table, blocks)
+    assert starts == {"s": p}
+    flagged = plotting.krylov_start_block_only(table, starts)
+    assert set(table.loc[flagged, "j"].astype(int)) == start_only
+    assert set(table.loc[flagged, "estimator"]) <= set(plotting.KRYLOV)
+    assert not flagged[table["estimator"] == "gap"].any()
+    if blocks is None:  # by default the mask reads p from the table itself
+        assert (plotting.krylov_start_block_only(table) == flagged).all()
+
