@@ -186,16 +186,21 @@ def restricted_tag(setting):
     return f"br{branch}_{grid.digest(json.dumps(p, sort_keys=True))}"
 
 
+def run_geometry(wildcards):
+    """The run's own geometry table."""
+    return f"{R}/runs/{wildcards.setting}/{wildcards.run}/geometry_{geometry_tag(wildcards.setting)}.parquet"
+
+
 def parent_geometry(wildcards):
     """The geometry tables whose chi_k decides the branch point (specs.BranchSpec): the parent run's, or with
     branch_scope "setting" those of every seed of its configuration."""
     tag = geometry_tag(wildcards.setting)
-    own = [f"{R}/runs/{wildcards.setting}/{wildcards.run}/geometry_{tag}.parquet"]
+    own = [run_geometry(wildcards)]
     if specs.BranchSpec.from_config(restricted_params(wildcards.setting)).branch_scope == "seed":
         return own
     parent = grid.parse_run_id(wildcards.run)
     siblings = [r for r in grid.main_runs(config, wildcards.setting)
-                if all(r[k] == parent[k] for k in parent if k != "seed")]
+                if grid.run_id({**r, "seed": parent["seed"]}) == wildcards.run]  # all but the seed
     return [f"{R}/runs/{wildcards.setting}/{grid.run_id(r)}/geometry_{tag}.parquet" for r in siblings] or own
 
 

@@ -7,7 +7,7 @@ rule mechanism:
         ckpt=f"{R}/runs/{{setting}}/{{run}}/ckpt",
         manifest=f"{R}/runs/{{setting}}/{{run}}/checkpoints.json",  # verified by the job
         subset=lambda wc: subset_path(dataset_of(wc.setting)),
-        geometry=parent_geometry,
+        geometry=run_geometry,
     output:
         f"{R}/runs/{{setting}}/{{run}}/mechanism_{{mtag}}.parquet",
     log:

@@ -39,15 +39,36 @@ KINDS = ("eigen", "random", "total")
 
 # ----------------------------------------------------------------------------- the prediction
 
-def noise_weight(a, tau: int, b: int, N: int, first_step: int) -> np.ndarray:
+def step_weights(a, tau: int, momentum: float = 0.0) -> np.ndarray:
+    """w_t (..., tau): the weight of a gradient perturbation at local step t of a round in the gap at its end,
+    per direction, in units of -eta (quadratic model; ``a`` = 1 - eta lambda). Plain SGD: w_t = a^(tau-1-t).
+
+    Heavy ball (v <- mu v + u, theta <- theta - eta v): in scaled units p = eta v a direction's deviation x
+    follows p' = mu p + (1 - a) x + e, x' = x - p'; w_t is -x_tau after a unit e at step t, from x = p = 0. A
+    buffer common to every worker at the round's start (averaged or reset at averaging) moves them alike and
+    cancels in the gaps; buffers kept per worker carry earlier rounds' differences, which this leaves out."""
+    a = np.asarray(a, dtype=np.float64)[..., None]
+    t = np.arange(tau)
+    if momentum == 0.0:
+        return a ** (tau - 1 - t)
+    response = np.zeros(a.shape[:-1] + (tau,))  # response[..., n - 1] = -x after n steps from the impulse
+    x, p = np.zeros(a.shape[:-1]), np.zeros(a.shape[:-1])
+    for n in range(tau):
+        p = momentum * p + (1.0 - a[..., 0]) * x + (1.0 if n == 0 else 0.0)
+        x = x - p
+        response[..., n] = -x
+    return response[..., ::-1]  # step t is tau - t steps before the round's end
+
+
+def noise_weight(a, tau: int, b: int, N: int, first_step: int, momentum: float = 0.0) -> np.ndarray:
     """F(a) of one round whose local steps are first_step .. first_step + tau - 1 (module docstring).
 
     ``a`` (array) = 1 - eta lambda per direction. Worker i's batch at step t is slice t mod (N // b) of
     its epoch's permutation: batches of one epoch are disjoint (covariance -S/N between their means),
-    batches of different epochs independent. N = inf gives sampling with replacement."""
-    a = np.asarray(a, dtype=np.float64)[..., None]
+    batches of different epochs independent. N = inf gives sampling with replacement; N a worker's shard
+    size gives its F when it draws only from its shard."""
     t = np.arange(tau)
-    w = a ** (tau - 1 - t)  # weight of step t in the gap: A^(tau-1-t)
+    w = step_weights(a, tau, momentum)  # weight of step t in the gap: A^(tau-1-t) for plain SGD
     F = (w**2).sum(-1)
     if math.isfinite(N):
         epochs = (first_step + t) // (N // b)
@@ -62,6 +83,46 @@ def predicted_variance(lam, c, *, lr: float, K: int, b: int, tau: int, N: int, r
     a = 1.0 - lr * np.asarray(lam, dtype=np.float64)
     F = np.mean([noise_weight(a, tau, b, N, (r - 1) * tau) for r in rounds], axis=0)
     return lr**2 * (1.0 - 1.0 / K) * np.asarray(c, dtype=np.float64) / b * F
+
+
+def predicted_components(lam, c, drift, shard_sizes, *, lr: float, b: int, tau: int, rounds,
+                         momentum: float = 0.0) -> dict[str, np.ndarray]:
+    """Noise and drift parts of the gap variance per direction when worker i draws only from its own shard.
+
+    ``c`` (K, m): v^T S_i v, the per-example gradient variance within shard i; ``drift`` (K, m): v^T (g_i -
+    mean_j g_j), shard i's full gradient against the workers' mean; ``shard_sizes`` (K,). In the quadratic model
+    worker i's gap along v is -eta sum_t w_t (d_i + noise_(i,t) - mean_j noise_(j,t)) (step_weights), so
+
+        E[(1/K) sum_i (v^T delta_i)^2] = eta^2 (1 - 1/K) (1/K) sum_i (c_i / b) F_i  +  eta^2 (sum_t w_t)^2 (1/K) sum_i d_i^2,
+
+    F_i the noise weight with shard i's size. Equal shards of the whole set (IID: c_i = c, d_i = 0, n_i = N)
+    give predicted_variance. Returns {"noise", "drift"}: (m,) each."""
+    c, drift = np.atleast_2d(np.asarray(c, np.float64)), np.atleast_2d(np.asarray(drift, np.float64))
+    K = c.shape[0]
+    a = 1.0 - lr * np.asarray(lam, dtype=np.float64)
+    F = np.stack([np.mean([noise_weight(a, tau, b, n, (r - 1) * tau, momentum) for r in rounds], axis=0)
+                  for n in shard_sizes])  # (K, m)
+    noise = lr**2 * (1.0 - 1.0 / K) * (c * F).mean(0) / b
+    carried = step_weights(a, tau, momentum).sum(-1)  # sum_t w_t: a constant pull over one round
+    return {"noise": noise, "drift": lr**2 * carried**2 * (drift**2).mean(0)}
+
+
+def shard_statistics(P: torch.Tensor, shard_of: np.ndarray, shard_sizes) -> tuple[np.ndarray, np.ndarray]:
+    """(c (K, m), drift (K, m)) from per-example projections P (n, m) of a simple random sample of the training
+    set and the shard of each sampled example. c_i: the sample variance within shard i; drift_i: shard i's mean
+    projection minus the mean over shards, its square corrected for the sampling noise of the shard mean
+    (c_i / n_i (1 - n_i / N_i), finite-population), so a sample of an IID split gives drift ~ 0, not c / n."""
+    P = P.cpu().numpy()
+    K = len(shard_sizes)
+    c, means, noise = np.zeros((K, P.shape[1])), np.zeros((K, P.shape[1])), np.zeros((K, P.shape[1]))
+    for i in range(K):
+        rows = P[shard_of == i]
+        if len(rows) < 2:
+            raise ValueError(f"shard {i} has {len(rows)} sampled examples; raise mechanism.examples")
+        c[i], means[i] = rows.var(0, ddof=1), rows.mean(0)
+        noise[i] = c[i] / len(rows) * (1.0 - len(rows) / shard_sizes[i])
+    d2 = np.clip((means - means.mean(0)) ** 2 - noise, 0.0, None)
+    return c, np.sqrt(d2)
 
 
 # ----------------------------------------------------------------------------- the measurements
