@@ -83,7 +83,7 @@ BAD = [
     ("train.checkpoints", {"rounds": [5, 10_000]}, "train.checkpoints.rounds", "allowed: 1..24"),
     ("train.seeds", [], "train.seeds", "at least 1 item"),
     ("train.seeds", [0, 0], "train.seeds", "each value at most once"),
-    ("train.typo_key", 3, "train", "allowed keys: K, b, checkpoints"),
+    ("train.typo_key", 3, "train", "allowed keys: K, alpha, b, checkpoints"),
     ("geometry.m_list", [1, 500], "geometry.m_list", "allowed: 1..14"),
     ("restricted.gap_m", 50, "restricted.gap_m", "gap_m <= (K-1)*gap_window"),
     ("restricted.tol", 0.9, "restricted.tol", "maximum of 0.5"),
@@ -111,6 +111,18 @@ BAD = [
      "experiments.k_sweep.match", "['none', 'gap_vectors', 'epochs']"),
     (("experiments.k_sweep", "figures.sweep_settings"), ({"settings": ["cifar_cnn"], "K": [2, 4]}, ["mnist_fc"]),
      "figures.sweep_settings", "allowed: a list of every setting of tau_ablation, k_sweep, batch_sweep"),
+    ("train.partition", "shuffled", "train.partition", "['iid', 'dirichlet']"),
+    ("train.partition", "dirichlet", "train.alpha", "needs the concentration alpha > 0"),
+    ("train.alpha", 0, "train.alpha", "minimum of 0"),
+    ("train.alpha", 0.5, "train.alpha", "set train.partition: dirichlet or remove alpha"),
+    ("settings.mnist_fc.train.partition", "dirichlet", "settings.mnist_fc.train.alpha", "alpha > 0"),
+    (("train.partition", "train.alpha", "train.b"), ("dirichlet", 0.5, 200), "train.b",
+     "lower train.b or K, or raise subset.n_train"),
+    ("train.momentum", 1.0, "train.momentum", "maximum of 1"),
+    ("train.momentum", -0.5, "train.momentum", "minimum of 0"),
+    ("train.momentum_buffers", "sum", "train.momentum_buffers", "['average', 'keep', 'reset']"),
+    ("experiments.main.alpha", [None, 0], "experiments.main.alpha.1", "minimum of 0"),
+    ("experiments.main.momentum", [0, 0.9, 1.5], "experiments.main.momentum.2", "maximum of 1"),
 ]
 
 
@@ -225,3 +237,64 @@ def test_sweeps_can_hold_the_gap_vectors_or_the_epochs_fixed():
     plain = _paper()
     del plain["experiments"]["k_sweep"]["match"]
     assert {r["window"] for r in grid.expand_runs(plain, ["k_sweep"])} == {base["window"]}
+
+
+RUN = {"K": 8, "tau": 8, "b": 50, "lr": 0.05, "loss": "mse", "local_steps": 20000, "window": 4, "seed": 0}
+
+
+@pytest.mark.parametrize("extra,suffix", [
+    ({}, ""),
+    ({"partition": "dirichlet", "alpha": 0.1}, "_dir0.1"),
+    ({"momentum": 0.9}, "_mom0.9avg"),  # the default buffer policy, named
+    ({"momentum": 0.9, "momentum_buffers": "keep"}, "_mom0.9keep"),
+    ({"partition": "dirichlet", "alpha": 1, "momentum": 0.99, "momentum_buffers": "reset"}, "_dir1_mom0.99reset"),
+    ({"partition": "dirichlet", "alpha": 0.0123456789, "momentum": 0.5, "momentum_buffers": "average"},
+     "_dir0.0123456789_mom0.5avg"),
+])
+def test_run_ids_name_partition_and_momentum_only_off_the_defaults(extra, suffix):
+    import re
+
+    rid = grid.run_id({**RUN, **extra})
+    assert rid == "K8_tau8_b50_lr0.05_mse_T20000_W4_s0" + suffix  # existing ids unchanged
+    parsed = grid.parse_run_id(rid)
+    assert grid.run_id(parsed) == rid and re.fullmatch(grid.RUN_ID_WILDCARD, rid)
+    assert parsed == {**RUN, **grid.optional_keys({**RUN, **extra})}  # the optional keys only with their suffix
+    assert all(parsed[k] == v for k, v in extra.items())
+
+
+def test_existing_run_ids_are_unchanged():
+    ids = {grid.run_id(r) for r in grid.expand_runs(validate(_paper(), SCHEMA))}
+    assert "K8_tau8_b50_lr0.05_mse_T20000_W4_s0" in ids and "K8_tau1_b50_lr0.05_mse_T20000_W4_s0" in ids
+    assert not any("_dir" in i or "_mom" in i for i in ids)
+    assert all(grid.parse_run_id(i).keys() == RUN.keys() for i in ids)  # the train jobs' parameters as before
+
+
+def test_heterogeneity_experiment_expands_alpha_and_momentum_axes():
+    cfg = _paper()
+    cfg["experiments"]["heterogeneity"] = {"settings": ["mnist_fc", "cifar_cnn"], "alpha": [None, 1.0, 0.1],
+                                           "momentum": [0, 0.9], "seeds": [0, 1]}
+    runs = grid.expand_runs(validate(cfg, SCHEMA), ["heterogeneity"])
+    for setting in ("mnist_fc", "cifar_cnn"):
+        ids = sorted(grid.run_id(r) for r in runs if r["setting"] == setting)
+        assert len(ids) == len(set(ids)) == 12
+        assert sum("_dir0.1" in i for i in ids) == sum("_dir1_" in i or i.endswith("_dir1") for i in ids) == 4
+        assert sum("_mom0.9avg" in i for i in ids) == 6 and sum("_dir" not in i for i in ids) == 4
+    plain = [r for r in runs if "_dir" not in grid.run_id(r) and "_mom" not in grid.run_id(r)]
+    assert {grid.run_id(r) for r in plain} <= {grid.run_id(r) for r in grid.expand_runs(validate(_paper(), SCHEMA))}
+
+
+def test_partition_and_momentum_from_train_and_per_setting():
+    cfg = _smoke()
+    cfg["train"].update(momentum=0.9, momentum_buffers="keep")
+    cfg["settings"]["mnist_fc"]["train"].update(partition="dirichlet", alpha=0.3, momentum=0)
+    runs = {r["setting"]: grid.run_id(r) for r in grid.expand_runs(validate(cfg, SCHEMA))}
+    assert runs["mnist_fc"].endswith("_s1_dir0.3") and runs["cifar_cnn"].endswith("_s0_mom0.9keep")
+    cfg["experiments"]["main"]["alpha"] = [None]  # an axis value null: IID, whatever the setting says
+    assert not any("_dir" in grid.run_id(r) for r in grid.expand_runs(validate(cfg, SCHEMA)))
+
+
+def test_restricted_parents_are_one_configuration_of_the_momentum_axis():
+    cfg = _smoke()
+    cfg["experiments"]["main"]["momentum"] = [0, 0.9]
+    parents = grid.main_runs(validate(cfg, SCHEMA), "mnist_fc")
+    assert [r["seed"] for r in parents] == [0, 1] and not any("momentum" in r for r in parents)

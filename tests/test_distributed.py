@@ -239,3 +239,95 @@ def test_engine_in_one_process_matches_loop_reference(single_process_group, mnis
         torch.testing.assert_close(flatten(avg_e), flatten(avg_r), atol=1e-7, rtol=0)
         torch.testing.assert_close(gap_e, gap_r, atol=1e-7, rtol=0)
         assert all(torch.equal(p[i], avg_e[n]) for n, p in eng.params.items() for i in range(3))
+
+
+# ----------------------------------------------------------------------------- partitions and local momentum
+
+HETERO = {"keep_dirichlet": {"partition": "dirichlet", "alpha": 0.5, "momentum": 0.9, "momentum_buffers": "keep"},
+          "average": {"momentum": 0.9, "momentum_buffers": "average"}}
+
+
+@pytest.fixture(scope="module")
+def hetero_runs(tmp_path_factory, subset_file):
+    """(simulated, distributed over 2 processes) run files of each HETERO variant of RUN."""
+    cache = {}
+
+    def get(variant):
+        if variant not in cache:
+            run = {**RUN, **HETERO[variant]}
+            sim, dst = tmp_path_factory.mktemp(f"sim_{variant}"), tmp_path_factory.mktemp(f"dist_{variant}")
+            _simulated(run, subset_file, sim)
+            _distributed(2, run, subset_file, dst)
+            cache[variant] = sim, dst
+        return cache[variant]
+
+    return get
+
+
+@pytest.mark.parametrize("variant", HETERO)
+def test_torchrun_matches_simulated_with_partitions_and_momentum(hetero_runs, variant):
+    sim, dst = hetero_runs(variant)
+    _assert_same_run(sim, dst)
+    info = json.loads((dst / "out" / "run.json").read_text())
+    assert {k: info[k] for k in HETERO[variant]} == HETERO[variant]
+    if "alpha" in HETERO[variant]:  # the shards' label histograms, recorded
+        counts = info["worker_label_counts"]
+        assert len(counts) == RUN["K"] and sum(map(sum, counts)) == 600 == sum(info["worker_examples"])
+
+
+def test_killed_torchrun_with_kept_momentum_resumes_to_identical_numbers(tmp_path, subset_file, hetero_runs):
+    """Every worker's kept buffer is in rank 0's resume state: a SIGKILLed run ends bitwise equal to a clean one."""
+    run = {**RUN, **HETERO["keep_dirichlet"]}
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(_torchrun_cmd(2, run, subset_file, cut, resume_every_s=0), env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    state = cut / "work" / "state.pt"
+    deadline = time.time() + 120
+    try:
+        while not state.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    saved = torch.load(state, weights_only=False)
+    assert 0 < saved["round"] < RUN["local_steps"] // RUN["tau"], "the kill must land mid-run"
+    assert saved["momentum"].shape[0] == RUN["K"]
+    _distributed(2, run, subset_file, cut)
+    full = hetero_runs("keep_dirichlet")[1]
+    a, b = _ckpts(full), _ckpts(cut)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[n]["theta"], b[n]["theta"]) and torch.equal(a[n]["gaps"], b[n]["gaps"]) for n in a)
+    assert (full / "out" / "rounds.csv").read_text() == (cut / "out" / "rounds.csv").read_text()
+
+
+@pytest.mark.parametrize("variant", ["average", "keep", "reset", "dirichlet_keep"])
+def test_engine_in_one_process_matches_loop_reference_with_momentum(single_process_group, mnist_small, variant):
+    """World size 1: momentum buffers and Dirichlet shards as the loop reference has them, and the resume state
+    of the simulated engine installed and read back."""
+    from sharpgaps.engine.localsgd import SimulatedLocalSGD
+
+    extra = {"momentum": 0.9, "momentum_buffers": variant.replace("dirichlet_", "")}
+    if variant.startswith("dirichlet"):
+        extra.update(partition="dirichlet", alpha=0.5)
+    spec = RunSpec(K=3, tau=3, b=20, lr=0.05, rounds=3, window=2, seed=5, checkpoints=(3,), **extra)
+    m = models.build_model("fc_tanh", mnist_small["meta"], seed=0, widths=(32, 32))
+    x, y = mnist_small["x_train"], mnist_small["y_train"]
+    eng = DistributedLocalSGD(m, losses.mse_onehot, x, y, spec)
+    ref = LoopLocalSGD(m, losses.mse_onehot, x, y, spec)
+    sim = SimulatedLocalSGD(m, losses.mse_onehot, x, y, spec)
+    for r in range(3):
+        for s in range(spec.tau):
+            eng.local_step(r * spec.tau + s), ref.local_step(r * spec.tau + s), sim.local_step(r * spec.tau + s)
+        (avg_e, gap_e), (avg_r, gap_r), _ = eng.end_round(), ref.end_round(), sim.end_round()
+        torch.testing.assert_close(flatten(avg_e), flatten(avg_r), atol=1e-7, rtol=0)
+        torch.testing.assert_close(gap_e, gap_r, atol=1e-7, rtol=0)
+    state = eng.momentum_state()
+    if variant == "reset":
+        assert state is None and sim.momentum_state() is None
+        return
+    torch.testing.assert_close(state, sim.momentum_state(), atol=1e-7, rtol=0)
+    other = DistributedLocalSGD(m, losses.mse_onehot, x, y, spec)
+    other.load_momentum_state(state)
+    assert torch.equal(other.momentum_state(), state)
+    assert torch.equal(torch.stack([flatten(bufs) for bufs in other.buffers]), state.expand(3, -1))

@@ -238,3 +238,158 @@ def test_other_models_vmapped_match_loop(name, meta):
     for (af, gf), (ar, gr) in zip(_rounds(fast, spec, 2), _rounds(ref, spec, 2)):
         torch.testing.assert_close(flatten(af), flatten(ar), atol=1e-6, rtol=0)
         torch.testing.assert_close(gf, gr, atol=1e-6, rtol=0)
+
+
+# ----------------------------------------------------------------------------- partitions and local momentum
+
+# sha256 of every checkpoint's average and gaps of _train(SPEC) (the default vmapped engine, torch threads 1 or 2
+# alike), computed with the engine before partitions and momentum existed. The iid, momentum-0 path must keep it.
+DEFAULT_RUN_SHA256 = "dfe29685c0e935837579d357c08814cc89c2a0ec9da98538d5aede60d9eff30b"
+TORCH_OF_SHA256 = "2.13.0+cpu"  # another torch build may round a kernel differently: the constant is this one's
+
+
+def _digest(paths):
+    import hashlib
+
+    h = hashlib.sha256()
+    for c in _load_all(paths):
+        h.update(c["theta"].numpy().tobytes())
+        h.update(c["gaps"].numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_default_run_reproduces_the_numbers_before_partitions_and_momentum(tmp_path, mnist_small):
+    if torch.__version__ != TORCH_OF_SHA256:
+        pytest.skip(f"DEFAULT_RUN_SHA256 was computed with torch {TORCH_OF_SHA256}, this is {torch.__version__}")
+    assert _digest(_train(tmp_path, mnist_small, SPEC)) == DEFAULT_RUN_SHA256
+
+
+def test_explicit_iid_and_zero_momentum_are_the_defaults(tmp_path, mnist_small):
+    from dataclasses import replace
+
+    from sharpgaps.core import grid
+
+    explicit = replace(SPEC, partition="iid", alpha=None, momentum=0, momentum_buffers="keep")
+    assert explicit == SPEC and explicit.as_dict() == SPEC.as_dict()  # no buffer policy without momentum
+    assert [p.read_bytes() for p in _train(tmp_path / "a", mnist_small, SPEC)] == \
+        [p.read_bytes() for p in _train(tmp_path / "b", mnist_small, explicit)]
+    run = {"K": 4, "tau": 2, "b": 20, "lr": 0.1, "loss": "mse", "local_steps": 18, "window": 3, "seed": 11}
+    assert grid.run_id({**run, "partition": "iid", "alpha": None, "momentum": 0.0, "momentum_buffers": "reset"}) \
+        == grid.run_id(run) == "K4_tau2_b20_lr0.1_mse_T18_W3_s11"
+
+
+MOMENTUM = {"momentum": 0.9}
+DIRICHLET = {"partition": "dirichlet", "alpha": 0.5}
+VARIANTS = {"mom_average": {**MOMENTUM, "momentum_buffers": "average"}, "mom_keep": {**MOMENTUM, "momentum_buffers": "keep"},
+            "mom_reset": {**MOMENTUM, "momentum_buffers": "reset"}, "dirichlet": DIRICHLET,
+            "dirichlet_mom_keep": {**DIRICHLET, **MOMENTUM, "momentum_buffers": "keep"}}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_engines_agree_with_partitions_and_momentum(mnist_small, variant):
+    """vmap to float rounding, the per-worker path bit for bit (with an update transform), against the loop
+    reference, over rounds where the buffers cross averagings."""
+    from dataclasses import replace
+
+    spec = replace(RunSpec(K=4, tau=3, b=20, lr=0.05, rounds=3, window=2, seed=5, checkpoints=(3,)), **VARIANTS[variant])
+    x, y, m = mnist_small["x_train"], mnist_small["y_train"], _model(mnist_small)
+    fast, ref = SimulatedLocalSGD(m, LOSS, x, y, spec, vectorize=True), LoopLocalSGD(m, LOSS, x, y, spec)
+    for (avg_f, gap_f), (avg_r, gap_r) in zip(_rounds(fast, spec, 3), _rounds(ref, spec, 3)):
+        torch.testing.assert_close(flatten(avg_f), flatten(avg_r), atol=1e-6, rtol=0)
+        torch.testing.assert_close(gap_f, gap_r, atol=1e-6, rtol=0)
+    halve = lambda u: 0.5 * u  # noqa: E731
+    per = SimulatedLocalSGD(m, LOSS, x, y, spec, vectorize=False, update_transform=halve)
+    ref = LoopLocalSGD(m, LOSS, x, y, spec, update_transform=halve)
+    for (avg_p, gap_p), (avg_r, gap_r) in zip(_rounds(per, spec, 3), _rounds(ref, spec, 3)):
+        assert torch.equal(flatten(avg_p), flatten(avg_r)) and torch.equal(gap_p, gap_r)
+
+
+def test_one_worker_with_momentum_is_torch_sgd_with_momentum(mnist_small):
+    """K=1: Local SGD with heavy-ball momentum is torch.optim.SGD(momentum=mu) on that worker's batches, exactly."""
+    x, y = mnist_small["x_train"], mnist_small["y_train"]
+    for policy in ("average", "keep"):  # one worker: averaging the buffer keeps it
+        spec = RunSpec(K=1, tau=4, b=25, lr=0.05, rounds=3, window=1, seed=2, checkpoints=(3,), momentum=0.9,
+                       momentum_buffers=policy)
+        plain = _model(mnist_small)
+        opt = torch.optim.SGD(plain.parameters(), lr=spec.lr, momentum=0.9)
+        batches = WorkerBatches(len(x), spec.b, spec.seed, 1)
+        for step in range(12):
+            idx = batches.worker_indices(0, step)
+            opt.zero_grad()
+            LOSS(plain(x[idx]), y[idx]).backward()
+            opt.step()
+        want = flatten(dict(plain.named_parameters())).detach()
+        ref_avg, _ = _rounds(LoopLocalSGD(_model(mnist_small), LOSS, x, y, spec), spec, 3)[-1]
+        assert torch.equal(flatten(ref_avg), want)
+        avg, _ = _rounds(SimulatedLocalSGD(_model(mnist_small), LOSS, x, y, spec), spec, 3)[-1]
+        torch.testing.assert_close(flatten(avg), want, atol=1e-6, rtol=0)
+
+
+def test_momentum_buffers_at_averaging(mnist_small):
+    """The first round is the same for every policy (gaps are taken before averaging); then the buffers are the
+    workers' mean, each worker's own, or zero, and the next round differs."""
+    x, y = mnist_small["x_train"], mnist_small["y_train"]
+    out = {}
+    for policy in ("average", "keep", "reset"):
+        spec = RunSpec(K=3, tau=3, b=20, lr=0.05, rounds=2, window=1, seed=1, checkpoints=(2,), momentum=0.9,
+                       momentum_buffers=policy)
+        eng = SimulatedLocalSGD(_model(mnist_small), LOSS, x, y, spec)
+        for s in range(3):
+            eng.local_step(s)
+        before = flatten(eng.buffers, batch_dims=1).clone()
+        first = eng.end_round()
+        after = flatten(eng.buffers, batch_dims=1)
+        want = {"average": before.mean(0).expand_as(before), "keep": before, "reset": torch.zeros_like(before)}[policy]
+        assert torch.equal(after, want), policy
+        out[policy] = first, _rounds(eng, spec, 1)[0]
+    for policy in ("keep", "reset"):
+        assert torch.equal(out[policy][0][1], out["average"][0][1])  # round 1's gaps
+        assert not torch.equal(out[policy][1][1], out["average"][1][1])  # round 2's
+    mom0 = SimulatedLocalSGD(_model(mnist_small), LOSS, x, y, RunSpec(K=3, tau=3, b=20, lr=0.05, rounds=2, window=1,
+                                                                       seed=1, checkpoints=(2,)))
+    assert mom0.buffers is None  # plain SGD: no buffer at all
+
+
+def test_shard_batches_stay_in_each_shard_and_are_stateless(mnist_small):
+    from sharpgaps.engine.localsgd import ShardBatches, worker_batches
+
+    spec = RunSpec(K=4, tau=2, b=20, lr=0.1, rounds=2, window=1, seed=3, checkpoints=(2,), **DIRICHLET)
+    y = mnist_small["y_train"]
+    a, b = worker_batches(spec, y), worker_batches(spec, y)
+    assert isinstance(a, ShardBatches) and torch.equal(a.indices(57), b.indices(57))  # no query history
+    for w, shard in enumerate(a.shards):
+        steps = len(shard) // spec.b
+        epoch = torch.cat([a.worker_indices(w, s) for s in range(steps)])
+        assert set(epoch.tolist()) <= set(shard.tolist()) and len(set(epoch.tolist())) == steps * spec.b
+        again = torch.cat([a.worker_indices(w, s) for s in range(steps, 2 * steps)])
+        assert not torch.equal(epoch, again) and set(again.tolist()) <= set(shard.tolist())  # a fresh permutation
+    iid = worker_batches(RunSpec(K=4, tau=2, b=20, lr=0.1, rounds=2, window=1, seed=3, checkpoints=(2,)), y)
+    assert type(iid) is WorkerBatches and torch.equal(iid.indices(5), WorkerBatches(len(y), 20, 3, 4).indices(5))
+
+
+@pytest.mark.parametrize("variant", ["mom_average", "mom_keep", "dirichlet_mom_keep"])
+def test_kill_and_resume_with_momentum_is_bitwise_identical(tmp_path, mnist_small, variant):
+    from dataclasses import replace
+
+    spec = replace(SPEC, **VARIANTS[variant])
+    full = _load_all(_train(tmp_path / "full", mnist_small, spec))
+    _train(tmp_path / "cut", mnist_small, spec, stop_after_round=4)
+    saved = torch.load(tmp_path / "cut" / "state.pt", weights_only=False)["momentum"]
+    assert saved.shape == ((4, full[0]["theta"].numel()) if spec.momentum_buffers == "keep"
+                           else (full[0]["theta"].numel(),))
+    resumed = _load_all(_train(tmp_path / "cut", mnist_small, spec))
+    for x, y in zip(full, resumed):
+        assert torch.equal(x["theta"], y["theta"]) and torch.equal(x["gaps"], y["gaps"])
+        assert x["metrics"] == y["metrics"] and x["run"] == y["run"]
+    assert full[0]["run"]["momentum_buffers"] == spec.momentum_buffers
+    assert (tmp_path / "full/rounds.csv").read_text() == (tmp_path / "cut/rounds.csv").read_text()
+
+
+def test_partition_that_cannot_hold_a_batch_is_refused_before_training(tmp_path, mnist_small):
+    from sharpgaps.engine.partitions import PartitionError
+
+    spec = RunSpec(K=8, tau=2, b=70, lr=0.1, rounds=2, window=1, seed=0, checkpoints=(2,), partition="dirichlet",
+                   alpha=0.05)
+    with pytest.raises(PartitionError, match=r"train.alpha: .*at least b=70.*raise train.alpha.*lower train.b"):
+        _train(tmp_path, mnist_small, spec)
+    assert not (tmp_path / CKPT_DIR).exists() and not (tmp_path / "state.pt").exists()

@@ -138,3 +138,34 @@ def test_branch_rule_waits_for_alignment_at_consecutive_checkpoints():
     with pytest.raises(ValueError, match="branch_scope.*'setting', 'seed'"):
         BranchSpec(branch_scope="run")
     assert BranchSpec(branch_chi_k=None, branch_at=0.25).label() == "at0.25"
+
+
+TRAIN_PROPS = SCHEMA["definitions"]["trainkeys"]["properties"]
+
+
+@pytest.mark.parametrize("key", ["partition", "alpha", "momentum", "momentum_buffers"])
+def test_schema_states_the_run_spec_defaults_of_the_optional_train_keys(key):
+    """train.partition/alpha/momentum/momentum_buffers: the schema's "unset = X" is RunSpec's field default (the
+    schema fills none in: a config that leaves them out keeps every run id and job parameter)."""
+    assert "default" not in TRAIN_PROPS[key]
+    assert stated_default(TRAIN_PROPS[key]) == specs.run_default(key), f"{SCHEMA_PATH.name}: train.{key}"
+    assert {k for pair in specs.OPTIONAL_RUN_KEYS for k in pair} == {"partition", "alpha", "momentum",
+                                                                       "momentum_buffers"}
+
+
+def test_run_spec_checks_partition_and_momentum():
+    base = dict(K=2, tau=1, b=1, lr=0.1, rounds=1, window=1, seed=0, checkpoints=(1,))
+    for bad, match in [({"partition": "dirichlet"}, "train.alpha: partition dirichlet needs"),
+                       ({"alpha": 0.5}, "train.alpha: 0.5 is set but train.partition is iid"),
+                       ({"partition": "shards"}, "train.partition: 'shards'"),
+                       ({"momentum": 1.0}, r"train.momentum: 1.0; allowed: 0 <= momentum < 1"),
+                       ({"momentum": 0.9, "momentum_buffers": "sum"}, "train.momentum_buffers: 'sum'")]:
+        with pytest.raises(ValueError, match=match):
+            specs.RunSpec(**base, **bad)
+    spec = specs.RunSpec(**base, partition="dirichlet", alpha=1, momentum=0.5, momentum_buffers="keep")
+    assert (spec.alpha, spec.momentum) == (1.0, 0.5) and isinstance(spec.alpha, float)
+    assert spec.as_dict()["alpha"] == 1.0 and spec.as_dict()["momentum_buffers"] == "keep"
+    plain = specs.RunSpec(**base).as_dict()
+    assert not set(plain) & {"partition", "alpha", "momentum", "momentum_buffers"}  # recorded as before
+    run = {"K": 2, "tau": 1, "b": 1, "lr": 0.1, "local_steps": 3, "window": 1, "seed": 0, "checkpoints": {"count": 1}}
+    assert specs.RunSpec.from_run({**run, "momentum": 0.9}).momentum_buffers == specs.run_default("momentum_buffers")

@@ -6,45 +6,64 @@ import hashlib
 import itertools
 import re
 
-import numpy as np
+from .specs import OPTIONAL_RUN_KEYS, exact_float, exact_int, partition_momentum_problems, run_default
+from .specs import checkpoint_rounds  # noqa: F401  (grid.checkpoint_rounds; its home is RunSpec's module)
 
-TRAIN_KEYS = ("K", "tau", "b", "lr", "local_steps", "window", "loss", "checkpoints")
+OPTIONAL_KEYS = tuple(k for pair in OPTIONAL_RUN_KEYS for k in pair)
+# A run's keys from the setting's `train` section; the OPTIONAL_KEYS only where they differ from plain IID SGD.
+TRAIN_KEYS = ("K", "tau", "b", "lr", "local_steps", "window", "loss", "checkpoints", *OPTIONAL_KEYS)
+# momentum_buffers in a run id
+BUFFER_TAGS = {"average": "avg", "keep": "keep", "reset": "reset"}
 RUN_ID = re.compile(r"K(?P<K>\d+)_tau(?P<tau>\d+)_b(?P<b>\d+)_lr(?P<lr>[0-9.e+-]+)_(?P<loss>mse|ce)"
-                    r"_T(?P<local_steps>\d+)_W(?P<window>\d+)_s(?P<seed>\d+)")
+                    r"_T(?P<local_steps>\d+)_W(?P<window>\d+)_s(?P<seed>\d+)"
+                    # optional suffixes, present only off the defaults: Dirichlet shards, local momentum
+                    r"(?:_dir(?P<alpha>[0-9.e+-]+))?"
+                    r"(?:_mom(?P<momentum>[0-9.e+-]+)(?P<momentum_buffers>" + "|".join(BUFFER_TAGS.values()) + "))?")
 # The same shape without named groups, for Snakemake's wildcard constraint.
 RUN_ID_WILDCARD = re.sub(r"\(\?P<\w+>", "(", RUN_ID.pattern)
 
 
-def exact_float(x: float) -> str:
-    """A float for a path that reads back exactly: float(exact_float(x)) == x.
-
-    The short %g form where it is exact (0.05, 1e-05: the paths of every existing run), else the
-    shortest exact repr (0.0123456789, where %g would round to 0.0123457 and train another lr)."""
-    short = format(float(x), "g")
-    return short if float(short) == float(x) else repr(float(x))
-
-
-def exact_int(x: int) -> str:
-    """An integer for a path; refuses a non-integral value instead of writing one the run id cannot parse."""
-    if int(x) != x:
-        raise ValueError(f"{x!r} is not an integer")
-    return str(int(x))
+def optional_keys(run: dict) -> dict:
+    """The run's OPTIONAL_KEYS where they differ from plain IID SGD, complete (a momentum run names its buffer
+    policy, the default if unset); {} for a plain run, whose id and job parameters stay as they always were.
+    Inconsistent keys (alpha without partition dirichlet, say) raise ValueError naming the key."""
+    problems = partition_momentum_problems(*(run.get(k, run_default(k)) for k in OPTIONAL_KEYS))
+    if problems:
+        raise ValueError("; ".join(problems))
+    out = {}
+    for lead, *rest in OPTIONAL_RUN_KEYS:
+        if run.get(lead, run_default(lead)) != run_default(lead):
+            out.update({k: run.get(k, run_default(k)) for k in (lead, *rest)})
+    return out
 
 
 def run_id(run: dict) -> str:
     """Every parameter that changes a run's numbers appears in its path, exactly (parse_run_id inverts it)."""
     i = {k: exact_int(run[k]) for k in ("K", "tau", "b", "local_steps", "window", "seed")}
-    return (f"K{i['K']}_tau{i['tau']}_b{i['b']}_lr{exact_float(run['lr'])}_{run['loss']}"
-            f"_T{i['local_steps']}_W{i['window']}_s{i['seed']}")
+    rid = (f"K{i['K']}_tau{i['tau']}_b{i['b']}_lr{exact_float(run['lr'])}_{run['loss']}"
+           f"_T{i['local_steps']}_W{i['window']}_s{i['seed']}")
+    opt = optional_keys(run)
+    if "partition" in opt:
+        rid += f"_dir{exact_float(opt['alpha'])}"
+    if "momentum" in opt:
+        rid += f"_mom{exact_float(opt['momentum'])}{BUFFER_TAGS[opt['momentum_buffers']]}"
+    return rid
 
 
 def parse_run_id(text: str) -> dict:
+    """The run parameters of a run id; the optional keys only where their suffix is present."""
     m = RUN_ID.fullmatch(text)
     if not m:
-        raise ValueError(f"not a run id: '{text}' (expected e.g. K8_tau8_b50_lr0.05_mse_T20000_W4_s0)")
+        raise ValueError(f"not a run id: '{text}' (expected e.g. K8_tau8_b50_lr0.05_mse_T20000_W4_s0, "
+                         "optionally _dir0.5 and/or _mom0.9avg after it)")
     d = m.groupdict()
-    out = {k: int(v) for k, v in d.items() if k not in ("lr", "loss")}
+    out = {k: int(d[k]) for k in ("K", "tau", "b", "local_steps", "window", "seed")}
     out.update(lr=float(d["lr"]), loss=d["loss"])
+    if d["alpha"] is not None:
+        out.update(partition="dirichlet", alpha=float(d["alpha"]))
+    if d["momentum"] is not None:
+        policy = {tag: name for name, tag in BUFFER_TAGS.items()}[d["momentum_buffers"]]
+        out.update(momentum=float(d["momentum"]), momentum_buffers=policy)
     return out
 
 
@@ -58,7 +77,10 @@ def setting_defaults(config: dict, setting: str) -> dict:
 
 
 def expand_runs(config: dict, experiments: list[str] | None = None, strict: bool = True) -> list[dict]:
-    """All runs of the named experiments (default: all), deduplicated, in a stable order."""
+    """All runs of the named experiments (default: all), deduplicated, in a stable order.
+
+    Axes: K, tau, b, seeds, and beyond the paper alpha (null = IID, a number = Dirichlet shards) and momentum;
+    an axis the experiment leaves out takes the setting's value."""
     seen, runs = set(), []
     for name in experiments or list(config["experiments"]):
         exp = config["experiments"][name]
@@ -67,10 +89,16 @@ def expand_runs(config: dict, experiments: list[str] | None = None, strict: bool
             own = exp.get("per_setting", {}).get(setting, {})
             axes = {k: own.get(k, exp.get(k, [base[k]])) for k in ("K", "tau", "b")}
             axes["seeds"] = own.get("seeds", exp.get("seeds", base["seeds"]))
+            alphas = [{"partition": "dirichlet" if a is not None else "iid", "alpha": a}
+                      for a in own.get("alpha", exp.get("alpha", []))] or [{}]
+            momenta = [{"momentum": mu} for mu in own.get("momentum", exp.get("momentum", []))] or [{}]
             match = exp.get("match", "none")
-            for K, tau, b, seed in itertools.product(axes["K"], axes["tau"], axes["b"], axes["seeds"]):
-                run = {**{k: base[k] for k in TRAIN_KEYS}, "K": K, "tau": tau, "b": b, "seed": seed,
-                       "setting": setting, **matched(base, match, K, b, f"experiments.{name}.match")}
+            for K, tau, b, alpha, mu, seed in itertools.product(axes["K"], axes["tau"], axes["b"], alphas, momenta,
+                                                                axes["seeds"]):
+                run = {**{k: base[k] for k in TRAIN_KEYS if k in base}, **alpha, **mu}
+                run = {**{k: v for k, v in run.items() if k not in OPTIONAL_KEYS}, **optional_keys(run),
+                       "K": K, "tau": tau, "b": b, "seed": seed, "setting": setting,
+                       **matched(base, match, K, b, f"experiments.{name}.match")}
                 key = (setting, run_id(run))
                 if key not in seen:
                     seen.add(key)
@@ -102,24 +130,8 @@ def matched(base: dict, match: str, K: int, b: int, key: str) -> dict:
 def main_runs(config: dict, setting: str) -> list[dict]:
     """The parents of a setting's restricted runs: every seed of its first `main` configuration."""
     runs = [r for r in expand_runs(config, ["main"]) if r["setting"] == setting]
-    first = {k: runs[0][k] for k in TRAIN_KEYS}
-    return [r for r in runs if {k: r[k] for k in TRAIN_KEYS} == first]
-
-
-def checkpoint_rounds(rounds: int, window: int, checkpoints: dict) -> list[int]:
-    """Explicit rounds, or ``count`` rounds from ``window`` (a full gap window) to the last round.
-
-    Log spacing puts more checkpoints early, where the geometry changes fastest.
-    """
-    if checkpoints.get("rounds"):
-        return sorted(set(int(r) for r in checkpoints["rounds"]))
-    count = checkpoints.get("count", 20)
-    lo = min(window, rounds)
-    if checkpoints.get("spacing", "log") == "log":
-        pts = np.geomspace(lo, rounds, count)
-    else:
-        pts = np.linspace(lo, rounds, count)
-    return sorted(set(int(round(p)) for p in pts) | {rounds})
+    first = {k: runs[0].get(k) for k in TRAIN_KEYS}
+    return [r for r in runs if {k: r.get(k) for k in TRAIN_KEYS} == first]
 
 
 def digest(text: str, n: int = 12) -> str:

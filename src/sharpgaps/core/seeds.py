@@ -13,6 +13,7 @@ import numpy as np
 
 # mixed streams
 BATCHES = 0xB47C4  # a worker's minibatch permutation per epoch: (seed, BATCHES, worker, epoch)
+PARTITION = 0xD1C4  # Dirichlet shards: a class's shares and example order, (seed, PARTITION, draw, class)
 PROBE = 0x9B0BE  # probe rounds of the gap-restricted modes: offset of the run seed
 RANDOM_SUBSPACE = 0x5A4D0  # random-Dom/Bulk subspaces, per refresh
 NOISE = 0x40153  # fresh minibatches of the noise estimator

@@ -13,7 +13,40 @@ from __future__ import annotations
 
 from dataclasses import MISSING, asdict, dataclass, fields
 
-from .grid import checkpoint_rounds, exact_float
+import numpy as np
+
+
+def exact_float(x: float) -> str:
+    """A float for a path that reads back exactly: float(exact_float(x)) == x.
+
+    The short %g form where it is exact (0.05, 1e-05: the paths of every existing run), else the
+    shortest exact repr (0.0123456789, where %g would round to 0.0123457 and train another lr)."""
+    short = format(float(x), "g")
+    return short if float(short) == float(x) else repr(float(x))
+
+
+def exact_int(x: int) -> str:
+    """An integer for a path; refuses a non-integral value instead of writing one the run id cannot parse."""
+    if int(x) != x:
+        raise ValueError(f"{x!r} is not an integer")
+    return str(int(x))
+
+
+def checkpoint_rounds(rounds: int, window: int, checkpoints: dict) -> list[int]:
+    """Explicit rounds, or ``count`` rounds from ``window`` (a full gap window) to the last round.
+
+    Log spacing puts more checkpoints early, where the geometry changes fastest.
+    """
+    if checkpoints.get("rounds"):
+        return sorted(set(int(r) for r in checkpoints["rounds"]))
+    count = checkpoints.get("count", 20)
+    lo = min(window, rounds)
+    if checkpoints.get("spacing", "log") == "log":
+        pts = np.geomspace(lo, rounds, count)
+    else:
+        pts = np.linspace(lo, rounds, count)
+    return sorted(set(int(round(p)) for p in pts) | {rounds})
+
 
 # ARPACK working precision of every top-k solve: 4x cheaper Lanczos bookkeeping than float64, eigenvalues
 # within ~1e-6 of it (hessian.top_eigenpairs, docs/BENCHMARKS.md)
@@ -29,6 +62,32 @@ GRADHIST_MODES = ("graddom", "gradbulk")
 ALL_MODES = MODES + RANDOM_MODES + GRADHIST_MODES
 
 
+PARTITIONS = ("iid", "dirichlet")  # train.partition: which examples each worker draws from
+MOMENTUM_BUFFERS = ("average", "keep", "reset")  # train.momentum_buffers: a worker's buffer at averaging
+# The keys of a run beyond the paper's plain IID SGD: each pair enters a run's id, spec record and resume digest
+# only when its first key differs from its default, so every run without them keeps its path and bytes.
+OPTIONAL_RUN_KEYS = (("partition", "alpha"), ("momentum", "momentum_buffers"))
+
+
+def partition_momentum_problems(partition, alpha, momentum, momentum_buffers, where: str = "train") -> list[str]:
+    """What is wrong with a run's partition and momentum keys (empty if nothing), each naming its config key
+    under ``where`` and the fix."""
+    problems = []
+    if partition not in PARTITIONS:
+        problems.append(f"{where}.partition: '{partition}'; allowed: one of {PARTITIONS}")
+    elif partition == "dirichlet" and not (isinstance(alpha, (int, float)) and alpha > 0):
+        problems.append(f"{where}.alpha: partition dirichlet needs the concentration alpha > 0, got {alpha!r} "
+                        f"(e.g. {where}.alpha: 0.5; large alpha = near-IID shards, small = label skew)")
+    elif partition == "iid" and alpha is not None:
+        problems.append(f"{where}.alpha: {alpha!r} is set but {where}.partition is iid; set {where}.partition: "
+                        "dirichlet or remove alpha")
+    if not (isinstance(momentum, (int, float)) and 0 <= momentum < 1):
+        problems.append(f"{where}.momentum: {momentum!r}; allowed: 0 <= momentum < 1 (0 = plain SGD)")
+    if momentum_buffers not in MOMENTUM_BUFFERS:
+        problems.append(f"{where}.momentum_buffers: '{momentum_buffers}'; allowed: one of {MOMENTUM_BUFFERS}")
+    return problems
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """Everything that determines a run's numbers (given the model, data and loss)."""
@@ -41,6 +100,12 @@ class RunSpec:
     window: int
     seed: int
     checkpoints: tuple[int, ...]
+    # iid: every worker draws from all examples; dirichlet: label-skewed shards, class shares ~ Dir(alpha)
+    partition: str = "iid"
+    alpha: float | None = None
+    momentum: float = 0.0  # heavy-ball coefficient of each worker's local steps (0 = plain SGD, the paper's)
+    # Buffers at averaging, like the parameters: tau = 1 is then momentum SGD on K*b examples (docs/FIDELITY.md)
+    momentum_buffers: str = "average"
 
     def __post_init__(self):
         for key in ("K", "tau", "b", "rounds", "window"):
@@ -51,18 +116,40 @@ class RunSpec:
         bad = [c for c in self.checkpoints if not 1 <= c <= self.rounds]
         if bad:
             raise ValueError(f"RunSpec.checkpoints {bad} outside rounds 1..{self.rounds}")
+        problems = partition_momentum_problems(self.partition, self.alpha, self.momentum, self.momentum_buffers)
+        if problems:
+            raise ValueError("; ".join(problems))
+        # one spec per set of numbers: floats as the run id reads them back; no buffer policy without momentum
+        object.__setattr__(self, "momentum", float(self.momentum))
+        if self.alpha is not None:
+            object.__setattr__(self, "alpha", float(self.alpha))
+        if self.momentum == run_default("momentum"):
+            object.__setattr__(self, "momentum_buffers", run_default("momentum_buffers"))
 
     @classmethod
     def from_run(cls, run: dict) -> "RunSpec":
         """The spec of a workflow run description (rounds = local_steps // tau, checkpoints expanded)."""
         rounds = run["local_steps"] // run["tau"]
+        optional = {k: run[k] for pair in OPTIONAL_RUN_KEYS for k in pair if k in run}
         return cls(K=run["K"], tau=run["tau"], b=run["b"], lr=run["lr"], rounds=rounds, window=run["window"],
-                   seed=run["seed"], checkpoints=tuple(checkpoint_rounds(rounds, run["window"], run["checkpoints"])))
+                   seed=run["seed"], checkpoints=tuple(checkpoint_rounds(rounds, run["window"], run["checkpoints"])),
+                   **optional)
 
     def as_dict(self) -> dict:
+        """The spec as recorded (checkpoints, run.json, the resume digest); OPTIONAL_RUN_KEYS at their defaults
+        are left out, so a plain IID SGD run records what it always did."""
         d = asdict(self)
         d["checkpoints"] = list(self.checkpoints)
+        for lead, *rest in OPTIONAL_RUN_KEYS:
+            if d[lead] == run_default(lead):
+                for key in (lead, *rest):
+                    del d[key]
         return d
+
+
+def run_default(key: str):
+    """RunSpec's default of an optional run key (OPTIONAL_RUN_KEYS)."""
+    return next(f.default for f in fields(RunSpec) if f.name == key)
 
 
 @dataclass(frozen=True)

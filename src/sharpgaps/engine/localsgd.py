@@ -4,6 +4,11 @@ A round: all workers start at the average, each takes ``tau`` SGD steps on its o
 (IID draws from the same training subset), then the average is replaced by the workers' mean.
 The worker-average gaps ``delta_i = theta_i - mean_j theta_j`` are taken before the reset.
 
+Beyond the paper (RunSpec): ``partition: dirichlet`` gives each worker a label-skewed shard to draw from
+(sharpgaps.engine.partitions, ShardBatches); ``momentum`` > 0 gives each worker a heavy-ball buffer,
+``v <- mu v + u; theta <- theta - lr v`` (u: the possibly transformed gradient), which ``momentum_buffers`` averages,
+keeps or zeroes at every averaging. With the defaults (iid, momentum 0) no code of either runs.
+
 ``LoopLocalSGD`` is the plain reference (K separate nn.Modules, one autograd call each); tests hold
 the batched engine to it.
 """
@@ -21,6 +26,7 @@ from ..core import seeds
 from ..core.flat import flatten, unflatten
 from ..core.specs import RunSpec
 from .models import length_order, trim_padding
+from .partitions import PartitionError, dirichlet_shards
 
 
 class WorkerBatches:
@@ -54,6 +60,41 @@ class WorkerBatches:
         return torch.stack([self.worker_indices(w, step) for w in range(self.workers)])
 
 
+class ShardBatches(WorkerBatches):
+    """WorkerBatches over per-worker shards: worker w walks its own per-epoch permutation of ``shards[w]`` (drop-last),
+    seeded from (seed, worker, epoch) as WorkerBatches is, so it is just as stateless."""
+
+    def __init__(self, shards: list[torch.Tensor], b: int, seed: int):
+        small = [(w, len(s)) for w, s in enumerate(shards) if len(s) < b]
+        if small:
+            raise PartitionError(f"train.b: worker shards {small} (worker, examples) hold fewer than b={b} examples; "
+                                 "lower train.b or raise train.alpha")
+        self.shards, self.b, self.seed, self.workers = shards, b, seed, len(shards)
+        self.worker_steps = [len(s) // b for s in shards]  # steps per epoch, per worker
+        self._perm = {}
+
+    def _permutation(self, worker: int, epoch: int) -> torch.Tensor:
+        cached = self._perm.get(worker)
+        if cached is None or cached[0] != epoch:
+            shard = self.shards[worker]
+            g = torch.Generator().manual_seed(seeds.mixed(self.seed, seeds.BATCHES, worker, epoch))
+            cached = (epoch, shard[torch.randperm(len(shard), generator=g)])
+            self._perm[worker] = cached
+        return cached[1]
+
+    def worker_indices(self, worker: int, step: int) -> torch.Tensor:
+        epoch, j = divmod(step, self.worker_steps[worker])
+        return self._permutation(worker, epoch)[j * self.b : (j + 1) * self.b]
+
+
+def worker_batches(spec: RunSpec, y: torch.Tensor) -> WorkerBatches:
+    """The minibatch schedule of ``spec`` on labels ``y``: every worker over all examples (iid) or over its Dirichlet
+    shard. Raises PartitionError (naming the config keys) for shards that cannot hold a minibatch."""
+    if spec.partition == "dirichlet":
+        return ShardBatches(dirichlet_shards(y, spec.K, spec.alpha, spec.seed, spec.b)[0], spec.b, spec.seed)
+    return WorkerBatches(len(y), spec.b, spec.seed, spec.K)
+
+
 # (K, d) flat gradients -> (K, d) directions; linear (a projection), so the lr is applied after it and
 # an identity transform reproduces the plain update bit for bit.
 UpdateTransform = Callable[[torch.Tensor], torch.Tensor]
@@ -84,10 +125,12 @@ class SimulatedLocalSGD:
                  theta: dict[str, torch.Tensor] | None = None, update_transform: UpdateTransform | None = None,
                  vectorize: bool | None = None):
         self.model, self.spec, self.x, self.y = model, spec, x, y
-        self.batches = WorkerBatches(len(x), spec.b, spec.seed, spec.K)
+        self.batches = worker_batches(spec, y)
         self.update_transform = update_transform
         start = theta if theta is not None else {n: p.detach() for n, p in model.named_parameters()}
         self.set_average(start)
+        # (K, ...) heavy-ball buffers; None for plain SGD, whose update then is exactly the momentum-free one
+        self.buffers = {n: torch.zeros_like(p) for n, p in self.params.items()} if spec.momentum else None
 
         def worker_loss(p, xb, yb):
             return loss_fn(functional_call(model, p, (xb,)), yb)
@@ -122,8 +165,13 @@ class SimulatedLocalSGD:
         grads, losses = self._grad(self.params, self.x[idx], self.y[idx])
         if self.update_transform is not None:
             grads = unflatten(self.update_transform(flatten(grads, batch_dims=1)), self.params, batch_dims=1)
-        for n, p in self.params.items():
-            p.sub_(grads[n], alpha=self.spec.lr)
+        if self.buffers is None:
+            for n, p in self.params.items():
+                p.sub_(grads[n], alpha=self.spec.lr)
+        else:
+            for n, p in self.params.items():
+                v = self.buffers[n].mul_(self.spec.momentum).add_(grads[n])
+                p.sub_(v, alpha=self.spec.lr)
         return losses
 
     def end_round(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -131,11 +179,39 @@ class SimulatedLocalSGD:
         avg = {n: p.mean(0) for n, p in self.params.items()}
         gaps = flatten({n: p - avg[n] for n, p in self.params.items()}, batch_dims=1)
         self.set_average(avg)
+        if self.buffers is not None:
+            if self.spec.momentum_buffers == "average":
+                for v in self.buffers.values():
+                    v.copy_(v.mean(0).expand_as(v))
+            elif self.spec.momentum_buffers == "reset":
+                for v in self.buffers.values():
+                    v.zero_()
         return avg, gaps
 
+    def momentum_state(self) -> torch.Tensor | None:
+        """The buffers at a round boundary, for a resume state: (d,) when averaged (every worker's is the same),
+        (K, d) when kept, None when reset or without momentum (nothing to keep)."""
+        return buffer_state(self.spec, None if self.buffers is None else flatten(self.buffers, batch_dims=1))
 
-def models_sgd_step(models, workers, step, batches, loss_fn, x, y, lr, update_transform=None) -> torch.Tensor:
-    """One plain-autograd SGD step of separate worker models (the loop reference and the distributed engine)."""
+    def load_momentum_state(self, state: torch.Tensor | None) -> None:
+        """Install momentum_state's buffers (a resumed run continues them bit for bit)."""
+        if self.buffers is not None and state is not None:
+            rows = state.to(next(iter(self.buffers.values())).device).expand(self.spec.K, -1)
+            for n, v in unflatten(rows, self.buffers, batch_dims=1).items():
+                self.buffers[n].copy_(v)
+
+
+def buffer_state(spec: RunSpec, rows: torch.Tensor | None) -> torch.Tensor | None:
+    """A resume state's momentum buffers from all K workers' flat buffers ``rows`` (K, d) at a round boundary."""
+    if rows is None or spec.momentum_buffers == "reset":
+        return None
+    return rows[0].clone() if spec.momentum_buffers == "average" else rows.clone()
+
+
+def models_sgd_step(models, workers, step, batches, loss_fn, x, y, lr, update_transform=None, momentum=0.0,
+                    buffers=None) -> torch.Tensor:
+    """One plain-autograd SGD step of separate worker models (the loop reference and the distributed engine);
+    ``buffers``: per model, its heavy-ball buffers (one per parameter), or None for plain SGD."""
     losses = []
     for w, m in zip(workers, models):
         idx = batches.worker_indices(w, step)
@@ -150,10 +226,30 @@ def models_sgd_step(models, workers, step, batches, loss_fn, x, y, lr, update_tr
                 sizes = [p.numel() for p in m.parameters()]
                 for p, chunk in zip(m.parameters(), u.split(sizes)):
                     p.grad.copy_(chunk.view_as(p))
-        for m in models:  # the same update op as the batched engine and torch.optim.SGD
-            for p in m.parameters():
-                p.sub_(p.grad, alpha=lr)
+        if buffers is None:
+            for m in models:  # the same update op as the batched engine and torch.optim.SGD
+                for p in m.parameters():
+                    p.sub_(p.grad, alpha=lr)
+        else:
+            for m, bufs in zip(models, buffers):  # the batched engine's ops, one worker at a time
+                for p, v in zip(m.parameters(), bufs):
+                    p.sub_(v.mul_(momentum).add_(p.grad), alpha=lr)
     return torch.stack(losses)
+
+
+@torch.no_grad()
+def buffers_at_averaging(spec: RunSpec, buffers) -> None:
+    """The loop reference's buffers (per model, per parameter) at an averaging: averaged, kept or zeroed."""
+    if buffers is None or spec.momentum_buffers == "keep":
+        return
+    for i in range(len(buffers[0])):
+        if spec.momentum_buffers == "average":
+            mean = torch.stack([bufs[i] for bufs in buffers]).mean(0)
+            for bufs in buffers:
+                bufs[i].copy_(mean)
+        else:
+            for bufs in buffers:
+                bufs[i].zero_()
 
 
 class LoopLocalSGD:
@@ -162,12 +258,14 @@ class LoopLocalSGD:
     def __init__(self, model: nn.Module, loss_fn, x, y, spec: RunSpec, update_transform=None):
         self.models = [copy.deepcopy(model) for _ in range(spec.K)]
         self.loss_fn, self.x, self.y, self.spec = loss_fn, x, y, spec
-        self.batches = WorkerBatches(len(x), spec.b, spec.seed, spec.K)
+        self.batches = worker_batches(spec, y)
         self.update_transform = update_transform
+        self.buffers = ([[torch.zeros_like(p) for p in m.parameters()] for m in self.models] if spec.momentum
+                        else None)
 
     def local_step(self, step: int) -> torch.Tensor:
         return models_sgd_step(self.models, range(self.spec.K), step, self.batches, self.loss_fn, self.x, self.y,
-                               self.spec.lr, self.update_transform)
+                               self.spec.lr, self.update_transform, self.spec.momentum, self.buffers)
 
     @property
     def params(self) -> dict[str, torch.Tensor]:
@@ -182,6 +280,7 @@ class LoopLocalSGD:
             for m in self.models:
                 for n, p in m.named_parameters():
                     p.copy_(avg[n])
+        buffers_at_averaging(self.spec, self.buffers)
         return avg, gaps
 
 

@@ -10,7 +10,8 @@ Files (all written atomically):
   work_dir/rounds.csv          one row per round: mean minibatch loss, mean/max gap norm
 A run killed at any moment restarts from ``state.pt`` and ends bitwise identical (on CPU) to an
 uninterrupted run: the minibatch schedule is stateless and every worker equals the average at a
-round boundary, so the state is just (round, average, gap window, logs).
+round boundary, so the state is just (round, average, gap window, logs), plus the momentum buffers of a run with
+momentum (``momentum``: the average buffer, or every worker's when kept; reset ones are zero there).
 """
 
 from __future__ import annotations
@@ -182,6 +183,7 @@ def train_run(objective: Objective, spec: RunSpec, work_dir: str | Path, *, run_
         print(f"[{run_name}] resuming from round {state['round']}", file=sys.stderr)
 
     engine = engine_factory(model, loss_fn, x_tr, y_tr, spec, theta=state["theta"])
+    engine.load_momentum_state(state.get("momentum"))
     window = deque(state["window"], maxlen=spec.window)
     checkpoints = tuple(sorted(set(spec.checkpoints)))
     n_hist = history_rounds(spec)
@@ -191,8 +193,9 @@ def train_run(objective: Objective, spec: RunSpec, work_dir: str | Path, *, run_
     last_save = time.monotonic()
 
     def save_state(rnd, theta):
-        save_torch({**state, "round": rnd, "theta": theta, "window": list(window), "history": list(history)},
-                   state_file)
+        momentum = engine.momentum_state()  # None for plain SGD: its state keeps its old keys
+        save_torch({**state, "round": rnd, "theta": theta, "window": list(window), "history": list(history),
+                    **({"momentum": momentum} if momentum is not None else {})}, state_file)
 
     bar = tqdm(total=spec.rounds, initial=state["round"], desc=run_name, file=sys.stderr, mininterval=10,
                ascii=True, disable=not progress)

@@ -192,7 +192,9 @@ def validate(config: dict, schema_path: str | Path, overrides=None) -> dict:
 
 def cross_checks(config: dict) -> list[str]:
     """Checks a schema cannot express: references between sections and per-run consistency."""
-    problems = []
+    problems = _partition_momentum_problems(config)
+    if problems:
+        return problems
     settings = config["settings"]
     for name, exp in config["experiments"].items():
         for s in exp["settings"]:
@@ -237,7 +239,28 @@ def cross_checks(config: dict) -> list[str]:
                             f"(engine: distributed needs K >= nproc); lower nproc or use engine: simulated")
         if run["b"] > n_train:
             problems.append(f"train.b: batch {run['b']} exceeds subset.n_train={n_train} in {where} (allowed: 1..{n_train})")
+        # the shards themselves need the labels (the subset job's): the train job checks each holds b examples
+        elif run.get("partition") == "dirichlet" and run["K"] * run["b"] > n_train:
+            problems.append(f"train.b: K={run['K']} Dirichlet shards of at least b={run['b']} examples need "
+                            f"K*b = {run['K'] * run['b']} > subset.n_train={n_train} in {where}; lower train.b or K, "
+                            "or raise subset.n_train")
     return sorted(set(problems + _figure_problems(config)))
+
+
+def _partition_momentum_problems(config: dict) -> list[str]:
+    """The partition and momentum keys of `train`, then of each setting's train section that sets some (with
+    `train`'s for the rest), before any run is expanded from them."""
+    def check(run: dict, where: str) -> list[str]:
+        return specs.partition_momentum_problems(*(run.get(k, specs.run_default(k)) for k in grid.OPTIONAL_KEYS),
+                                                 where=where)
+
+    problems = check(config["train"], "train")
+    if problems:
+        return problems
+    for name, setting in config["settings"].items():
+        if set(setting.get("train", {})) & set(grid.OPTIONAL_KEYS):
+            problems += check(grid.setting_defaults(config, name), f"settings.{name}.train")
+    return problems
 
 
 def _figure_problems(config: dict) -> list[str]:

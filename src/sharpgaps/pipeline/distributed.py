@@ -17,6 +17,10 @@ rounding (tests hold it to 1e-6). Rank 0's initial parameters are broadcast. At 
 parameters are all-reduced (sum / K: the new average, identical bytes on every rank) and the gaps
 ``theta_w - average`` all-gathered, so every rank returns the full (K, d) gaps. The K minibatch losses
 of each local step are all-gathered too (K floats), so the divergence check fires on every rank alike.
+Momentum buffers (``train.momentum``) live with their workers: averaged buffers are all-reduced like the
+parameters, kept ones all-gathered at every averaging (so rank 0's resume state holds all K without a collective at
+save time, which ranks reach at different moments), reset ones zeroed. A Dirichlet partition is computed from the
+labels on every rank alike (``localsgd.worker_batches``).
 This is our own tau-step averaging: PyTorch's ``PeriodicModelAverager`` averages on its first call
 and skips parameters without gradients, neither of which is Local SGD as docs/DEFINITIONS.md#round defines it.
 
@@ -49,7 +53,7 @@ from torch import nn
 from ..core.atomic import load_recomputable, save_torch
 from ..core.flat import flatten, unflatten
 from ..core.specs import RunSpec
-from ..engine.localsgd import UpdateTransform, WorkerBatches, models_sgd_step
+from ..engine.localsgd import UpdateTransform, buffer_state, models_sgd_step, worker_batches
 from ..engine.training import damaged_checkpoints, train_run
 from . import jobs
 
@@ -90,13 +94,16 @@ class DistributedLocalSGD:
                                     for w in range(spec.K)], device=self.device)
         self.spec, self.loss_fn, self.x, self.y = spec, loss_fn, x, y
         self.update_transform = update_transform
-        self.batches = WorkerBatches(len(x), spec.b, spec.seed, spec.K)
+        self.batches = worker_batches(spec, y)
         start = theta if theta is not None else {n: p.detach() for n, p in model.named_parameters()}
         start = {n: t.detach().to(self.device) for n, t in start.items()}
         flat = flatten(start).contiguous().clone()
         dist.broadcast(flat, src=0)  # rank 0's parameters, whatever each rank built or loaded
         self.models = [copy.deepcopy(model) for _ in self.workers]
         self.set_average(unflatten(flat, start))
+        self.buffers = ([[torch.zeros_like(p) for p in m.parameters()] for m in self.models] if spec.momentum
+                        else None)
+        self._all_buffers: torch.Tensor | None = None  # (K, d) kept buffers of every worker, after an averaging
 
     @torch.no_grad()
     def set_average(self, theta: dict[str, torch.Tensor]) -> None:
@@ -122,7 +129,7 @@ class DistributedLocalSGD:
     def local_step(self, step: int) -> torch.Tensor:
         """One SGD step of this rank's workers at local step ``step``; returns all K minibatch losses."""
         losses = models_sgd_step(self.models, self.workers, step, self.batches, self.loss_fn, self.x, self.y,
-                                 self.spec.lr, self.update_transform)
+                                 self.spec.lr, self.update_transform, self.spec.momentum, self.buffers)
         return self.gather_rows(losses)
 
     def end_round(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -135,7 +142,48 @@ class DistributedLocalSGD:
         gaps = self.gather_rows(local - avg_flat)
         avg = {n: t.clone() for n, t in unflatten(avg_flat, params, batch_dims=1).items()}
         self.set_average(avg)
+        if self.buffers is not None:
+            self._buffers_at_averaging()
         return avg, gaps
+
+    @torch.no_grad()
+    def _buffers_at_averaging(self) -> None:
+        policy = self.spec.momentum_buffers
+        local = torch.stack([flatten(bufs) for bufs in self.buffers])  # (K_local, d)
+        if policy == "keep":
+            self._all_buffers = self.gather_rows(local)
+            return
+        if policy == "average":
+            total = local.sum(0)
+            dist.all_reduce(total)  # SUM, as for the parameters
+            row = total / self.spec.K
+        else:
+            row = torch.zeros_like(local[0])
+        self._set_buffers(row.expand_as(local))
+
+    @torch.no_grad()
+    def _set_buffers(self, rows: torch.Tensor) -> None:
+        """This rank's buffers from (K_local, d) flat rows, in self.workers order."""
+        for bufs, row in zip(self.buffers, rows):
+            sizes = [v.numel() for v in bufs]
+            for v, chunk in zip(bufs, row.split(sizes)):
+                v.copy_(chunk.view_as(v))
+
+    def momentum_state(self) -> torch.Tensor | None:
+        """The simulated engine's momentum_state (all K workers' buffers), with no collective."""
+        if self.buffers is None:
+            return None
+        if self.spec.momentum_buffers == "keep":
+            return buffer_state(self.spec, self._all_buffers)
+        return buffer_state(self.spec, torch.stack([flatten(bufs) for bufs in self.buffers]))
+
+    def load_momentum_state(self, state: torch.Tensor | None) -> None:
+        if self.buffers is None or state is None:
+            return
+        rows = state.to(self.device).expand(self.spec.K, -1)
+        self._set_buffers(rows[self.workers])
+        if self.spec.momentum_buffers == "keep":
+            self._all_buffers = rows.clone()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from ..core.grid import run_info
 from ..core.specs import FALLBACK, BranchSpec, EstimatorSpec, GeometrySpec, MechanismSpec, RestrictSpec, RunSpec, TheorySpec
 from ..data import sources, subsets
 from ..data.sources import DataError
-from ..engine import losses, models
+from ..engine import losses, models, partitions
 from ..engine.devices import disable_tf32, resolve_device
 from ..engine.objective import Objective
 from ..engine.training import (
@@ -45,7 +45,8 @@ from .config import ConfigError, read_yaml
 # 1.4 s more (python -X importtime -m sharpgaps: 5.5 s against 4.1 s, mostly scipy and the stage modules).
 
 # Failures whose message names the file/key/run and the fix: shown as one line, without a traceback.
-EXPECTED_ERRORS = (DataError, DivergenceError, CorruptFileError, OutputWriteError, ConfigError)
+EXPECTED_ERRORS = (DataError, DivergenceError, CorruptFileError, OutputWriteError, ConfigError,
+                   partitions.PartitionError)
 
 
 def set_threads(n: int) -> None:
@@ -99,8 +100,12 @@ def load_run(run: dict, subset_path, device) -> RunInputs:
 
 
 def run_record(job: RunInputs, device, threads: int, seconds: float, **extra) -> dict:
-    """run.json: the run, its spec, and where and how long it trained."""
-    return {**job.info, **job.spec.as_dict(), "device": str(device), "threads": threads,
+    """run.json: the run, its spec, and where and how long it trained; a Dirichlet partition's shards too (the
+    draw taken, each worker's examples and label histogram)."""
+    spec = job.spec
+    shards = (partitions.describe(job.subset["y_train"], spec.K, spec.alpha, spec.seed, spec.b)
+              if spec.partition == "dirichlet" else {})
+    return {**job.info, **spec.as_dict(), **shards, "device": str(device), "threads": threads,
             "seconds": round(seconds, 2), "torch": torch.__version__, **extra}
 
 
