@@ -34,8 +34,8 @@ SETTINGS = {"mnist_fc", "cifar_cnn", "sst2_transformer"}
 RESTRICTED = {"fig05_restricted_train_loss": "train_loss", "fig06_restricted_train_acc": "train_acc",
               "fig07_restricted_test_loss": "test_loss", "fig08_restricted_test_acc": "test_acc"}
 COLUMNS = {
-    "restricted": ["setting", "mode", "K", "tau", "b", "lr", "seed", "branch_round", "round", "step", "since_branch",
-                   "quantity", "value", "change"],
+    "restricted": ["setting", "mode", "K", "tau", "b", "lr", "seed", "branch_round", "branch_fallback", "round", "step",
+                   "since_branch", "quantity", "value", "change"],
     "figX1_gap_restricted": ["panel", "setting", "mode", "family", "K", "tau", "b", "lr", "seed", "branch_round",
                              "round", "step", "since_branch", "metric", "value", "change"],
     "sweep": ["panel", "setting", "K", "tau", "b", "lr", "seed", "round", "step", "metric", "m", "m_kind", "value"],
@@ -71,6 +71,11 @@ def test_restricted_figures(smoke, name):
     first = data.groupby(["setting", "mode", "seed"])["value"].transform("first")
     assert np.allclose(data["change"], data["value"] - first)
     assert np.allclose(data.loc[data["since_branch"] == 0, "change"], 0.0)
+    # every seed of a setting branches at one round (the seeds' mean chi_k); the fallback flag is the table's
+    assert (data.groupby("setting")["branch_round"].nunique() == 1).all()
+    flags = table.drop_duplicates(["setting", "seed"]).set_index(["setting", "seed"])["branch_fallback"]
+    drawn = data.drop_duplicates(["setting", "seed"]).set_index(["setting", "seed"])["branch_fallback"]
+    assert drawn.equals(flags.loc[drawn.index])
 
 
 @pytest.mark.workflow
