@@ -263,7 +263,8 @@ def test_run_ids_name_partition_and_momentum_only_off_the_defaults(extra, suffix
 
 
 def test_existing_run_ids_are_unchanged():
-    ids = {grid.run_id(r) for r in grid.expand_runs(validate(_paper(), SCHEMA))}
+    paper = validate(_paper(), SCHEMA)
+    ids = {grid.run_id(r) for r in grid.expand_runs(paper, [e for e in paper["experiments"] if e != "heterogeneity"])}
     assert "K8_tau8_b50_lr0.05_mse_T20000_W4_s0" in ids and "K8_tau1_b50_lr0.05_mse_T20000_W4_s0" in ids
     assert not any("_dir" in i or "_mom" in i for i in ids)
     assert all(grid.parse_run_id(i).keys() == RUN.keys() for i in ids)  # the train jobs' parameters as before
@@ -285,6 +286,7 @@ def test_heterogeneity_experiment_expands_alpha_and_momentum_axes():
 
 def test_partition_and_momentum_from_train_and_per_setting():
     cfg = _smoke()
+    del cfg["experiments"]["heterogeneity"]  # the smoke config's own partition and momentum axes
     cfg["train"].update(momentum=0.9, momentum_buffers="keep")
     cfg["settings"]["mnist_fc"]["train"].update(partition="dirichlet", alpha=0.3, momentum=0)
     runs = {r["setting"]: grid.run_id(r) for r in grid.expand_runs(validate(cfg, SCHEMA))}

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from sharpgaps.report import plotting
+from sharpgaps.report import evidence, plotting
 from tests.helpers import (
     FIGURE_DIR,
     SMOKE_CONFIG,
@@ -135,13 +135,13 @@ def test_estimator_figure_draws_no_krylov_budget_that_is_only_its_start_block(sm
     """A Krylov budget j with floor(j / p) <= 1 (the smoke config: j = 4 where p = min(k, 4) = 4) is the start block
     itself at a cost of p HVPs: Fig X3 must not draw it as an estimator."""
     table = pd.read_parquet(smoke / "results/tables/main_estimators.parquet")
-    start_only = table[plotting.krylov_start_block_only(table)]
+    start_only = table[evidence.krylov_start_block_only(table)]
     assert len(start_only)  # the smoke run has such budgets (MNIST and CIFAR, k = 10)
     data, _ = figure_files(smoke, name)
     key = ["setting", "estimator", "j"]
     drawn = set(map(tuple, data[key].to_numpy().tolist()))
     assert drawn.isdisjoint(map(tuple, start_only[key].to_numpy().tolist()))
-    assert {e for _, e, _ in drawn} >= set(plotting.KRYLOV)  # the other budgets are still drawn
+    assert {e for _, e, _ in drawn} >= set(evidence.KRYLOV)  # the other budgets are still drawn
 
 
 @pytest.mark.workflow

@@ -94,6 +94,7 @@ def test_engine_reproduces_the_per_direction_prediction(tmp_path):
     # random directions: the Rayleigh quotient, orthogonal to the eigenvectors (here: none left, d = 6)
     assert set(df["kind"]) == {"eigen", "random", "total"}
     assert df.loc[df["kind"] == "total", "measured"].item() == pytest.approx(eig["measured"].sum(), rel=1e-9)
+    assert "predicted_drift" not in df  # IID plain SGD: the table keeps its columns
 
 
 def test_without_replacement_factor(tmp_path):
@@ -415,3 +416,36 @@ def test_shard_statistics_recover_shard_means_and_not_sampling_noise():
     P[:, 0] += torch.from_numpy(np.array([1.0, -1.0, 0.5, -0.5])[shard_of])
     c, drift = mech.shard_statistics(P, shard_of, [np.sum(shard_of == i) * 10 for i in range(K)])
     np.testing.assert_allclose(np.abs(drift[:, 0]), [1.0, 1.0, 0.5, 0.5], atol=0.06)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_engine_reproduces_noise_plus_drift_on_label_skewed_shards(tmp_path, momentum):
+    """NoisyQuadratic whose examples' noise depends on their label, trained on Dirichlet shards (with and
+    without momentum): the mechanism measures drift and the noise + drift prediction matches the gaps within
+    4 standard errors along every eigendirection, where the noise term alone falls far short. The table
+    names the run's partition and momentum; an IID plain run's table has no drift columns."""
+    H = np.diag([8.0, 2.0, 0.5])
+    rng = np.random.default_rng(3)
+    N, K, b, lr, tau, rounds, classes = 4000, 4, 4, 0.05, 8, 600, 4
+    y = torch.from_numpy(rng.integers(0, classes, N))
+    offsets = rng.normal(0.0, 1.0, (classes, 3))
+    z = noise_pool(np.eye(3), N, 0) + torch.from_numpy(offsets)[y]
+    z = z - z.mean(0)
+    model = NoisyQuadratic(torch.from_numpy(H), torch.zeros(3, dtype=torch.float64))
+    spec = RunSpec(K=K, tau=tau, b=b, lr=lr, rounds=rounds, window=rounds, seed=0, checkpoints=(rounds,),
+                   partition="dirichlet", alpha=0.3, momentum=momentum)
+    subset = {"x_train": z, "y_train": y, "x_test": z[:10], "y_test": y[:10]}
+    train_run(Objective.from_subset(model, _identity_loss, subset), spec, tmp_path,
+              run_info={"setting": "quad", "loss": "identity"}, progress=False)
+    ckpt = torch.load(checkpoint_path(tmp_path / "ckpt", rounds), weights_only=False)
+    evals, U = np.linalg.eigh(H)
+    mspec = MechanismSpec(k=3, random_directions=0, examples=None, chunk_size=997, seed=0)
+    df = mech.checkpoint_mechanism(Objective(model, _identity_loss, z, y), mspec, ckpt, U, evals)
+    eig = df[df["kind"] == "eigen"]
+    assert (eig["predicted_drift"] > 0.5 * eig["predicted_noise"]).any(), eig  # the skew matters here
+    assert ((eig["measured"] - eig["predicted"]).abs() < 4 * eig["stderr"]).all(), eig
+    assert ((eig["measured"] - eig["predicted_noise"]).abs() > 8 * eig["stderr"]).any(), eig
+    table = mech.run_mechanism(Objective(model, _identity_loss, z, y), mspec,
+                               [checkpoint_path(tmp_path / "ckpt", rounds)], {rounds: U}, {rounds: evals},
+                               tmp_path / "mech")
+    assert table["alpha"].unique().tolist() == [0.3] and "predicted_drift" in table

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sharpgaps.report import plotting
+from sharpgaps.report import evidence, plotting
 
 DATA = pd.Series([0.3, 0.6, 0.95])  # removal fractions ~0.1-1
 RANDOM = pd.Series([1e-5, 2e-4, 3e-4])  # a random subspace's removal, ~2m/d
@@ -155,7 +155,7 @@ def test_change_since_branch_starts_each_seed_at_zero():
 def estimator_table(setting, k, ranks):
     """A minimal estimator table: k, the Krylov ranks per budget j (both starts) and an overlap row per estimator."""
     rows = [{"setting": setting, "estimator": "oracle", "metric": "k", "m": np.nan, "j": np.nan, "value": k}]
-    for e in plotting.KRYLOV:
+    for e in evidence.KRYLOV:
         for j, r in ranks.items():
             rows += [{"setting": setting, "estimator": e, "metric": "rank", "m": np.nan, "j": j, "value": r},
                      {"setting": setting, "estimator": e, "metric": "overlap", "m": k, "j": j, "value": 0.5}]
@@ -175,12 +175,12 @@ def test_krylov_budgets_that_buy_only_the_start_block_are_found(k, ranks, blocks
     """Fig X3: a Krylov budget j with floor(j / p) <= 1 is the start block itself (random, or the gap subspace's
     first p directions) at a cost; the figure drops those rows."""
     table = estimator_table("s", k, ranks)
-    starts = plotting.krylov_start_blocks(table, blocks)
+    starts = evidence.krylov_start_blocks(table, blocks)
     assert starts == {"s": p}
-    flagged = plotting.krylov_start_block_only(table, starts)
+    flagged = evidence.krylov_start_block_only(table, starts)
     assert set(table.loc[flagged, "j"].astype(int)) == start_only
-    assert set(table.loc[flagged, "estimator"]) <= set(plotting.KRYLOV)
+    assert set(table.loc[flagged, "estimator"]) <= set(evidence.KRYLOV)
     assert not flagged[table["estimator"] == "gap"].any()
     if blocks is None:  # by default the mask reads p from the table itself
-        assert (plotting.krylov_start_block_only(table) == flagged).all()
+        assert (evidence.krylov_start_block_only(table) == flagged).all()
 

@@ -248,21 +248,40 @@ def estimators_params(wildcards):
     return estimators_json(wildcards.setting)
 
 
-def estimators_outputs():
-    if "main" not in config["experiments"]:
+# The experiments whose runs the estimator stage measures (those the config has): `main` for Fig X3, and the
+# heterogeneity family, whose cells compare the best free estimator's overlap.
+ESTIMATOR_EXPERIMENTS = ("main", "heterogeneity")
+
+
+def estimators_outputs(experiment="main"):
+    if experiment not in config["experiments"]:
         return []
+    runs = grid.main_runs if experiment == "main" else lambda cfg, s: [
+        r for r in grid.expand_runs(cfg, [experiment]) if r["setting"] == s]
     return [
         f"{run_dir(r)}/estimators_{geometry_tag(s)}_{estimators_tag(s)}.parquet"
-        for s in config["experiments"]["main"]["settings"]
-        for r in grid.main_runs(config, s)
+        for s in config["experiments"][experiment]["settings"]
+        for r in runs(config, s)
     ]
 
 
-def estimators_table():
-    return [f"{R}/tables/main_estimators.parquet"] if estimators_outputs() else []
+def estimators_table(experiment="main"):
+    return [f"{R}/tables/{experiment}_estimators.parquet"] if estimators_outputs(experiment) else []
 
 
-# Per-direction mechanism stage (workflow/rules/mechanism.smk)
+# The heterogeneity family (Fig X5, RESULTS): one tidy table of its cells from its geometry, mechanism and
+# estimator tables (sharpgaps.report.heterogeneity).
+def heterogeneity_inputs():
+    if "heterogeneity" not in config["experiments"] or "heterogeneity" not in mechanism_experiments():
+        return {}
+    return {"geometry": f"{R}/tables/heterogeneity_geometry.parquet", "mechanism": f"{R}/tables/mechanism.parquet",
+            **{"estimators": t for t in estimators_table("heterogeneity")}}
+
+
+def heterogeneity_table():
+    return [f"{R}/tables/heterogeneity.parquet"] if heterogeneity_inputs() else []
+
+
 def mechanism_params(setting):
     return specs.mechanism_params(config, setting)
 

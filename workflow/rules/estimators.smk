@@ -40,12 +40,30 @@ rule estimators:
 
 rule collect_estimators:
     input:
-        estimators_outputs(),
+        lambda wc: estimators_outputs(wc.experiment),
     output:
-        f"{R}/tables/main_estimators.parquet",
+        f"{R}/tables/{{experiment}}_estimators.parquet",
     log:
-        f"{R}/logs/collect/main_estimators.log",
+        f"{R}/logs/collect/{{experiment}}_estimators.log",
+    wildcard_constraints:
+        experiment="|".join(ESTIMATOR_EXPERIMENTS),
     conda:
         ENV
     shell:
         "python -m sharpgaps collect --out {output} {input} > {log} 2>&1"
+
+
+rule heterogeneity_table:
+    """The heterogeneity family's cells (Fig X5 and its RESULTS section)."""
+    input:
+        **heterogeneity_inputs(),
+    output:
+        f"{R}/tables/heterogeneity.parquet",
+    log:
+        f"{R}/logs/collect/heterogeneity.log",
+    conda:
+        ENV
+    params:
+        tables=lambda wc, input: " ".join(f"--{name} {path}" for name, path in input.items()),
+    shell:
+        "python -m sharpgaps heterogeneity {params.tables} --out {output} > {log} 2>&1"

@@ -19,6 +19,7 @@ FIGURES = sg_figures.expand(
         "theory": theory_table(),
         "estimators": next(iter(estimators_table()), None),
         "mechanism": next(iter(mechanism_table()), None),
+        "heterogeneity": next(iter(heterogeneity_table()), None),
     },
 )
 FIGURE = {stem: fig for figs in FIGURES.values() for stem, fig in figs.items()}
@@ -38,6 +39,7 @@ SUMMARY_TABLES = {
     "theory": theory_table(),
     **{"estimators": table for table in estimators_table()},
     **{"mechanism": table for table in mechanism_table()},
+    **{"heterogeneity": table for table in heterogeneity_table()},
 }
 # What `all` builds: every file of every figure of this config (Snakemake reruns a job for a missing file
 # only if it is asked for), and RESULTS.md.

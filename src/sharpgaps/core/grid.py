@@ -23,6 +23,23 @@ RUN_ID = re.compile(r"K(?P<K>\d+)_tau(?P<tau>\d+)_b(?P<b>\d+)_lr(?P<lr>[0-9.e+-]
 RUN_ID_WILDCARD = re.sub(r"\(\?P<\w+>", "(", RUN_ID.pattern)
 
 
+# The columns that identify a run in every per-run table (geometry, estimators, mechanism); seeds are replicates.
+RUN_COLUMNS = ("setting", "K", "tau", "b", "lr", "seed", "loss", "window")
+
+
+def run_columns(run: dict | None) -> dict:
+    """A run's identifying columns in its tables: RUN_COLUMNS, then its OPTIONAL_KEYS where they differ from plain
+    IID SGD (a plain run's tables keep exactly their columns)."""
+    run = run or {}
+    return {**{key: run.get(key) for key in RUN_COLUMNS}, **optional_keys(run)}
+
+
+def run_keys(table) -> list[str]:
+    """The columns of ``table`` that tell its runs apart (group with dropna=False: a plain run's optional keys
+    are missing)."""
+    return [c for c in (*RUN_COLUMNS, *OPTIONAL_KEYS) if c in table]
+
+
 def optional_keys(run: dict) -> dict:
     """The run's OPTIONAL_KEYS where they differ from plain IID SGD, complete (a momentum run names its buffer
     policy, the default if unset); {} for a plain run, whose id and job parameters stay as they always were.

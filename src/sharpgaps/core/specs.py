@@ -314,7 +314,7 @@ class MechanismSpec:
     """The per-direction noise x curvature check (sharpgaps.studies.mechanism); config section `mechanism`."""
 
     k: int  # Hessian eigenvectors of the dominant subspace (= classes); all k + geometry.extra are tested
-    experiments: tuple[str, ...] = ("main", "tau_ablation")  # whose runs it measures (those the config has)
+    experiments: tuple[str, ...] = ("main", "tau_ablation", "heterogeneity")  # whose runs (those the config has)
     random_directions: int = 4  # seeded random unit directions orthogonal to the k + extra eigenvectors
     examples: int | None = None  # training examples in c_j (None: the whole subset; fewer: unbiased subsample)
     chunk_size: int = 256  # examples per vmapped per-example-gradient chunk (memory ~ chunk x d)

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from ..core import seeds
+from ..core.grid import run_columns
 from ..core.atomic import load_recomputable, load_torch, object_digest, save_torch
 from ..core.specs import GeometrySpec
 from ..engine.objective import Objective
@@ -35,7 +36,6 @@ from .metrics import (
     subspace_overlap,
 )
 
-RUN_COLUMNS = ("setting", "K", "tau", "b", "lr", "seed", "loss", "window")
 # Wall-clock rows go to the job log, not the table, so equal inputs give byte-identical tables.
 TIMING_METRICS = ("eig_seconds", "geometry_seconds")
 GRAD_COS_TOP = 4  # gap directions whose squared cosine with g is recorded
@@ -230,7 +230,8 @@ def run_geometry(objective: Objective, spec: GeometrySpec, ckpt_paths: list[Path
     for col in ("i", "j"):
         if col not in df:
             df[col] = np.nan
-    for key in RUN_COLUMNS:
-        df[key] = run.get(key) if run else None
+    columns = run_columns(run)
+    for key, value in columns.items():
+        df[key] = value
     df["d"] = len(v0) if v0 is not None else np.nan
-    return df[[*RUN_COLUMNS, "d", "round", "step", "metric", "m", "i", "j", "value"]]
+    return df[[*columns, "d", "round", "step", "metric", "m", "i", "j", "value"]]

@@ -134,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                  a.subset, a.ckpt_dir, a.geometry_table, a.geometry_work, a.work_dir,
                                                  a.out, threads=a.threads, device=a.device))
 
+    q = sub.add_parser("heterogeneity", help="the heterogeneity family's cells from its geometry, mechanism and "
+                                             "estimator tables")
+    q.add_argument("--geometry", required=True, help="the heterogeneity experiment's geometry table")
+    q.add_argument("--mechanism", required=True, help="the mechanism table (its heterogeneity rows are read)")
+    q.add_argument("--estimators", default=None, help="the heterogeneity experiment's estimator table")
+    q.add_argument("--out", required=True)
+    q.set_defaults(func=lambda a: jobs.heterogeneity(a.geometry, a.mechanism, a.out, a.estimators))
+
     q = sub.add_parser("collect-labelled", help="concatenate tidy tables, labelling each with its group's name")
     q.add_argument("--column", required=True, help="the label column, e.g. experiment")
     q.add_argument("--out", required=True)

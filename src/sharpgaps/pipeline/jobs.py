@@ -345,6 +345,14 @@ def collect(tables: list, out) -> None:
     save_frame(pd.concat([read_frame(p) for p in tables], ignore_index=True), out)
 
 
+def heterogeneity(geometry, mechanism, out, estimators=None) -> None:
+    """The heterogeneity family's cell table (sharpgaps.report.heterogeneity) from its experiment's tables."""
+    from ..report.heterogeneity import cell_table  # start-up: this job's stage only
+
+    save_frame(cell_table(read_frame(geometry), read_frame(mechanism),
+                          read_frame(estimators) if estimators else None), out)
+
+
 def summary(tables: dict[str, Path], out, title: str, splice_into=None, readme=None) -> None:
     """RESULTS.md from the pipeline's tables; also spliced, one heading level down, into ``splice_into``
     (e.g. docs/FIDELITY.md: measured numbers next to the claims, never typed by hand), and the headline

@@ -78,7 +78,7 @@ def _figures_of(row: dict, config: dict, tables: dict) -> dict[str, tuple[str, d
                 for stem, (exp, params) in sweep_figures(config).items()}
     # the experiment whose settings are the panels (restricted runs branch from `main`; theory has no panels)
     exp = {"geometry": config["figures"]["experiment"], "restricted": "main", "theory": None,
-           "estimators": "main", "mechanism": "main"}[row["table"]]
+           "estimators": "main", "mechanism": "main", "heterogeneity": "heterogeneity"}[row["table"]]
     table = tables["geometry"].format(experiment=exp) if row["table"] == "geometry" else tables.get(row["table"])
     if table is None or (exp is not None and exp not in experiments):
         return {}

@@ -25,7 +25,6 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.transforms import Bbox, ScaledTranslation  # noqa: E402
 
 from ..core import atomic  # noqa: E402
-from ..core.specs import EstimatorSpec  # noqa: E402
 from .evidence import branch_fallbacks, k_by_setting, late_rounds  # noqa: E402
 
 sns.set_theme(context="paper", style="whitegrid", font_scale=1.15)
@@ -444,43 +443,3 @@ def estimator_handles(estimators) -> list[Line2D]:
 
 
 # The block Krylov estimators of the estimator table (sharpgaps.studies.estimators): random start, gap start.
-KRYLOV = ("krylov", "krylovgap")
-
-
-def krylov_start_blocks(table: pd.DataFrame, blocks: dict | None = None) -> dict[str, int | None]:
-    """The Krylov start block's size p per setting of an estimator table (the vectors the Krylov sequence grows by:
-    EstimatorSpec.krylov_block, the config's estimators.block or k, capped by the smallest budget j).
-
-    The table records each budget j and the rank of its basis (p * floor(j / p) vectors), not p. ``blocks``
-    (setting -> the config's estimators.block, None = unset) gives it where the caller knows. Otherwise: the
-    stage's default (k capped by the smallest budget) where the random-start ranks fit it; where they do not (the
-    config set a block), the largest block they fit if every block they fit says the same of each budget (start
-    block only or not); else None (unknown: a WARNING, and nothing is dropped for that setting)."""
-    k = k_by_setting(table)
-    rows = table[(table["estimator"] == "krylov") & (table["metric"] == "rank") & table["j"].notna()]
-    out = {}
-    for s, g in rows.groupby("setting"):
-        if s not in k:  # no `k` row: nothing to cap the block with
-            out[s] = None
-            continue
-        ranks = {int(j): int(r) for j, r in g.groupby("j")["value"].max().items()}
-        if blocks is not None and s in blocks:
-            out[s] = EstimatorSpec(krylov_hvps=tuple(ranks), block=blocks[s]).krylov_block(k[s])
-            continue
-        fit = [p for p in range(1, min(ranks) + 1) if all(r == p * (j // p) for j, r in ranks.items())]
-        default = EstimatorSpec(krylov_hvps=tuple(ranks)).krylov_block(k[s])
-        verdicts = {tuple(j // p <= 1 for j in sorted(ranks)) for p in fit}
-        out[s] = default if default in fit else (max(fit) if len(verdicts) == 1 else None)
-        if out[s] is None:
-            print(f"WARNING: {s}: the Krylov ranks {ranks} (budget: rank) do not tell the start block: "
-                  "no Krylov budget is dropped")
-    return out
-
-
-def krylov_start_block_only(table: pd.DataFrame, starts: dict | None = None) -> pd.Series:
-    """True on the Krylov estimators' rows whose HVP budget j buys no block beyond the start block,
-    floor(j / p) <= 1 (p per setting: ``starts``, by default :func:`krylov_start_blocks`): their basis is the start
-    block itself (a random block for krylov, the gap subspace's first p directions for krylovgap) priced as p
-    HVPs, not a Krylov estimate; a figure must not draw them as one."""
-    p = table["setting"].map(krylov_start_blocks(table) if starts is None else starts).astype(float)
-    return table["estimator"].isin(KRYLOV) & table["j"].notna() & p.notna() & (table["j"] // p <= 1)

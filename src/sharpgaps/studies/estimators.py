@@ -35,6 +35,7 @@ import torch
 from torch.func import functional_call
 
 from ..core import seeds
+from ..core.grid import run_columns
 from ..core.atomic import load_recomputable, load_torch, object_digest, save_torch
 from ..core.flat import flatten
 from ..core.specs import EstimatorSpec, RunSpec
@@ -45,7 +46,6 @@ from ..engine.objective import Objective
 
 ESTIMATORS = ("gap", "update", "gradhist", "noise", "krylov", "krylovgap", "random", "oracle")
 FREE = ("gap", "update", "gradhist")  # by-products of Local SGD: no extra gradient or HVP
-RUN_COLUMNS = ("setting", "K", "tau", "b", "lr", "seed", "loss", "window")
 # Rows that depend on wall-clock timing (rho): everything else is bitwise reproducible on CPU.
 TIMING_METRICS = ("extra_cost", "hvp_grad_ratio")
 GRAD_TIMINGS = 3  # timed full-batch gradients on the Hessian's examples (median) for rho
@@ -424,7 +424,8 @@ def run_estimators(objective: Objective, spec: EstimatorSpec, ckpt_paths: list[P
             all_rows += rows
         earlier = (int(ckpt["round"]), ckpt["theta"].to(objective.device))
     df = pd.DataFrame(all_rows)
-    for col in RUN_COLUMNS:
-        df[col] = (info or {}).get(col)
+    columns = run_columns(info)
+    for col, value in columns.items():
+        df[col] = value
     df["d"] = sum(p.numel() for p in model.parameters())
-    return df[[*RUN_COLUMNS, "d", "round", "step", "estimator", "metric", "m", "j", "value"]]
+    return df[[*columns, "d", "round", "step", "estimator", "metric", "m", "j", "value"]]

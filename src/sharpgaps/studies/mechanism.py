@@ -28,12 +28,13 @@ import torch
 from torch.func import functional_call, grad, vmap
 
 from ..core import seeds
+from ..core.grid import run_columns, run_keys
 from ..core.atomic import load_recomputable, load_torch, object_digest, save_torch
 from ..core.flat import flatten
 from ..core.specs import MechanismSpec
 from ..engine.objective import Objective
+from ..engine.partitions import dirichlet_shards
 
-RUN_COLUMNS = ("setting", "K", "tau", "b", "lr", "seed", "loss", "window")
 KINDS = ("eigen", "random", "total")
 
 
@@ -229,24 +230,44 @@ def checkpoint_mechanism(objective: Objective, spec: MechanismSpec, ckpt: dict, 
     D = torch.from_numpy(np.concatenate([V, U], axis=1))
     n_c = N if spec.examples is None else min(spec.examples, N)
     t0 = time.perf_counter()
-    c = gradient_noise(per_example_projections(objective.model, objective.loss_fn, theta, x[:n_c], y[:n_c], D,
-                                               spec.chunk_size))
+    P = per_example_projections(objective.model, objective.loss_fn, theta, x[:n_c], y[:n_c], D, spec.chunk_size)
+    c = gradient_noise(P)
     seconds_c = time.perf_counter() - t0
     meas = gap_variance(ckpt["gaps"], D.to(x.device))
     lam = np.concatenate([np.asarray(eigenvalues, dtype=np.float64), lam_r])
-    pred = predicted_variance(lam, c, lr=run["lr"], K=run["K"], b=run["b"], tau=run["tau"], N=N,
-                              rounds=ckpt["gap_rounds"])
+    kw = dict(lr=run["lr"], b=run["b"], tau=run["tau"], rounds=ckpt["gap_rounds"])
+    momentum = float(run.get("momentum") or 0.0)
+    parts = None
+    if run.get("partition", "iid") == "dirichlet":  # workers on their own shards: noise within them + drift
+        shards, _ = dirichlet_shards(y, run["K"], run["alpha"], run["seed"], run["b"])
+        shard_of = np.empty(N, dtype=np.int64)
+        for i, members in enumerate(shards):
+            shard_of[members.numpy()] = i
+        sizes = [len(members) for members in shards]
+        c_w, drift = shard_statistics(P, shard_of[:n_c], sizes)
+        parts = predicted_components(lam, c_w, drift, sizes, momentum=momentum, **kw)
+    elif momentum:
+        K = run["K"]
+        parts = predicted_components(lam, np.tile(c, (K, 1)), np.zeros((K, len(c))), [N] * K, momentum=momentum, **kw)
+    pred = predicted_variance(lam, c, K=run["K"], N=N, **kw) if parts is None else parts["noise"] + parts["drift"]
     m = D.shape[1]
     kind = ["eigen"] * V.shape[1] + ["random"] * n_random
     df = pd.DataFrame({"round": r, "step": int(ckpt["step"]), "kind": kind,
                        "direction": list(range(V.shape[1])) + list(range(n_random)),
                        "lambda": lam, "c": c, "measured": meas["measured"], "stderr": meas["stderr"],
                        "stderr_gauss": meas["stderr_gauss"], "predicted": pred})
+    if parts is not None:  # IID plain-SGD tables keep their columns
+        df["predicted_noise"], df["predicted_drift"] = parts["noise"], parts["drift"]
     # the whole gap energy: eigen rows + the rest of the space at the random directions' mean prediction
     rest = (d - V.shape[1]) * (pred[V.shape[1]:].mean() if n_random else math.nan)
     total = {"round": r, "step": int(ckpt["step"]), "kind": "total", "direction": -1, "lambda": math.nan,
              "c": math.nan, "measured": meas["total"], "stderr": math.nan, "stderr_gauss": math.nan,
              "predicted": float(pred[: V.shape[1]].sum() + rest)}
+    if parts is not None:
+        for name in ("noise", "drift"):
+            part = parts[name]
+            total[f"predicted_{name}"] = float(part[: V.shape[1]].sum() + (d - V.shape[1]) * (
+                part[V.shape[1]:].mean() if n_random else math.nan))
     df = pd.concat([df, pd.DataFrame([total])], ignore_index=True)
     df["ratio"] = df["measured"] / df["predicted"]
     df["n_examples"] = n_c
@@ -285,12 +306,14 @@ def run_mechanism(objective: Objective, spec: MechanismSpec, ckpt_paths, vectors
               flush=True)
         frames.append(df)
     out = pd.concat(frames, ignore_index=True)
-    for col in RUN_COLUMNS:
-        out[col] = run.get(col) if run else None
+    columns = run_columns(run)
+    for col, value in columns.items():
+        out[col] = value
     out["k"] = k
     out["d"] = int(load_torch(sorted(ckpt_paths)[0])["theta"].numel())
-    return out[[*RUN_COLUMNS, "k", "d", "round", "step", "kind", "direction", "lambda", "c", "measured",
-                "stderr", "stderr_gauss", "predicted", "ratio", "n_examples"]]
+    extra = [col for col in ("predicted_noise", "predicted_drift") if col in out]  # heterogeneous or momentum runs
+    return out[[*columns, "k", "d", "round", "step", "kind", "direction", "lambda", "c", "measured",
+                "stderr", "stderr_gauss", "predicted", "ratio", "n_examples", *extra]]
 
 
 # ----------------------------------------------------------------------------- summaries of the table
@@ -298,8 +321,9 @@ def run_mechanism(objective: Objective, spec: MechanismSpec, ckpt_paths, vectors
 def vk_share(df: pd.DataFrame) -> pd.DataFrame:
     """Share of the gap energy in V_k per run and checkpoint, measured and predicted: the top-k eigen rows'
     sum over the 'total' row (predicted total: eigen rows + (d - k - extra) x the random directions' mean)."""
-    keys = [c for c in (*RUN_COLUMNS, "round", "step") if c in df]
-    top = df[(df["kind"] == "eigen") & (df["direction"] < df["k"])].groupby(keys)[["measured", "predicted"]].sum()
+    keys = [*run_keys(df), *(c for c in ("round", "step") if c in df)]
+    top = df[(df["kind"] == "eigen") & (df["direction"] < df["k"])].groupby(keys, dropna=False)[
+        ["measured", "predicted"]].sum()
     tot = df[df["kind"] == "total"].set_index(keys)[["measured", "predicted"]]
     return (top / tot).rename(columns={"measured": "share_measured", "predicted": "share_predicted"}).reset_index()
 
