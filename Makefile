@@ -85,7 +85,8 @@ fidelity: setup
 		--table restricted=$(QUICK_RESULTS)/tables/restricted.parquet \
 		--table theory=$$(ls -t $(QUICK_RESULTS)/tables/theory_*.parquet | head -1) \
 		--table estimators=$(QUICK_RESULTS)/tables/main_estimators.parquet \
-		--table mechanism=$(QUICK_RESULTS)/tables/mechanism.parquet
+		--table mechanism=$(QUICK_RESULTS)/tables/mechanism.parquet \
+		--table heterogeneity=$(QUICK_RESULTS)/tables/heterogeneity.parquet
 
 bench: setup
 	$(VENV)/bin/python benchmarks/run.py
