@@ -17,7 +17,7 @@ Model (every assumption is printed with the table):
   mechanism job   modelled, not measured: per checkpoint, per-example gradients on mechanism.examples (default
                   the subset) priced at the full-batch gradient's per-example cost (a lower bound: per-example
                   gradients are slower than one batched gradient, BENCHMARKS' mechanism section), for every run
-                  of mechanism.experiments (main, tau_ablation);
+                  of mechanism.experiments (main, tau_ablation, heterogeneity);
   other rules     the mean job time of the same rule in the finished (quick) run's benchmark files.
 GPU: an estimate from FLOP counts (torch.utils.flop_counter) at 30% of an H100's FP32 rate with a
 kernel-launch floor, not a measurement. SLURM: 100 concurrent jobs are bounded below by the longest
@@ -42,6 +42,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from sharpgaps.core import grid
+from sharpgaps.core.specs import ESTIMATOR_EXPERIMENTS, config_default
 from sharpgaps.engine import losses, models
 from sharpgaps.engine.objective import FullBatchHVP
 from sharpgaps.pipeline.jobcosts import read_job_costs
@@ -188,7 +189,8 @@ def paper_scale(cfg: dict, counts: dict[str, int], unit: dict[str, dict], gpu: d
                      + hvps * gpu_seconds(gu["hvp_flops_per_ex"] * n_h, gu["hvp_ops"]) + lanczos)
             jobs.append(("restricted", s, rid, cpu, gpu_s))
     est_cfg = cfg.get("estimators") or {}
-    for run in (grid.expand_runs(cfg, ["main"]) if "estimators" in counts else []):
+    measured = [e for e in ESTIMATOR_EXPERIMENTS if e in cfg["experiments"]]
+    for run in (grid.expand_runs(cfg, measured) if "estimators" in counts else []):
         s, rid = run["setting"], grid.run_id(run)
         u, gu = unit[cfg["settings"][s]["model"]], gpu[cfg["settings"][s]["model"]]
         n_h = geo(s).get("hessian_examples") or cfg["subset"]["n_train"]
@@ -205,7 +207,8 @@ def paper_scale(cfg: dict, counts: dict[str, int], unit: dict[str, dict], gpu: d
                          + replay_steps * gpu_seconds(gu["step_flops"] * scale, gu["step_ops"]))
         jobs.append(("estimators", s, rid, cpu, gpu_s))
     mech_cfg = cfg.get("mechanism") or {}
-    mech_exps = [e for e in mech_cfg.get("experiments", ["main", "tau_ablation"]) if e in cfg["experiments"]]
+    mech_exps = [e for e in mech_cfg.get("experiments", config_default("mechanism", "experiments"))
+                 if e in cfg["experiments"]]
     for run in (grid.expand_runs(cfg, mech_exps) if "mechanism" in counts and mech_exps else []):
         s, rid = run["setting"], grid.run_id(run)
         u, gu = unit[cfg["settings"][s]["model"]], gpu[cfg["settings"][s]["model"]]

@@ -248,11 +248,6 @@ def estimators_params(wildcards):
     return estimators_json(wildcards.setting)
 
 
-# The experiments whose runs the estimator stage measures (those the config has): `main` for Fig X3, and the
-# heterogeneity family, whose cells compare the best free estimator's overlap.
-ESTIMATOR_EXPERIMENTS = ("main", "heterogeneity")
-
-
 def estimators_outputs(experiment="main"):
     if experiment not in config["experiments"]:
         return []

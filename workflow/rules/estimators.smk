@@ -46,7 +46,7 @@ rule collect_estimators:
     log:
         f"{R}/logs/collect/{{experiment}}_estimators.log",
     wildcard_constraints:
-        experiment="|".join(ESTIMATOR_EXPERIMENTS),
+        experiment="|".join(specs.ESTIMATOR_EXPERIMENTS),
     conda:
         ENV
     shell:

@@ -267,6 +267,11 @@ class RestrictSpec:
         return _build(cls, "restricted", params, mode=mode, k=k)
 
 
+# The experiments whose runs the estimator stage measures (those a config has): `main` for Fig X3, and the
+# heterogeneity family, whose cells compare the best free estimator.
+ESTIMATOR_EXPERIMENTS = ("main", "heterogeneity")
+
+
 @dataclass(frozen=True)
 class EstimatorSpec:
     """Cheap estimators of the dominant subspace against the Hessian's (sharpgaps.studies.estimators); config section
