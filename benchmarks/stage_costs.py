@@ -13,9 +13,11 @@ import re
 import sys
 from pathlib import Path
 
+from sharpgaps.core.grid import RUN_ID_WILDCARD, parse_run_id
+
 GEOMETRY_CKPT = re.compile(r"checkpoint \d+/\d+ \(round (\d+)\): lambda_1=\S+ (\d+) s \(eigensolver \d+ s, (\d+) HVPs\)")
 ESTIMATOR_CKPT = re.compile(r"^round (\d+) \(([\d.]+) s\): overlap", re.M)
-RUN_NAME = re.compile(r"(?P<run>.+_s\d+)_(?P<gtag>H\w+_tol[\d.e-]+_x\d+)(?:_(?P<etag>[0-9a-f]+))?$")
+RUN_NAME = re.compile(rf"(?P<run>{RUN_ID_WILDCARD})_(?P<gtag>H\w+_tol[\d.e-]+_x\d+)(?:_(?P<etag>[0-9a-f]+))?$")
 
 
 def job_seconds(tsv: Path) -> float:
@@ -38,7 +40,7 @@ def rows(results: Path) -> list[dict]:
             continue
         g_ckpt = GEOMETRY_CKPT.findall(geo_log.read_text())
         e_ckpt = ESTIMATOR_CKPT.findall(est_log.read_text())
-        out.append({"setting": setting, "seed": int(run.rsplit("_s", 1)[1]),
+        out.append({"setting": setting, "run": run, "seed": parse_run_id(run)["seed"],
                     "geometry_s": job_seconds(geo), "estimators_s": job_seconds(est),
                     "geometry_ckpt_s": [float(s) for _, s, _ in g_ckpt],
                     "lanczos_hvps": [int(h) for _, _, h in g_ckpt],
@@ -54,10 +56,10 @@ def _span(values, fmt="{:.0f}") -> str:
 
 
 def markdown(table: list[dict]) -> str:
-    lines = ["| setting | seed | geometry job s | estimators job s | estimators / geometry | geometry s per checkpoint "
+    lines = ["| setting | run | geometry job s | estimators job s | estimators / geometry | geometry s per checkpoint "
              "(Lanczos HVPs) | estimators s per checkpoint |", "|---|---:|---:|---:|---:|---|---|"]
     for r in table:
-        lines.append(f"| {r['setting']} | {r['seed']} | {r['geometry_s']:.0f} | {r['estimators_s']:.0f} | "
+        lines.append(f"| {r['setting']} | {r['run']} | {r['geometry_s']:.0f} | {r['estimators_s']:.0f} | "
                      f"{r['estimators_s'] / r['geometry_s']:.2f}x | {_span(r['geometry_ckpt_s'])} "
                      f"({_span(r['lanczos_hvps'])}) | {_span(r['estimators_ckpt_s'])} |")
     for setting in sorted({r["setting"] for r in table}):

@@ -17,7 +17,7 @@ REGISTRY = figures.load_registry(REPO / "workflow/figures.yaml")
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
 TABLES = {"geometry": "results/tables/{experiment}_geometry.parquet", "restricted": "results/tables/restricted.parquet",
           "theory": "results/tables/theory.parquet", "estimators": "results/tables/main_estimators.parquet",
-          "mechanism": "results/tables/mechanism.parquet"}
+          "mechanism": "results/tables/mechanism.parquet", "heterogeneity": "results/tables/heterogeneity.parquet"}
 CONFIGS = {"paper": REPO / "config.yaml", "quick": REPO / "config.quick.yaml", "smoke": SMOKE_CONFIG}
 PATHS = {"table", "caption", "out_pdf", "out_png", "out_csv"}  # what the rule passes besides the parameters
 

@@ -188,9 +188,9 @@ def test_report_shows_every_figure_with_its_caption_and_labels(smoke_report):
     registry = figures.load_registry(REPO / "workflow/figures.yaml")
     drawn = {stem: fig for figs in figures.expand(registry, cfg, {"geometry": "{experiment}", "restricted": "r",
                                                                    "theory": "t", "estimators": "e",
-                                                                   "mechanism": "m"}).values()
+                                                                   "mechanism": "m", "heterogeneity": "h"}).values()
              for stem, fig in figs.items()}
-    assert len(drawn) == 17  # 11 + Fig X3's two + Fig X4's four
+    assert len(drawn) == 19  # 11 + Fig X3's two + Fig X4's four + Fig X5's two
     assert set(results) == {f"{FIGURE_DIR}/{stem}.{ext}" for stem in drawn for ext in ("png", "csv")} | {
         f"{FIGURE_DIR}/RESULTS.md"}
     for stem, fig in drawn.items():

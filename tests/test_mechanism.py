@@ -259,8 +259,12 @@ def test_smoke_mechanism_table(smoke):
     table = read_frame(smoke / "results/tables/mechanism.parquet")
     runs = {p.parent.name for p in (smoke / "results/runs").glob("*/*/run.json")}
     assert {f"{s}" for s in table["setting"]} == {"mnist_fc", "cifar_cnn", "sst2_transformer"}
-    assert set(table["experiment"]) == {"main"}
-    assert table.groupby(["setting", "seed"]).ngroups == len(runs)
+    assert set(table["experiment"]) == {"main", "heterogeneity"}
+    assert table.drop_duplicates(["setting", "seed", "alpha", "momentum"]).shape[0] == len(runs)  # one run: one table
+    # the heterogeneity runs name their partition and momentum; a Dirichlet run predicts drift, an IID one none
+    het = table[table["alpha"].notna()]
+    assert len(het) and (het.loc[het["kind"] == "eigen", "predicted_drift"] >= 0).all()
+    assert table.loc[table["alpha"].isna() & table["momentum"].isna(), "predicted_drift"].isna().all()
     eig = table[table["kind"] == "eigen"]
     assert (eig["predicted"] > 0).all() and (eig["measured"] > 0).all() and np.isfinite(eig["ratio"]).all()
     # k + extra eigenvectors per checkpoint, as in the geometry table

@@ -27,7 +27,8 @@ from tests.helpers import FIGURE_DIR, REPO, SMOKE_CONFIG
 ENSURE = REPO / "tests/browser/ensure_chromium.sh"
 WINDOW = (1280, 900)
 TIMEOUT_S = 120  # one browser start; it takes seconds when the machine is not starved
-TABLES = {"geometry": "{experiment}", "restricted": "r", "theory": "t", "estimators": "e", "mechanism": "m"}
+TABLES = {"geometry": "{experiment}", "restricted": "r", "theory": "t", "estimators": "e", "mechanism": "m",
+          "heterogeneity": "h"}
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,12 @@ import pandas as pd
 import pytest
 import torch
 
+from sharpgaps.core import grid
+from sharpgaps.pipeline.config import validate
 from tests.helpers import FIGURE_DIR
 
 REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 pytestmark = pytest.mark.workflow
 
@@ -83,11 +86,13 @@ def test_changing_one_run_parameter_reruns_only_that_run(smoke, tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     out = snakemake(smoke, "all", "-n", config=path).stdout
     jobs = dry_run_jobs(out)
-    # that setting's runs (the smoke config's mnist_fc has two seeds) and what reads them: their geometry and
-    # restricted branches (one per mode and seed), the tables ...
+    # that setting's runs (the smoke config's mnist_fc: two main seeds, and three more heterogeneity runs) and what
+    # reads them: their geometry, estimators, mechanism and restricted branches (one per mode and main seed), the
+    # tables (main and heterogeneity) ...
     compute = Counter(rule for rule, outputs in jobs if f"{FIGURE_DIR}/" not in outputs)
-    assert compute == {"train": 2, "geometry": 2, "restricted": 10, "collect_geometry": 1, "collect_restricted": 1,
-                       "estimators": 2, "collect_estimators": 1, "mechanism": 2, "collect_mechanism": 1}
+    assert compute == {"train": 5, "geometry": 5, "restricted": 10, "collect_geometry": 2, "collect_restricted": 1,
+                       "estimators": 5, "collect_estimators": 2, "mechanism": 5, "collect_mechanism": 1,
+                       "heterogeneity_table": 1}
     # ... and the figures drawn from those tables (the per-setting figures among them)
     figures = Counter(rule for rule, outputs in jobs if f"{FIGURE_DIR}/" in outputs)
     assert {"fig01_cosines", "fig02_removal", "fig03_spectrum", "fig04_alignment", "fig09_removal_raw"} <= set(figures)
@@ -103,11 +108,17 @@ def test_adding_a_seed_reruns_only_that_seeds_jobs(smoke, tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     jobs = dry_run_jobs(snakemake(smoke, "all", "-n", config=path).stdout)
     compute = [(rule, outputs) for rule, outputs in jobs if f"{FIGURE_DIR}/" not in outputs]
-    assert Counter(rule for rule, _ in compute) == {"train": 1, "geometry": 1, "restricted": 5, "collect_geometry": 1,
+    # the new seed's run and its stages; every seed's restricted runs, since all branch at the seeds' mean chi_k;
+    # the tables, and the heterogeneity cells, which read the mechanism table
+    assert Counter(rule for rule, _ in compute) == {"train": 1, "geometry": 1, "restricted": 15, "collect_geometry": 1,
                                                      "collect_restricted": 1, "estimators": 1, "collect_estimators": 1,
-                                                     "mechanism": 1, "collect_mechanism": 1}
-    new = f"_s{max(seeds) + 1}"  # every run-level job belongs to the new seed's run
-    assert all(new in outputs for rule, outputs in compute if not rule.startswith("collect"))
+                                                     "mechanism": 1, "collect_mechanism": 1, "heterogeneity_table": 1}
+    new = f"_s{max(seeds) + 1}"  # every other run-level job belongs to the new seed's run
+    assert all(new in outputs for rule, outputs in compute
+               if not rule.startswith("collect") and rule not in ("restricted", "heterogeneity_table"))
+    parents = {grid.run_id(r) for r in grid.main_runs(validate(cfg, SCHEMA), "mnist_fc")}
+    assert len(parents) == len(seeds) + 1
+    assert {o.split("/runs/mnist_fc/")[1].split("/")[0] for rule, o in compute if rule == "restricted"} == parents
 
 
 def test_jobs_receive_exact_floats(tmp_path):
@@ -126,7 +137,8 @@ def test_jobs_receive_exact_floats(tmp_path):
     steps = [dict(zip(c[4::2], c[5::2])) | {"step": c[3]} for c in (shlex.split(line.split(":", 1)[1])
              for line in out.splitlines() if line.startswith("Shell command: python -m sharpgaps "))]
     train = [s for s in steps if s["step"] == "train" and "/mnist_fc/" in s["--out-dir"]]
-    assert len(train) == len(cfg["settings"]["mnist_fc"]["train"]["seeds"])
+    runs = grid.expand_runs(validate(cfg, SCHEMA))
+    assert len(train) == len({grid.run_id(r) for r in runs if r["setting"] == "mnist_fc"})
     assert all("_lr0.0123456789_" in t["--out-dir"] for t in train)
     assert json.loads(train[0]["--run"])["lr"] == lr
     geometry = [s for s in steps if s["step"] == "geometry"]

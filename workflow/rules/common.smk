@@ -196,12 +196,21 @@ def parent_geometry(wildcards):
     branch_scope "setting" those of every seed of its configuration."""
     tag = geometry_tag(wildcards.setting)
     own = [run_geometry(wildcards)]
-    if specs.BranchSpec.from_config(restricted_params(wildcards.setting)).branch_scope == "seed":
+    if (
+        specs.BranchSpec.from_config(restricted_params(wildcards.setting)).branch_scope
+        == "seed"
+    ):
         return own
     parent = grid.parse_run_id(wildcards.run)
-    siblings = [r for r in grid.main_runs(config, wildcards.setting)
-                if grid.run_id({**r, "seed": parent["seed"]}) == wildcards.run]  # all but the seed
-    return [f"{R}/runs/{wildcards.setting}/{grid.run_id(r)}/geometry_{tag}.parquet" for r in siblings] or own
+    siblings = [
+        r
+        for r in grid.main_runs(config, wildcards.setting)
+        if grid.run_id({**r, "seed": parent["seed"]}) == wildcards.run
+    ]  # all but the seed
+    return [
+        f"{R}/runs/{wildcards.setting}/{grid.run_id(r)}/geometry_{tag}.parquet"
+        for r in siblings
+    ] or own
 
 
 def restricted_json(wildcards):
@@ -251,8 +260,13 @@ def estimators_params(wildcards):
 def estimators_outputs(experiment="main"):
     if experiment not in config["experiments"]:
         return []
-    runs = grid.main_runs if experiment == "main" else lambda cfg, s: [
-        r for r in grid.expand_runs(cfg, [experiment]) if r["setting"] == s]
+    runs = (
+        grid.main_runs
+        if experiment == "main"
+        else lambda cfg, s: [
+            r for r in grid.expand_runs(cfg, [experiment]) if r["setting"] == s
+        ]
+    )
     return [
         f"{run_dir(r)}/estimators_{geometry_tag(s)}_{estimators_tag(s)}.parquet"
         for s in config["experiments"][experiment]["settings"]
@@ -261,16 +275,26 @@ def estimators_outputs(experiment="main"):
 
 
 def estimators_table(experiment="main"):
-    return [f"{R}/tables/{experiment}_estimators.parquet"] if estimators_outputs(experiment) else []
+    return (
+        [f"{R}/tables/{experiment}_estimators.parquet"]
+        if estimators_outputs(experiment)
+        else []
+    )
 
 
 # The heterogeneity family (Fig X5, RESULTS): one tidy table of its cells from its geometry, mechanism and
 # estimator tables (sharpgaps.report.heterogeneity).
 def heterogeneity_inputs():
-    if "heterogeneity" not in config["experiments"] or "heterogeneity" not in mechanism_experiments():
+    if (
+        "heterogeneity" not in config["experiments"]
+        or "heterogeneity" not in mechanism_experiments()
+    ):
         return {}
-    return {"geometry": f"{R}/tables/heterogeneity_geometry.parquet", "mechanism": f"{R}/tables/mechanism.parquet",
-            **{"estimators": t for t in estimators_table("heterogeneity")}}
+    return {
+        "geometry": f"{R}/tables/heterogeneity_geometry.parquet",
+        "mechanism": f"{R}/tables/mechanism.parquet",
+        **{"estimators": t for t in estimators_table("heterogeneity")},
+    }
 
 
 def heterogeneity_table():

@@ -60,10 +60,12 @@ rule heterogeneity_table:
     output:
         f"{R}/tables/heterogeneity.parquet",
     log:
-        f"{R}/logs/collect/heterogeneity.log",
+        f"{R}/logs/collect/heterogeneity_cells.log",
     conda:
         ENV
     params:
-        tables=lambda wc, input: " ".join(f"--{name} {path}" for name, path in input.items()),
+        tables=lambda wc, input: " ".join(
+            f"--{name} {path}" for name, path in input.items()
+        ),
     shell:
         "python -m sharpgaps heterogeneity {params.tables} --out {output} > {log} 2>&1"
