@@ -52,7 +52,8 @@ def test_the_paper_config_draws_the_papers_figures():
                      "fig05_restricted_train_loss", "fig06_restricted_train_acc", "fig07_restricted_test_loss",
                      "fig08_restricted_test_acc", "figX1_gap_restricted", "figX2_theory",
                      "figX3_estimators_overlap", "figX3_estimators_capture", "figX4_mechanism_scatter",
-                     "figX4_mechanism_ratio", "figX4_noise_curvature", "figX4_tau_share"} | sweeps
+                     "figX4_mechanism_ratio", "figX4_noise_curvature", "figX4_tau_share",
+                     "figX5_heterogeneity_overlap", "figX5_heterogeneity_mechanism"} | sweeps
     assert len(sweeps) == 9 and {"fig12_tau_ablation_sst2_transformer", "fig16_batch_sweep_mnist_fc"} <= sweeps
 
 
