@@ -56,6 +56,13 @@ class Stat:
     def ok(self) -> bool:
         return self.n > 0 and math.isfinite(self.mean)
 
+    def lo(self) -> float:
+        """The lower edge of the band (mean - sd; the mean alone for one seed)."""
+        return self.mean - (self.sd if math.isfinite(self.sd) else 0.0)
+
+    def hi(self) -> float:
+        return self.mean + (self.sd if math.isfinite(self.sd) else 0.0)
+
 
 def late_rounds(rounds) -> list[int]:
     """The last third of a run's checkpoint rounds (at least one): the 'late trajectory'."""

@@ -102,11 +102,9 @@ def _change(new: Stat, base: Stat) -> str:
     else no change beyond the seed band; one seed has no band, so it settles nothing."""
     if new.n < 2 or base.n < 2:
         return "not settled: one seed has no band"
-    lo = lambda s: s.mean - s.sd  # noqa: E731
-    hi = lambda s: s.mean + s.sd  # noqa: E731
-    if lo(new) > hi(base):
+    if new.lo() > base.hi():
         return "raises it"
-    if hi(new) < lo(base):
+    if new.hi() < base.lo():
         return "lowers it"
     return "no change beyond the seed band"
 
@@ -166,9 +164,8 @@ def verdicts(table: pd.DataFrame, setting: str) -> list[str]:
         err, noise = (late_stat(table, setting, alpha, mom, m) for m in ("mech_err", "mech_err_noise"))
         drift = late_stat(table, setting, alpha, mom, "drift_explains")
         if err.ok():
-            fits = ("within a factor 2" if err.mean + (err.sd if np.isfinite(err.sd) else 0) < FACTOR_2 else
-                    "not within a factor 2" if err.mean - (err.sd if np.isfinite(err.sd) else 0) >= FACTOR_2 else
-                    "not settled by these seeds at a factor 2")
+            fits = ("within a factor 2" if err.hi() < FACTOR_2 else
+                    "not within a factor 2" if err.lo() >= FACTOR_2 else "not settled by these seeds at a factor 2")
             out.append(claim(
                 f"- {setting}, alpha = {alpha}, momentum {mom:g}: the noise + drift model predicts the per-direction "
                 f"gap variance on V_k {fits} (median |log10(measured/predicted)| {{err}}; the noise term alone "

@@ -257,15 +257,6 @@ def restricted_cost(restricted: pd.DataFrame) -> str:
     return "\n".join(rows)
 
 
-def _lo(s: Stat) -> float:
-    """The lower edge of a Stat's band (mean - sd; the mean alone for one seed)."""
-    return s.mean - (s.sd if np.isfinite(s.sd) else 0.0)
-
-
-def _hi(s: Stat) -> float:
-    return s.mean + (s.sd if np.isfinite(s.sd) else 0.0)
-
-
 def local_sgd_drop(restricted: pd.DataFrame, setting: str) -> tuple[Stat, int]:
     """Plain Local SGD's train-loss drop over the horizon per seed (branch - final), and the horizon in local
     steps."""
@@ -298,9 +289,9 @@ def restricted_numbers(restricted: pd.DataFrame) -> list[dict]:
         long_enough = drop.n > 1 and drop.mean >= HORIZON_SNR * drop.sd
         # A verdict needs the whole band (mean ± sd across seeds) on one side of a threshold; a band that
         # straddles it is reported as unsettled rather than read from the mean alone.
-        song = ("supported" if _hi(dom) < STALLS and _lo(bulk) >= TRACKS else
-                "contradicted" if _lo(dom) >= TRACKS or _hi(bulk) < STALLS else "not settled by these seeds")
-        summary = ("supported" if _lo(dom) >= STALLS else "not supported" if _hi(dom) < STALLS else
+        song = ("supported" if dom.hi() < STALLS and bulk.lo() >= TRACKS else
+                "contradicted" if dom.lo() >= TRACKS or bulk.hi() < STALLS else "not settled by these seeds")
+        summary = ("supported" if dom.lo() >= STALLS else "not supported" if dom.hi() < STALLS else
                    "not settled by these seeds")
         if not long_enough:
             song = summary = TOO_SHORT
@@ -443,9 +434,9 @@ def estimator_ranking(est: pd.DataFrame, numbers: dict | None = None) -> tuple[s
 def band_verdict(above: Stat, below: Stat) -> str:
     """'supported' when the whole band of ``above`` lies over the whole band of ``below``, 'contradicted' when it
     lies at or under it, else 'not settled' (the bands overlap)."""
-    if _lo(above) > _hi(below):
+    if above.lo() > below.hi():
         return "supported"
-    if _hi(above) <= _lo(below):
+    if above.hi() <= below.lo():
         return "contradicted"
     return "not settled"
 
@@ -546,8 +537,8 @@ def claim_rows(numbers: dict) -> list[dict]:
                     f"share in V_k predicted {{ps}}, measured {{ms}}; the concentration rests on {split_reading(sp)}",
                     ns=sp["noise_share"], kd=sp["k_over_d"], flt=sp["filter"], ps=sp["pred_share"],
                     ms=sp["meas_share"]) if sp["filter"].ok() else f"; {SPLIT_UNMEASURED}"))
-                verdicts.append((setting, "supported" if _hi(n["med"]) <= MECH_FITS else
-                                 "contradicted" if _lo(n["med"]) >= MECH_FAILS else "not settled"))
+                verdicts.append((setting, "supported" if n["med"].hi() <= MECH_FITS else
+                                 "contradicted" if n["med"].lo() >= MECH_FAILS else "not settled"))
             if numbers.get("mechanism") is not None and not verdicts:
                 raise MissingEvidence("claim (c): the mechanism table has no `main` rows")
         elif key == "d":
@@ -801,8 +792,8 @@ SPLIT_UNMEASURED = ("noise against curvature not measured: it needs the random (
 
 def split_reading(split: dict[str, Stat]) -> str:
     """Which factor the concentration on V_k rests on, read from the bands (never from the means alone)."""
-    noise = _lo(split["noise_share"]) > 10 * split["k_over_d"].mean
-    damps, amplifies = _hi(split["filter"]) < 1.0, _lo(split["filter"]) > 1.0
+    noise = split["noise_share"].lo() > 10 * split["k_over_d"].mean
+    damps, amplifies = split["filter"].hi() < 1.0, split["filter"].lo() > 1.0
     if noise and damps:
         return "the noise: its variance concentrates on V_k while the curvature filter damps V_k against the bulk"
     if noise and amplifies:
