@@ -58,6 +58,14 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def record(row: dict, out: Path | None) -> None:
+    """Print a measurement as one JSON line, and append it to ``out`` if given."""
+    print(json.dumps(row), flush=True)
+    if out:
+        with open(out, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
 def load_job(run_dir: Path, config_path, setting: str, rounds: list[int]) -> tuple[jobs.RunInputs, dict]:
     """A finished run's inputs (model, loss, its data subset) from its directory under <results_dir>/runs, and the
     validated config."""
@@ -101,10 +109,7 @@ def main():
                    "lambda_all": [round(float(x), 4) for x in lam_full[:3]],
                    "lambda_sample": [round(float(x), 4) for x in lam[:3]],
                    "hvps_all": hvp_full, "hvps_sample": hvp, "seconds_all": round(s_full, 1), "seconds_sample": round(sec, 1)}
-            print(json.dumps(row), flush=True)
-            if a.out:
-                with open(a.out, "a") as fh:
-                    fh.write(json.dumps(row) + "\n")
+            record(row, a.out)
 
 
 if __name__ == "__main__":

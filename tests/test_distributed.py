@@ -140,11 +140,9 @@ def test_torchrun_gloo_matches_simulated(simulated, distributed, nproc, K):
             assert torch.equal(other["theta"], c["theta"]) and torch.equal(other["gaps"], c["gaps"])
 
 
-def test_killed_torchrun_resumes_to_identical_numbers(tmp_path, subset_file, distributed):
-    """SIGKILL the whole torchrun process group mid-run; the restart ends bitwise equal to a clean run."""
-    run, rounds = RUN, RUN["local_steps"] // RUN["tau"]
-    cut = tmp_path / "cut"
-    # state.pt after every round, so the kill finds one early
+def _kill_torchrun_mid_run(run, subset_file, cut):
+    """Start a 2-process torchrun of ``run`` writing its resume state after every round, SIGKILL its process group
+    as soon as the first state exists, and return that state's path."""
     proc = subprocess.Popen(_torchrun_cmd(2, run, subset_file, cut, resume_every_s=0), env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     state = cut / "work" / "state.pt"
@@ -156,6 +154,14 @@ def test_killed_torchrun_resumes_to_identical_numbers(tmp_path, subset_file, dis
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    return state
+
+
+def test_killed_torchrun_resumes_to_identical_numbers(tmp_path, subset_file, distributed):
+    """SIGKILL the whole torchrun process group mid-run; the restart ends bitwise equal to a clean run."""
+    run, rounds = RUN, RUN["local_steps"] // RUN["tau"]
+    cut = tmp_path / "cut"
+    state = _kill_torchrun_mid_run(run, subset_file, cut)
     killed_at = torch.load(state, weights_only=False)["round"]
     assert 0 < killed_at < rounds, "the kill must land mid-run for this test to mean anything"
     assert not (cut / "out" / "run.json").exists()
@@ -279,17 +285,7 @@ def test_killed_torchrun_with_kept_momentum_resumes_to_identical_numbers(tmp_pat
     """Every worker's kept buffer is in rank 0's resume state: a SIGKILLed run ends bitwise equal to a clean one."""
     run = {**RUN, **HETERO["keep_dirichlet"]}
     cut = tmp_path / "cut"
-    proc = subprocess.Popen(_torchrun_cmd(2, run, subset_file, cut, resume_every_s=0), env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    state = cut / "work" / "state.pt"
-    deadline = time.time() + 120
-    try:
-        while not state.exists() and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.01)
-        time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    state = _kill_torchrun_mid_run(run, subset_file, cut)
     saved = torch.load(state, weights_only=False)
     assert 0 < saved["round"] < RUN["local_steps"] // RUN["tau"], "the kill must land mid-run"
     assert saved["momentum"].shape[0] == RUN["K"]
