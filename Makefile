@@ -68,13 +68,24 @@ unlock: setup
 test: setup
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q -ra $(PYTEST_ARGS)
 
-# Rebuild the committed quick-scale figures from scratch and record how (MANIFEST.json beside them).
+# Rebuild the committed quick-scale release, part by part (config.quick.yaml `parts`): PART=main or PART=sweeps
+# runs that part alone from an empty $(QUICK_RESULTS)/<part>; the figures it draws replace theirs in
+# $(QUICK_FIGURES) and its entry of MANIFEST.json (commit, config hash, wall time, peak RSS, the files it drew).
+# Without PART: both parts, then `make fidelity` (RESULTS.md and the docs from both parts' tables).
+PART ?=
 release-quick: setup
-	git clean -fdqX $(QUICK_RESULTS)/ && rm -f $(QUICK_FIGURES)/*
+ifeq ($(PART),)
+	$(MAKE) release-quick PART=main
+	$(MAKE) release-quick PART=sweeps
+	$(MAKE) fidelity
+else
+	rm -rf $(QUICK_RESULTS)/$(PART)
 	commit=$$(git rev-parse HEAD); start=$$(date +%s); PATH=$(CURDIR)/$(VENV)/bin:$$PATH \
-		$(VENV)/bin/snakemake all --cores $(CORES) --configfile config.quick.yaml && end=$$(date +%s) && \
-	$(VENV)/bin/python -m sharpgaps manifest --config config.quick.yaml --wall-s $$((end - start)) \
-		--cores $(CORES) --commit $$commit --benchmarks $(QUICK_RESULTS)/benchmarks --out $(QUICK_FIGURES)/MANIFEST.json
+		$(VENV)/bin/snakemake all --cores $(CORES) --configfile config.quick.yaml --config part=$(PART) && \
+	end=$$(date +%s) && $(VENV)/bin/python -m sharpgaps manifest --config config.quick.yaml --part $(PART) \
+		--since $$start --wall-s $$((end - start)) --cores $(CORES) --commit $$commit \
+		--benchmarks $(QUICK_RESULTS)/$(PART)/benchmarks --out $(QUICK_FIGURES)/MANIFEST.json
+endif
 
 # Regenerate the quick scale's RESULTS.md and the measured block of docs/FIDELITY.md from the quick tables.
 # config.quick.yaml runs every stage, so every table is required: a missing one stops `summary` (no claim row

@@ -43,9 +43,11 @@ SUMMARY_TABLES = {
 }
 # What `all` builds: every file of every figure of this config (Snakemake reruns a job for a missing file
 # only if it is asked for), and RESULTS.md.
+# A release part's RESULTS.md covers its tables only: it stays in its own tree (make fidelity combines the parts).
+RESULTS_MD = f"{R}/RESULTS.md" if config["part"] else f"{FIGURE_DIR}/RESULTS.md"
 FIGURE_TARGETS = [
     f"{FIGURE_DIR}/{stem}.{ext}" for stem in FIGURE for ext in ("pdf", "png", "csv")
-] + [f"{FIGURE_DIR}/RESULTS.md"]
+] + [RESULTS_MD]
 
 # Papermill runs the notebook in the `python3` kernel of the environment papermill itself runs in
 # (JUPYTER_PREFER_ENV_PATH: that env's kernelspec wins over one in the user's ~/.local). Paths go in
@@ -106,7 +108,7 @@ rule results_summary:
         **SUMMARY_TABLES,
     output:
         report(
-            f"{FIGURE_DIR}/RESULTS.md",
+            RESULTS_MD,
             caption="../report/results_summary.rst",
             category="Results",
             labels={"figure": "RESULTS.md", "shows": "headline numbers"},

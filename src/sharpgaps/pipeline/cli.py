@@ -38,7 +38,7 @@ def cmd_estimators(a) -> None:
 
 def cmd_manifest(a) -> None:
     write_manifest(a.config, a.out, wall_s=a.wall_s, max_rss_mb=a.max_rss_mb, benchmarks=a.benchmarks,
-                   commit=a.commit, cores=a.cores, note=a.note)
+                   commit=a.commit, cores=a.cores, note=a.note, part=a.part, since=a.since)
 
 
 def after_geometry_args(q, section: str, table_use: str) -> None:
@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--commit", default="", help="the commit the run started from (default: HEAD now)")
     q.add_argument("--cores", type=int, default=os.cpu_count())
     q.add_argument("--note", default="")
+    q.add_argument("--part", default=None, help="a release part (config `parts`): update only its entry of --out")
+    q.add_argument("--since", type=float, default=None,
+                   help="with --part: the part's start (epoch s); it lists the figure files written since")
     q.add_argument("--out", required=True)
     q.set_defaults(func=cmd_manifest)
 

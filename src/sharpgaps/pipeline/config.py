@@ -184,9 +184,31 @@ def validate(config: dict, schema_path: str | Path, overrides=None) -> dict:
                 line += f" ({NESTED_HINT.format(want=want)})"
             lines.append(line)
         raise ConfigError("Invalid config (fix these keys):\n" + "\n".join(lines))
-    problems = cross_checks(config)
+    problems = _part_problems(config) or cross_checks(select_part(config))
     if problems:
         raise ConfigError("Invalid config (fix these keys):\n" + "\n".join(f"  - {p}" for p in problems))
+    return select_part(config)
+
+
+def _part_problems(config: dict) -> list[str]:
+    problems = [f"parts.{name}: unknown experiment '{exp}' (defined: {sorted(config['experiments'])})"
+                for name, exps in config["parts"].items() for exp in exps if exp not in config["experiments"]]
+    part = config["part"]
+    if part is not None and part not in config["parts"]:
+        problems.append(f"part: '{part}' is not a key of `parts` (defined: {sorted(config['parts'])}); allowed: one "
+                        "of those, or null for every experiment")
+    return problems
+
+
+def select_part(config: dict) -> dict:
+    """The config one release part runs: its experiments only, written under results_dir/<part> (a tree of its
+    own, so that each part starts from an empty one). Without `part`, the config itself."""
+    part = config["part"]
+    if part is None:
+        return config
+    config = copy.deepcopy(config)
+    config["experiments"] = {e: config["experiments"][e] for e in config["parts"][part]}
+    config["results_dir"] = f"{config['results_dir'].rstrip('/')}/{part}"
     return config
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import subprocess
@@ -32,12 +33,21 @@ def peak_rss_mb(benchmarks) -> float | None:
     return float(jobs.max_rss_mb.max()) if len(jobs) else None
 
 
+def drawn_since(figures_dir, since: float) -> list[str]:
+    """The files of ``figures_dir`` written at or after ``since`` (epoch seconds): what one release part drew."""
+    return sorted(p.name for p in Path(figures_dir).iterdir()
+                  if p.is_file() and p.name != "MANIFEST.json" and p.stat().st_mtime >= since)
+
+
 def write_manifest(config, out, *, wall_s: float, max_rss_mb: float | None = None, benchmarks=None,
-                   commit: str = "", cores: int | None = None, note: str = "") -> None:
+                   commit: str = "", cores: int | None = None, note: str = "", part: str | None = None,
+                   since: float | None = None) -> None:
+    """Write ``out``; with ``part``, only that part's entry under "parts" changes (the other parts' stay), and it
+    lists the figure files the part drew (those of out's directory written since ``since``)."""
     cfg = Path(config).read_text()
     if max_rss_mb is None and benchmarks:
         max_rss_mb = peak_rss_mb(benchmarks)
-    save_json({
+    entry = {
         "config_file": str(config), "config_sha256": hashlib.sha256(cfg.encode()).hexdigest(), "config": cfg,
         # the commit the run started from; "dirty": tracked files other than the run's own outputs changed
         "commit": commit or git("rev-parse", "HEAD"),
@@ -46,4 +56,12 @@ def write_manifest(config, out, *, wall_s: float, max_rss_mb: float | None = Non
         "torch": torch.__version__, "wall_s": wall_s, "max_rss_mb": max_rss_mb,
         "cores": os.cpu_count() if cores is None else cores, "note": note,
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-    }, out)
+    }
+    if part is None:
+        save_json(entry, out)
+        return
+    entry["part"] = part
+    if since is not None:
+        entry["figures"] = drawn_since(Path(out).parent, since)
+    previous = json.loads(Path(out).read_text()) if Path(out).is_file() else {}
+    save_json({"parts": {**previous.get("parts", {}), part: entry}}, out)

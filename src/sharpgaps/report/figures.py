@@ -80,11 +80,18 @@ def _figures_of(row: dict, config: dict, tables: dict) -> dict[str, tuple[str, d
     exp = {"geometry": config["figures"]["experiment"], "restricted": "main", "theory": None,
            "estimators": "main", "mechanism": "main", "heterogeneity": "heterogeneity"}[row["table"]]
     table = tables["geometry"].format(experiment=exp) if row["table"] == "geometry" else tables.get(row["table"])
-    if table is None or (exp is not None and exp not in experiments):
+    if table is None:
         return {}
     hessian = "restricted" if row["table"] == "restricted" else "geometry"  # where the figure's V_k comes from
-    shown = panels(config, experiments[exp]["settings"], hessian) if exp else {}
-    return {stem: (table, {**shown, **own}) for stem, own in row["figures"].items()}
+    out = {}
+    for stem, own in row["figures"].items():
+        own = dict(own)
+        shown_exp = own.pop("experiment", exp)  # a figure may show another experiment than its family's
+        if shown_exp is None:
+            out[stem] = (table, own)
+        elif shown_exp in experiments:
+            out[stem] = (table, {**panels(config, experiments[shown_exp]["settings"], hessian), **own})
+    return out
 
 
 def expand(registry: dict, config: dict, tables: dict) -> dict[str, dict[str, dict]]:
