@@ -152,3 +152,25 @@ def test_restricted_verdicts_need_a_horizon_and_name_fallback_branches():
     text = " ".join(restricted_verdicts(noisy))
     assert "NOT met" in text and text.count("not judged (horizon too short)") == 2
     assert "is supported" not in text and "contradicted" not in text
+
+
+def test_dom_bulk_verdict_is_checked_against_the_random_control():
+    """A random k-dim subspace that also stalls and tracks makes "Dom stalls, Bulk tracks" non-specific; the
+    paired per-seed differences from it say what is specific."""
+    def table(rand_dom, rand_bulk):
+        rows = []
+        for seed in (0, 1, 2):
+            finals = {"none": 0.2, "dom": 0.98, "bulk": 0.0 - 0.01 * seed,  # Bulk beats Local SGD: share 1.25-1.26
+                      "randdom": rand_dom, "randbulk": rand_bulk + 0.001 * seed}
+            for mode, final in finals.items():
+                rows += [{"setting": "s", "mode": mode, "seed": seed, "round": 0, "train_loss": 1.0},
+                         {"setting": "s", "mode": mode, "seed": seed, "round": 5, "train_loss": final}]
+        return pd.DataFrame(rows)
+
+    trivial = " ".join(restricted_verdicts(table(rand_dom=0.99, rand_bulk=0.2)))  # random: stalls and tracks
+    assert "is supported, but not specific (the random control passes too) here" in trivial
+    assert "moving only in the bulk progresses beyond the random control" in trivial
+    assert "moving only in V_k progresses within the random control's band" not in trivial  # dom 0.025 vs 0.0125
+    specific = " ".join(restricted_verdicts(table(rand_dom=0.5, rand_bulk=0.6)))  # random Dom moves, Bulk stalls
+    assert "is supported here" in specific and "does not pass the Dom/Bulk test" in specific
+    assert "moving only in V_k progresses short of the random control" in specific

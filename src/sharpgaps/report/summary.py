@@ -223,18 +223,30 @@ def sweep(geometry: pd.DataFrame, axis: str, ks: dict, numbers: list[dict] | Non
     return "\n".join(rows)
 
 
-def _progress(restricted: pd.DataFrame, setting: str, mode: str) -> Stat:
-    """Per seed: the mode's train-loss drop since the branch as a fraction of plain Local SGD's."""
+def _progress_by_seed(restricted: pd.DataFrame, setting: str, mode: str) -> pd.Series:
+    """seed -> the mode's train-loss drop since the branch as a fraction of plain Local SGD's."""
     r = restricted[restricted["setting"] == setting]
-    ratios = []
+    ratios = {}
     for seed, g in r.groupby("seed"):
         def final(m):
             s = g[g["mode"] == m]
             return float(s.loc[s["round"].idxmax(), "train_loss"]) if len(s) else np.nan
         start = g.loc[g["round"] == 0, "train_loss"]
-        ratios.append((float(start.iloc[0]) - final(mode)) / (float(start.iloc[0]) - final("none"))
-                      if len(start) else np.nan)
-    return Stat.of(ratios)
+        ratios[seed] = ((float(start.iloc[0]) - final(mode)) / (float(start.iloc[0]) - final("none"))
+                        if len(start) else np.nan)
+    return pd.Series(ratios, dtype=float)
+
+
+def _progress(restricted: pd.DataFrame, setting: str, mode: str) -> Stat:
+    """Per seed: the mode's train-loss drop since the branch as a fraction of plain Local SGD's."""
+    return Stat.of(_progress_by_seed(restricted, setting, mode))
+
+
+def _song_verdict(dom: Stat, bulk: Stat) -> str:
+    """"Dom stalls, Bulk tracks": the whole band (mean ± sd across seeds) must clear each threshold; a band that
+    straddles one is unsettled rather than read from the mean alone."""
+    return ("supported" if dom.hi() < STALLS and bulk.lo() >= TRACKS else
+            "contradicted" if dom.lo() >= TRACKS or bulk.hi() < STALLS else "not settled by these seeds")
 
 
 def _final(restricted: pd.DataFrame, setting: str, mode: str, column: str) -> Stat:
@@ -287,19 +299,26 @@ def restricted_numbers(restricted: pd.DataFrame) -> list[dict]:
         dom, bulk = _progress(restricted, setting, "dom"), _progress(restricted, setting, "bulk")
         drop, horizon = local_sgd_drop(restricted, setting)
         long_enough = drop.n > 1 and drop.mean >= HORIZON_SNR * drop.sd
-        # A verdict needs the whole band (mean ± sd across seeds) on one side of a threshold; a band that
-        # straddles it is reported as unsettled rather than read from the mean alone.
-        song = ("supported" if dom.hi() < STALLS and bulk.lo() >= TRACKS else
-                "contradicted" if dom.lo() >= TRACKS or bulk.hi() < STALLS else "not settled by these seeds")
+        song = _song_verdict(dom, bulk)
         summary = ("supported" if dom.lo() >= STALLS else "not supported" if dom.hi() < STALLS else
                    "not settled by these seeds")
-        if not long_enough:
-            song = summary = TOO_SHORT
         variants = {prefix: (_progress(restricted, setting, f"{prefix}dom"), _progress(restricted, setting, f"{prefix}bulk"))
                     for prefix in ("gap", "grad", "rand") if {f"{prefix}dom", f"{prefix}bulk"} <= modes}
+        # The control the test could fail against: a random k-dim subspace in place of V_k. If it also "stalls"
+        # and "tracks", the test tells nothing about sharp directions; what is specific is the paired per-seed
+        # difference from it.
+        control = None
+        if "rand" in variants:
+            paired = {m: Stat.of(_progress_by_seed(restricted, setting, m)
+                                 - _progress_by_seed(restricted, setting, f"rand{m}")) for m in ("dom", "bulk")}
+            control = {"passes": _song_verdict(*variants["rand"]) == "supported", **paired}
+        if not long_enough:
+            song = summary = TOO_SHORT
+        elif song == "supported" and control and control["passes"]:
+            song = "supported, but not specific (the random control passes too)"
         out.append({"setting": setting, "dom": dom, "bulk": bulk, "song": song, "summary": summary,
-                    "variants": variants, "drop": drop, "horizon": horizon, "long_enough": long_enough,
-                    **branch_facts(restricted, setting)})
+                    "variants": variants, "control": control, "drop": drop, "horizon": horizon,
+                    "long_enough": long_enough, **branch_facts(restricted, setting)})
     return out
 
 
@@ -340,7 +359,23 @@ def restricted_verdicts(restricted: pd.DataFrame, numbers: list[dict] | None = N
                 out.append(claim(
                     f"- {setting}: {intro}{name}-Dom achieved {{vdom}} and {name}-Bulk {{vbulk}} of Local SGD's drop "
                     "(Dom: {dom}, Bulk: {bulk}).", vdom=vdom, vbulk=vbulk, dom=dom, bulk=bulk))
+        if r["control"]:
+            c = r["control"]
+            out.append(claim(
+                f"- {setting}: against the random control, per seed: Dom - random-Dom {{ddom}} and Bulk - random-Bulk "
+                f"{{dbulk}} of Local SGD's drop; the random subspace "
+                f"{'also stalls and tracks, so the Dom/Bulk test alone is passed by any k-dim subspace' if c['passes'] else 'does not pass the Dom/Bulk test'}"
+                f"; {control_reading(c)}.", ddom=c["dom"], dbulk=c["bulk"]))
     return out
+
+
+def control_reading(control: dict) -> str:
+    """What the paired differences from the random control say (the whole band must lie on one side of 0)."""
+    def side(d: Stat, what: str) -> str:
+        return (f"{what} beyond the random control" if d.lo() > 0 else f"{what} short of the random control"
+                if d.hi() < 0 else f"{what} within the random control's band")
+    return (f"{side(control['bulk'], 'moving only in the bulk progresses')}, "
+            f"{side(control['dom'], 'moving only in V_k progresses')}")
 
 
 ESTIMATOR_NAMES = {"gap": "gap subspace", "update": "update history", "gradhist": "gradient history",
@@ -565,12 +600,18 @@ def claim_rows(numbers: dict) -> list[dict]:
                     f"per seed: supported when the whole Dom band is < {STALLS} (stalls) and the whole Bulk band is "
                     f">= {TRACKS} (tracks), contradicted when Dom's is >= {TRACKS} or Bulk's < {STALLS}, else not "
                     f"settled by these seeds; not judged where Local SGD's drop is below {HORIZON_SNR:g}x its seed sd; "
+                    "a supported verdict is marked not specific when a random k-dim subspace in place of V_k passes "
+                    "the same test (the paired per-seed differences from it are in the restricted section); "
                     f"{SUMMARY} \"dominant-component updates retain useful optimization "
                     "behaviour\" is judged in the restricted section, not here")
             for r in numbers.get("restricted") or []:
                 fell = f"; fallback branch for seeds {r['fallback']}" if r["fallback"] else ""
                 cells.append(claim(f"{r['setting']}: Dom {{dom}}, Bulk {{bulk}} of Local SGD's drop ({{drop}} over "
                                    f"{r['horizon']} local steps{fell})", dom=r["dom"], bulk=r["bulk"], drop=r["drop"]))
+                if r["control"]:
+                    rd, rb = r["variants"]["rand"]
+                    cells.append(claim(f"{r['setting']} random control: Dom {{rd}}, Bulk {{rb}}; Bulk - random-Bulk "
+                                       "{db}", rd=rd, rb=rb, db=r["control"]["bulk"]))
                 verdicts.append((r["setting"], r["song"]))
             if numbers.get("restricted") is not None and not verdicts:
                 raise MissingEvidence("claim (e): the restricted table has no setting with the none, dom and bulk modes")
