@@ -84,20 +84,17 @@ else
 		$(VENV)/bin/snakemake all --cores $(CORES) --configfile config.quick.yaml --config part=$(PART) && \
 	end=$$(date +%s) && $(VENV)/bin/python -m sharpgaps manifest --config config.quick.yaml --part $(PART) \
 		--since $$start --wall-s $$((end - start)) --cores $(CORES) --commit $$commit \
-		--benchmarks $(QUICK_RESULTS)/$(PART)/benchmarks --out $(QUICK_FIGURES)/MANIFEST.json
+		--benchmarks $(QUICK_RESULTS)/$(PART)/benchmarks --out $(QUICK_FIGURES)/MANIFEST.json && \
+	rm -rf $(QUICK_FIGURES)/tables/$(PART) && mkdir -p $(QUICK_FIGURES)/tables/$(PART) && \
+	cp $(QUICK_RESULTS)/$(PART)/tables/*.parquet $(QUICK_FIGURES)/tables/$(PART)/
 endif
 
-# Regenerate the quick scale's RESULTS.md and the measured block of docs/FIDELITY.md from the quick tables.
-# config.quick.yaml runs every stage, so every table is required: a missing one stops `summary` (no claim row
-# without its number); the claim table says "not run" only for a table not named here.
+# Regenerate the quick scale's RESULTS.md, the measured block of docs/FIDELITY.md and the README's headline block
+# from the tables the release's parts committed ($(QUICK_FIGURES)/tables/<part>/; a test checks RESULTS.md is
+# what this prints). A claim whose table no part made says "not run".
 fidelity: setup
-	$(VENV)/bin/python -m sharpgaps summary --title "quick scale" --out $(QUICK_FIGURES)/RESULTS.md \
-		--splice docs/FIDELITY.md --readme README.md $(foreach e,main tau_ablation k_sweep batch_sweep,--table $(e)=$(QUICK_RESULTS)/tables/$(e)_geometry.parquet) \
-		--table restricted=$(QUICK_RESULTS)/tables/restricted.parquet \
-		--table theory=$$(ls -t $(QUICK_RESULTS)/tables/theory_*.parquet | head -1) \
-		--table estimators=$(QUICK_RESULTS)/tables/main_estimators.parquet \
-		--table mechanism=$(QUICK_RESULTS)/tables/mechanism.parquet \
-		--table heterogeneity=$(QUICK_RESULTS)/tables/heterogeneity.parquet
+	$(VENV)/bin/python -m sharpgaps summary --title "quick scale" --release $(QUICK_FIGURES) \
+		--out $(QUICK_FIGURES)/RESULTS.md --splice docs/FIDELITY.md --readme README.md
 
 bench: setup
 	$(VENV)/bin/python benchmarks/run.py

@@ -300,3 +300,19 @@ def test_restricted_parents_are_one_configuration_of_the_momentum_axis():
     cfg["experiments"]["main"]["momentum"] = [0, 0.9]
     parents = grid.main_runs(validate(cfg, SCHEMA), "mnist_fc")
     assert [r["seed"] for r in parents] == [0, 1] and not any("momentum" in r for r in parents)
+
+
+def test_a_release_part_runs_its_experiments_in_a_tree_of_its_own():
+    cfg = yaml.safe_load((REPO / "config.quick.yaml").read_text())
+    whole = validate(cfg, SCHEMA)
+    assert whole["part"] is None and set(whole["experiments"]) == set(cfg["experiments"])
+    # every experiment belongs to exactly one part
+    parts = [e for exps in cfg["parts"].values() for e in exps]
+    assert sorted(parts) == sorted(cfg["experiments"])
+    for part, exps in cfg["parts"].items():
+        one = validate({**cfg, "part": part}, SCHEMA)
+        assert list(one["experiments"]) == exps and one["results_dir"] == f"{cfg['results_dir']}/{part}"
+    with pytest.raises(ConfigError, match=r"part: 'nope' is not a key of `parts` \(defined: \['main', 'sweeps'\]\)"):
+        validate({**cfg, "part": "nope"}, SCHEMA)
+    with pytest.raises(ConfigError, match="parts.extra: unknown experiment 'tau'"):
+        validate({**cfg, "parts": {**cfg["parts"], "extra": ["tau"]}}, SCHEMA)

@@ -1,6 +1,7 @@
 """The pipeline through Snakemake itself: dry runs, the smoke DAG, lint and format."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -171,3 +172,25 @@ def test_manifest_records_start_commit_and_peak_memory(tmp_path):
     m = json.loads(out.read_text())
     assert (m["commit"], m["wall_s"], m["max_rss_mb"], m["cores"]) == ("abc123", 12.0, 2048.25, 2)
     assert m["config"] == config.read_text() and isinstance(m["dirty"], bool)
+
+
+def test_manifest_keeps_one_entry_per_release_part(tmp_path):
+    """`make release-quick PART=...`: a part rewrites its own entry only, and lists the figure files it drew."""
+    config = REPO / ".test/config.yaml"
+    out = tmp_path / "MANIFEST.json"
+
+    def part(name, commit):
+        start = time.time()
+        (tmp_path / f"fig_{name}.png").write_text(name)
+        subprocess.run([sys.executable, "-m", "sharpgaps", "manifest", "--config", str(config), "--wall-s", "5",
+                        "--part", name, "--since", str(start - 1), "--commit", commit, "--out", str(out)],
+                       cwd=REPO, check=True)
+        return json.loads(out.read_text())["parts"]
+
+    part("main", "aaa")
+    old = tmp_path / "fig_main.png"
+    os.utime(old, (old.stat().st_atime - 3600, old.stat().st_mtime - 3600))  # drawn an hour before the next part
+    parts = part("sweeps", "bbb")
+    assert {p: (e["commit"], e["figures"]) for p, e in parts.items()} == {
+        "main": ("aaa", ["fig_main.png"]), "sweeps": ("bbb", ["fig_sweeps.png"])}
+    assert part("main", "ccc")["sweeps"]["commit"] == "bbb"  # rerunning one part leaves the other's record

@@ -16,7 +16,7 @@ FIGURES = sg_figures.expand(
     tables={
         "geometry": f"{R}/tables/{{experiment}}_geometry.parquet",
         "restricted": next(iter(restricted_table()), None),
-        "theory": theory_table(),
+        "theory": next(iter(theory_table()), None),
         "estimators": next(iter(estimators_table()), None),
         "mechanism": next(iter(mechanism_table()), None),
         "heterogeneity": next(iter(heterogeneity_table()), None),
@@ -36,7 +36,7 @@ SUMMARY_TABLES = {
         if exp in config["experiments"]
     },
     **{"restricted": table for table in restricted_table()},
-    "theory": theory_table(),
+    **{"theory": table for table in theory_table()},
     **{"estimators": table for table in estimators_table()},
     **{"mechanism": table for table in mechanism_table()},
     **{"heterogeneity": table for table in heterogeneity_table()},

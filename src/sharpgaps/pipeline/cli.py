@@ -41,6 +41,20 @@ def cmd_manifest(a) -> None:
                    commit=a.commit, cores=a.cores, note=a.note, part=a.part, since=a.since)
 
 
+def summary_tables(args: list[str], release: str | None = None) -> dict[str, Path | list[Path]]:
+    """--table NAME=PATH arguments, after a release's tables (--release): a name given once maps to its path, one
+    given more often to their list."""
+    from ..report.summary import release_tables  # start-up: this command only
+
+    tables: dict[str, list[Path]] = {}
+    for name, paths in (release_tables(Path(release) / "tables") if release else {}).items():
+        tables[name] = paths if isinstance(paths, list) else [paths]
+    for arg in args:
+        name, path = arg.split("=", 1)
+        tables.setdefault(name, []).append(Path(path))
+    return {name: paths[0] if len(paths) == 1 else paths for name, paths in tables.items()}
+
+
 def after_geometry_args(q, section: str, table_use: str) -> None:
     """Arguments of a stage that follows a run's geometry job: its config section, the geometry section, table
     and cache (eigenvectors), and the common run-job arguments."""
@@ -101,13 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_estimators)
 
     q = sub.add_parser("summary", help="RESULTS.md from the pipeline's tables")
-    q.add_argument("--table", action="append", default=[], help="NAME=PATH (experiment, restricted, theory)")
+    q.add_argument("--table", action="append", default=[],
+                   help="NAME=PATH (experiment, restricted, theory, ...); a NAME given twice reads both tables' rows")
     q.add_argument("--title", default="")
     q.add_argument("--out", required=True)
     q.add_argument("--splice", default=None, help="also write the numbers into this document's generated block")
     q.add_argument("--readme", default=None, help="also write the headline numbers into this README's block")
-    q.set_defaults(func=lambda a: jobs.summary({k: Path(v) for k, v in (t.split("=", 1) for t in a.table)}, a.out,
-                                               a.title, splice_into=a.splice, readme=a.readme))
+    q.add_argument("--release", default=None,
+                   help="a release's figures.dir: read the tables its parts copied to <release>/tables/<part>/")
+    q.set_defaults(func=lambda a: jobs.summary(summary_tables(a.table, a.release), a.out, a.title,
+                                               splice_into=a.splice, readme=a.readme))
 
     q = sub.add_parser("manifest", help="record config, commit, machine and wall time of a finished run")
     q.add_argument("--config", required=True)

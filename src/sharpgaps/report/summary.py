@@ -676,11 +676,35 @@ def stage_numbers(frames: dict[str, pd.DataFrame | None]) -> dict:
             "mechanism": None if mech is None or mech.empty else mechanism_numbers(mech)}
 
 
-def write_results(tables: dict[str, Path], out: Path, title: str) -> str:
+def release_tables(tables_dir: str | Path) -> dict[str, Path | list[Path]]:
+    """The tables a release's parts copied into ``tables_dir``/<part>/, named as `summary` reads them: an
+    experiment's geometry table by the experiment, main_estimators.parquet as `estimators`, theory_<tag> as
+    `theory`, the rest by their stem; a name two parts both have (the mechanism table) maps to both paths."""
+    tables: dict[str, list[Path]] = {}
+    for path in sorted(Path(tables_dir).glob("*/*.parquet")):
+        stem = path.stem
+        name = (stem.removesuffix("_geometry") if stem.endswith("_geometry") else "estimators"
+                if stem == "main_estimators" else "theory" if stem.startswith("theory_") else
+                None if stem.endswith("_estimators") else stem)  # other experiments' estimators: in their tables
+        if name is not None:
+            tables.setdefault(name, []).append(path)
+    if not tables:
+        raise FileNotFoundError(f"{tables_dir}: no release part's tables (<part>/*.parquet); run `make release-quick`")
+    return {name: paths[0] if len(paths) == 1 else paths for name, paths in tables.items()}
+
+
+def read_tables(tables: dict[str, Path | list[Path]]) -> dict[str, pd.DataFrame]:
+    """name -> its table; a name given several paths (one per release part, e.g. the mechanism table of `main`
+    and of the sweeps) reads as their rows together."""
+    return {key: pd.concat([read_frame(p) for p in paths], ignore_index=True) if isinstance(paths, list)
+            else read_frame(paths) for key, paths in tables.items()}
+
+
+def write_results(tables: dict[str, Path | list[Path]], out: Path, title: str) -> str:
     """``tables``: experiment name -> geometry parquet, plus optional 'restricted', 'theory', 'estimators' and
     'mechanism'. A table that is named but missing raises (read_frame); sections of tables not named are left out,
     and the claim table says 'not run' for them (the workflow names every table its config makes)."""
-    frames = {key: read_frame(path) for key, path in tables.items()}
+    frames = read_tables(tables)
     main, restricted, theory = frames.get("main"), frames.get("restricted"), frames.get("theory")
     estimators, mech = frames.get("estimators"), frames.get("mechanism")
     numbers = stage_numbers(frames)
