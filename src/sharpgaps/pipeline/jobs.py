@@ -365,3 +365,4 @@ def summary(tables: dict[str, Path], out, title: str, splice_into=None, readme=N
     if readme:
         rel = os.path.relpath(Path(out), Path(readme).parent)
         results.splice(Path(readme), results.readme_block(tables, rel), results.README_BEGIN, results.README_END)
+        results.splice(Path(readme), results.verdict_lines(tables, rel), results.VERDICTS_BEGIN, results.VERDICTS_END)
