@@ -171,10 +171,10 @@ def test_results_md_of_the_smoke_config(smoke):
 def test_readme_headline_block_is_generated_from_the_results_tables(smoke, tmp_path):
     """`make fidelity`'s README block: regenerated between its markers, and every number in it is one of
     RESULTS.md's (so a README number can always be traced to a committed table)."""
-    from sharpgaps.report.summary import README_BEGIN, README_END
+    from sharpgaps.report.summary import README_BEGIN, README_END, VERDICTS_BEGIN, VERDICTS_END
 
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{README_BEGIN}\nstale 0.123\n{README_END}\nafter\n")
+    readme.write_text(f"intro\n{VERDICTS_BEGIN}\nold\n{VERDICTS_END}\n{README_BEGIN}\nstale 0.123\n{README_END}\nafter\n")
     tables = smoke / "results/tables"
     subprocess.run([sys.executable, "-m", "sharpgaps", "summary", "--out", str(tmp_path / "RESULTS.md"),
                     "--table", f"main={tables / 'main_geometry.parquet'}",
@@ -187,6 +187,11 @@ def test_readme_headline_block_is_generated_from_the_results_tables(smoke, tmp_p
     assert len(numbers) > 10
     assert [n for n in numbers if n not in results] == []
     assert "](RESULTS.md)" in block
+    # the first screen: one verdict line per claim, the restricted claim judged, the others not run here
+    verdicts = text.split(VERDICTS_BEGIN, 1)[1].split(VERDICTS_END, 1)[0]
+    lines = [line for line in verdicts.splitlines() if line.startswith("- (")]
+    assert [line[3] for line in lines] == list("abcde") and "old" not in verdicts
+    assert "**not run**" in lines[1] and "**not run**" not in lines[4]
 
 
 @pytest.mark.workflow
