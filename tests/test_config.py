@@ -239,6 +239,24 @@ def test_sweeps_can_hold_the_gap_vectors_or_the_epochs_fixed():
     assert {r["window"] for r in grid.expand_runs(plain, ["k_sweep"])} == {base["window"]}
 
 
+
+def test_an_experiment_can_run_shorter_than_its_setting():
+    """local_steps as an axis (per setting too): its runs have their own ids, and match: epochs scales from it."""
+    cfg = _paper()
+    base = grid.setting_defaults(cfg, "cifar_cnn")
+    cfg["experiments"]["batch_sweep"].update(match="epochs", per_setting={"cifar_cnn": {"local_steps": [1000]}})
+    validate(cfg, SCHEMA)
+    runs = grid.expand_runs(cfg, ["batch_sweep"])
+    steps = {(r["setting"], r["b"]): r["local_steps"] for r in runs}
+    assert steps[("cifar_cnn", 25)] == 2000 and steps[("cifar_cnn", base["b"])] == 1000
+    assert steps[("mnist_fc", base["b"])] == grid.setting_defaults(cfg, "mnist_fc")["local_steps"]
+    main = {grid.run_id(r) for r in grid.expand_runs(cfg, ["main"]) if r["setting"] == "cifar_cnn"}
+    assert not main & {grid.run_id(r) for r in runs if r["setting"] == "cifar_cnn"}
+    cfg["experiments"]["batch_sweep"]["local_steps"] = [0]
+    with pytest.raises(ConfigError, match="experiments.batch_sweep.local_steps"):
+        validate(cfg, SCHEMA)
+
+
 RUN = {"K": 8, "tau": 8, "b": 50, "lr": 0.05, "loss": "mse", "local_steps": 20000, "window": 4, "seed": 0}
 
 

@@ -96,7 +96,7 @@ def setting_defaults(config: dict, setting: str) -> dict:
 def expand_runs(config: dict, experiments: list[str] | None = None, strict: bool = True) -> list[dict]:
     """All runs of the named experiments (default: all), deduplicated, in a stable order.
 
-    Axes: K, tau, b, seeds, and beyond the paper alpha (null = IID, a number = Dirichlet shards) and momentum;
+    Axes: K, tau, b, local_steps, seeds, and beyond the paper alpha (null = IID, a number = Dirichlet shards) and momentum;
     an axis the experiment leaves out takes the setting's value."""
     seen, runs = set(), []
     for name in experiments or list(config["experiments"]):
@@ -104,18 +104,20 @@ def expand_runs(config: dict, experiments: list[str] | None = None, strict: bool
         for setting in exp["settings"]:
             base = setting_defaults(config, setting)
             own = exp.get("per_setting", {}).get(setting, {})
-            axes = {k: own.get(k, exp.get(k, [base[k]])) for k in ("K", "tau", "b")}
+            axes = {k: own.get(k, exp.get(k, [base[k]])) for k in ("K", "tau", "b", "local_steps")}
             axes["seeds"] = own.get("seeds", exp.get("seeds", base["seeds"]))
             alphas = [{"partition": "dirichlet" if a is not None else "iid", "alpha": a}
                       for a in own.get("alpha", exp.get("alpha", []))] or [{}]
             momenta = [{"momentum": mu} for mu in own.get("momentum", exp.get("momentum", []))] or [{}]
             match = exp.get("match", "none")
-            for K, tau, b, alpha, mu, seed in itertools.product(axes["K"], axes["tau"], axes["b"], alphas, momenta,
-                                                                axes["seeds"]):
-                run = {**{k: base[k] for k in TRAIN_KEYS if k in base}, **alpha, **mu}
+            for K, tau, b, steps, alpha, mu, seed in itertools.product(axes["K"], axes["tau"], axes["b"],
+                                                                       axes["local_steps"], alphas, momenta,
+                                                                       axes["seeds"]):
+                length = {**base, "local_steps": steps}  # what a match scales from
+                run = {**{k: length[k] for k in TRAIN_KEYS if k in length}, **alpha, **mu}
                 run = {**{k: v for k, v in run.items() if k not in OPTIONAL_KEYS}, **optional_keys(run),
                        "K": K, "tau": tau, "b": b, "seed": seed, "setting": setting,
-                       **matched(base, match, K, b, f"experiments.{name}.match")}
+                       **matched(length, match, K, b, f"experiments.{name}.match")}
                 key = (setting, run_id(run))
                 if key not in seen:
                     seen.add(key)
