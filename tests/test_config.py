@@ -257,6 +257,26 @@ def test_an_experiment_can_run_shorter_than_its_setting():
         validate(cfg, SCHEMA)
 
 
+
+def test_an_experiment_can_thin_its_checkpoints():
+    """checkpoint_count: fewer checkpoints (spaced as the setting's) under ids of their own; the setting's own
+    count changes nothing."""
+    cfg = _paper()
+    base = grid.setting_defaults(cfg, "mnist_fc")["checkpoints"]
+    cfg["experiments"]["heterogeneity"]["checkpoint_count"] = 4
+    validate(cfg, SCHEMA)
+    runs = [r for r in grid.expand_runs(cfg, ["heterogeneity"]) if r["setting"] == "mnist_fc"]
+    assert all(r["checkpoints"] == {"count": 4, "spacing": base["spacing"]} for r in runs)
+    rid = grid.run_id(runs[0])
+    assert rid.endswith("_ck4") and grid.parse_run_id(rid)["checkpoint_count"] == 4
+    assert grid.run_id(grid.parse_run_id(rid)) == rid
+    rounds = grid.checkpoint_rounds(runs[0]["local_steps"] // runs[0]["tau"], runs[0]["window"], runs[0]["checkpoints"])
+    assert len(rounds) == 4
+    cfg["experiments"]["heterogeneity"]["checkpoint_count"] = base["count"]
+    same = {grid.run_id(r) for r in grid.expand_runs(cfg, ["heterogeneity"])}
+    assert not any("_ck" in r for r in same) and same & {grid.run_id(r) for r in grid.expand_runs(cfg, ["main"])}
+
+
 RUN = {"K": 8, "tau": 8, "b": 50, "lr": 0.05, "loss": "mse", "local_steps": 20000, "window": 4, "seed": 0}
 
 

@@ -106,7 +106,9 @@ def run_description(wildcards):
         model=s["model"],
         dataset=s["dataset"],
         arch=s.get("arch", {}),
-        checkpoints=grid.setting_defaults(config, wildcards.setting)["checkpoints"],
+    )
+    run["checkpoints"] = grid.run_checkpoints(
+        grid.setting_defaults(config, wildcards.setting)["checkpoints"], run
     )
     return json.dumps(run, sort_keys=True)
 

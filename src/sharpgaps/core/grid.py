@@ -18,7 +18,9 @@ RUN_ID = re.compile(r"K(?P<K>\d+)_tau(?P<tau>\d+)_b(?P<b>\d+)_lr(?P<lr>[0-9.e+-]
                     r"_T(?P<local_steps>\d+)_W(?P<window>\d+)_s(?P<seed>\d+)"
                     # optional suffixes, present only off the defaults: Dirichlet shards, local momentum
                     r"(?:_dir(?P<alpha>[0-9.e+-]+))?"
-                    r"(?:_mom(?P<momentum>[0-9.e+-]+)(?P<momentum_buffers>" + "|".join(BUFFER_TAGS.values()) + "))?")
+                    r"(?:_mom(?P<momentum>[0-9.e+-]+)(?P<momentum_buffers>" + "|".join(BUFFER_TAGS.values()) + "))?"
+                    # an experiment's own checkpoint count (experiments.<name>.checkpoint_count), off the setting's
+                    r"(?:_ck(?P<checkpoint_count>\d+))?")
 # The same shape without named groups, for Snakemake's wildcard constraint.
 RUN_ID_WILDCARD = re.sub(r"\(\?P<\w+>", "(", RUN_ID.pattern)
 
@@ -64,7 +66,18 @@ def run_id(run: dict) -> str:
         rid += f"_dir{exact_float(opt['alpha'])}"
     if "momentum" in opt:
         rid += f"_mom{exact_float(opt['momentum'])}{BUFFER_TAGS[opt['momentum_buffers']]}"
+    if "checkpoint_count" in run:
+        rid += f"_ck{exact_int(run['checkpoint_count'])}"
     return rid
+
+
+def run_checkpoints(setting_checkpoints: dict, run: dict) -> dict:
+    """The run's checkpoint spec: the setting's, or with the run's own checkpoint_count that many, spaced as the
+    setting's (explicit rounds give way to log spacing)."""
+    if "checkpoint_count" not in run:
+        return setting_checkpoints
+    spacing = setting_checkpoints.get("spacing", "log") if not setting_checkpoints.get("rounds") else "log"
+    return {"count": run["checkpoint_count"], "spacing": spacing}
 
 
 def parse_run_id(text: str) -> dict:
@@ -81,6 +94,8 @@ def parse_run_id(text: str) -> dict:
     if d["momentum"] is not None:
         policy = {tag: name for name, tag in BUFFER_TAGS.items()}[d["momentum_buffers"]]
         out.update(momentum=float(d["momentum"]), momentum_buffers=policy)
+    if d["checkpoint_count"] is not None:
+        out["checkpoint_count"] = int(d["checkpoint_count"])
     return out
 
 
@@ -97,7 +112,8 @@ def expand_runs(config: dict, experiments: list[str] | None = None, strict: bool
     """All runs of the named experiments (default: all), deduplicated, in a stable order.
 
     Axes: K, tau, b, local_steps, seeds, and beyond the paper alpha (null = IID, a number = Dirichlet shards) and momentum;
-    an axis the experiment leaves out takes the setting's value."""
+    an axis the experiment leaves out takes the setting's value. checkpoint_count (not an axis) thins the
+    per-checkpoint stages of an experiment's runs, which then have ids of their own."""
     seen, runs = set(), []
     for name in experiments or list(config["experiments"]):
         exp = config["experiments"][name]
@@ -110,6 +126,10 @@ def expand_runs(config: dict, experiments: list[str] | None = None, strict: bool
                       for a in own.get("alpha", exp.get("alpha", []))] or [{}]
             momenta = [{"momentum": mu} for mu in own.get("momentum", exp.get("momentum", []))] or [{}]
             match = exp.get("match", "none")
+            count = own.get("checkpoint_count", exp.get("checkpoint_count"))
+            # a count the setting already has keeps the setting's runs (and their ids)
+            counted = {} if count is None or base["checkpoints"] == run_checkpoints(
+                base["checkpoints"], {"checkpoint_count": count}) else {"checkpoint_count": count}
             for K, tau, b, steps, alpha, mu, seed in itertools.product(axes["K"], axes["tau"], axes["b"],
                                                                        axes["local_steps"], alphas, momenta,
                                                                        axes["seeds"]):
@@ -117,7 +137,8 @@ def expand_runs(config: dict, experiments: list[str] | None = None, strict: bool
                 run = {**{k: length[k] for k in TRAIN_KEYS if k in length}, **alpha, **mu}
                 run = {**{k: v for k, v in run.items() if k not in OPTIONAL_KEYS}, **optional_keys(run),
                        "K": K, "tau": tau, "b": b, "seed": seed, "setting": setting,
-                       **matched(length, match, K, b, f"experiments.{name}.match")}
+                       **matched(length, match, K, b, f"experiments.{name}.match"), **counted}
+                run["checkpoints"] = run_checkpoints(base["checkpoints"], run)
                 key = (setting, run_id(run))
                 if key not in seen:
                     seen.add(key)
