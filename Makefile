@@ -21,7 +21,7 @@ QUICK_FIGURES := paper_figures/quick
 # Where the quick scale's jobs write: results_dir of config.quick.yaml, read from it.
 QUICK_RESULTS := $(shell sed -n 's/^results_dir: *\([^ #]*\).*/\1/p' $(CONFIG_quick))
 
-.PHONY: setup check-lock lock lock-upgrade all unlock test bench docs slurm-test release-quick fidelity clean-venv
+.PHONY: setup check-lock lock lock-upgrade all unlock test bench gpu-check docs slurm-test release-quick fidelity clean-venv
 
 setup: $(STAMP)
 
@@ -68,15 +68,16 @@ unlock: setup
 test: setup
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q -ra $(PYTEST_ARGS)
 
-# Rebuild the committed quick-scale release, part by part (config.quick.yaml `parts`): PART=main or PART=sweeps
-# runs that part alone from an empty $(QUICK_RESULTS)/<part>; the figures it draws replace theirs in
+# Rebuild the committed quick-scale release, part by part (config.quick.yaml `parts`): PART=main, sweeps or
+# heterogeneity runs that part alone from an empty $(QUICK_RESULTS)/<part>; the figures it draws replace theirs in
 # $(QUICK_FIGURES) and its entry of MANIFEST.json (commit, config hash, wall time, peak RSS, the files it drew).
-# Without PART: both parts, then `make fidelity` (RESULTS.md and the docs from both parts' tables).
+# Without PART: every part, then `make fidelity` (RESULTS.md and the docs from the parts' tables).
 PART ?=
 release-quick: setup
 ifeq ($(PART),)
 	$(MAKE) release-quick PART=main
 	$(MAKE) release-quick PART=sweeps
+	$(MAKE) release-quick PART=heterogeneity
 	$(MAKE) fidelity
 else
 	rm -rf $(QUICK_RESULTS)/$(PART)
@@ -98,6 +99,20 @@ fidelity: setup
 
 bench: setup
 	$(VENV)/bin/python benchmarks/run.py
+
+# Run whenever a GPU is at hand (README, "Checking a GPU"; under 8 min on one GPU): the smoke DAG's tables with
+# device: cuda against a CPU run of the same config, and the paper-scale unit costs per model timed on the GPU,
+# written to docs/gpu_check/$(DEVICE).json and .md (commit them). DEVICE=cpu checks the check: both runs on the CPU,
+# tables bitwise equal. REFERENCE=<a finished CPU smoke run> replaces the CPU run; EXAMPLES=<n> sizes the
+# gradient/HVP timings. No `setup` prerequisite: on a GPU machine the venv comes from `make setup ACCEL=cuda`,
+# which a plain setup would replace with the CPU lock's torch.
+DEVICE ?= cuda
+REFERENCE ?=
+EXAMPLES ?=
+gpu-check:
+	@test -x $(VENV)/bin/python || { echo "gpu-check: no $(VENV): run make setup first (make lock ACCEL=cuda && make setup ACCEL=cuda on a GPU machine)" >&2; exit 2; }
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python benchmarks/gpu_check.py --device $(DEVICE) --cores $(CORES) \
+		--out docs/gpu_check/$(DEVICE).json $(if $(REFERENCE),--reference $(REFERENCE)) $(if $(EXAMPLES),--examples $(EXAMPLES))
 
 # Regenerate the Scales tables of docs/FIDELITY.md from the three configs (tests/test_docs.py checks them).
 docs: setup

@@ -350,7 +350,7 @@ def test_a_release_part_runs_its_experiments_in_a_tree_of_its_own():
     for part, exps in cfg["parts"].items():
         one = validate({**cfg, "part": part}, SCHEMA)
         assert list(one["experiments"]) == exps and one["results_dir"] == f"{cfg['results_dir']}/{part}"
-    with pytest.raises(ConfigError, match=r"part: 'nope' is not a key of `parts` \(defined: \['main', 'sweeps'\]\)"):
+    with pytest.raises(ConfigError, match=r"part: 'nope' is not a key of `parts` \(defined: \['heterogeneity', 'main', 'sweeps'\]\)"):
         validate({**cfg, "part": "nope"}, SCHEMA)
     with pytest.raises(ConfigError, match="parts.extra: unknown experiment 'tau'"):
         validate({**cfg, "parts": {**cfg["parts"], "extra": ["tau"]}}, SCHEMA)

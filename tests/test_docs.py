@@ -60,8 +60,9 @@ def test_scales_table_follows_the_configs(configs):
     assert _cell(after, "cifar_cnn", "checkpoints", "quick") == "2, linear, rounds 4-37"
     seeds = quick["experiments"]["k_sweep"].get("seeds", quick["train"]["seeds"])  # the per-setting seeds are gone
     # K 3 and 5 with (8-1) x 4 = 28 gap vectors matched: W = ceil(28 / 2) = 14 and ceil(28 / 4) = 7
+    thinned = f"; {k_sweep['checkpoint_count']} checkpoints per run" if "checkpoint_count" in k_sweep else ""
     assert _cell(after, "cifar_cnn", "`k_sweep`", "quick") == \
-        "K 3, 5; seed " + ", ".join(map(str, seeds)) + "; W 7, 14 (gap vectors matched)"
+        "K 3, 5; seed " + ", ".join(map(str, seeds)) + "; W 7, 14 (gap vectors matched)" + thinned
     for label in ("local steps (rounds)", "checkpoints", "`k_sweep`"):
         assert _cell(after, "mnist_fc", label, "quick") == _cell(before, "mnist_fc", label, "quick")
         assert _cell(after, "cifar_cnn", label, "paper") == _cell(before, "cifar_cnn", label, "paper")

@@ -61,11 +61,15 @@ def _sweep(cfg: dict, setting: str, name: str) -> str:
     if exp is None or setting not in exp["settings"]:
         return NONE
     runs = [r for r in grid.expand_runs(cfg, [name]) if r["setting"] == setting]
-    axes = [a for a in ("K", "tau", "b") if a in exp or a in exp.get("per_setting", {}).get(setting, {})]
+    own = exp.get("per_setting", {}).get(setting, {})
+    axes = [a for a in ("K", "tau", "b", "local_steps") if a in exp or a in own]
     match = exp.get("match", "none")
     held = {"gap_vectors": f"; W {_list(sorted({r['window'] for r in runs}))} (gap vectors matched)",
             "epochs": f"; local steps {_list(sorted({r['local_steps'] for r in runs}))} (epochs matched)"}
-    return "; ".join(f"{a} {_list(sorted({r[a] for r in runs}))}" for a in (*axes, "seed")) + held.get(match, "")
+    counts = sorted({r["checkpoint_count"] for r in runs if "checkpoint_count" in r})
+    thinned = f"; {_list(counts)} checkpoints per run" if counts else ""
+    return ("; ".join(f"{a.replace('_', ' ')} {_list(sorted({r[a] for r in runs}))}" for a in (*axes, "seed"))
+            + held.get(match, "") + thinned)
 
 
 def _branch(b: BranchSpec) -> str:
