@@ -195,3 +195,27 @@ def test_hessian_sample_script_compares_a_sample_with_all_examples(mini, tmp_pat
     assert [r["n_hessian"] for r in rows] == [1000, 100] and rows[0]["n_all"] == 1000
     assert rows[0]["overlap"] == pytest.approx(1.0, abs=1e-3)  # the whole subset is the full Hessian
     assert 0.0 <= rows[1]["overlap"] <= 1.0 and rows[1]["lambda_sample"][0] > 0
+
+
+def test_part_costs_price_training_by_work_and_stages_by_checkpoints(tmp_path):
+    """A part's projection: a train job costs in proportion to K x b x local steps, a geometry job to its
+    checkpoints, another rule its median job; a rule never run is unpriced, not guessed."""
+    import yaml
+    from part_costs import size, unit_costs, unit_of
+
+    config = yaml.safe_load((REPO / "config.quick.yaml").read_text())
+    run = "K8_tau8_b50_lr0.05_mse_T8000_W4_s0"
+    for rule, job, seconds in (("train", f"mnist_fc/{run}", 100.0),
+                               ("geometry", f"mnist_fc/{run}_Hall_tol0.001_x10", 80.0),
+                               ("restricted", f"mnist_fc/{run}/dom", 30.0), ("theory", "abc", 5.0)):
+        path = tmp_path / "benchmarks" / rule / f"{job}.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"s\th:m:s\tmax_rss\n{seconds}\t0:00:01\t100\n")
+    units = unit_costs(tmp_path, config)
+    k16 = "K16_tau8_b50_lr0.05_mse_T8000_W2_s1"
+    assert unit_of(units, "train", "mnist_fc") * size("train", config, "mnist_fc", k16) == pytest.approx(200.0)
+    thinned = "K8_tau1_b50_lr0.05_mse_T8000_W4_s0_ck4"  # 4 of the setting's 8 checkpoints
+    assert unit_of(units, "geometry", "mnist_fc") * size("geometry", config, "mnist_fc", thinned) == pytest.approx(40.0)
+    assert unit_of(units, "restricted", "cifar_cnn") == pytest.approx(30.0)  # no CIFAR job: any setting's median
+    assert unit_of(units, "train", "cifar_cnn") is None and unit_of(units, "figX5_heterogeneity", "") is None
+    assert unit_of(units, "theory", "") == pytest.approx(5.0)
