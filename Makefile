@@ -109,12 +109,13 @@ bench: setup
 DEVICE ?= cuda
 REFERENCE ?=
 EXAMPLES ?=
+CONFIG ?=
 gpu-check:
 	@test -x $(VENV)/bin/python || { echo "gpu-check: no $(VENV): run make setup first" \
 		"(make lock ACCEL=cuda && make setup ACCEL=cuda on a GPU machine)" >&2; exit 2; }
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python benchmarks/gpu_check.py --device $(DEVICE) \
 		--cores $(CORES) --out docs/gpu_check/$(DEVICE).json \
-		$(if $(REFERENCE),--reference $(REFERENCE)) $(if $(EXAMPLES),--examples $(EXAMPLES))
+		$(if $(REFERENCE),--reference $(REFERENCE)) $(if $(EXAMPLES),--examples $(EXAMPLES)) $(if $(CONFIG),--config $(CONFIG))
 
 # Regenerate the Scales tables of docs/FIDELITY.md from the three configs (tests/test_docs.py checks them).
 docs: setup

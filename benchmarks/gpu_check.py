@@ -74,20 +74,22 @@ def reference_tables(path: Path) -> Path:
                "REFERENCE unset and the check runs one.")
 
 
-def _env() -> dict:
+def _env(config: Path) -> dict:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     # the config's data_dir is relative to the checkout, not to another working directory
-    data_dir = yaml.safe_load(SMOKE_CONFIG.read_text())["data_dir"]
+    data_dir = yaml.safe_load(config.read_text())["data_dir"]
     env.setdefault(ENV_DATA_DIR, str((REPO / data_dir).resolve()))
     return env
 
 
-def snakemake(workdir: Path, results_dir: str, device: str, cores: int, *args: str, log: Path | None = None) -> str:
-    """Snakemake on the smoke config with ``device`` and its own results_dir (and figure directory under it)."""
+def snakemake(workdir: Path, results_dir: str, device: str, cores: int, *args: str, log: Path | None = None,
+              config: Path = SMOKE_CONFIG) -> str:
+    """Snakemake on ``config`` (the smoke config) with ``device`` and its own results_dir (and figure directory under
+    it)."""
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args,
-           "--cores", str(cores), f"--configfile={SMOKE_CONFIG}", "--config", f"device={device}",
+           "--cores", str(cores), f"--configfile={config}", "--config", f"device={device}",
            f"results_dir={results_dir}", "figures=" + json.dumps({"dir": f"{results_dir}/figures"})]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=_env())
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=_env(config))
     text = proc.stdout + proc.stderr
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -98,22 +100,23 @@ def snakemake(workdir: Path, results_dir: str, device: str, cores: int, *args: s
     return text
 
 
-def table_names(workdir: Path, results_dir: str, device: str, cores: int) -> list[str]:
+def table_names(workdir: Path, results_dir: str, device: str, cores: int, config: Path = SMOKE_CONFIG) -> list[str]:
     """The file names of every table the smoke DAG's `all` makes (Snakemake's --summary: no job runs)."""
     prefix = f"{results_dir}/tables/"
-    paths = [line.split("\t")[0] for line in snakemake(workdir, results_dir, device, cores, "all", "--summary")
-             .splitlines()]
+    paths = [line.split("\t")[0] for line in snakemake(workdir, results_dir, device, cores, "all", "--summary",
+                                                        config=config).splitlines()]
     names = sorted(p[len(prefix):] for p in paths if p.startswith(prefix) and p.endswith(".parquet"))
     if not names:
         raise fail(f"the smoke DAG names no table under {prefix}")
     return names
 
 
-def run_tables(workdir: Path, results_dir: str, device: str, cores: int, names: list[str]) -> float:
+def run_tables(workdir: Path, results_dir: str, device: str, cores: int, names: list[str],
+               config: Path = SMOKE_CONFIG) -> float:
     """The smoke DAG up to its tables (no figures); its wall seconds."""
     t0 = time.monotonic()
     snakemake(workdir, results_dir, device, cores, *(f"{results_dir}/tables/{n}" for n in names),
-              log=workdir / f"{results_dir}.log")
+              log=workdir / f"{results_dir}.log", config=config)
     return time.monotonic() - t0
 
 
@@ -214,6 +217,8 @@ def main(argv=None) -> int:
                     f"paper's Hessian sample on cuda, {CPU_EXAMPLES} on cpu)")
     ap.add_argument("--repeats", type=int, default=5, help="interleaved repeats per unit timing")
     ap.add_argument("--steps", type=int, default=3, help="local steps per timing of a training step")
+    ap.add_argument("--config", default=str(SMOKE_CONFIG),
+                    help="the config whose tables are compared (default: the smoke config, .test/config.yaml)")
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="Snakemake's --cores")
     ap.add_argument("--threads", type=int, help="torch threads of the unit timings (default: config.yaml's threads)")
     ap.add_argument("--workdir", default=str(REPO), help=f"Snakemake's working directory (runs go to {RESULTS}/)")
@@ -229,7 +234,8 @@ def main(argv=None) -> int:
     ref_tables = reference_tables(Path(a.reference).resolve()) if a.reference else None
     run_dir = f"{RESULTS}/{a.device}"
     workdir.mkdir(parents=True, exist_ok=True)
-    names = table_names(workdir, run_dir, a.device, a.cores)
+    config = Path(a.config).resolve()
+    names = table_names(workdir, run_dir, a.device, a.cores, config)
     if ref_tables is not None:
         missing = [n for n in names if not (ref_tables / n).is_file()]
         if missing:
@@ -251,18 +257,18 @@ def main(argv=None) -> int:
     reference_s = 0.0
     if ref_tables is None:
         print("the CPU reference: the smoke DAG's tables", flush=True)
-        reference_s = run_tables(workdir, f"{RESULTS}/reference", "cpu", a.cores, names)
+        reference_s = run_tables(workdir, f"{RESULTS}/reference", "cpu", a.cores, names, config)
         ref_tables = workdir / RESULTS / "reference" / "tables"
     print(f"the smoke DAG's tables on {device}", flush=True)
     shutil.rmtree(workdir / run_dir, ignore_errors=True)  # the run under test starts from nothing
-    device_s = run_tables(workdir, run_dir, a.device, a.cores, names)
+    device_s = run_tables(workdir, run_dir, a.device, a.cores, names, config)
     tables = compare_dirs(ref_tables, workdir / run_dir / "tables", names, same_device=device.type == "cpu")
 
     record = {
         "device": a.device, "device_name": device_name(device), "torch": torch.__version__, "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
         "host": f"{device_name(torch.device('cpu'))}, {os.cpu_count()} cores", "commit": _commit(),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "config": ".test/config.yaml",
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "config": shown(str(config)),
         "reference": shown(a.reference) if a.reference else f"ran here ({RESULTS}/reference)",
         "reference_ran": a.reference is None,
         "passed": all(t["passed"] for t in tables), "tolerances": tolerance_record(device.type == "cpu"),

@@ -11,6 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
+
+from tests.helpers import mini_config
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -149,18 +152,25 @@ def test_a_reference_without_tables_stops_before_any_work(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
 
 
-def test_gpu_check_on_cpu_matches_the_smoke_run_bitwise_and_times_every_model(smoke, tmp_path):
-    """DEVICE=cpu against the session's smoke run: one more DAG run (its tables only), few examples."""
+@pytest.mark.workflow
+def test_gpu_check_on_cpu_matches_its_reference_bitwise_and_times_every_model(tmp_path):
+    """DEVICE=cpu end to end on the minimal DAG's config without its sweeps and heterogeneity (one MNIST run through
+    every per-run stage): the check runs its own CPU reference and the run under test, few examples."""
+    config = mini_config(tmp_path / "config.yaml")
+    cfg = yaml.safe_load(config.read_text())
+    cfg["experiments"] = {"main": cfg["experiments"]["main"]}
+    config.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "cpu.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--reference", str(smoke), "--out", str(out),
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--config", str(config), "--out", str(out),
                            "--workdir", str(tmp_path / "w"), "--examples", "16", "--repeats", "1", "--steps", "1",
                            "--cores", "2"],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     record = json.loads(out.read_text())
-    assert record["passed"] and record["tolerances"]["in_force"].keys() == {"bitwise"}
-    made = sorted(p.name for p in (smoke / "results/tables").glob("*.parquet"))
-    assert sorted(t["table"] for t in record["tables"]) == made  # every table of the smoke DAG, compared
+    assert record["passed"] and record["tolerances"]["in_force"].keys() == {"bitwise"} and record["reference_ran"]
+    made = sorted(p.name for p in (tmp_path / "w/results/gpu-check/reference/tables").glob("*.parquet"))
+    assert {"main_geometry.parquet", "restricted.parquet", "mechanism.parquet"} <= set(made)
+    assert sorted(t["table"] for t in record["tables"]) == made  # every table of the DAG, compared
     for t in record["tables"]:
         assert t["passed"] and t["columns"], t
         assert all(c["max_abs"] == 0 == c["max_rel"] for c in t["columns"]), t
