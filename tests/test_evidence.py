@@ -174,3 +174,27 @@ def test_dom_bulk_verdict_is_checked_against_the_random_control():
     specific = " ".join(restricted_verdicts(table(rand_dom=0.5, rand_bulk=0.6)))  # random Dom moves, Bulk stalls
     assert "is supported here" in specific and "does not pass the Dom/Bulk test" in specific
     assert "moving only in V_k progresses short of the random control" in specific
+
+
+def test_release_tables_are_named_as_summary_reads_them(tmp_path):
+    """Each part's tables under tables/<part>/: geometry by experiment, main_estimators as `estimators`, theory by
+    its tag, a table two parts both have (the mechanism table) as both paths; other experiments' estimator tables
+    are read through their own family's table."""
+    from sharpgaps.report.summary import release_tables
+
+    files = {"main": ["main_geometry", "main_estimators", "mechanism", "restricted", "theory_abc123"],
+             "sweeps": ["tau_ablation_geometry", "k_sweep_geometry", "mechanism"],
+             "heterogeneity": ["heterogeneity_geometry", "heterogeneity_estimators", "heterogeneity", "mechanism"]}
+    for part, stems in files.items():
+        (tmp_path / part).mkdir()
+        for stem in stems:
+            (tmp_path / part / f"{stem}.parquet").write_bytes(b"")
+    tables = release_tables(tmp_path)
+    assert sorted(tables) == ["estimators", "heterogeneity", "k_sweep", "main", "mechanism", "restricted",
+                              "tau_ablation", "theory"]
+    assert tables["heterogeneity"] == tmp_path / "heterogeneity/heterogeneity.parquet"  # the cell table alone
+    assert tables["estimators"] == tmp_path / "main/main_estimators.parquet"
+    assert tables["theory"] == tmp_path / "main/theory_abc123.parquet"
+    assert sorted(p.parent.name for p in tables["mechanism"]) == ["heterogeneity", "main", "sweeps"]
+    with pytest.raises(FileNotFoundError, match="make release-quick"):
+        release_tables(tmp_path / "none")

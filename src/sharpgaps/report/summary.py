@@ -17,6 +17,7 @@ import pandas as pd
 from ..core.atomic import read_frame, save_text
 from ..core.grid import run_keys
 from ..studies.mechanism import fit_exponent, vk_share
+from .figures import SWEEPS
 from .heterogeneity import section as heterogeneity_section
 from .evidence import (
     MissingEvidence,
@@ -686,16 +687,24 @@ def stage_numbers(frames: dict[str, pd.DataFrame | None]) -> dict:
             "mechanism": None if mech is None or mech.empty else mechanism_numbers(mech)}
 
 
+def _summary_name(stem: str) -> str | None:
+    """The name `summary` reads a release table under (None: not one of its inputs)."""
+    if stem.endswith("_geometry"):
+        experiment = stem.removesuffix("_geometry")
+        return experiment if experiment in ("main", *SWEEPS) else None
+    if stem.endswith("_estimators"):
+        return "estimators" if stem == "main_estimators" else None
+    return "theory" if stem.startswith("theory_") else stem
+
+
 def release_tables(tables_dir: str | Path) -> dict[str, Path | list[Path]]:
-    """The tables a release's parts copied into ``tables_dir``/<part>/, named as `summary` reads them: an
-    experiment's geometry table by the experiment, main_estimators.parquet as `estimators`, theory_<tag> as
-    `theory`, the rest by their stem; a name two parts both have (the mechanism table) maps to both paths."""
+    """The tables a release's parts copied into ``tables_dir``/<part>/, named as `summary` reads them: the
+    geometry tables of `main` and the paper's sweeps by their experiment, main_estimators.parquet as `estimators`,
+    theory_<tag> as `theory`, the rest by their stem; a name two parts both have (the mechanism table) maps to both
+    paths. Other experiments' geometry and estimator tables reach RESULTS through their family's table."""
     tables: dict[str, list[Path]] = {}
     for path in sorted(Path(tables_dir).glob("*/*.parquet")):
-        stem = path.stem
-        name = (stem.removesuffix("_geometry") if stem.endswith("_geometry") else "estimators"
-                if stem == "main_estimators" else "theory" if stem.startswith("theory_") else
-                None if stem.endswith("_estimators") else stem)  # other experiments' estimators: in their tables
+        name = _summary_name(path.stem)
         if name is not None:
             tables.setdefault(name, []).append(path)
     if not tables:
