@@ -22,11 +22,14 @@ from pathlib import Path
 
 import torch
 
+from sharpgaps.pipeline.manifest import read_parts
+
 REPO = Path(__file__).resolve().parents[1]
 # Paths inside a finished run (--workdir): the docs print them relative to it, never this machine's own paths.
-# The quick scale's tree (config.quick.yaml: results_dir).
+# The quick scale's tree (config.quick.yaml: results_dir), one subtree per release part; the restricted runs are
+# part `main`'s.
 RESULTS = Path("results/quick")
-RESTRICTED_TABLE = RESULTS / "tables/restricted.parquet"
+RESTRICTED_TABLE = RESULTS / "main/tables/restricted.parquet"
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 
@@ -167,10 +170,11 @@ def dag_section(workdir: Path, results: Path = RESULTS) -> tuple[str, list[dict]
         lines.append(f"| {r.job} | {r.s:.0f} | {r.max_rss_mb:.0f} |")
     manifest = workdir / "paper_figures/quick/MANIFEST.json"
     if manifest.exists():
-        m = json.loads(manifest.read_text())
-        lines += ["", f"Wall time of that run: {m.get('wall_s', float('nan')):.0f} s on {m.get('machine', '?')} "
-                  f"(peak RSS of the largest job {m.get('max_rss_mb', float('nan')):.0f} MB), sum of job times "
-                  f"{jobs.s.sum():.0f} s."]
+        for part, m in read_parts(manifest).items():
+            lines += ["", f"Wall time of {f'its part {part}' if part else 'that run'}: "
+                      f"{m.get('wall_s', float('nan')):.0f} s on {m.get('machine', '?')} (peak RSS of the largest job "
+                      f"{m.get('max_rss_mb', float('nan')):.0f} MB)."]
+        lines += ["", f"Sum of job times under that results/: {jobs.s.sum():.0f} s."]
     return "\n".join(lines), rows
 
 
@@ -360,11 +364,11 @@ def smoke_dag_section(quick: bool, data_dir: Path, manifest: Path) -> tuple[str,
                  "source": "measured here, --cores 2", "wall_s": wall, "jobs": len(jobs),
                  "job_s": sum(r["s"] for r in jobs), "max_rss_mb": top["max_rss_mb"], "largest_job": top["job"]})
     if manifest.exists():
-        m = json.loads(manifest.read_text())
-        rows.append({"scale": "quick (config.quick.yaml)", "source": f"{manifest.name} of the committed run, "
-                     f"--cores {m.get('cores', '?')}", "wall_s": m.get("wall_s", float("nan")),
-                     "jobs": m.get("jobs", "-"), "job_s": None, "max_rss_mb": m.get("max_rss_mb", float("nan")),
-                     "largest_job": m.get("max_rss_job", "-")})
+        for part, m in read_parts(manifest).items():
+            rows.append({"scale": "quick (config.quick.yaml)" + (f", part {part}" if part else ""),
+                         "source": f"{manifest.name} of the committed run, --cores {m.get('cores', '?')}",
+                         "wall_s": m.get("wall_s", float("nan")), "jobs": m.get("jobs", "-"), "job_s": None,
+                         "max_rss_mb": m.get("max_rss_mb", float("nan")), "largest_job": m.get("max_rss_job", "-")})
     lines = ["## Whole DAG: wall time and peak memory by scale", "",
              "Peak memory = the largest single job's peak RSS (Snakemake `benchmark:` files); jobs run two at "
              "a time on this 2-core machine.", "",

@@ -194,3 +194,9 @@ def test_manifest_keeps_one_entry_per_release_part(tmp_path):
     assert {p: (e["commit"], e["figures"]) for p, e in parts.items()} == {
         "main": ("aaa", ["fig_main.png"]), "sweeps": ("bbb", ["fig_sweeps.png"])}
     assert part("main", "ccc")["sweeps"]["commit"] == "bbb"  # rerunning one part leaves the other's record
+    from sharpgaps.pipeline.manifest import read_parts
+
+    assert sorted(read_parts(out)) == ["main", "sweeps"]
+    flat = tmp_path / "flat.json"
+    flat.write_text(json.dumps({"commit": "x", "wall_s": 1.0}))
+    assert read_parts(flat) == {"": {"commit": "x", "wall_s": 1.0}}  # a record of a whole run

@@ -33,6 +33,12 @@ def peak_rss_mb(benchmarks) -> float | None:
     return float(jobs.max_rss_mb.max()) if len(jobs) else None
 
 
+def read_parts(path) -> dict[str, dict]:
+    """part -> its record, from a MANIFEST.json written part by part ({"": record} for one of a whole run)."""
+    m = json.loads(Path(path).read_text())
+    return m["parts"] if "parts" in m else {"": m}
+
+
 def drawn_since(figures_dir, since: float) -> list[str]:
     """The files of ``figures_dir`` written at or after ``since`` (epoch seconds): what one release part drew."""
     return sorted(p.name for p in Path(figures_dir).iterdir()
