@@ -672,7 +672,7 @@ def verdict_lines(tables: dict[str, Path | list[Path]], results_path: str) -> st
     RESULTS.md)."""
     rows = claim_rows(stage_numbers(read_tables(tables)))
     return "\n".join([f"The claim table of [{Path(results_path).name}]({results_path}) (numbers and rules there):", "",
-                      *(f"- ({r['claim']}) {r['wording']}: {r['verdict']}" for r in rows)])
+                      *(f"- ({r['claim']}) {r['verdict']}: {r['wording']}" for r in rows)])
 
 
 def stage_numbers(frames: dict[str, pd.DataFrame | None]) -> dict:
