@@ -15,9 +15,18 @@ from pathlib import Path
 
 from sharpgaps.core.grid import RUN_ID_WILDCARD, parse_run_id
 
-GEOMETRY_CKPT = re.compile(r"checkpoint \d+/\d+ \(round (\d+)\): lambda_1=\S+ (\d+) s \(eigensolver \d+ s, (\d+) HVPs\)")
+# a duration as the geometry job prints it: "54 s", "1 min 24 s" or "1 h 02 min"
+DURATION = r"(?:\d+ h \d+ min|(?:\d+ min )?\d+ s)"
+GEOMETRY_CKPT = re.compile(rf"checkpoint \d+/\d+ \(round (\d+)\): lambda_1=\S+ ({DURATION}) \(eigensolver {DURATION}, (\d+) HVPs\)")
 ESTIMATOR_CKPT = re.compile(r"^round (\d+) \(([\d.]+) s\): overlap", re.M)
 RUN_NAME = re.compile(rf"(?P<run>{RUN_ID_WILDCARD})_(?P<gtag>H\w+_tol[\d.e-]+_x\d+)(?:_(?P<etag>[0-9a-f]+))?$")
+
+
+def seconds(duration: str) -> float:
+    """A printed duration (DURATION) in seconds."""
+    units = {"h": 3600, "min": 60, "s": 1}
+    parts = duration.split()
+    return float(sum(int(n) * units[u] for n, u in zip(parts[::2], parts[1::2])))
 
 
 def job_seconds(tsv: Path) -> float:
@@ -42,7 +51,7 @@ def rows(results: Path) -> list[dict]:
         e_ckpt = ESTIMATOR_CKPT.findall(est_log.read_text())
         out.append({"setting": setting, "run": run, "seed": parse_run_id(run)["seed"],
                     "geometry_s": job_seconds(geo), "estimators_s": job_seconds(est),
-                    "geometry_ckpt_s": [float(s) for _, s, _ in g_ckpt],
+                    "geometry_ckpt_s": [seconds(s) for _, s, _ in g_ckpt],
                     "lanczos_hvps": [int(h) for _, _, h in g_ckpt],
                     "estimators_ckpt_s": [float(s) for _, s in e_ckpt]})
     return out

@@ -219,3 +219,12 @@ def test_part_costs_price_training_by_work_and_stages_by_checkpoints(tmp_path):
     assert unit_of(units, "restricted", "cifar_cnn") == pytest.approx(30.0)  # no CIFAR job: any setting's median
     assert unit_of(units, "train", "cifar_cnn") is None and unit_of(units, "figX5_heterogeneity", "") is None
     assert unit_of(units, "theory", "") == pytest.approx(5.0)
+
+
+def test_stage_costs_reads_every_duration_the_geometry_job_prints():
+    """Under load a checkpoint takes minutes: "1 min 24 s" must parse as well as "54 s"."""
+    from stage_costs import GEOMETRY_CKPT, seconds
+
+    line = "checkpoint 1/3 (round 2): lambda_1=9.463, 1 min 24 s (eigensolver 1 min 09 s, 60 HVPs), 1 min 24 s/ckpt"
+    assert GEOMETRY_CKPT.findall(line) == [("2", "1 min 24 s", "60")]
+    assert [seconds(d) for d in ("54 s", "1 min 24 s", "1 h 02 min")] == [54.0, 84.0, 3720.0]

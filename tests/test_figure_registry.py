@@ -66,6 +66,20 @@ def test_a_family_without_its_table_draws_nothing():
     assert drawn["fig13_k_sweep_mnist_fc"][1]["table"] == "results/tables/k_sweep_geometry.parquet"
 
 
+def test_a_figure_can_show_another_experiment_than_its_family():
+    """Fig X4's tau panel shows the tau ablation's settings: drawn only where that experiment runs, the other
+    panels only where `main` runs (a release part may have either)."""
+    cfg = config("quick")
+    tau = expanded(cfg)["figX4_tau_share"][1]
+    assert tau["parameters"]["settings"] == cfg["experiments"]["tau_ablation"]["settings"]
+    assert "experiment" not in tau["parameters"]  # it picks the panels; the notebook does not take it
+    sweeps_only = {**cfg, "experiments": {"tau_ablation": cfg["experiments"]["tau_ablation"]}}
+    assert {s for s in expanded(sweeps_only) if s.startswith("figX4")} == {"figX4_tau_share"}
+    main_only = {**cfg, "experiments": {"main": cfg["experiments"]["main"]}}
+    assert {s for s in expanded(main_only) if s.startswith("figX4")} == {
+        "figX4_mechanism_scatter", "figX4_mechanism_ratio", "figX4_noise_curvature"}
+
+
 @pytest.mark.parametrize("scale", CONFIGS)
 def test_every_figure_gets_exactly_what_its_notebook_declares_and_its_caption_renders(scale):
     declared = {}

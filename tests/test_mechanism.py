@@ -339,15 +339,15 @@ def test_results_section_reads_the_table():
 
 
 def test_smoke_mechanism_figures(smoke):
-    """The four Fig X4 outputs of the smoke DAG: drawn from the main runs of every setting (tau: main's tau)."""
+    """Fig X4's outputs of the smoke DAG, drawn from the main runs of every setting; its tau panel shows the tau
+    ablation, which the smoke config lacks, so it is not drawn there."""
 
     fig_dir = smoke / "results/figures"
-    for stem in ("figX4_mechanism_scatter", "figX4_mechanism_ratio", "figX4_noise_curvature", "figX4_tau_share"):
+    for stem in ("figX4_mechanism_scatter", "figX4_mechanism_ratio", "figX4_noise_curvature"):
         assert (fig_dir / f"{stem}.pdf").stat().st_size > 0 and (fig_dir / f"{stem}.png").stat().st_size > 0
         data = pd.read_csv(fig_dir / f"{stem}.csv")
-        assert len(data) > 0, stem
-        if stem != "figX4_tau_share":
-            assert set(data["setting"]) == {"mnist_fc", "cifar_cnn", "sst2_transformer"}, stem
+        assert set(data["setting"]) == {"mnist_fc", "cifar_cnn", "sst2_transformer"}, stem
+    assert not (fig_dir / "figX4_tau_share.png").exists()
     scatter = pd.read_csv(fig_dir / "figX4_mechanism_scatter.csv")
     assert np.allclose(scatter["ratio"], scatter["measured"] / scatter["predicted"])
     results = (fig_dir / "RESULTS.md").read_text()
