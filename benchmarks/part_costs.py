@@ -102,7 +102,8 @@ def project(finished: Path, config_file: Path, cores: int) -> str:
         jobs = pd.DataFrame(dry_run_jobs(config_file, part))
         costs, unpriced = {}, []
         for job in jobs.itertuples():
-            unit = unit_of(units, job.rule, job.setting)
+            # every figure family's jobs write their benchmark files under one folder, figures/
+            unit = unit_of(units, "figures" if job.rule.startswith("fig") else job.rule, job.setting)
             if unit is None:
                 unpriced.append(f"{job.rule} ({job.setting})" if job.setting else job.rule)
                 continue
