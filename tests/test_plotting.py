@@ -184,3 +184,22 @@ def test_krylov_budgets_that_buy_only_the_start_block_are_found(k, ranks, blocks
     if blocks is None:  # by default the mask reads p from the table itself
         assert (evidence.krylov_start_block_only(table) == flagged).all()
 
+
+
+def test_short_log_axes_get_plain_number_labels():
+    """A log axis under two decades gets readable labels (several plain numbers); a longer one keeps its
+    powers-of-ten labels."""
+    import matplotlib.pyplot as plt
+
+    from sharpgaps.report import plotting
+
+    fig, (short, long) = plt.subplots(1, 2)
+    short.loglog([27, 42], [0.1, 1.0])
+    long.loglog([1e-8, 1e-4], [1e-8, 1e-4])
+    for ax in (short, long):
+        plotting.short_log_axes(ax)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in short.get_xticklabels() if t.get_text() and 27 <= t.get_position()[0] <= 42]
+    assert len(labels) >= 2 and all(label.replace(".", "").isdigit() for label in labels), labels
+    assert any("10^{" in t.get_text() for t in long.get_xticklabels())
+    plt.close(fig)

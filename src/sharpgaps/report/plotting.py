@@ -299,6 +299,20 @@ def decades(values) -> float:
     return float(np.log10(v.max() / v.min())) if len(v) and (v > 0).all() else float("nan")
 
 
+def short_log_axes(ax, max_decades: float = 2.0) -> None:
+    """Plain-number labels on every log axis of ``ax`` that spans under ``max_decades``: with only the powers of
+    ten labelled, such an axis shows one label or none, and its default minor labels crowd. Under one decade the
+    ticks are a few round numbers, else 1, 2 and 5 per decade."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+    for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+        if axis.get_scale() == "log" and lo > 0 and np.log10(hi / lo) < max_decades:
+            axis.set_major_locator(MaxNLocator(nbins=4) if np.log10(hi / lo) < 1
+                                   else LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+            axis.set_minor_formatter(NullFormatter())
+
+
 def fraction_axis_by_span(ax, values, baseline=None, log_decades: float = LOG_DECADES) -> str:
     """y axis of fractions in [0, 1] (removal, overlap, chi_k) decided by the data: linear, so that values such as
     0.35-0.9 stay apart, unless the lines (``values``, without the reference ``baseline``) themselves span more
