@@ -94,7 +94,9 @@ def dry_run_jobs(config_file: Path, part: str) -> list[dict]:
 def project(finished: Path, config_file: Path, cores: int) -> str:
     config = yaml.safe_load(config_file.read_text())
     units = unit_costs(finished, config)
-    lines = [f"Priced from {len(read_job_costs(finished / 'benchmarks'))} finished jobs of `{finished}`; "
+    # the tree as a results_dir names it (from results/ down): no machine's absolute path in the committed docs
+    shown = Path(*finished.parts[finished.parts.index("results"):]) if "results" in finished.parts else finished.name
+    lines = [f"Priced from {len(read_job_costs(finished / 'benchmarks'))} finished jobs of `{shown}`; "
              f"wall = job seconds / {cores} cores.", "",
              "| part | jobs | projected job s by rule | projected job s | projected wall min | unpriced jobs |",
              "|---|---:|---|---:|---:|---|"]

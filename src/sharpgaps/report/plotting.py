@@ -22,6 +22,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from IPython.display import Image, Markdown, display  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 from matplotlib.transforms import Bbox, ScaledTranslation  # noqa: E402
 
 from ..core import atomic  # noqa: E402
@@ -303,8 +304,6 @@ def short_log_axes(ax, max_decades: float = 2.0) -> None:
     """Plain-number labels on every log axis of ``ax`` that spans under ``max_decades``: with only the powers of
     ten labelled, such an axis shows one label or none, and its default minor labels crowd. Under one decade the
     ticks are a few round numbers, else 1, 2 and 5 per decade."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
-
     for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
         if axis.get_scale() == "log" and lo > 0 and np.log10(hi / lo) < max_decades:
             axis.set_major_locator(MaxNLocator(nbins=4) if np.log10(hi / lo) < 1
