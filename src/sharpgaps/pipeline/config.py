@@ -184,10 +184,13 @@ def validate(config: dict, schema_path: str | Path, overrides=None) -> dict:
                 line += f" ({NESTED_HINT.format(want=want)})"
             lines.append(line)
         raise ConfigError("Invalid config (fix these keys):\n" + "\n".join(lines))
-    problems = _part_problems(config) or cross_checks(select_part(config))
+    problems = _part_problems(config)
+    if not problems:
+        config = select_part(config)
+        problems = cross_checks(config)
     if problems:
         raise ConfigError("Invalid config (fix these keys):\n" + "\n".join(f"  - {p}" for p in problems))
-    return select_part(config)
+    return config
 
 
 def _part_problems(config: dict) -> list[str]:
