@@ -16,12 +16,14 @@ SNAKEMAKE_ARGS ?=
 CONFIG_paper := config.yaml
 CONFIG_quick := config.quick.yaml
 CONFIG_smoke := .test/config.yaml
-# Where the committed quick-scale figures live: figures.dir of config.quick.yaml (a test checks they agree).
+# Where the committed figures live: figures.dir of config.quick.yaml and config.yaml (a test checks they agree).
 QUICK_FIGURES := paper_figures/quick
-# Where the quick scale's jobs write: results_dir of config.quick.yaml, read from it.
+PAPER_FIGURES := paper_figures
+# Where each scale's jobs write: results_dir of its config, read from it.
 QUICK_RESULTS := $(shell sed -n 's/^results_dir: *\([^ #]*\).*/\1/p' $(CONFIG_quick))
+PAPER_RESULTS := $(shell sed -n 's/^results_dir: *\([^ #]*\).*/\1/p' $(CONFIG_paper))
 
-.PHONY: setup check-lock lock lock-upgrade all unlock test bench gpu-check docs slurm-test release-quick fidelity clean-venv
+.PHONY: setup check-lock lock lock-upgrade all unlock test bench gpu-check docs slurm-test release-quick release-paper fidelity results-paper clean-venv
 
 setup: $(STAMP)
 
@@ -68,10 +70,28 @@ unlock: setup
 test: setup
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q -ra $(PYTEST_ARGS)
 
+# FIDELITY's quick-against-paper table (Scales), from both releases' committed tables: either release changes it.
+COMPARE_SCALES = $(VENV)/bin/python -m sharpgaps compare-scales --quick $(QUICK_FIGURES) --paper $(PAPER_FIGURES) \
+	--setting mnist_fc --splice docs/FIDELITY.md >/dev/null
+
+# One release part (PART, a key of the config's `parts`) alone from an empty <results dir>/<part>: its figures
+# replace theirs in <figures dir>, its entry of MANIFEST.json there records it (commit, config hash, the part's
+# selection, wall time, peak RSS, the files it drew) and its tables are copied to <figures dir>/tables/<part>/.
+# $(call release_part,<config>,<results dir>,<figures dir>)
+define release_part
+	rm -rf $(2)/$(PART)
+	commit=$$(git rev-parse HEAD); start=$$(date +%s); PATH=$(CURDIR)/$(VENV)/bin:$$PATH \
+		$(VENV)/bin/snakemake all --cores $(CORES) --configfile $(1) --config part=$(PART) && \
+	end=$$(date +%s) && $(VENV)/bin/python -m sharpgaps manifest --config $(1) --part $(PART) \
+		--since $$start --wall-s $$((end - start)) --cores $(CORES) --commit $$commit \
+		--benchmarks $(2)/$(PART)/benchmarks --out $(3)/MANIFEST.json && \
+	rm -rf $(3)/tables/$(PART) && mkdir -p $(3)/tables/$(PART) && \
+	cp $(2)/$(PART)/tables/*.parquet $(3)/tables/$(PART)/
+endef
+
 # Rebuild the committed quick-scale release, part by part (config.quick.yaml `parts`): PART=main, sweeps or
-# heterogeneity runs that part alone from an empty $(QUICK_RESULTS)/<part>; the figures it draws replace theirs in
-# $(QUICK_FIGURES) and its entry of MANIFEST.json (commit, config hash, wall time, peak RSS, the files it drew).
-# Without PART: every part, then `make fidelity` (RESULTS.md and the docs from the parts' tables).
+# heterogeneity runs that part alone (release_part). Without PART: every part, then `make fidelity` (RESULTS.md and
+# the docs from the parts' tables).
 PART ?=
 release-quick: setup
 ifeq ($(PART),)
@@ -80,15 +100,26 @@ ifeq ($(PART),)
 	$(MAKE) release-quick PART=heterogeneity
 	$(MAKE) fidelity
 else
-	rm -rf $(QUICK_RESULTS)/$(PART)
-	commit=$$(git rev-parse HEAD); start=$$(date +%s); PATH=$(CURDIR)/$(VENV)/bin:$$PATH \
-		$(VENV)/bin/snakemake all --cores $(CORES) --configfile config.quick.yaml --config part=$(PART) && \
-	end=$$(date +%s) && $(VENV)/bin/python -m sharpgaps manifest --config config.quick.yaml --part $(PART) \
-		--since $$start --wall-s $$((end - start)) --cores $(CORES) --commit $$commit \
-		--benchmarks $(QUICK_RESULTS)/$(PART)/benchmarks --out $(QUICK_FIGURES)/MANIFEST.json && \
-	rm -rf $(QUICK_FIGURES)/tables/$(PART) && mkdir -p $(QUICK_FIGURES)/tables/$(PART) && \
-	cp $(QUICK_RESULTS)/$(PART)/tables/*.parquet $(QUICK_FIGURES)/tables/$(PART)/
+	$(call release_part,$(CONFIG_quick),$(QUICK_RESULTS),$(QUICK_FIGURES))
 endif
+
+# The paper scale's CPU-sized parts (config.yaml `parts`: mnist_main, then mnist_sweeps, each mnist_fc only), into
+# $(PAPER_FIGURES) with their MANIFEST entries; without PART both, then `make results-paper`. The whole paper scale
+# is `make all` (a GPU, or CONFIRM=1).
+release-paper: setup
+ifeq ($(PART),)
+	$(MAKE) release-paper PART=mnist_main
+	$(MAKE) release-paper PART=mnist_sweeps
+	$(MAKE) results-paper
+else
+	$(call release_part,$(CONFIG_paper),$(PAPER_RESULTS),$(PAPER_FIGURES))
+endif
+
+# The paper scale's RESULTS.md from the tables its parts committed (a claim whose table no part made says "not run").
+results-paper: setup
+	$(VENV)/bin/python -m sharpgaps summary --title "paper scale" --release $(PAPER_FIGURES) \
+		--out $(PAPER_FIGURES)/RESULTS.md
+	$(COMPARE_SCALES)
 
 # Regenerate the quick scale's RESULTS.md, the measured block of docs/FIDELITY.md and the README's headline block
 # from the tables the release's parts committed ($(QUICK_FIGURES)/tables/<part>/; a test checks RESULTS.md is
@@ -96,6 +127,7 @@ endif
 fidelity: setup
 	$(VENV)/bin/python -m sharpgaps summary --title "quick scale" --release $(QUICK_FIGURES) \
 		--out $(QUICK_FIGURES)/RESULTS.md --splice docs/FIDELITY.md --readme README.md
+	$(COMPARE_SCALES)
 
 bench: setup
 	$(VENV)/bin/python benchmarks/run.py

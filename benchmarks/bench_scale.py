@@ -45,10 +45,12 @@ from sharpgaps.core import grid
 from sharpgaps.core.specs import ESTIMATOR_EXPERIMENTS, config_default
 from sharpgaps.engine import losses, models
 from sharpgaps.engine.objective import FullBatchHVP
-from sharpgaps.pipeline.jobcosts import read_job_costs
+from sharpgaps.pipeline.jobcosts import read_tree_job_costs
 
 MODELLED = ("train", "geometry", "restricted", "estimators", "mechanism")  # rules with a cost model (the rest:
 # their mean job time in a finished run)
+# The quick release's part `main` (its tables and job times) inside a checkout: config.quick.yaml's results_dir / main
+QUICK_MAIN = Path("results/quick/main")
 GPU_PEAK_FLOPS = 67e12  # H100 SXM FP32 (no TF32: the HVPs need full fp32)
 GPU_EFFICIENCY = 0.3  # sustained share of peak assumed for these small models
 GPU_LAUNCH_S = 10e-6  # eager PyTorch op dispatch + kernel launch, per aten op
@@ -114,14 +116,14 @@ def _quick_hvp_counts(workdir: Path) -> tuple[dict, dict]:
     from sharpgaps.core.atomic import read_frame
 
     per_pair, per_refresh = {}, {}
-    main = workdir / "results/tables/main_geometry.parquet"
+    main = workdir / QUICK_MAIN / "tables/main_geometry.parquet"
     if main.exists():
         df = read_frame(main)
         for setting, g in df.groupby("setting"):
             n = g[g.metric == "n_hvp"].value.median()
             pairs = g[g.metric == "lambda"].groupby(["seed", "round"]).size().median()  # eigenpairs per checkpoint
             per_pair[setting] = float(n / pairs)
-    table = workdir / "results/tables/restricted.parquet"
+    table = workdir / QUICK_MAIN / "tables/restricted.parquet"
     if table.exists():
         df = read_frame(table)
         last = df[df["mode"].isin(["dom", "bulk"])].sort_values("round").groupby(["setting", "mode"]).tail(1)
@@ -132,7 +134,7 @@ def _quick_hvp_counts(workdir: Path) -> tuple[dict, dict]:
 
 def _other_rule_seconds(workdir: Path) -> dict[str, float]:
     """Mean job seconds per benchmark directory (rule group) of a finished run."""
-    return read_job_costs(workdir / "results/benchmarks").groupby("rule").s.mean().to_dict()
+    return read_tree_job_costs(workdir / QUICK_MAIN.parent).groupby("rule").s.mean().to_dict()
 
 
 def _rule_group(rule: str) -> str:

@@ -4,13 +4,18 @@ Every job of a part (Snakemake's dry run of `all` with `--config part=<name>`) i
 same rule and setting in a finished part's `benchmark:` files, as the median over them of:
 - train: seconds per worker-example (K x b x local steps), times the job's;
 - geometry, estimators, mechanism: seconds per checkpoint, times the job's checkpoint count;
-- any other rule (restricted, collect, figures, ...): its median job of the setting (of any setting for a rule
+- restricted: seconds per local step since the branch (the config's restricted rounds x tau), times the job's;
+- any other rule (collect, figures, ...): its median job of the setting (of any setting for a rule
   without one, or a setting the finished part did not run).
 A rule the finished part lacks is listed as unpriced. The wall time is the job seconds over the cores
 (the measured parts kept both cores busy throughout). A projection, to size a part before it runs; the measured
 wall time is MANIFEST.json's.
 
     python benchmarks/part_costs.py results/quick/main [config.quick.yaml] [--cores 2]
+    python benchmarks/part_costs.py results/quick/main config.yaml   # the paper scale's parts, from quick jobs
+
+The finished jobs are sized by the config that ran them (--finished-config, default config.quick.yaml), the
+projected ones by the config projected, so a quick part prices the paper scale's parts too.
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from sharpgaps.core import grid
+from sharpgaps.core import grid, specs
 from sharpgaps.pipeline.jobcosts import read_job_costs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,6 +49,8 @@ def size(rule: str, config: dict, setting: str, run_id: str) -> float:
         return float(run["K"] * run["b"] * run["local_steps"])
     if rule in PER_CHECKPOINT:
         return float(checkpoint_count(config, setting, run))
+    if rule == "restricted":  # local steps since the branch: rounds x tau (the refreshes scale with the rounds too)
+        return float(specs.restricted_params(config, setting)["rounds"] * run["tau"])
     return 1.0
 
 
@@ -54,7 +61,7 @@ def _where(path: str) -> tuple[str, str]:
 
 def unit_costs(finished: Path, config: dict) -> pd.Series:
     """(rule, setting) -> median seconds per unit of size() over the finished part's jobs, and (rule, '') over
-    all its settings."""
+    all its settings. ``config``: the config the finished part ran (it sizes the finished jobs)."""
     jobs = read_job_costs(finished / "benchmarks")
     rows = []
     for job in jobs.itertuples():
@@ -91,9 +98,9 @@ def dry_run_jobs(config_file: Path, part: str) -> list[dict]:
     return jobs
 
 
-def project(finished: Path, config_file: Path, cores: int) -> str:
+def project(finished: Path, config_file: Path, cores: int, finished_config: Path = REPO / "config.quick.yaml") -> str:
     config = yaml.safe_load(config_file.read_text())
-    units = unit_costs(finished, config)
+    units = unit_costs(finished, yaml.safe_load(finished_config.read_text()))
     # the tree as a results_dir names it (from results/ down): no machine's absolute path in the committed docs
     shown = Path(*finished.parts[finished.parts.index("results"):]) if "results" in finished.parts else finished.name
     lines = [f"Priced from {len(read_job_costs(finished / 'benchmarks'))} finished jobs of `{shown}`; "
@@ -122,8 +129,10 @@ def main(argv=None) -> int:
     p.add_argument("finished", type=Path, help="a finished part's results tree (with benchmarks/)")
     p.add_argument("config", type=Path, nargs="?", default=REPO / "config.quick.yaml")
     p.add_argument("--cores", type=int, default=2)
+    p.add_argument("--finished-config", type=Path, default=REPO / "config.quick.yaml",
+                   help="the config the finished part ran")
     a = p.parse_args(argv)
-    print(project(a.finished, a.config, a.cores))
+    print(project(a.finished, a.config, a.cores, a.finished_config))
     return 0
 
 

@@ -150,24 +150,25 @@ def eig_section(subset, quick: bool) -> tuple[str, list[dict]]:
 
 
 def dag_section(workdir: Path, results: Path = RESULTS) -> tuple[str, list[dict]]:
-    """Per-rule cost of a finished run (its results_dir under ``workdir``), from Snakemake's benchmark files."""
-    from sharpgaps.pipeline.jobcosts import read_job_costs
+    """Per-rule cost of a finished run (its results_dir under ``workdir``, every release part's subtree too), from
+    Snakemake's benchmark files."""
+    from sharpgaps.pipeline.jobcosts import read_tree_job_costs
 
-    jobs = read_job_costs(workdir / results / "benchmarks")
+    jobs = read_tree_job_costs(workdir / results)
     if jobs.empty:
-        return f"## Whole DAG\n\nNo benchmark files found under {results / 'benchmarks'}", []
+        return f"## Whole DAG\n\nNo benchmark files found under {results}", []
     rows = jobs.to_dict("records")
     per_rule = jobs.groupby("rule").agg(jobs=("s", "size"), total_s=("s", "sum"), max_s=("s", "max"),
                                         max_rss_mb=("max_rss_mb", "max")).sort_values("total_s", ascending=False)
     lines = [f"## Whole DAG: per-rule cost ({results}/)", "",
-             "Aggregates every `benchmark:` file under that results/ (all runs made in that checkout, "
-             "e.g. smoke and quick runs together); job times include waiting for a shared CPU.", "",
+             "Aggregates every `benchmark:` file under that results/ and its release parts' subtrees "
+             "(<part>/benchmarks); job times include waiting for a shared CPU.", "",
              "| rule | jobs | total s | slowest job s | peak RSS MB |", "|---|---:|---:|---:|---:|"]
     for rule, r in per_rule.iterrows():
         lines.append(f"| {rule} | {int(r.jobs)} | {r.total_s:.0f} | {r.max_s:.0f} | {r.max_rss_mb:.0f} |")
     lines += ["", "Ten most expensive jobs:", "", "| job | s | peak RSS MB |", "|---|---:|---:|"]
     for _, r in jobs.sort_values("s", ascending=False).head(10).iterrows():
-        lines.append(f"| {r.job} | {r.s:.0f} | {r.max_rss_mb:.0f} |")
+        lines.append(f"| {f'{r.part}: ' if r.part else ''}{r.job} | {r.s:.0f} | {r.max_rss_mb:.0f} |")
     manifest = workdir / "paper_figures/quick/MANIFEST.json"
     if manifest.exists():
         for part, m in read_parts(manifest).items():

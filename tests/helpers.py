@@ -50,8 +50,8 @@ def workflow_copy(dst):
 
 def figure_files(workdir, name):
     """A figure a run made: PDF, PNG and CSV in the figure directory, the executed notebook (no error; every
-    parameter the rule passed is one the notebook declares; no text of the figure overlapping other text, which
-    plotting.save reports) and its log. Returns (its CSV, the parameters)."""
+    parameter the rule passed is one the notebook declares; no text of the figure overlapping other text and no
+    empty panel, which plotting.save reports) and its log. Returns (its CSV, the parameters)."""
     import nbformat
     import pandas as pd
     import papermill
@@ -65,7 +65,8 @@ def figure_files(workdir, name):
     run = executed.metadata.papermill
     assert run.exception is None
     printed = "".join(out.get("text", "") for cell in executed.cells for out in cell.get("outputs", []))
-    assert "WARNING: overlapping text" not in printed, f"{name}: " + printed[printed.find("WARNING: overlapping"):][:500]
+    for warning in ("WARNING: overlapping text", "WARNING: empty panel"):
+        assert warning not in printed, f"{name}: " + printed[printed.find(warning):][:500]
     assert set(run.parameters) <= set(papermill.inspect_notebook(str(workdir / run.input_path)))
     assert (workdir / f"results/logs/figures/{name}.log").is_file()
     return pd.read_csv(workdir / FIGURE_DIR / f"{name}.csv"), run.parameters

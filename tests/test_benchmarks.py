@@ -199,7 +199,8 @@ def test_hessian_sample_script_compares_a_sample_with_all_examples(mini, tmp_pat
 
 def test_part_costs_price_training_by_work_and_stages_by_checkpoints(tmp_path):
     """A part's projection: a train job costs in proportion to K x b x local steps, a geometry job to its
-    checkpoints, another rule its median job; a rule never run is unpriced, not guessed."""
+    checkpoints, a restricted job to its local steps since the branch, another rule its median job; a rule never
+    run is unpriced, not guessed. A quick part prices the paper scale's jobs by the paper config's sizes."""
     import yaml
     from part_costs import size, unit_costs, unit_of
 
@@ -216,7 +217,16 @@ def test_part_costs_price_training_by_work_and_stages_by_checkpoints(tmp_path):
     assert unit_of(units, "train", "mnist_fc") * size("train", config, "mnist_fc", k16) == pytest.approx(200.0)
     thinned = "K8_tau1_b50_lr0.05_mse_T8000_W4_s0_ck4"  # 4 of the setting's 8 checkpoints
     assert unit_of(units, "geometry", "mnist_fc") * size("geometry", config, "mnist_fc", thinned) == pytest.approx(40.0)
-    assert unit_of(units, "restricted", "cifar_cnn") == pytest.approx(30.0)  # no CIFAR job: any setting's median
+    # restricted: per local step since the branch (60 rounds x tau 8 here); no CIFAR job: any setting's median
+    assert unit_of(units, "restricted", "cifar_cnn") * size("restricted", config, "cifar_cnn", run) == pytest.approx(
+        30.0 * config["settings"]["cifar_cnn"]["restricted"]["rounds"] / config["restricted"]["rounds"])
+    # the paper scale's jobs priced from these quick ones: its own checkpoints and restricted rounds
+    paper = yaml.safe_load((REPO / "config.yaml").read_text())
+    paper_run = "K8_tau8_b50_lr0.05_mse_T20000_W4_s0"
+    assert unit_of(units, "geometry", "mnist_fc") * size("geometry", paper, "mnist_fc", paper_run) == pytest.approx(
+        80.0 / config["train"]["checkpoints"]["count"] * paper["train"]["checkpoints"]["count"])
+    assert unit_of(units, "restricted", "mnist_fc") * size("restricted", paper, "mnist_fc", paper_run) == pytest.approx(
+        30.0 * paper["restricted"]["rounds"] / config["restricted"]["rounds"])
     assert unit_of(units, "train", "cifar_cnn") is None and unit_of(units, "figX5_heterogeneity", "") is None
     assert unit_of(units, "theory", "") == pytest.approx(5.0)
 
@@ -228,3 +238,16 @@ def test_stage_costs_reads_every_duration_the_geometry_job_prints():
     line = "checkpoint 1/3 (round 2): lambda_1=9.463, 1 min 24 s (eigensolver 1 min 09 s, 60 HVPs), 1 min 24 s/ckpt"
     assert GEOMETRY_CKPT.findall(line) == [("2", "1 min 24 s", "60")]
     assert [seconds(d) for d in ("54 s", "1 min 24 s", "1 h 02 min")] == [54.0, 84.0, 3720.0]
+
+
+def test_job_costs_of_a_results_tree_include_every_release_parts_subtree(tmp_path):
+    from sharpgaps.pipeline.jobcosts import read_tree_job_costs
+
+    for part, rule, seconds in (("", "train", 1.0), ("main", "train", 2.0), ("sweeps", "geometry", 3.0)):
+        path = tmp_path / part / "benchmarks" / rule / "mnist_fc/run.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"s\th:m:s\tmax_rss\n{seconds}\t0:00:01\t100\n")
+    jobs = read_tree_job_costs(tmp_path)
+    assert sorted(zip(jobs["part"], jobs["rule"], jobs["s"])) == [
+        ("", "train", 1.0), ("main", "train", 2.0), ("sweeps", "geometry", 3.0)]
+    assert read_tree_job_costs(tmp_path / "none").empty

@@ -354,3 +354,25 @@ def test_a_release_part_runs_its_experiments_in_a_tree_of_its_own():
         validate({**cfg, "part": "nope"}, SCHEMA)
     with pytest.raises(ConfigError, match="parts.extra: unknown experiment 'tau'"):
         validate({**cfg, "parts": {**cfg["parts"], "extra": ["tau"]}}, SCHEMA)
+
+
+def test_a_release_part_can_keep_some_settings_of_its_experiments():
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["experiments"]["tau_ablation"]["per_setting"] = {"cifar_cnn": {"tau": [1, 8]}, "mnist_fc": {"tau": [1, 4]}}
+    main = validate({**cfg, "part": "mnist_main"}, SCHEMA)
+    assert main["experiments"] == {"main": {**cfg["experiments"]["main"], "settings": ["mnist_fc"]}}
+    assert main["results_dir"] == f"{cfg['results_dir']}/mnist_main"
+    sweeps = validate({**cfg, "part": "mnist_sweeps"}, SCHEMA)
+    assert list(sweeps["experiments"]) == ["tau_ablation", "k_sweep", "batch_sweep"]
+    assert {r["setting"] for r in grid.expand_runs(sweeps)} == {"mnist_fc"}
+    assert sweeps["experiments"]["tau_ablation"]["per_setting"] == {"mnist_fc": {"tau": [1, 4]}}
+    # an experiment left with none of the part's settings is dropped
+    het = {"experiments": ["main", "heterogeneity"], "settings": ["sst2_transformer"]}
+    figures = {**cfg["figures"], "fig1_setting": "sst2_transformer"}  # Fig 1's setting must be one the part runs
+    assert list(validate({**cfg, "parts": {"p": het}, "part": "p", "figures": figures}, SCHEMA)["experiments"]) == ["main"]
+    with pytest.raises(ConfigError, match=r"parts.p.settings: unknown setting 'mnist' \(defined: \['cifar_cnn'"):
+        validate({**cfg, "parts": {"p": {"experiments": ["main"], "settings": ["mnist"]}}}, SCHEMA)
+    with pytest.raises(ConfigError, match=r"parts.p.settings: none of \['sst2_transformer'\] is a setting of its"):
+        validate({**cfg, "parts": {"p": {"experiments": ["heterogeneity"], "settings": ["sst2_transformer"]}}}, SCHEMA)
+    with pytest.raises(ConfigError, match="parts.p"):
+        validate({**cfg, "parts": {"p": {"settings": ["mnist_fc"]}}}, SCHEMA)  # no experiments

@@ -202,3 +202,41 @@ def test_committed_quick_results_are_what_summary_prints_from_the_release_tables
     assert text == (release / "RESULTS.md").read_text()
     drawn = {f for part in manifest["parts"].values() for f in part["figures"]}
     assert {p.name for p in release.iterdir() if p.is_file()} - {"MANIFEST.json", "RESULTS.md"} <= drawn
+
+
+def test_fidelity_compares_the_scales_from_both_releases_committed_tables(configs, monkeypatch):
+    """FIDELITY's quick-against-paper table is what `compare-scales` prints from the two releases' committed
+    tables (`make fidelity` and `make results-paper` regenerate it), and it names every headline quantity the
+    quick release measured for mnist_fc."""
+    from sharpgaps.report import scale_compare
+    from sharpgaps.report.summary import splice_text
+
+    monkeypatch.chdir(REPO)  # the block names the releases by their paths relative to the checkout
+    quick, paper = (configs[s]["figures"]["dir"] for s in ("quick", "paper"))
+    doc = (REPO / "docs/FIDELITY.md").read_text()
+    text = scale_compare.comparison_markdown(quick, paper, "mnist_fc")
+    assert splice_text(doc, text, scale_compare.BEGIN, scale_compare.END) == doc, "stale: run `make results-paper`"
+    for quantity in ("removal at m = k", "overlap with V_k at m = k", "best free estimator", "Dom share",
+                     "Bulk share", "mechanism fit"):
+        assert f"| {quantity}" in text
+
+
+def test_the_scale_comparison_says_where_bands_do_not_meet(tmp_path, configs):
+    """A paper release whose gap overlap sits far above the quick one's (the quick tables with 0.5 added to it)
+    is reported as differing there, and as agreeing where its tables are the quick ones'."""
+    from sharpgaps.core.atomic import read_frame, save_frame
+    from sharpgaps.report import scale_compare
+
+    quick = REPO / configs["quick"]["figures"]["dir"]
+    (tmp_path / "tables/p").mkdir(parents=True)
+    for name in ("main_geometry", "restricted"):
+        df = read_frame(quick / f"tables/main/{name}.parquet")
+        if name == "main_geometry":
+            df.loc[df["metric"] == "overlap", "value"] += 0.5
+        save_frame(df, tmp_path / f"tables/p/{name}.parquet")
+    table = scale_compare.comparison(scale_compare.release_numbers(quick), scale_compare.release_numbers(tmp_path),
+                                     "mnist_fc").set_index("quantity")["reading"]
+    assert table["overlap with V_k at m = k (gap subspace)"] == "**differ**: paper higher beyond both bands"
+    assert table["removal at m = k (gap subspace)"] == "bands meet"
+    assert table["Dom share of Local SGD's loss drop"] == "bands meet"
+    assert table["mechanism fit: median abs log10(measured / predicted)"].startswith("not compared")

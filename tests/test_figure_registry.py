@@ -124,6 +124,7 @@ def test_each_scale_has_its_own_figure_directory():
     assert (REPO / dirs["quick"] / "MANIFEST.json").is_file()
     make = (REPO / "Makefile").read_text()
     assert re.search(rf"^QUICK_FIGURES := {re.escape(dirs['quick'])}$", make, re.M)
+    assert re.search(rf"^PAPER_FIGURES := {re.escape(dirs['paper'])}$", make, re.M)
     assert "paper_figures/" not in make.replace("paper_figures/quick", "")  # every other path goes through it
 
 

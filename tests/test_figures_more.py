@@ -6,7 +6,9 @@ config lacks, so `sweeps` builds them from a small mnist_fc-only config without 
 a config without `main` gets neither restricted figures nor their RESULTS.md sections).
 """
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -18,6 +20,7 @@ import yaml
 
 from sharpgaps.report import evidence, plotting
 from tests.helpers import (
+    REPO,
     FIGURE_DIR,
     SMOKE_CONFIG,
     SWEEPS,
@@ -288,3 +291,28 @@ def test_changing_one_tau_reruns_only_that_taus_jobs(sweeps, tmp_path):
     assert counts.get("collect_geometry") == 1  # only the tau_ablation table
     assert "subset" not in counts and counts.get("fig10_18_sweep") == 1  # the tau figure; K and batch ones untouched
     assert counts.get("results_summary") == 1
+
+
+@pytest.mark.workflow
+def test_a_one_setting_config_draws_every_figure_for_that_setting_without_empty_panels(mini, tmp_path):
+    """A config whose experiments run one setting (the minimal DAG: mnist_fc; the paper scale's MNIST parts)
+    draws each figure with setting panels (the families of the geometry, restricted, estimator and mechanism
+    tables) for that setting only, none with an empty panel or overlapping text (figure_files)."""
+    from sharpgaps.pipeline.config import validate
+    from sharpgaps.report import figures
+
+    work, config = mini
+    cfg = validate(yaml.safe_load(config.read_text()), REPO / "workflow/schemas/config.schema.yaml")
+    tables = {"geometry": "{experiment}", "restricted": "r", "estimators": "e", "mechanism": "m"}
+    stems = [stem for family in figures.expand(figures.load_registry(REPO / "workflow/figures.yaml"), cfg, tables)
+             .values() for stem in family]
+    assert {"fig01_cosines", "fig02_removal", "fig03_spectrum", "fig04_alignment", "fig09_removal_raw",
+            *RESTRICTED, "figX1_gap_restricted"} <= set(stems)
+    assert any(n.startswith("figX3_") for n in stems) and any(n.startswith("figX4_") for n in stems)
+    copy = tmp_path / "w"
+    shutil.copytree(work, copy, symlinks=True, copy_function=os.link)  # hard links: the shared run stays as it is
+    snakemake(copy, "--cores", "2", *(f"{FIGURE_DIR}/{stem}.pdf" for stem in stems), config=config)
+    for stem in stems:
+        data, _ = figure_files(copy, stem)
+        if "setting" in data:
+            assert set(data["setting"].dropna()) == {"mnist_fc"}, stem

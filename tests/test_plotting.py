@@ -203,3 +203,13 @@ def test_short_log_axes_get_plain_number_labels():
     assert len(labels) >= 2 and all(label.replace(".", "").isdigit() for label in labels), labels
     assert any("10^{" in t.get_text() for t in long.get_xticklabels())
     plt.close(fig)
+
+
+def test_a_panel_with_axes_and_nothing_in_it_is_reported_as_empty():
+    fig, axes = plotting.panels(3)
+    axes[0, 0].plot([0, 1], [0, 1])
+    axes[0, 1].set_title("sst2_transformer")  # room made for a setting, then nothing drawn
+    axes[0, 2].axis("off")  # a legend or note panel is not empty
+    assert plotting.empty_panels(fig) == ["panel 2 'sst2_transformer'"]
+    axes[0, 1].axhline(0.5)
+    assert plotting.empty_panels(fig) == []

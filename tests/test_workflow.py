@@ -200,3 +200,10 @@ def test_manifest_keeps_one_entry_per_release_part(tmp_path):
     flat = tmp_path / "flat.json"
     flat.write_text(json.dumps({"commit": "x", "wall_s": 1.0}))
     assert read_parts(flat) == {"": {"commit": "x", "wall_s": 1.0}}  # a record of a whole run
+    # a part that keeps some settings records what it selected and the override that ran it
+    subprocess.run([sys.executable, "-m", "sharpgaps", "manifest", "--config", str(REPO / "config.yaml"), "--wall-s",
+                    "5", "--part", "mnist_main", "--since", str(time.time()), "--commit", "ddd", "--out", str(out)],
+                   cwd=REPO, check=True)
+    entry = read_parts(out)["mnist_main"]
+    assert entry["override"] == "--config part=mnist_main"
+    assert entry["selection"] == {"experiments": ["main"], "settings": ["mnist_fc"]}

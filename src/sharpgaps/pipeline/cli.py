@@ -36,6 +36,15 @@ def cmd_estimators(a) -> None:
                     a.geometry_table, a.geometry_work, a.work_dir, a.out, threads=a.threads, device=a.device)
 
 
+def _compare_scales(a) -> None:
+    from ..report import scale_compare, summary  # start-up: this command only
+
+    text = scale_compare.comparison_markdown(a.quick, a.paper, a.setting)
+    if a.splice:
+        summary.splice(Path(a.splice), text, scale_compare.BEGIN, scale_compare.END)
+    print(text)
+
+
 def cmd_manifest(a) -> None:
     write_manifest(a.config, a.out, wall_s=a.wall_s, max_rss_mb=a.max_rss_mb, benchmarks=a.benchmarks,
                    commit=a.commit, cores=a.cores, note=a.note, part=a.part, since=a.since)
@@ -125,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a release's figures.dir: read the tables its parts copied to <release>/tables/<part>/")
     q.set_defaults(func=lambda a: jobs.summary(summary_tables(a.table, a.release), a.out, a.title,
                                                splice_into=a.splice, readme=a.readme))
+
+    q = sub.add_parser("compare-scales", help="one setting's headline numbers, quick release against paper scale")
+    q.add_argument("--quick", required=True, help="the quick release's figures.dir (its tables/<part>/)")
+    q.add_argument("--paper", required=True, help="the paper scale's figures.dir (its tables/<part>/)")
+    q.add_argument("--setting", default="mnist_fc")
+    q.add_argument("--splice", default=None, help="write the table into this document's scale-compare block")
+    q.set_defaults(func=_compare_scales)
 
     q = sub.add_parser("manifest", help="record config, commit, machine and wall time of a finished run")
     q.add_argument("--config", required=True)

@@ -193,9 +193,23 @@ def validate(config: dict, schema_path: str | Path, overrides=None) -> dict:
     return config
 
 
+def part_selection(spec) -> tuple[list[str], list[str] | None]:
+    """A `parts` entry as (its experiments, the settings it keeps or None for all)."""
+    if isinstance(spec, dict):
+        return spec["experiments"], spec.get("settings")
+    return spec, None
+
+
 def _part_problems(config: dict) -> list[str]:
-    problems = [f"parts.{name}: unknown experiment '{exp}' (defined: {sorted(config['experiments'])})"
-                for name, exps in config["parts"].items() for exp in exps if exp not in config["experiments"]]
+    problems = []
+    for name, spec in config["parts"].items():
+        exps, only = part_selection(spec)
+        problems += [f"parts.{name}: unknown experiment '{exp}' (defined: {sorted(config['experiments'])})"
+                     for exp in exps if exp not in config["experiments"]]
+        problems += [f"parts.{name}.settings: unknown setting '{s}' (defined: {sorted(config['settings'])})"
+                     for s in only or [] if s not in config["settings"]]
+        if only and not problems and not any(set(only) & set(config["experiments"][e]["settings"]) for e in exps):
+            problems.append(f"parts.{name}.settings: none of {only} is a setting of its experiments {exps}")
     part = config["part"]
     if part is not None and part not in config["parts"]:
         problems.append(f"part: '{part}' is not a key of `parts` (defined: {sorted(config['parts'])}); allowed: one "
@@ -204,13 +218,23 @@ def _part_problems(config: dict) -> list[str]:
 
 
 def select_part(config: dict) -> dict:
-    """The config one release part runs: its experiments only, written under results_dir/<part> (a tree of its
-    own, so that each part starts from an empty one). Without `part`, the config itself."""
+    """The config one release part runs: its experiments only (for its settings only, where it names some), written
+    under results_dir/<part> (a tree of its own, so that each part starts from an empty one). Without `part`, the
+    config itself."""
     part = config["part"]
     if part is None:
         return config
     config = copy.deepcopy(config)
-    config["experiments"] = {e: config["experiments"][e] for e in config["parts"][part]}
+    exps, only = part_selection(config["parts"][part])
+    config["experiments"] = {e: config["experiments"][e] for e in exps}
+    if only is not None:
+        for name in exps:
+            exp = config["experiments"][name]
+            exp["settings"] = [s for s in exp["settings"] if s in only]
+            if "per_setting" in exp:
+                exp["per_setting"] = {s: v for s, v in exp["per_setting"].items() if s in only}
+            if not exp["settings"]:
+                del config["experiments"][name]
     config["results_dir"] = f"{config['results_dir'].rstrip('/')}/{part}"
     return config
 

@@ -19,3 +19,13 @@ def read_job_costs(root: str | os.PathLike) -> pd.DataFrame:
         rows.append({"rule": rel.parts[0], "job": str(rel.with_suffix("")), "s": float(df["s"].iloc[0]),
                      "max_rss_mb": float(df["max_rss"].iloc[0])})
     return pd.DataFrame(rows, columns=["rule", "job", "s", "max_rss_mb"])
+
+
+def read_tree_job_costs(results: str | os.PathLike) -> pd.DataFrame:
+    """read_job_costs of a results_dir, with a `part` column: its own benchmarks/ (part "") and those of each
+    release part run in a subtree of it (results/<part>/benchmarks)."""
+    results = Path(results)
+    roots = [("", results / "benchmarks"), *((p.parent.name, p) for p in sorted(results.glob("*/benchmarks")))]
+    frames = [read_job_costs(root).assign(part=part) for part, root in roots if root.is_dir()]
+    return (pd.concat(frames, ignore_index=True) if frames
+            else pd.DataFrame(columns=["rule", "job", "s", "max_rss_mb", "part"]))

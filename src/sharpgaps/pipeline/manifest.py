@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from ..core.atomic import save_json
 from .jobcosts import read_job_costs
@@ -67,6 +68,9 @@ def write_manifest(config, out, *, wall_s: float, max_rss_mb: float | None = Non
         save_json(entry, out)
         return
     entry["part"] = part
+    # what `--config part=<part>` selects: its experiments, and its settings where it keeps only some
+    entry["override"] = f"--config part={part}"
+    entry["selection"] = (yaml.safe_load(cfg) or {}).get("parts", {}).get(part)
     if since is not None:
         entry["figures"] = drawn_since(Path(out).parent, since)
     previous = json.loads(Path(out).read_text()) if Path(out).is_file() else {}

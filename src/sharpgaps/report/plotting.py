@@ -407,6 +407,13 @@ def no_data(message: str):
     return fig
 
 
+def empty_panels(fig) -> list[str]:
+    """The panels of ``fig`` with axes drawn but nothing in them ("panel <n> '<title>'"): a setting or series the
+    figure made room for and then had no data for. Panels with their axes off (legends, notes) do not count."""
+    return [f"panel {n} {ax.get_title()!r}" for n, ax in enumerate(fig.axes, 1)
+            if ax.get_visible() and ax.axison and not ax.has_data()]
+
+
 def _rendered(fig, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format=fmt, bbox_inches="tight", **kw)
@@ -420,13 +427,16 @@ def save(fig, data: pd.DataFrame, out_pdf, out_png, out_csv, dpi: int, note: str
     ``note``: the line written above the figure's top-left corner. "lines" (default, for figures of seed-averaged
     lines with bands): "lines: <band_note(data)>", only if ``data`` has seeds; any other text: written as it is
     (a scatter of every seed is not a mean with a band, and must not say so); None: no note. Text that overlaps
-    other text (:func:`overlapping_text`) is printed as a WARNING."""
+    other text (:func:`overlapping_text`) and panels with nothing in them (:func:`empty_panels`) are printed as
+    WARNINGs."""
     if note == "lines":  # every figure of lines over seeds says how many, and what its bands are
         note = f"lines: {band_note(data)}" if "seed" in data and len(data) else None
     if note:
         fig.text(0.0, 1.0, note, ha="left", va="bottom", fontsize=8, color="0.35")
     for pair in overlapping_text(fig):  # the figure tests read these from the executed notebook
         print(f"WARNING: overlapping text: {pair}")
+    for panel in empty_panels(fig):
+        print(f"WARNING: empty panel: {panel}")
     atomic.save_frame(data, out_csv)
     atomic.write_bytes(_rendered(fig, "pdf", metadata={"CreationDate": None}), out_pdf)  # same bytes on a rerun
     atomic.write_bytes(_rendered(fig, "png", dpi=dpi), out_png)

@@ -413,7 +413,7 @@ def estimator_numbers(est: pd.DataFrame) -> dict[str, tuple[int, list[dict]]]:
     return {setting: _estimator_rows(est, setting) for setting in est["setting"].unique()}
 
 
-def _free(rows: list[dict]) -> list[dict]:
+def free_estimators(rows: list[dict]) -> list[dict]:
     """The estimators at no extra gradient (by-products of Local SGD; not the random control), by overlap."""
     return _by_overlap([r for r in rows if r["overlap"].ok() and r["estimator"] != "random"
                         and np.isfinite(r["cost"].mean) and r["cost"].mean == 0])
@@ -443,7 +443,7 @@ def estimator_ranking(est: pd.DataFrame, numbers: dict | None = None) -> tuple[s
             parts.append(f"| {fmt(c)} | {best['label']} | {best['overlap']} |")
         parts.append("")
         gap = next((r for r in rows if r["estimator"] == "gap"), None)
-        free = _free(rows)
+        free = free_estimators(rows)
         if gap is None or not gap["overlap"].ok() or not free:
             continue
         best_free = free[0]
@@ -543,7 +543,7 @@ def claim_rows(numbers: dict) -> list[dict]:
             for setting, (k, est) in (numbers.get("estimators") or {}).items():
                 gap = next((r for r in est if r["estimator"] == "gap"), None)
                 rand = next((r for r in est if r["estimator"] == "random"), None)
-                free = _free(est)
+                free = free_estimators(est)
                 if gap is None or rand is None:
                     raise MissingEvidence(f"claim (b), {setting}: the estimators table lacks the gap subspace or "
                                           "the random subspace")
