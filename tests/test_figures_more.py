@@ -225,6 +225,7 @@ def test_results_md_of_the_sweep_config(sweeps):
     work, _ = sweeps
     text = (work / FIGURE_DIR / "RESULTS.md").read_text()
     assert text.startswith("# Results (sweep test)")
+    assert "\nSettings in these tables: mnist_fc; each verdict names the settings it covers.\n" in text
     for section, axis in (("## Figs 10-12: tau_ablation", "tau"), ("## Figs 13-15: k_sweep", "K"),
                           ("## Figs 16-18: batch_sweep", "b"), ("## Theory check", None)):
         assert section in text
