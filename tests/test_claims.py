@@ -54,6 +54,10 @@ def test_a_stage_the_run_lacks_is_not_run_and_an_empty_one_fails(smoke, tmp_path
     frames = {k: read_frame(p) for k, p in tables.items() if k != "mechanism"}
     rows = {r["claim"]: r for r in claim_rows(stage_numbers(frames))}
     assert rows["c"]["verdict"] == "**not run**" and "mechanism" in rows["c"]["measured"]
+    # a mechanism table of the tau ablation's runs only (a release part without `main`): (c) is not run either
+    tau_only = read_frame(tables["mechanism"]).assign(experiment="tau_ablation")
+    rows = {r["claim"]: r for r in claim_rows(stage_numbers({**frames, "mechanism": tau_only}))}
+    assert rows["c"]["verdict"] == "**not run**" and "no `main` runs" in rows["c"]["measured"]
     # a restricted table without the none/dom/bulk modes yields no number: no row is printed without one
     frames["restricted"] = frames["restricted"][frames["restricted"]["mode"] == "none"]
     with pytest.raises(MissingEvidence, match=r"claim \(e\)"):
