@@ -51,7 +51,8 @@ def workflow_copy(dst):
 def figure_files(workdir, name):
     """A figure a run made: PDF, PNG and CSV in the figure directory, the executed notebook (no error; every
     parameter the rule passed is one the notebook declares; no text of the figure overlapping other text and no
-    empty panel, which plotting.save reports) and its log. Returns (its CSV, the parameters)."""
+    empty panel, which plotting.save reports; no run configuration left out, which plotting.load reports) and its
+    log. Returns (its CSV, the parameters)."""
     import nbformat
     import pandas as pd
     import papermill
@@ -65,7 +66,7 @@ def figure_files(workdir, name):
     run = executed.metadata.papermill
     assert run.exception is None
     printed = "".join(out.get("text", "") for cell in executed.cells for out in cell.get("outputs", []))
-    for warning in ("WARNING: overlapping text", "WARNING: empty panel"):
+    for warning in ("WARNING: overlapping text", "WARNING: empty panel", "run configurations; drawing"):
         assert warning not in printed, f"{name}: " + printed[printed.find(warning):][:500]
     assert set(run.parameters) <= set(papermill.inspect_notebook(str(workdir / run.input_path)))
     assert (workdir / f"results/logs/figures/{name}.log").is_file()
@@ -112,11 +113,11 @@ def check_notebook(path):
 
 def sweep_config(path):
     """The smoke config with tiny mnist_fc sweeps instead of `main` (values shared with the main run's defaults
-    are reused runs, so this is four runs in all)."""
+    are reused runs); the K sweep matches gap vectors as the real configs do, so its W varies with K."""
     cfg = yaml.safe_load(SMOKE_CONFIG.read_text())
     cfg["experiments"] = {
         "tau_ablation": {"settings": ["mnist_fc"], "tau": SWEEPS["fig10_tau_ablation_mnist_fc"][1]},
-        "k_sweep": {"settings": ["mnist_fc"], "K": SWEEPS["fig13_k_sweep_mnist_fc"][1]},
+        "k_sweep": {"settings": ["mnist_fc"], "K": SWEEPS["fig13_k_sweep_mnist_fc"][1], "match": "gap_vectors"},
         "batch_sweep": {"settings": ["mnist_fc"], "b": SWEEPS["fig16_batch_sweep_mnist_fc"][1]},
     }
     cfg["figures"]["title"] = "sweep test"

@@ -33,6 +33,15 @@ plt.rcParams.update({"axes.titlesize": 11, "legend.fontsize": 9, "legend.title_f
 
 # What makes two rows the same run configuration: seeds of one are averaged, different ones never mixed.
 RUN_KEYS = ["K", "tau", "b", "lr", "loss", "window"]
+# What a sweep's `match` changes along with the swept value (gap_vectors: W ~ 1/(K-1); epochs: the local steps,
+# which are no run key here): one sweep configuration leaves these free too.
+MATCH_VARIES = {"gap_vectors": ["window"], "epochs": [], "none": []}
+
+
+def sweep_run_keys(axis: str, match: str) -> list[str]:
+    """The run keys that fix one configuration of a sweep over ``axis`` (load's ``run_keys``)."""
+    return [k for k in RUN_KEYS if k != axis and k not in MATCH_VARIES.get(match, [])]
+
 # A restricted branch's parent configuration: its seeds may branch at different rounds (branch_scope "seed" reads
 # each seed's own chi_k), so their curves are aligned on the local steps since the branch (column since_branch).
 BRANCH_KEYS = ["K", "tau", "b", "lr"]
