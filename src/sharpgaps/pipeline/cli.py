@@ -53,7 +53,7 @@ def cmd_manifest(a) -> None:
 def summary_tables(args: list[str], release: str | None = None) -> dict[str, Path | list[Path]]:
     """--table NAME=PATH arguments, after a release's tables (--release): a name given once maps to its path, one
     given more often to their list."""
-    from ..report.summary import release_tables  # start-up: this command only
+    from ..report.summary import one_or_all, release_tables  # start-up: this command only
 
     tables: dict[str, list[Path]] = {}
     for name, paths in (release_tables(Path(release) / "tables") if release else {}).items():
@@ -61,7 +61,7 @@ def summary_tables(args: list[str], release: str | None = None) -> dict[str, Pat
     for arg in args:
         name, path = arg.split("=", 1)
         tables.setdefault(name, []).append(Path(path))
-    return {name: paths[0] if len(paths) == 1 else paths for name, paths in tables.items()}
+    return one_or_all(tables)
 
 
 def after_geometry_args(q, section: str, table_use: str) -> None:

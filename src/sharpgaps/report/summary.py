@@ -710,6 +710,11 @@ def release_tables(tables_dir: str | Path) -> dict[str, Path | list[Path]]:
             tables.setdefault(name, []).append(path)
     if not tables:
         raise FileNotFoundError(f"{tables_dir}: no release part's tables (<part>/*.parquet); run `make release-quick`")
+    return one_or_all(tables)
+
+
+def one_or_all(tables: dict[str, list[Path]]) -> dict[str, Path | list[Path]]:
+    """name -> its path where it has one, its list where several parts (or --table arguments) give it."""
     return {name: paths[0] if len(paths) == 1 else paths for name, paths in tables.items()}
 
 
