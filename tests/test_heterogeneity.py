@@ -72,7 +72,7 @@ def test_verdicts_say_which_way_each_answer_falls():
     assert ("overlap with V_k at m = k is 0.205 ± 0.00707 (n=2) with label skew (Dirichlet alpha = 0.1, no "
             "momentum) against 0.405 ± 0.00707 (n=2) for IID workers (difference -0.2, ratio 0.506): label skew "
             "lowers it.") in text
-    assert "momentum no change beyond the seed band." in text
+    assert "momentum changes it by no more than the seed band." in text
     one = table[table["seed"] == 0]  # one seed: no band, no direction claimed
     assert " ".join(het.verdicts(one, "mnist_fc")).count("not settled: one seed has no band") == 2
     assert text.count("predicts the per-direction gap variance on V_k within a factor 2") == 2

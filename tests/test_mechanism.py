@@ -176,6 +176,19 @@ def test_vk_share():
     assert list(share["share_measured"]) == [0.5, 0.5] and list(share["share_predicted"]) == [0.5, 0.5]
 
 
+def test_vk_share_of_a_table_with_plain_and_heterogeneous_runs():
+    """A plain run's optional keys are NaN beside a Dirichlet run's (one mechanism table of several experiments):
+    both runs still get their shares."""
+    base = {"setting": "mnist_fc", "K": 8, "tau": 8, "b": 50, "lr": 0.05, "loss": "mse", "window": 4, "seed": 0,
+            "round": 3, "step": 24, "k": 1}
+    rows = []
+    for alpha, top in ((float("nan"), 2.0), (0.1, 5.0)):
+        rows += [{**base, "alpha": alpha, "kind": "eigen", "direction": 0, "measured": top, "predicted": top},
+                 {**base, "alpha": alpha, "kind": "total", "direction": -1, "measured": 10.0, "predicted": 10.0}]
+    share = mech.vk_share(pd.DataFrame(rows))
+    assert sorted(share["share_measured"]) == [0.2, 0.5] and sorted(share["share_predicted"]) == [0.2, 0.5]
+
+
 def test_tau_shares_take_each_runs_own_late_third():
     """A tau ablation holds several runs per seed, each with its own checkpoint rounds: the late third is each
     run's, never one pooled over the seed's runs (which read a long-tau run at its final checkpoint only)."""

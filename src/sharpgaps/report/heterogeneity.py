@@ -99,14 +99,14 @@ def best_estimator(table: pd.DataFrame, setting: str, alpha: str, momentum: floa
 
 def _change(new: Stat, base: Stat) -> str:
     """What the new cell does to the overlap: raises / lowers it when the two mean ± sd bands do not overlap,
-    else no change beyond the seed band; one seed has no band, so it settles nothing."""
+    else it changes it by no more than the seed band; one seed has no band, so it settles nothing."""
     if new.n < 2 or base.n < 2:
         return "not settled: one seed has no band"
     if new.lo() > base.hi():
         return "raises it"
     if new.hi() < base.lo():
         return "lowers it"
-    return "no change beyond the seed band"
+    return "changes it by no more than the seed band"
 
 
 def cells_of(table: pd.DataFrame, setting: str) -> list[tuple[str, float]]:
@@ -165,7 +165,8 @@ def verdicts(table: pd.DataFrame, setting: str) -> list[str]:
         drift = late_stat(table, setting, alpha, mom, "drift_explains")
         if err.ok():
             fits = ("within a factor 2" if err.hi() < FACTOR_2 else
-                    "not within a factor 2" if err.lo() >= FACTOR_2 else "not settled by these seeds at a factor 2")
+                    "not within a factor 2" if err.lo() >= FACTOR_2 else
+                    "within a factor 2 or not: these seeds' band straddles it")
             out.append(claim(
                 f"- {setting}, alpha = {alpha}, momentum {mom:g}: the noise + drift model predicts the per-direction "
                 f"gap variance on V_k {fits} (median |log10(measured/predicted)| {{err}}; the noise term alone "

@@ -323,9 +323,13 @@ def vk_share(df: pd.DataFrame) -> pd.DataFrame:
     sum over the 'total' row (predicted total: eigen rows + (d - k - extra) x the random directions' mean)."""
     keys = [*run_keys(df), *(c for c in ("round", "step") if c in df)]
     top = df[(df["kind"] == "eigen") & (df["direction"] < df["k"])].groupby(keys, dropna=False)[
-        ["measured", "predicted"]].sum()
-    tot = df[df["kind"] == "total"].set_index(keys)[["measured", "predicted"]]
-    return (top / tot).rename(columns={"measured": "share_measured", "predicted": "share_predicted"}).reset_index()
+        ["measured", "predicted"]].sum().reset_index()
+    tot = df.loc[df["kind"] == "total", [*keys, "measured", "predicted"]]
+    # merge, not index alignment: a plain run's optional keys (alpha, momentum, ...) are NaN in a table that also
+    # holds heterogeneous runs, and NaN index labels do not align, while merge matches NaN keys
+    both = top.merge(tot, on=keys, suffixes=("", "_total"))
+    return both[keys].assign(share_measured=both["measured"] / both["measured_total"],
+                             share_predicted=both["predicted"] / both["predicted_total"])
 
 
 def fit_exponent(lam, c, n_boot: int = 1000, seed: int = 0) -> dict:
