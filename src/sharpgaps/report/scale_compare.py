@@ -32,32 +32,32 @@ def _tau_shares(numbers: dict, setting: str) -> dict[int, Stat]:
     return {int(t): Stat.of(g["share_measured"]) for t, g in rows.groupby("tau")}
 
 
-def headline_rows(numbers: dict | None, setting: str) -> dict[str, Stat | tuple[str, Stat]]:
-    """quantity -> its Stat at one scale (an estimator's row: (its label, Stat)); a quantity whose stage did not run
-    there is absent."""
+def headline_rows(numbers: dict | None, setting: str) -> dict[str, tuple[Stat, str]]:
+    """quantity -> (its Stat at one scale, what it is of: the best estimator's name, else ""); a quantity whose stage
+    did not run there is absent."""
     if numbers is None:
         return {}
     out: dict = {}
     head = next((r for r in numbers["headline"] or [] if r["setting"] == setting and r["at_k"]), None)
     if head is not None:
-        out["removal at m = k (gap subspace)"] = head["gap"]
-        out["overlap with V_k at m = k (gap subspace)"] = head["overlap"]
-        out["overlap at m = k, g-aligned control"] = head["aligned_overlap"]
+        out["removal at m = k (gap subspace)"] = head["gap"], ""
+        out["overlap with V_k at m = k (gap subspace)"] = head["overlap"], ""
+        out["overlap at m = k, g-aligned control"] = head["aligned_overlap"], ""
     est = (numbers["estimators"] or {}).get(setting)
     if est is not None:
         free = free_estimators(est[1])
         if free:
-            out["best free estimator: overlap at m = k"] = (free[0]["label"], free[0]["overlap"])
+            out["best free estimator: overlap at m = k"] = free[0]["overlap"], free[0]["label"]
     res = next((r for r in numbers["restricted"] or [] if r["setting"] == setting), None)
     if res is not None:
-        out["Dom share of Local SGD's loss drop"] = res["dom"]
-        out["Bulk share of Local SGD's loss drop"] = res["bulk"]
+        out["Dom share of Local SGD's loss drop"] = res["dom"], ""
+        out["Bulk share of Local SGD's loss drop"] = res["bulk"], ""
     mech = ((numbers["mechanism"] or {}).get("main") or {}).get(setting)
     if mech is not None:
-        out["mechanism fit: median abs log10(measured / predicted)"] = mech["med"]
-        out["gamma (c_j ~ lambda_j^gamma)"] = mech["gamma"]
+        out["mechanism fit: median abs log10(measured / predicted)"] = mech["med"], ""
+        out["gamma (c_j ~ lambda_j^gamma)"] = mech["gamma"], ""
     for tau, s in _tau_shares(numbers, setting).items():
-        out[f"gap energy share in V_k, tau = {tau}"] = s
+        out[f"gap energy share in V_k, tau = {tau}"] = s, ""
     return out
 
 
@@ -66,11 +66,8 @@ def bands_meet(a: Stat, b: Stat) -> bool:
     return a.lo() <= b.hi() and b.lo() <= a.hi()
 
 
-def _cell(value) -> str:
-    if isinstance(value, tuple):
-        label, s = value
-        return f"{s} ({label})"
-    return str(value) if value.ok() else "not run"
+def _cell(s: Stat, of: str) -> str:
+    return "not run" if not s.ok() else f"{s} ({of})" if of else str(s)
 
 
 def comparison(quick: dict | None, paper: dict | None, setting: str) -> pd.DataFrame:
@@ -78,15 +75,14 @@ def comparison(quick: dict | None, paper: dict | None, setting: str) -> pd.DataF
     q, p = headline_rows(quick, setting), headline_rows(paper, setting)
     rows = []
     for quantity in [*q, *(k for k in p if k not in q)]:
-        qs, ps = q.get(quantity, NOT_RUN), p.get(quantity, NOT_RUN)
-        a, b = (qs[1] if isinstance(qs, tuple) else qs), (ps[1] if isinstance(ps, tuple) else ps)
+        (a, a_of), (b, b_of) = q.get(quantity, (NOT_RUN, "")), p.get(quantity, (NOT_RUN, ""))
         if not (a.ok() and b.ok()):
             reading = "not compared (one scale did not run it)"
         elif bands_meet(a, b):
             reading = "bands meet"
         else:
             reading = f"**differ**: paper {'higher' if b.mean > a.mean else 'lower'} beyond both bands"
-        rows.append({"quantity": quantity, "quick": _cell(qs), "paper": _cell(ps), "reading": reading})
+        rows.append({"quantity": quantity, "quick": _cell(a, a_of), "paper": _cell(b, b_of), "reading": reading})
     return pd.DataFrame(rows, columns=["quantity", "quick", "paper", "reading"])
 
 
