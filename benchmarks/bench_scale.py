@@ -143,10 +143,11 @@ def _rule_group(rule: str) -> str:
     return "collect" if rule.startswith("collect") else rule
 
 
-def paper_scale(cfg: dict, counts: dict[str, int], unit: dict[str, dict], gpu: dict[str, dict],
-                workdir: Path) -> tuple[list[dict], dict]:
-    """Per-rule CPU and GPU-estimate hours of the paper DAG, and the SLURM bounds. `unit[setting]`:
-    step_s (K=8, b=50 local step), hvp_s_per_ex, grad_s_per_ex, build_s_per_ex, removal_s."""
+def paper_jobs(cfg: dict, counts: dict[str, int], unit: dict[str, dict], gpu: dict[str, dict],
+               workdir: Path) -> tuple[pd.DataFrame, list[str]]:
+    """Every job of the paper DAG with its projected CPU and GPU-estimate seconds (rule, setting, run, cpu_s, gpu_s;
+    a restricted run has one row per mode), and the assumptions taken from the quick run. `unit[model]`: step_s
+    (K=8, b=50 local step), hvp_s_per_ex, grad_s_per_ex, build_s_per_ex, removal_s."""
     per_pair, per_refresh = _quick_hvp_counts(workdir)
     other = _other_rule_seconds(workdir)
     runs = grid.expand_runs(cfg)
@@ -224,8 +225,20 @@ def paper_scale(cfg: dict, counts: dict[str, int], unit: dict[str, dict], gpu: d
         if rule not in modelled:
             sec = other.get(_rule_group(rule), 0.0) * (2 if rule == "theory" else 1)  # paper theory: 2x quick rounds
             jobs += [(rule, "-", "-", sec, sec)] * n  # CPU-side work: the same next to a GPU
-    df = pd.DataFrame(jobs, columns=["rule", "setting", "run", "cpu_s", "gpu_s"])
+    assumptions = [f"HVPs per eigenpair per checkpoint (quick run): "
+                   f"{ {k: round(v, 1) for k, v in per_pair.items()} or 'none found, 3 assumed'}",
+                   f"HVPs per Dom/Bulk refresh (quick run): "
+                   f"{ {k: round(v, 1) for k, v in per_refresh.items()} or 'none found, 3k assumed'}"]
+    return pd.DataFrame(jobs, columns=["rule", "setting", "run", "cpu_s", "gpu_s"]), assumptions
+
+
+def paper_scale(cfg: dict, counts: dict[str, int], unit: dict[str, dict], gpu: dict[str, dict],
+                workdir: Path, measured: pd.DataFrame | None = None) -> tuple[list[dict], dict]:
+    """Per-rule CPU and GPU-estimate hours of the paper DAG (paper_jobs), and the SLURM bounds; with ``measured``
+    (measured_paper_jobs), the projection checked against the paper-scale jobs that ran (summary["check"])."""
+    df, assumptions = paper_jobs(cfg, counts, unit, gpu, workdir)
     rows = []
+    modelled = set(df.rule) & set(MODELLED)
     group = df.rule.where(df.rule.isin(list(MODELLED)),
                           "other (" + ", ".join(sorted({_rule_group(r) for r in counts if r not in modelled})) + ")")
     for rule, g in df.groupby(group, sort=False):
@@ -251,16 +264,53 @@ def paper_scale(cfg: dict, counts: dict[str, int], unit: dict[str, dict], gpu: d
         per_run.get("restricted", pd.Series(0.0, index=per_run.index)) > 0].max()) + \
         longest(lambda r: r == "collect_restricted") + fig
     chain = max(chain_geo, chain_res if chain_res == chain_res else 0.0)
-    assumptions = [f"HVPs per eigenpair per checkpoint (quick run): "
-                   f"{ {k: round(v, 1) for k, v in per_pair.items()} or 'none found, 3 assumed'}",
-                   f"HVPs per Dom/Bulk refresh (quick run): "
-                   f"{ {k: round(v, 1) for k, v in per_refresh.items()} or 'none found, 3k assumed'}"]
     gtotal = df.gpu_s.sum()
     summary = {"cpu_h": total / 3600, "gpu_h_estimate": gtotal / 3600, "critical_path_h": chain / 3600,
                "slurm100_lower_h": max(chain, total / 100) / 3600, "slurm100_upper_h": (chain + total / 100) / 3600,
                "jobs": len(df), "assumptions": assumptions,
                "job_counts": {r: int(n) for r, n in df.rule.value_counts().items()}}
+    if measured is not None and len(measured):
+        summary["check"] = projection_check(df, measured)
     return rows, summary
+
+
+def measured_paper_jobs(manifest: Path) -> pd.DataFrame:
+    """The paper-scale jobs that ran, from the release parts' records in the paper scale's MANIFEST.json (their
+    `job_s`): rule, setting, run, s, part. Empty when no part has run."""
+    from sharpgaps.pipeline.jobcosts import job_run
+    from sharpgaps.pipeline.manifest import read_parts
+
+    rows = [{"rule": job.split("/", 1)[0], **dict(zip(("setting", "run"), job_run(job))), "s": s, "part": part}
+            for part, entry in (read_parts(manifest).items() if manifest.is_file() else ())
+            for job, s in entry.get("job_s", {}).items()]
+    return pd.DataFrame(rows, columns=["rule", "setting", "run", "s", "part"])
+
+
+def projection_check(df: pd.DataFrame, measured: pd.DataFrame) -> dict:
+    """Each modelled stage's projected seconds (paper_jobs) against the measured ones, over the jobs that ran, and
+    the whole projection corrected with it: a measured job counts as measured, every other job of the stage as
+    projected x the stage's ratio (measured / projected over the jobs that ran)."""
+    key = ["rule", "setting", "run"]
+    projected = df[df.rule.isin(list(MODELLED))].groupby(key).cpu_s.sum()  # a restricted run's modes summed
+    ran = measured[measured.rule.isin(list(MODELLED))].groupby(key).s.sum()
+    both = pd.concat({"projected_s": projected, "measured_s": ran}, axis=1, join="inner")
+    stages = []
+    for rule, g in both.groupby(level="rule", sort=False):
+        ratio = g.measured_s.sum() / g.projected_s.sum()
+        every = projected.loc[rule]
+        done = every.index.isin(g.index.droplevel("rule"))
+        per_job = g.measured_s / g.projected_s
+        stages.append({"rule": rule, "jobs": len(g), "settings": sorted(set(g.index.get_level_values("setting"))),
+                       "projected_s": float(g.projected_s.sum()), "measured_s": float(g.measured_s.sum()),
+                       "ratio": float(ratio), "job_ratio_median": float(per_job.median()),
+                       "job_ratio_range": [float(per_job.min()), float(per_job.max())],
+                       "paper_cpu_h": float(every.sum() / 3600),
+                       "corrected_cpu_h": float((g.measured_s.sum() + every[~done].sum() * ratio) / 3600)})
+    unchecked = df.cpu_s.sum() - sum(projected.loc[s["rule"]].sum() for s in stages)
+    return {"stages": stages, "parts": sorted(set(measured.part)),
+            "unmatched_jobs": int(len(ran) - len(both)),
+            "cpu_h": float(df.cpu_s.sum() / 3600),
+            "corrected_cpu_h": float((unchecked + sum(s["corrected_cpu_h"] * 3600 for s in stages)) / 3600)}
 
 
 
@@ -331,7 +381,33 @@ def section(rows: list[dict], summ: dict, unit: dict) -> str:
               "(`hessian_examples: null`, `chunk_size: null`); for the transformer the one-chunk gradient alone "
               "peaked near 10 GB (Cuts table), so set `geometry.chunk_size` there or expect swapping. The chain "
               "is one geometry job because its checkpoints run in sequence (each warm-starts the next)."]
+    if "check" in summ:
+        lines += ["", *check_lines(summ["check"])]
     return "\n".join(lines)
+
+
+def check_lines(check: dict) -> list[str]:
+    """The projection against the paper-scale jobs that ran (projection_check), as a table and its reading."""
+    settings = sorted({s for st in check["stages"] for s in st["settings"]})
+    lines = [f"### The projection against the measured paper-scale jobs ({', '.join(settings)})", "",
+             f"The jobs of release part(s) {', '.join(check['parts'])} (paper_figures/MANIFEST.json, each job's "
+             "seconds from its `benchmark:` file), against this projection of the same jobs. ratio = measured / "
+             "projected over the jobs that ran; the corrected column counts those jobs as measured and every other "
+             "job of the stage (the other settings' too) at projected x ratio. Applying the measured setting's ratio "
+             "to the other models is an assumption, not a measurement.", "",
+             "| stage | jobs measured | projected s | measured s | ratio | per-job ratio, median (min-max) | "
+             "paper CPU h projected | corrected |", "|---|---:|---:|---:|---:|---|---:|---:|"]
+    for st in check["stages"]:
+        lo, hi = st["job_ratio_range"]
+        lines.append(f"| {st['rule']} | {st['jobs']} | {st['projected_s']:,.0f} | {st['measured_s']:,.0f} | "
+                     f"{st['ratio']:.2f} | {st['job_ratio_median']:.2f} ({lo:.2f}-{hi:.2f}) | "
+                     f"{st['paper_cpu_h']:.1f} | {st['corrected_cpu_h']:.1f} |")
+    lines += ["", f"- the whole paper-scale projection: {check['cpu_h']:.0f} CPU h as projected, "
+              f"{check['corrected_cpu_h']:.0f} CPU h corrected (rules not modelled unchanged)"]
+    if check["unmatched_jobs"]:
+        lines.append(f"- {check['unmatched_jobs']} measured job(s) of the modelled stages are not in config.yaml's "
+                     "DAG (another config ran them) and are left out")
+    return lines
 
 
 def readme_row(rows: list[dict], summ: dict) -> str:
@@ -344,9 +420,19 @@ def readme_row(rows: list[dict], summ: dict) -> str:
             f"gradients at the batched gradient's per-example rate; docs/BENCHMARKS.md has the quick-scale "
             f"mechanism jobs as measured), so {summ['cpu_h'] / 24:.0f} days on one such machine, "
             f"or {summ['slurm100_lower_h']:.0f}-{summ['slurm100_upper_h']:.0f} h on a 100-job SLURM allocation (the "
-            f"longest chain is {summ['critical_path_h']:.1f} h) | not modelled; set `geometry.chunk_size` for the "
+            f"longest chain is {summ['critical_path_h']:.1f} h){_checked(summ)} | not modelled; set `geometry.chunk_size` for the "
             f"transformer | {summ['gpu_h_estimate']:.1f} h (FLOP count at {GPU_EFFICIENCY:.0%} of an H100's FP32 "
             "rate, plus ARPACK's CPU steps: an estimate) |")
+
+
+def _checked(summ: dict) -> str:
+    check = summ.get("check")
+    if not check:
+        return ""
+    settings = sorted({s for st in check["stages"] for s in st["settings"]})
+    return (f"; corrected with the measured/projected ratio per stage of the {', '.join(settings)} paper-scale jobs "
+            f"that ran (" + ", ".join(f"{st['rule']} {st['ratio']:.2f}x" for st in check["stages"]) +
+            f"): {check['corrected_cpu_h']:.0f} job-hours")
 
 
 def write_docs(rows: list[dict], summ: dict, unit: dict, bench_md: Path, readme: Path, bench_json: Path) -> None:
@@ -403,7 +489,8 @@ def render(workdir: Path, bench_md: Path = REPO / "docs/BENCHMARKS.md", readme: 
                "transformer": make_subset("sst2", data_dir, n_train=600, seed=0, test_cap=100, max_len=50)}
     gpu = unit_gpu_costs(subsets, b=50, n_hvp=64)
     counts = paper_job_counts(REPO / "config.yaml", REPO)
-    rows, summ = paper_scale(cfg, counts, unit, gpu, workdir)
+    measured = measured_paper_jobs(REPO / cfg["figures"]["dir"] / "MANIFEST.json")  # the paper-scale parts that ran
+    rows, summ = paper_scale(cfg, counts, unit, gpu, workdir, measured)
     write_docs(rows, summ, unit, bench_md, readme, bench_json)
     return {"rows": rows, "summary": summ}
 

@@ -29,11 +29,10 @@ import pandas as pd
 import yaml
 
 from sharpgaps.core import grid, specs
-from sharpgaps.pipeline.jobcosts import read_job_costs
+from sharpgaps.pipeline.jobcosts import job_run, read_job_costs
 
 REPO = Path(__file__).resolve().parents[1]
 PER_CHECKPOINT = ("geometry", "estimators", "mechanism")
-SETTING_RUN = re.compile(rf"(?P<setting>[A-Za-z0-9_]+)/(?P<run>{grid.RUN_ID_WILDCARD})")
 
 
 def checkpoint_count(config: dict, setting: str, run: dict) -> int:
@@ -54,18 +53,13 @@ def size(rule: str, config: dict, setting: str, run_id: str) -> float:
     return 1.0
 
 
-def _where(path: str) -> tuple[str, str]:
-    m = SETTING_RUN.search(path)
-    return (m["setting"], m["run"]) if m else ("", "")
-
-
 def unit_costs(finished: Path, config: dict) -> pd.Series:
     """(rule, setting) -> median seconds per unit of size() over the finished part's jobs, and (rule, '') over
     all its settings. ``config``: the config the finished part ran (it sizes the finished jobs)."""
     jobs = read_job_costs(finished / "benchmarks")
     rows = []
     for job in jobs.itertuples():
-        setting, run = _where(job.job.split("/", 1)[1] if "/" in job.job else "")
+        setting, run = job_run(job.job)
         rows.append({"rule": job.rule, "setting": setting, "unit_s": job.s / size(job.rule, config, setting, run)})
     rows = pd.DataFrame(rows)
     units = pd.concat([rows.groupby(["rule", "setting"])["unit_s"].median(),

@@ -386,7 +386,7 @@ def scale_section(subsets: dict, results: dict, workdir: Path, quick: bool) -> t
     """Paper-scale cost projected from this run's unit costs (benchmarks/bench_scale.py)."""
     import yaml
     from bench_hessian import arpack_step_seconds
-    from bench_scale import paper_job_counts, paper_scale, section, unit_gpu_costs
+    from bench_scale import measured_paper_jobs, paper_job_counts, paper_scale, section, unit_gpu_costs
 
     from sharpgaps.engine import models
     from sharpgaps.pipeline.config import validate
@@ -413,7 +413,8 @@ def scale_section(subsets: dict, results: dict, workdir: Path, quick: bool) -> t
             repeats=1 if quick else 3))
     gpu = unit_gpu_costs(subsets, b=4 if quick else 50, n_hvp=8 if quick else 64)
     counts = paper_job_counts(REPO / "config.yaml", REPO)
-    rows, summ = paper_scale(cfg, counts, unit, gpu, workdir)
+    measured = measured_paper_jobs(REPO / cfg["figures"]["dir"] / "MANIFEST.json")  # the paper-scale parts that ran
+    rows, summ = paper_scale(cfg, counts, unit, gpu, workdir, measured)
     return section(rows, summ, unit), rows + [{"rule": "summary", **summ, "unit": unit}]
 
 

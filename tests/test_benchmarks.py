@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -251,3 +252,37 @@ def test_job_costs_of_a_results_tree_include_every_release_parts_subtree(tmp_pat
     assert sorted(zip(jobs["part"], jobs["rule"], jobs["s"])) == [
         ("", "train", 1.0), ("main", "train", 2.0), ("sweeps", "geometry", 3.0)]
     assert read_tree_job_costs(tmp_path / "none").empty
+
+
+def test_projection_is_checked_against_the_paper_scale_jobs_that_ran(tmp_path):
+    """Each modelled stage's measured/projected ratio over the jobs that ran (a restricted run's modes summed), and
+    the whole projection corrected with it: measured jobs as measured, the rest of the stage at projected x ratio."""
+    from bench_scale import check_lines, measured_paper_jobs, projection_check
+
+    a, b = "K8_tau8_b50_lr0.05_mse_T20000_W4_s0", "K8_tau8_b50_lr0.05_mse_T20000_W4_s1"
+    projected = pd.DataFrame([("train", "mnist_fc", a, 100.0, 1.0), ("train", "mnist_fc", b, 100.0, 1.0),
+                              ("train", "cifar_cnn", a, 1000.0, 1.0),
+                              ("restricted", "mnist_fc", a, 10.0, 1.0), ("restricted", "mnist_fc", a, 30.0, 1.0),
+                              ("restricted", "cifar_cnn", a, 400.0, 1.0), ("subset", "-", "-", 7.0, 7.0)],
+                             columns=["rule", "setting", "run", "cpu_s", "gpu_s"])
+    manifest = tmp_path / "MANIFEST.json"
+    manifest.write_text(json.dumps({"parts": {
+        "mnist_main": {"job_s": {f"train/mnist_fc/{a}": 150.0, f"train/mnist_fc/{b}": 250.0,
+                                 f"restricted/mnist_fc/{a}_brchi0.9x2mean_abc_dom": 20.0,
+                                 f"restricted/mnist_fc/{a}_brchi0.9x2mean_abc_bulk": 40.0,
+                                 "figures/fig01_cosines": 3.0}},
+        "quick_part": {}}}))
+    measured = measured_paper_jobs(manifest)
+    assert len(measured) == 5 and set(measured.part) == {"mnist_main"}
+    check = projection_check(projected, measured)
+    stages = {s["rule"]: s for s in check["stages"]}
+    assert stages["train"]["ratio"] == pytest.approx(2.0) and stages["train"]["jobs"] == 2
+    assert stages["train"]["job_ratio_range"] == pytest.approx([1.5, 2.5])
+    assert stages["train"]["corrected_cpu_h"] * 3600 == pytest.approx(400.0 + 1000.0 * 2.0)
+    assert stages["restricted"]["ratio"] == pytest.approx(60.0 / 40.0)  # one run, its two modes summed
+    assert stages["restricted"]["corrected_cpu_h"] * 3600 == pytest.approx(60.0 + 400.0 * 1.5)
+    assert check["corrected_cpu_h"] * 3600 == pytest.approx(2400.0 + 660.0 + 7.0)  # subset: not modelled, unchanged
+    assert check["cpu_h"] * 3600 == pytest.approx(1647.0) and check["unmatched_jobs"] == 0
+    text = "\n".join(check_lines(check))
+    assert "| train | 2 | 200 | 400 | 2.00 | 2.00 (1.50-2.50) |" in text and "(mnist_fc)" in text
+    assert measured_paper_jobs(tmp_path / "none.json").empty

@@ -158,13 +158,13 @@ def test_snakefmt_clean():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_manifest_records_start_commit_and_peak_memory(tmp_path):
-    """`make release-quick`'s record: the start commit as given, the largest job's peak RSS from the
-    benchmark: files, and the run's own outputs (paper_figures/) not counted as a dirty tree."""
+def test_manifest_records_start_commit_peak_memory_and_job_times(tmp_path):
+    """`make release-quick`'s record: the start commit as given, the largest job's peak RSS and each job's seconds
+    from the benchmark: files, and the run's own outputs (paper_figures/) not counted as a dirty tree."""
     bench = tmp_path / "benchmarks" / "train"
     bench.mkdir(parents=True)
-    for i, rss in enumerate((812.5, 2048.25)):
-        (bench / f"job{i}.tsv").write_text(f"s\th:m:s\tmax_rss\n1.0\t0:00:01\t{rss}\n")
+    for i, (sec, rss) in enumerate(((1.04, 812.5), (61.0, 2048.25))):
+        (bench / f"job{i}.tsv").write_text(f"s\th:m:s\tmax_rss\n{sec}\t0:00:01\t{rss}\n")
     out, config = tmp_path / "MANIFEST.json", REPO / ".test/config.yaml"
     subprocess.run([sys.executable, "-m", "sharpgaps", "manifest", "--config", str(config),
                     "--wall-s", "12", "--cores", "2", "--commit", "abc123", "--benchmarks", str(tmp_path / "benchmarks"),
@@ -172,6 +172,7 @@ def test_manifest_records_start_commit_and_peak_memory(tmp_path):
     m = json.loads(out.read_text())
     assert (m["commit"], m["wall_s"], m["max_rss_mb"], m["cores"]) == ("abc123", 12.0, 2048.25, 2)
     assert m["config"] == config.read_text() and isinstance(m["dirty"], bool)
+    assert m["job_s"] == {"train/job0": 1.0, "train/job1": 61.0}  # each job's seconds, for checking projections
 
 
 def test_manifest_keeps_one_entry_per_release_part(tmp_path):

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
+
+from ..core import grid
+
+# A per-run job's name: <rule>/<setting>/<run id>[<its stage's suffix>...]
+_SETTING_RUN = re.compile(rf"^[^/]+/(?P<setting>[A-Za-z0-9_]+)/(?P<run>{grid.RUN_ID_WILDCARD})")
 
 
 def read_job_costs(root: str | os.PathLike) -> pd.DataFrame:
@@ -29,3 +35,9 @@ def read_tree_job_costs(results: str | os.PathLike) -> pd.DataFrame:
     frames = [read_job_costs(root).assign(part=part) for part, root in roots if root.is_dir()]
     return (pd.concat(frames, ignore_index=True) if frames
             else pd.DataFrame(columns=["rule", "job", "s", "max_rss_mb", "part"]))
+
+
+def job_run(job: str) -> tuple[str, str]:
+    """(setting, run id) of a per-run job's name (read_job_costs' `job`), ("", "") for any other job."""
+    m = _SETTING_RUN.match(job)
+    return (m["setting"], m["run"]) if m else ("", "")

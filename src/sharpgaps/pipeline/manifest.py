@@ -28,12 +28,6 @@ def cpu_model() -> str:
                 platform.processor())
 
 
-def peak_rss_mb(benchmarks) -> float | None:
-    """The largest job's peak memory, from Snakemake's benchmark: files under ``benchmarks``."""
-    jobs = read_job_costs(benchmarks)
-    return float(jobs.max_rss_mb.max()) if len(jobs) else None
-
-
 def read_parts(path) -> dict[str, dict]:
     """part -> its record, from a MANIFEST.json written part by part ({"": record} for one of a whole run)."""
     m = json.loads(Path(path).read_text())
@@ -52,8 +46,9 @@ def write_manifest(config, out, *, wall_s: float, max_rss_mb: float | None = Non
     """Write ``out``; with ``part``, only that part's entry under "parts" changes (the other parts' stay), and it
     lists the figure files the part drew (those of out's directory written since ``since``)."""
     cfg = Path(config).read_text()
-    if max_rss_mb is None and benchmarks:
-        max_rss_mb = peak_rss_mb(benchmarks)
+    jobs = read_job_costs(benchmarks) if benchmarks else None
+    if max_rss_mb is None and jobs is not None and len(jobs):
+        max_rss_mb = float(jobs.max_rss_mb.max())
     entry = {
         "config_file": str(config), "config_sha256": hashlib.sha256(cfg.encode()).hexdigest(), "config": cfg,
         # the commit the run started from; "dirty": tracked files other than the run's own outputs changed
@@ -64,6 +59,8 @@ def write_manifest(config, out, *, wall_s: float, max_rss_mb: float | None = Non
         "cores": os.cpu_count() if cores is None else cores, "note": note,
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
     }
+    if jobs is not None:  # each job's own seconds, so a projection can be checked against them (BENCHMARKS)
+        entry["job_s"] = {job.job: round(job.s, 1) for job in jobs.itertuples()}
     if part is None:
         save_json(entry, out)
         return
