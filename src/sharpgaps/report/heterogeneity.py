@@ -143,6 +143,14 @@ def verdicts(table: pd.DataFrame, setting: str) -> list[str]:
     skews = sorted({a for a, _ in cells if a != IID}, key=float)
     out = []
     base = late_stat(table, setting, IID, 0.0, "overlap")
+
+    def control(alpha, mom) -> str:  # the same change in the g-aligned control: how much of it any g-heavy subspace shows
+        new_c, base_c = (late_stat(table, setting, a, m, "aligned_overlap") for a, m in ((alpha, mom), (IID, 0.0)))
+        if not (new_c.ok() and base_c.ok()):
+            return ""
+        return claim(" The g-aligned control's overlap is {new_c} against {base_c} (difference "
+                     f"{fmt(new_c.mean - base_c.mean)}).", new_c=new_c, base_c=base_c)
+
     if skews and base.ok():
         strong = skews[0]
         new = late_stat(table, setting, strong, 0.0, "overlap")
@@ -151,7 +159,7 @@ def verdicts(table: pd.DataFrame, setting: str) -> list[str]:
                 f"- {setting}: the gap subspace's overlap with V_k at m = k is {{new}} with label skew (Dirichlet "
                 f"alpha = {strong}, no momentum) against {{base}} for IID workers (difference "
                 f"{fmt(new.mean - base.mean)}, ratio {fmt(new.mean / base.mean)}): label skew "
-                f"{_change(new, base)}.", new=new, base=base))
+                f"{_change(new, base)}.", new=new, base=base) + control(strong, 0.0))
     moms = sorted({m for a, m in cells if a == IID and m > 0})
     if moms and base.ok():
         new = late_stat(table, setting, IID, moms[-1], "overlap")
@@ -159,7 +167,7 @@ def verdicts(table: pd.DataFrame, setting: str) -> list[str]:
             out.append(claim(
                 f"- {setting}: with local momentum {moms[-1]:g} (IID workers) the overlap is {{new}} against {{base}} "
                 f"without (difference {fmt(new.mean - base.mean)}, ratio {fmt(new.mean / base.mean)}): momentum "
-                f"{_change(new, base)}.", new=new, base=base))
+                f"{_change(new, base)}.", new=new, base=base) + control(IID, moms[-1]))
     for alpha, mom in [(a, m) for a, m in cells if a != IID]:
         err, noise = (late_stat(table, setting, alpha, mom, m) for m in ("mech_err", "mech_err_noise"))
         drift = late_stat(table, setting, alpha, mom, "drift_explains")
