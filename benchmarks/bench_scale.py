@@ -414,7 +414,10 @@ def readme_row(rows: list[dict], summ: dict) -> str:
     """The paper row of the README's cost table, from the same projection."""
     parts = ", ".join(f"{r['rule']} {r['cpu_h']:.0f}" for r in sorted(rows, key=lambda r: -r["cpu_h"])
                       if r["cpu_h"] >= 0.5)
-    return (f"{README_ROW} not run. Projected for config.yaml's DAG ({summ['jobs']} jobs, every seed and stage; "
+    check = summ.get("check")
+    ran = (f"not run in full (part {', '.join(check['parts'])} ran: paper_figures/MANIFEST.json)" if check
+           else "not run")
+    return (f"{README_ROW} {ran}. Projected for config.yaml's DAG ({summ['jobs']} jobs, every seed and stage; "
             f"estimators and mechanism modelled from the unit costs, not measured) from unit costs measured at paper "
             f"sizes: {summ['cpu_h']:.0f} job-hours ({parts}; mechanism is a lower bound: it prices per-example "
             f"gradients at the batched gradient's per-example rate; docs/BENCHMARKS.md has the quick-scale "

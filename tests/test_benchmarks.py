@@ -257,7 +257,7 @@ def test_job_costs_of_a_results_tree_include_every_release_parts_subtree(tmp_pat
 def test_projection_is_checked_against_the_paper_scale_jobs_that_ran(tmp_path):
     """Each modelled stage's measured/projected ratio over the jobs that ran (a restricted run's modes summed), and
     the whole projection corrected with it: measured jobs as measured, the rest of the stage at projected x ratio."""
-    from bench_scale import check_lines, measured_paper_jobs, projection_check
+    from bench_scale import check_lines, measured_paper_jobs, projection_check, readme_row
 
     a, b = "K8_tau8_b50_lr0.05_mse_T20000_W4_s0", "K8_tau8_b50_lr0.05_mse_T20000_W4_s1"
     projected = pd.DataFrame([("train", "mnist_fc", a, 100.0, 1.0), ("train", "mnist_fc", b, 100.0, 1.0),
@@ -285,4 +285,9 @@ def test_projection_is_checked_against_the_paper_scale_jobs_that_ran(tmp_path):
     assert check["cpu_h"] * 3600 == pytest.approx(1647.0) and check["unmatched_jobs"] == 0
     text = "\n".join(check_lines(check))
     assert "| train | 2 | 200 | 400 | 2.00 | 2.00 (1.50-2.50) |" in text and "(mnist_fc)" in text
+    summ = {"jobs": 7, "cpu_h": 1.0, "slurm100_lower_h": 1.0, "slurm100_upper_h": 2.0, "critical_path_h": 0.5,
+            "gpu_h_estimate": 0.1, "check": check}
+    row = readme_row([], summ)
+    assert "not run in full (part mnist_main ran" in row and "): 1 job-hours" in row
+    assert "train 2.00x" in row and "restricted 1.50x" in row
     assert measured_paper_jobs(tmp_path / "none.json").empty

@@ -120,8 +120,19 @@ def test_each_scale_has_its_own_figure_directory():
     assert dirs == {"paper": "paper_figures", "quick": "paper_figures/quick", "smoke": "results/figures"}
     tracked = subprocess.run(["git", "ls-files", "paper_figures"], cwd=REPO, capture_output=True, text=True,
                              check=True).stdout.split()
-    assert tracked and all(p.startswith("paper_figures/quick/") for p in tracked)  # the committed release is quick
+    assert any(p.startswith("paper_figures/quick/") for p in tracked)
     assert (REPO / dirs["quick"] / "MANIFEST.json").is_file()
+    # a tracked file of the paper scale's directory (outside quick/) is one a paper-scale part recorded: its figures,
+    # its tables, the MANIFEST and the RESULTS made from them; no quick file strays into it
+    paper = [p for p in tracked if not p.startswith("paper_figures/quick/")]
+    if paper:
+        from sharpgaps.pipeline.manifest import read_parts
+
+        parts = read_parts(REPO / dirs["paper"] / "MANIFEST.json")
+        recorded = {f"paper_figures/{f}" for entry in parts.values() for f in entry["figures"]}
+        assert all(entry["config_file"] == "config.yaml" for entry in parts.values())
+        assert {p for p in paper if not p.startswith(tuple(f"paper_figures/tables/{part}/" for part in parts))} <= (
+            recorded | {"paper_figures/MANIFEST.json", "paper_figures/RESULTS.md"})
     make = (REPO / "Makefile").read_text()
     assert re.search(rf"^QUICK_FIGURES := {re.escape(dirs['quick'])}$", make, re.M)
     assert re.search(rf"^PAPER_FIGURES := {re.escape(dirs['paper'])}$", make, re.M)
