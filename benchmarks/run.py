@@ -185,8 +185,9 @@ def _venv_env(**extra) -> dict:
     return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
 
 
-def snakemake_section(quick: bool) -> tuple[str, list[dict]]:
-    """Dry-run time of the paper config and a one-figure rebuild (exactly one job) on a finished run."""
+def snakemake_section(quick: bool, workdir: Path) -> tuple[str, list[dict]]:
+    """Dry-run time of the paper config and a one-figure rebuild (exactly one job) on a finished run (``workdir``'s
+    quick part `main`); a rebuild that would run more than that one job is not timed (nothing upstream is built)."""
     def timed(args, cwd=REPO):
         t0 = time.perf_counter()
         out = subprocess.run([sys.executable, "-m", "snakemake", *args], capture_output=True, text=True, cwd=cwd,
@@ -200,13 +201,20 @@ def snakemake_section(quick: bool) -> tuple[str, list[dict]]:
     dry = [timed(["-n", "--quiet", "rules", "all", "--configfile", "config.yaml"])[0] for _ in range(repeats)]
     rows.append({"what": "dry run, paper config (`snakemake -n all`)", "median_s": statistics.median(dry),
                  "min_s": min(dry), "max_s": max(dry)})
-    fig = REPO / "paper_figures/quick/fig02_removal.pdf"
-    if fig.exists() and not quick:
-        # -f reruns exactly that figure's job (a bare `touch` is not an edit: Snakemake compares contents)
-        secs, out = timed(["--cores", "1", "-f", "paper_figures/quick/fig02_removal.pdf", "--configfile", "config.quick.yaml"])
-        jobs = len(re.findall(r"^(?:local)?rule \w+:", out.stdout + out.stderr, re.M))
-        rows.append({"what": f"one-figure rebuild, `-f paper_figures/quick/fig02_removal.pdf` ({jobs} job)",
-                     "median_s": secs, "min_s": secs, "max_s": secs})
+    fig = "paper_figures/quick/fig02_removal.pdf"
+    # -f reruns exactly that figure's job (a bare `touch` is not an edit: Snakemake compares contents)
+    run = ["-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile", str(REPO / "config.quick.yaml"),
+           "--config", "part=main", "-f", fig]
+    if not quick:
+        plan = timed([*run, "-n", "--quiet", "rules"])[1]
+        planned = re.search(r"^total\s+(\d+)", plan.stdout + plan.stderr, re.M)
+        if planned and int(planned[1]) == 1:
+            secs = timed(["--cores", "1", *run])[0]
+            rows.append({"what": f"one-figure rebuild, `-f {fig}` (1 job)", "median_s": secs, "min_s": secs,
+                         "max_s": secs})
+        else:
+            print(f"one-figure rebuild not timed: {workdir} has no finished quick part `main` "
+                  f"({planned[1] if planned else '?'} jobs would run)", file=sys.stderr)
     lines = ["## Snakemake overhead (targets: dry run <= 5 s, one-figure rebuild <= 30 s)", "",
              "| what | median s | min-max s |", "|---|---:|---:|"]
     lines += [f"| {r['what']} | {r['median_s']:.1f} | {r['min_s']:.1f}-{r['max_s']:.1f} |" for r in rows]
@@ -474,6 +482,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(REPO / "docs/BENCHMARKS.md"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", default=str(REPO), help="a finished run whose results/benchmarks to aggregate")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the sections an interrupted run finished (<out>.partial.json) and measure the rest")
     ap.add_argument("--no-smoke-dag", action="store_true",
                     help="skip running the whole smoke DAG (minutes; --quick runs one cheap target of it)")
     a = ap.parse_args(argv)
@@ -489,12 +499,17 @@ def main(argv=None) -> int:
         "cnn_relu": make_subset("cifar10", data_dir, n_train=n, seed=0, test_cap=100),
         "transformer": make_subset("sst2", data_dir, n_train=n, seed=0, test_cap=100, max_len=50),
     }
+    machine_line = machine()
     sections = ["# Benchmarks", "",
                 "Regenerate with `make bench` (`python benchmarks/run.py`). Medians over interleaved repeats, "
                 "min-max in parentheses, measured side by side in one process. This machine is shared: "
-                "compare ratios within a table, not absolute times across tables.", "", machine(), ""]
+                "compare ratios within a table, not absolute times across tables.", "", machine_line, ""]
     results = {}
     workdir = Path(a.workdir)
+    # each finished section is kept at once: an interrupted run (the whole takes most of an hour) resumes with --resume
+    partial = Path(a.out).with_suffix(".partial.json")
+    done = json.loads(partial.read_text()) if a.resume and partial.exists() else {}
+    done["_run"] = time.strftime("%Y-%m-%d %H:%M %Z")  # this run's sections carry its date
     for name, fn in [("engine", lambda: engine_section(subsets["fc_tanh"], a.quick)),
                      ("hvp", lambda: hvp_section(subsets, a.quick)),
                      ("eigensolver", lambda: eig_section(subsets["fc_tanh"], a.quick)),
@@ -503,22 +518,34 @@ def main(argv=None) -> int:
                      ("dag", lambda: dag_section(workdir)),
                      ("scales", lambda: smoke_dag_section(a.quick, data_dir, workdir / "paper_figures/quick/MANIFEST.json")),
                      ("paper_scale", lambda: scale_section(subsets, results, workdir, a.quick)),
-                     ("snakemake", lambda: snakemake_section(a.quick)),
+                     ("snakemake", lambda: snakemake_section(a.quick, workdir)),
                      ("curvlinops", curvlinops_section)]:
         if name == "scales" and a.no_smoke_dag:
             continue
         t0 = time.perf_counter()
-        text, rows = fn()
-        print(f"[{name}: {time.perf_counter() - t0:.0f} s]", file=sys.stderr, flush=True)
+        if name in done:
+            text, rows = done[name]["text"], done[name]["rows"]
+            print(f"[{name}: kept from {partial.name}, measured {done[name]['date']}]", file=sys.stderr, flush=True)
+        else:
+            text, rows = fn()
+            print(f"[{name}: {time.perf_counter() - t0:.0f} s]", file=sys.stderr, flush=True)
+            done[name] = {"text": text, "rows": rows, "date": done["_run"]}
+            save_text(json.dumps(done, indent=1, default=str), partial)
         results[name] = rows
         sections += [text, ""]
         print(text, flush=True)
+    kept = [f"{name} ({done[name]['date']})" for name in results if done[name]["date"] != done["_run"]]
+    if kept:  # the header's machine and date are this run's: say which sections an earlier run measured
+        sections.insert(sections.index(machine_line) + 1, "- sections kept from an interrupted run (--resume), "
+                        "measured at: " + ", ".join(kept))
     previous = Path(a.out).read_text() if Path(a.out).exists() else None
-    text, kept = keep_by_hand("\n".join(sections), previous)
-    if kept:
-        print(f"kept {len(kept)} by-hand sections of {a.out}: {'; '.join(h.lstrip('# ') for h in kept)}", file=sys.stderr)
+    text, by_hand = keep_by_hand("\n".join(sections), previous)
+    if by_hand:
+        print(f"kept {len(by_hand)} by-hand sections of {a.out}: {'; '.join(h.lstrip('# ') for h in by_hand)}",
+              file=sys.stderr)
     save_text(text, a.out)
     save_text(json.dumps(results, indent=1, default=str), Path(a.out).with_suffix(".json"))
+    partial.unlink(missing_ok=True)
     return 0
 
 
