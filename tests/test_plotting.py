@@ -213,3 +213,22 @@ def test_a_panel_with_axes_and_nothing_in_it_is_reported_as_empty():
     assert plotting.empty_panels(fig) == ["panel 2 'sst2_transformer'"]
     axes[0, 1].axhline(0.5)
     assert plotting.empty_panels(fig) == []
+
+
+def test_a_long_legend_wraps_to_the_width_of_a_narrow_figure():
+    """A one-setting figure is one panel wide: its legend takes as many rows as it needs instead of widening the
+    saved image (which shrinks the panel); a wide figure keeps one row."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], label=f"a legend entry {i}") for i in range(9)]
+    narrow, wide = plt.figure(figsize=(4.5, 3), layout="constrained"), plt.figure(figsize=(24, 3), layout="constrained")
+    for fig in (narrow, wide):
+        fig.add_subplot().plot([0, 1])
+        plotting.legend_below(fig, handles)
+    assert 1 <= plotting.legend_columns(narrow, [h.get_label() for h in handles]) < 9
+    assert plotting.legend_columns(wide, [h.get_label() for h in handles]) == 9
+    narrow.canvas.draw()
+    legend = narrow.legends[0].get_window_extent()
+    assert legend.width <= narrow.bbox.width  # the legend fits inside the figure: bbox_inches="tight" adds nothing
+    plt.close("all")

@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from IPython.display import Image, Markdown, display  # noqa: E402
+from matplotlib.font_manager import FontProperties  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 from matplotlib.transforms import Bbox, ScaledTranslation  # noqa: E402
@@ -390,8 +391,22 @@ def value_axis(ax, values, log=True) -> None:
 
 
 def legend_below(fig, handles, **kw) -> None:
-    """The figure's legend in one row below its panels (``kw`` overrides, e.g. ncol or title)."""
-    fig.legend(handles=handles, loc="outside lower center", frameon=False, **{"ncol": len(handles), **kw})
+    """The figure's legend below its panels, in one row where that fits the figure's width, else in as few rows as
+    fit (a one-panel figure is narrower than a long row, which would widen the saved image and shrink the panel);
+    ``kw`` overrides, e.g. ncol or title."""
+    fig.legend(handles=handles, loc="outside lower center", frameon=False,
+               **{"ncol": legend_columns(fig, [h.get_label() for h in handles]), **kw})
+
+
+def legend_columns(fig, labels: list[str]) -> int:
+    """The most legend columns whose entries fit side by side in ``fig``'s width: each entry is its handle, the pad
+    and its label, at about 0.55 em per character of the legend's font."""
+    em = FontProperties(size=plt.rcParams["legend.fontsize"]).get_size_in_points() / 72  # inches
+    entry = sorted((2.0 + 0.8 + 2.0 + 0.55 * len(label)) * em for label in labels)  # handle, pad, column spacing
+    for ncol in range(len(labels), 1, -1):
+        if sum(entry[-ncol:]) <= fig.get_figwidth():  # the widest entries, one per column
+            return ncol
+    return 1
 
 
 def legend_below_axis(ax, handles, gap: float = 0.06, **kw):
