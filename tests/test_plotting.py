@@ -228,6 +228,7 @@ def test_a_long_legend_wraps_to_the_width_of_a_narrow_figure():
         plotting.legend_below(fig, handles)
     assert 1 <= plotting.legend_columns(narrow, [h.get_label() for h in handles]) < 9
     assert plotting.legend_columns(wide, [h.get_label() for h in handles]) == 9
+    assert narrow.get_figheight() > 3 and wide.get_figheight() == 3  # extra rows add height, not squash the panel
     narrow.canvas.draw()
     legend = narrow.legends[0].get_window_extent()
     assert legend.width <= narrow.bbox.width  # the legend fits inside the figure: bbox_inches="tight" adds nothing

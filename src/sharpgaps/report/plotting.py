@@ -394,8 +394,12 @@ def legend_below(fig, handles, **kw) -> None:
     """The figure's legend below its panels, in one row where that fits the figure's width, else in as few rows as
     fit (a one-panel figure is narrower than a long row, which would widen the saved image and shrink the panel);
     ``kw`` overrides, e.g. ncol or title."""
-    fig.legend(handles=handles, loc="outside lower center", frameon=False,
-               **{"ncol": legend_columns(fig, [h.get_label() for h in handles]), **kw})
+    kw = {"ncol": legend_columns(fig, [h.get_label() for h in handles]), **kw}
+    rows = -(-len(handles) // kw["ncol"])
+    if rows > 1:  # the figure grows by the legend's extra rows, so its panels keep their height
+        em = FontProperties(size=plt.rcParams["legend.fontsize"]).get_size_in_points() / 72
+        fig.set_figheight(fig.get_figheight() + (rows - 1) * (1 + plt.rcParams["legend.labelspacing"]) * em)
+    fig.legend(handles=handles, loc="outside lower center", frameon=False, **kw)
 
 
 def legend_columns(fig, labels: list[str]) -> int:
