@@ -308,6 +308,7 @@ def projection_check(df: pd.DataFrame, measured: pd.DataFrame) -> dict:
                        "corrected_cpu_h": float((g.measured_s.sum() + every[~done].sum() * ratio) / 3600)})
     unchecked = df.cpu_s.sum() - sum(projected.loc[s["rule"]].sum() for s in stages)
     return {"stages": stages, "parts": sorted(set(measured.part)),
+            "settings": sorted(set(both.index.get_level_values("setting"))),
             "unmatched_jobs": int(len(ran) - len(both)),
             "cpu_h": float(df.cpu_s.sum() / 3600),
             "corrected_cpu_h": float((unchecked + sum(s["corrected_cpu_h"] * 3600 for s in stages)) / 3600)}
@@ -388,8 +389,7 @@ def section(rows: list[dict], summ: dict, unit: dict) -> str:
 
 def check_lines(check: dict) -> list[str]:
     """The projection against the paper-scale jobs that ran (projection_check), as a table and its reading."""
-    settings = sorted({s for st in check["stages"] for s in st["settings"]})
-    lines = [f"### The projection against the measured paper-scale jobs ({', '.join(settings)})", "",
+    lines = [f"### The projection against the measured paper-scale jobs ({', '.join(check['settings'])})", "",
              f"The jobs of release part(s) {', '.join(check['parts'])} (paper_figures/MANIFEST.json, each job's "
              "seconds from its `benchmark:` file), against this projection of the same jobs. ratio = measured / "
              "projected over the jobs that ran; the corrected column counts those jobs as measured and every other "
@@ -423,8 +423,8 @@ def readme_row(rows: list[dict], summ: dict) -> str:
             f"gradients at the batched gradient's per-example rate; docs/BENCHMARKS.md has the quick-scale "
             f"mechanism jobs as measured), so {summ['cpu_h'] / 24:.0f} days on one such machine, "
             f"or {summ['slurm100_lower_h']:.0f}-{summ['slurm100_upper_h']:.0f} h on a 100-job SLURM allocation (the "
-            f"longest chain is {summ['critical_path_h']:.1f} h){_checked(summ)} | not modelled; set `geometry.chunk_size` for the "
-            f"transformer | {summ['gpu_h_estimate']:.1f} h (FLOP count at {GPU_EFFICIENCY:.0%} of an H100's FP32 "
+            f"longest chain is {summ['critical_path_h']:.1f} h){_checked(summ)} | not modelled; set "
+            f"`geometry.chunk_size` for the transformer | {summ['gpu_h_estimate']:.1f} h (FLOP count at {GPU_EFFICIENCY:.0%} of an H100's FP32 "
             "rate, plus ARPACK's CPU steps: an estimate) |")
 
 
@@ -432,8 +432,8 @@ def _checked(summ: dict) -> str:
     check = summ.get("check")
     if not check:
         return ""
-    settings = sorted({s for st in check["stages"] for s in st["settings"]})
-    return (f"; corrected with the measured/projected ratio per stage of the {', '.join(settings)} paper-scale jobs "
+    return (f"; corrected with the measured/projected ratio per stage of the {', '.join(check['settings'])} "
+            f"paper-scale jobs "
             f"that ran (" + ", ".join(f"{st['rule']} {st['ratio']:.2f}x" for st in check["stages"]) +
             f"): {check['corrected_cpu_h']:.0f} job-hours")
 

@@ -509,7 +509,7 @@ def main(argv=None) -> int:
     # each finished section is kept at once: an interrupted run (the whole takes most of an hour) resumes with --resume
     partial = Path(a.out).with_suffix(".partial.json")
     done = json.loads(partial.read_text()) if a.resume and partial.exists() else {}
-    done["_run"] = time.strftime("%Y-%m-%d %H:%M %Z")  # this run's sections carry its date
+    started = time.strftime("%Y-%m-%d %H:%M %Z")  # the date this run's own sections carry
     for name, fn in [("engine", lambda: engine_section(subsets["fc_tanh"], a.quick)),
                      ("hvp", lambda: hvp_section(subsets, a.quick)),
                      ("eigensolver", lambda: eig_section(subsets["fc_tanh"], a.quick)),
@@ -529,12 +529,12 @@ def main(argv=None) -> int:
         else:
             text, rows = fn()
             print(f"[{name}: {time.perf_counter() - t0:.0f} s]", file=sys.stderr, flush=True)
-            done[name] = {"text": text, "rows": rows, "date": done["_run"]}
+            done[name] = {"text": text, "rows": rows, "date": started}
             save_text(json.dumps(done, indent=1, default=str), partial)
         results[name] = rows
         sections += [text, ""]
         print(text, flush=True)
-    kept = [f"{name} ({done[name]['date']})" for name in results if done[name]["date"] != done["_run"]]
+    kept = [f"{name} ({done[name]['date']})" for name in results if done[name]["date"] != started]
     if kept:  # the header's machine and date are this run's: say which sections an earlier run measured
         sections.insert(sections.index(machine_line) + 1, "- sections kept from an interrupted run (--resume), "
                         "measured at: " + ", ".join(kept))

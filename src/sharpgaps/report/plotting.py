@@ -397,15 +397,19 @@ def legend_below(fig, handles, **kw) -> None:
     kw = {"ncol": legend_columns(fig, [h.get_label() for h in handles]), **kw}
     rows = -(-len(handles) // kw["ncol"])
     if rows > 1:  # the figure grows by the legend's extra rows, so its panels keep their height
-        em = FontProperties(size=plt.rcParams["legend.fontsize"]).get_size_in_points() / 72
-        fig.set_figheight(fig.get_figheight() + (rows - 1) * (1 + plt.rcParams["legend.labelspacing"]) * em)
+        fig.set_figheight(fig.get_figheight() + (rows - 1) * (1 + plt.rcParams["legend.labelspacing"]) * _legend_em())
     fig.legend(handles=handles, loc="outside lower center", frameon=False, **kw)
+
+
+def _legend_em() -> float:
+    """The legend font's em, in inches."""
+    return FontProperties(size=plt.rcParams["legend.fontsize"]).get_size_in_points() / 72
 
 
 def legend_columns(fig, labels: list[str]) -> int:
     """The most legend columns whose entries fit side by side in ``fig``'s width: each entry is its handle, the pad
     and its label, at about 0.55 em per character of the legend's font."""
-    em = FontProperties(size=plt.rcParams["legend.fontsize"]).get_size_in_points() / 72  # inches
+    em = _legend_em()
     entry = sorted((2.0 + 0.8 + 2.0 + 0.55 * len(label)) * em for label in labels)  # handle, pad, column spacing
     for ncol in range(len(labels), 1, -1):
         if sum(entry[-ncol:]) <= fig.get_figwidth():  # the widest entries, one per column
