@@ -450,6 +450,11 @@ def write_docs(rows: list[dict], summ: dict, unit: dict, bench_md: Path, readme:
     record = json.loads(bench_json.read_text())
     record["paper_scale"] = rows + [{"rule": "summary", **summ, "unit": unit}]
     bench_json.write_text(json.dumps(record, indent=1, default=str))
+    write_readme_row(rows, summ, readme)
+
+
+def write_readme_row(rows: list[dict], summ: dict, readme: Path) -> None:
+    """The README's paper row (its Cost table) from the projection."""
     lines = readme.read_text().splitlines(keepends=True)
     i = next(i for i, line in enumerate(lines) if line.startswith(README_ROW))
     lines[i] = readme_row(rows, summ) + "\n"

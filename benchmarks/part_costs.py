@@ -7,12 +7,15 @@ same rule and setting in a finished part's `benchmark:` files, as the median ove
 - restricted: seconds per local step since the branch (the config's restricted rounds x tau), times the job's;
 - any other rule (collect, figures, ...): its median job of the setting (of any setting for a rule
   without one, or a setting the finished part did not run).
-A rule the finished part lacks is listed as unpriced. The wall time is the job seconds over the cores
-(the measured parts kept both cores busy throughout). A projection, to size a part before it runs; the measured
-wall time is MANIFEST.json's.
+A rule the finished part lacks is listed as unpriced. The wall time is the priced jobs' core-seconds (their
+seconds x the torch threads each finished job had) over the cores: the measured parts kept both cores busy
+throughout. Exact in threads when the finished part ran the projected config's `threads`; from 1-thread jobs to
+2-thread ones it assumes perfect thread scaling (a lower bound). A projection, to size a part before it runs; the
+measured wall time is MANIFEST.json's.
 
     python benchmarks/part_costs.py results/quick/main [config.quick.yaml] [--cores 2]
     python benchmarks/part_costs.py results/quick/main config.yaml   # the paper scale's parts, from quick jobs
+    python benchmarks/part_costs.py results/paper/mnist_main config.yaml --finished-config config.yaml
 
 The finished jobs are sized by the config that ran them (--finished-config, default config.quick.yaml), the
 projected ones by the config projected, so a quick part prices the paper scale's parts too.
@@ -76,6 +79,11 @@ def unit_of(units: pd.Series, rule: str, setting: str) -> float | None:
     return None
 
 
+def wall_min(job_s: float, threads: int, cores: int) -> float:
+    """Wall minutes of jobs that ran ``threads`` torch threads each, packed on ``cores`` cores."""
+    return job_s * threads / cores / 60
+
+
 def dry_run_jobs(config_file: Path, part: str) -> list[dict]:
     """rule, setting and run id of every job the part's `all` would run from an empty tree."""
     out = subprocess.run([sys.executable, "-m", "snakemake", "all", "-n", "--cores", "2", f"--configfile={config_file}",
@@ -94,11 +102,13 @@ def dry_run_jobs(config_file: Path, part: str) -> list[dict]:
 
 def project(finished: Path, config_file: Path, cores: int, finished_config: Path = REPO / "config.quick.yaml") -> str:
     config = yaml.safe_load(config_file.read_text())
-    units = unit_costs(finished, yaml.safe_load(finished_config.read_text()))
+    finished_cfg = yaml.safe_load(finished_config.read_text())
+    units = unit_costs(finished, finished_cfg)
+    threads = finished_cfg["threads"]  # each finished job's cores: its seconds x threads are core-seconds
     # the tree as a results_dir names it (from results/ down): no machine's absolute path in the committed docs
     shown = Path(*finished.parts[finished.parts.index("results"):]) if "results" in finished.parts else finished.name
     lines = [f"Priced from {len(read_job_costs(finished / 'benchmarks'))} finished jobs of `{shown}`; "
-             f"wall = job seconds / {cores} cores.", "",
+             f"wall = job seconds x {threads} thread{'s' * (threads > 1)} / {cores} cores.", "",
              "| part | jobs | projected job s by rule | projected job s | projected wall min | unpriced jobs |",
              "|---|---:|---|---:|---:|---|"]
     for part in config["parts"]:
@@ -114,7 +124,7 @@ def project(finished: Path, config_file: Path, cores: int, finished_config: Path
         total = sum(costs.values())
         by_rule = ", ".join(f"{r} {v:,.0f}" for r, v in sorted(costs.items(), key=lambda kv: -kv[1]) if v >= 1)
         missing = ", ".join(f"{r} x{n}" for r, n in pd.Series(unpriced).value_counts().items()) or "-"
-        lines.append(f"| {part} | {len(jobs)} | {by_rule} | {total:,.0f} | {total / cores / 60:.0f} | {missing} |")
+        lines.append(f"| {part} | {len(jobs)} | {by_rule} | {total:,.0f} | {wall_min(total, threads, cores):.0f} | {missing} |")
     return "\n".join(lines)
 
 

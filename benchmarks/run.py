@@ -482,6 +482,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(REPO / "docs/BENCHMARKS.md"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", default=str(REPO), help="a finished run whose results/benchmarks to aggregate")
+    ap.add_argument("--readme", help="the README whose paper row the projection rewrites (default: the repo's "
+                    "README.md when --out is the repo's docs/BENCHMARKS.md, else none)")
     ap.add_argument("--resume", action="store_true",
                     help="keep the sections an interrupted run finished (<out>.partial.json) and measure the rest")
     ap.add_argument("--no-smoke-dag", action="store_true",
@@ -545,6 +547,12 @@ def main(argv=None) -> int:
               file=sys.stderr)
     save_text(text, a.out)
     save_text(json.dumps(results, indent=1, default=str), Path(a.out).with_suffix(".json"))
+    readme = a.readme or (REPO / "README.md" if Path(a.out).resolve() == REPO / "docs/BENCHMARKS.md" else None)
+    if readme and results.get("paper_scale"):
+        from bench_scale import write_readme_row
+
+        *rows, summ = results["paper_scale"]
+        write_readme_row(rows, summ, Path(readme))
     partial.unlink(missing_ok=True)
     return 0
 

@@ -210,7 +210,7 @@ def test_part_costs_price_training_by_work_and_stages_by_checkpoints(tmp_path):
     checkpoints, a restricted job to its local steps since the branch, another rule its median job; a rule never
     run is unpriced, not guessed. A quick part prices the paper scale's jobs by the paper config's sizes."""
     import yaml
-    from part_costs import size, unit_costs, unit_of
+    from part_costs import size, unit_costs, unit_of, wall_min
 
     config = yaml.safe_load((REPO / "config.quick.yaml").read_text())
     run = "K8_tau8_b50_lr0.05_mse_T8000_W4_s0"
@@ -237,6 +237,9 @@ def test_part_costs_price_training_by_work_and_stages_by_checkpoints(tmp_path):
         30.0 * paper["restricted"]["rounds"] / config["restricted"]["rounds"])
     assert unit_of(units, "train", "cifar_cnn") is None and unit_of(units, "figX5_heterogeneity", "") is None
     assert unit_of(units, "theory", "") == pytest.approx(5.0)
+    # the wall: core-seconds over the cores (2-thread paper jobs run one at a time on 2 cores)
+    assert wall_min(3600.0, threads=2, cores=2) == pytest.approx(60.0)
+    assert wall_min(3600.0, threads=1, cores=2) == pytest.approx(30.0)
 
 
 def test_stage_costs_reads_every_duration_the_geometry_job_prints():

@@ -161,6 +161,14 @@ def test_readme_smoke_time_is_the_recorded_measurement():
     assert record["wall_s"] > 0 and record["load_median"] >= 0 and record["jobs"] > 0
 
 
+def test_readme_paper_row_is_the_recorded_projection():
+    from bench_scale import README_ROW, readme_row
+
+    *rows, summ = json.loads((REPO / "docs/BENCHMARKS.json").read_text())["paper_scale"]
+    row = next(line for line in (REPO / "README.md").read_text().splitlines() if line.startswith(README_ROW))
+    assert row == readme_row(rows, summ), "README's paper row is stale: python benchmarks/bench_scale.py"
+
+
 def test_fidelity_hessian_sample_table_is_current():
     import hessian_sample
 
