@@ -433,8 +433,7 @@ def _checked(summ: dict) -> str:
     if not check:
         return ""
     return (f"; corrected with the measured/projected ratio per stage of the {', '.join(check['settings'])} "
-            f"paper-scale jobs "
-            f"that ran (" + ", ".join(f"{st['rule']} {st['ratio']:.2f}x" for st in check["stages"]) +
+            "paper-scale jobs that ran (" + ", ".join(f"{st['rule']} {st['ratio']:.2f}x" for st in check["stages"]) +
             f"): {check['corrected_cpu_h']:.0f} job-hours")
 
 

@@ -25,6 +25,7 @@ import torch
 from sharpgaps.pipeline.manifest import read_parts
 
 REPO = Path(__file__).resolve().parents[1]
+BENCH_MD = REPO / "docs/BENCHMARKS.md"
 # Paths inside a finished run (--workdir): the docs print them relative to it, never this machine's own paths.
 # The quick scale's tree (config.quick.yaml: results_dir), one subtree per release part; the restricted runs are
 # part `main`'s.
@@ -479,11 +480,10 @@ def keep_by_hand(generated: str, previous: str | None) -> tuple[str, list[str]]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="tiny sizes (the smoke test of this script)")
-    ap.add_argument("--out", default=str(REPO / "docs/BENCHMARKS.md"))
+    ap.add_argument("--out", default=str(BENCH_MD), help="the report; the repo's own also rewrites the README's "
+                    "paper row")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", default=str(REPO), help="a finished run whose results/benchmarks to aggregate")
-    ap.add_argument("--readme", help="the README whose paper row the projection rewrites (default: the repo's "
-                    "README.md when --out is the repo's docs/BENCHMARKS.md, else none)")
     ap.add_argument("--resume", action="store_true",
                     help="keep the sections an interrupted run finished (<out>.partial.json) and measure the rest")
     ap.add_argument("--no-smoke-dag", action="store_true",
@@ -547,12 +547,11 @@ def main(argv=None) -> int:
               file=sys.stderr)
     save_text(text, a.out)
     save_text(json.dumps(results, indent=1, default=str), Path(a.out).with_suffix(".json"))
-    readme = a.readme or (REPO / "README.md" if Path(a.out).resolve() == REPO / "docs/BENCHMARKS.md" else None)
-    if readme and results.get("paper_scale"):
+    if Path(a.out).resolve() == BENCH_MD and results.get("paper_scale"):
         from bench_scale import write_readme_row
 
         *rows, summ = results["paper_scale"]
-        write_readme_row(rows, summ, Path(readme))
+        write_readme_row(rows, summ, REPO / "README.md")
     partial.unlink(missing_ok=True)
     return 0
 
